@@ -1,0 +1,65 @@
+"""`radial_attention`: one entry point over every backend, with the checks that make a wrong call fail loudly."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+
+from radial.plan import RadialPlan
+
+# name -> (module, function); imported on first use so that optional backends cost nothing until chosen.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "reference": ("radial.kernels.reference", "reference_attention"),
+    "dense": ("radial.kernels.dense", "dense_attention"),
+    "triton": ("radial.kernels.triton", "triton_attention"),
+    "flex": ("radial.kernels.flex", "flex_attention_backend"),
+    "flashinfer": ("radial.kernels.flashinfer", "flashinfer_attention"),
+}
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """`auto` is triton on CUDA and reference elsewhere; any other name must be a known backend."""
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def get_backend(name: str) -> Callable[..., torch.Tensor]:
+    """The attention function of a backend, (q, k, v, plan, key_padding_mask) -> out."""
+    module, fn = BACKENDS[name]
+    return getattr(importlib.import_module(module), fn)
+
+
+def _check_inputs(query, key, value, plan: RadialPlan, key_padding_mask) -> None:
+    if query.dim() != 4 or key.shape != query.shape or value.shape != query.shape:
+        raise ValueError(
+            f"query, key and value must share one [B, S, H, D] shape, got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    if query.shape[1] != plan.seq_len:
+        raise ValueError(
+            f"sequence length {query.shape[1]} does not match the plan ({plan.num_frames} frames x "
+            f"{plan.tokens_per_frame} tokens + {plan.text_tokens} text = {plan.seq_len})"
+        )
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (query.shape[0], query.shape[1]):
+        raise ValueError(
+            f"key_padding_mask must be [B, S] = {tuple(query.shape[:2])}, got {tuple(key_padding_mask.shape)}"
+        )
+
+
+def radial_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    plan: RadialPlan,
+    *,
+    backend: str = "auto",
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Radial attention over [B, S, H, D] tensors (S = video tokens, then text); key_padding_mask True = attend."""
+    _check_inputs(query, key, value, plan, key_padding_mask)
+    name = resolve_backend(backend, query.device)
+    return get_backend(name)(query, key, value, plan, key_padding_mask)

@@ -1,0 +1,47 @@
+"""Validated options of the radial mask: block size, decay, attention sink and the model family's defaults."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Key frame 0 stays dense for every query frame in Wan (the official code's attention sink), not in HunyuanVideo.
+MODEL_SINK = {"wan": True, "wan22": True, "wan22_ti2v": True, "hunyuan": False, "mochi": False}
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """Everything besides the layout that decides a radial mask; hashable, so it keys plan caches."""
+
+    block_size: int = 128
+    decay_factor: float = 1.0
+    sink: bool = True
+    decay_adjacent: bool = False
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        block_size: int = 128,
+        decay_factor: float = 1.0,
+        model: str = "wan",
+        sink: bool | None = None,
+        decay_adjacent: bool = False,
+    ) -> MaskOptions:
+        """Validate user values (errors name the argument) and resolve the model's default sink."""
+        if model not in MODEL_SINK:
+            raise ValueError(f"model must be one of {sorted(MODEL_SINK)}, got {model!r}")
+        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 16 or block_size % 16:
+            raise ValueError(
+                f"block_size must be a positive multiple of 16 (64 or 128 for the kernels), got {block_size!r}"
+            )
+        if isinstance(decay_factor, bool) or not isinstance(decay_factor, (int, float)):
+            raise ValueError(f"decay_factor must be a positive number, got {decay_factor!r}")
+        if not math.isfinite(decay_factor) or decay_factor <= 0:
+            raise ValueError(f"decay_factor must be a positive number, got {decay_factor!r}")
+        if sink is not None and not isinstance(sink, bool):
+            raise ValueError(f"sink must be true, false or unset (model default), got {sink!r}")
+        if not isinstance(decay_adjacent, bool):
+            raise ValueError(f"decay_adjacent must be true or false, got {decay_adjacent!r}")
+        resolved = MODEL_SINK[model] if sink is None else sink
+        return cls(block_size, float(decay_factor), resolved, decay_adjacent)
