@@ -1,0 +1,1 @@
+"""The Radial LoRA trainer: a Hydra app (`train/lora.py`) over configs/, Accelerate, PEFT and flow matching."""
