@@ -1,0 +1,224 @@
+"""HunyuanVideo (diffusers' HunyuanVideoTransformer3DModel): radial joint attention in the double- and single-stream
+blocks.
+
+Both block kinds attend over [video tokens, text tokens] (text last, padded to the prompt length, 256 in the
+pipeline); the forward's [B, 1, 1, S] boolean mask, which marks padded text keys, becomes the key padding mask.
+Layer indices run over the double-stream blocks first, then the single-stream ones (as in the official code), so
+dense_layers=k keeps the first k blocks of the forward dense. The text token refiner keeps its stock attention.
+The mask model is "hunyuan" (no attention sink, as in the official code).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers.models.embeddings import apply_rotary_emb
+
+from radial.models.base import ModelAdapter, register
+from radial.models.context import RadialProcessor
+
+
+def key_padding_from_attention_mask(attention_mask: torch.Tensor | None, batch: int, seq_len: int):
+    """[B, S] bool (True = attend) from HunyuanVideo's [B, 1, 1, S] (or [B, S]) key mask; None stays None."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 4 and attention_mask.shape[1] == 1 and attention_mask.shape[2] == 1:
+        attention_mask = attention_mask[:, 0, 0]
+    if tuple(attention_mask.shape) != (batch, seq_len):
+        raise ValueError(
+            f"radial attention needs a key padding mask ([B, 1, 1, S] or [B, S] with B={batch}, S={seq_len}), "
+            f"got attention_mask of shape {tuple(attention_mask.shape)}"
+        )
+    if attention_mask.dtype != torch.bool:
+        raise ValueError(f"attention_mask must be boolean (True = attend), got {attention_mask.dtype}")
+    return attention_mask
+
+
+class HunyuanVideoRadialProcessor(RadialProcessor):
+    """HunyuanVideoAttnProcessor2_0 with the attention call replaced by radial attention (video first, text last)."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        video_tokens = hidden_states.shape[1]
+        text_tokens = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        if attn.add_q_proj is None and encoder_hidden_states is not None:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)  # single-stream block
+
+        # 1. QKV projections, 2. QK norm
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        # 3. Rotary embedding on the video tokens only
+        if image_rotary_emb is not None:
+            if attn.add_q_proj is None and encoder_hidden_states is not None:
+                query = torch.cat(
+                    [
+                        apply_rotary_emb(query[:, :video_tokens], image_rotary_emb, sequence_dim=1),
+                        query[:, video_tokens:],
+                    ],
+                    dim=1,
+                )
+                key = torch.cat(
+                    [apply_rotary_emb(key[:, :video_tokens], image_rotary_emb, sequence_dim=1), key[:, video_tokens:]],
+                    dim=1,
+                )
+            else:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        # 4. Text stream projections (double-stream blocks)
+        if attn.add_q_proj is not None and encoder_hidden_states is not None:
+            encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            if attn.norm_added_q is not None:
+                encoder_query = attn.norm_added_q(encoder_query)
+            if attn.norm_added_k is not None:
+                encoder_key = attn.norm_added_k(encoder_key)
+            query = torch.cat([query, encoder_query], dim=1)
+            key = torch.cat([key, encoder_key], dim=1)
+            value = torch.cat([value, encoder_value], dim=1)
+
+        # 5. Attention
+        padding = key_padding_from_attention_mask(attention_mask, query.shape[0], query.shape[1])
+        hidden_states = self.attend(query, key, value, video_tokens=video_tokens, key_padding_mask=padding)
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+
+        # 6. Output projection
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = (
+                hidden_states[:, :video_tokens],
+                hidden_states[:, video_tokens : video_tokens + text_tokens],
+            )
+            if getattr(attn, "to_out", None) is not None:
+                hidden_states = attn.to_out[0](hidden_states)
+                hidden_states = attn.to_out[1](hidden_states)
+            if getattr(attn, "to_add_out", None) is not None:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+class HunyuanVideoAdapter(ModelAdapter):
+    """HunyuanVideo T2V (13B: 20 double-stream + 40 single-stream blocks), 720p x 129 frames at 1x."""
+
+    family = "hunyuan"
+    class_name = "HunyuanVideoTransformer3DModel"
+    mask_model = "hunyuan"
+    text_len = 256
+    variants = {
+        "t2v": {
+            "in_channels": 16,
+            "out_channels": 16,
+            "num_attention_heads": 24,
+            "attention_head_dim": 128,
+            "num_layers": 20,
+            "num_single_layers": 40,
+            "num_refiner_layers": 2,
+            "mlp_ratio": 4.0,
+            "patch_size": 2,
+            "patch_size_t": 1,
+            "qk_norm": "rms_norm",
+            "guidance_embeds": True,
+            "text_embed_dim": 4096,
+            "pooled_projection_dim": 768,
+            "rope_theta": 256.0,
+            "rope_axes_dim": (16, 56, 56),
+        }
+    }
+    default_variant = "t2v"
+    tiny_config = {
+        "in_channels": 16,
+        "out_channels": 16,
+        "num_attention_heads": 2,
+        "attention_head_dim": 16,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "num_refiner_layers": 1,
+        "mlp_ratio": 2.0,
+        "patch_size": 2,
+        "patch_size_t": 1,
+        "qk_norm": "rms_norm",
+        "guidance_embeds": True,
+        "text_embed_dim": 32,
+        "pooled_projection_dim": 16,
+        "rope_axes_dim": (4, 6, 6),
+    }
+
+    def attention_layers(self, transformer) -> list:
+        blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+        return [block.attn for block in blocks]
+
+    def make_processor(self, state, layer_index, stock) -> RadialProcessor:
+        return HunyuanVideoRadialProcessor(state, layer_index, stock)
+
+    def patch_size(self, transformer) -> tuple[int, int, int]:
+        cfg = transformer.config
+        return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
+
+    def _lora_alternatives(self, projections: list[str], text: bool) -> list[str]:
+        alts = [rf"transformer_blocks\.\d+\.attn\.{self._lora_video[p]}" for p in projections]
+        # Single-stream blocks project video and text together with to_q/k/v; their output goes through proj_out
+        # together with the MLP, so "o" has no single-stream module.
+        alts += [rf"single_transformer_blocks\.\d+\.attn\.{self._lora_video[p]}" for p in projections if p != "o"]
+        if text:
+            alts += [rf"transformer_blocks\.\d+\.attn\.{self._lora_text[p]}" for p in projections]
+        return alts
+
+    def make_dummy_conditions(
+        self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
+    ) -> dict[str, Any]:
+        cfg = transformer.config
+        gen = torch.Generator().manual_seed(seed)
+        text_len = self.text_len if text_len is None else text_len
+        cond: dict[str, Any] = {
+            "prompt_embeds": self._randn((batch, text_len, cfg.text_embed_dim), gen, transformer),
+            "prompt_attention_mask": self._text_mask(batch, text_len, valid_text, transformer.device),
+            "pooled_prompt_embeds": self._randn((batch, cfg.pooled_projection_dim), gen, transformer),
+        }
+        extra = cfg.in_channels - self.latent_channels(transformer)
+        if extra:
+            if latent_shape is None:
+                raise ValueError(f"latent_shape is needed for the {extra} image-conditioning channels of this model")
+            b, _, f, h, w = latent_shape
+            cond["image_latents"] = self._randn((b, extra, f, h, w), gen, transformer)
+        return cond
+
+    def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
+        t = self._timesteps(timestep, latents)
+        hidden = latents
+        if conditions.get("image_latents") is not None:
+            hidden = torch.cat([latents, conditions["image_latents"].to(latents.dtype)], dim=1)
+        embeds = conditions["prompt_embeds"]
+        mask = conditions.get("prompt_attention_mask")
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        guidance = None
+        if transformer.config.guidance_embeds:
+            g = torch.as_tensor(conditions.get("guidance", 1.0), device=latents.device, dtype=torch.float32)
+            guidance = (g.expand(latents.shape[0]) * 1000.0).to(latents.dtype)
+        return transformer(
+            hidden_states=hidden,
+            timestep=t,
+            encoder_hidden_states=embeds,
+            encoder_attention_mask=mask,
+            pooled_projections=conditions["pooled_prompt_embeds"],
+            guidance=guidance,
+            attention_kwargs=conditions.get("attention_kwargs"),
+            return_dict=False,
+        )[0]
+
+
+register(HunyuanVideoAdapter())

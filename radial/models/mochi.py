@@ -1,0 +1,183 @@
+"""Mochi-1 (diffusers' MochiTransformer3DModel): radial joint attention over [video, text] in all 48 blocks.
+
+The official radial-attention repository never shipped Mochi; this adapter is ours. Mochi's stock processor loops
+over the batch and attends [video, valid text tokens] per sample, then writes the valid text outputs first and
+zeros after them. We attend the whole padded sequence at once with the text padding as a key padding mask (the
+plan's text length is the padded length of the call), then put the text outputs in the stock order: equal to the
+stock result for every token, without the per-sample loop. The mask model is "mochi" (no attention sink).
+
+Mochi's own timestep runs the other way (0 = noise) and it predicts x0 - noise; `predict` converts both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from radial.models.base import ModelAdapter, register
+from radial.models.context import RadialProcessor
+
+
+def _mochi_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Mochi's rotary embedding, as in diffusers' MochiAttnProcessor2_0."""
+    x_even = x[..., 0::2].float()
+    x_odd = x[..., 1::2].float()
+    cos = (x_even * freqs_cos - x_odd * freqs_sin).to(x.dtype)
+    sin = (x_even * freqs_sin + x_odd * freqs_cos).to(x.dtype)
+    return torch.stack([cos, sin], dim=-1).flatten(-2)
+
+
+def compact_text(text_out: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Stock Mochi text layout: per sample the outputs of the valid tokens first, in order, then zeros. [B, L, ...]"""
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # valid positions first, order kept
+    index = order.reshape(*order.shape, *([1] * (text_out.dim() - 2))).expand_as(text_out)
+    gathered = text_out.gather(1, index)
+    keep = torch.arange(valid.shape[1], device=valid.device)[None, :] < valid.sum(dim=1, keepdim=True)
+    keep = keep.reshape(*keep.shape, *([1] * (text_out.dim() - 2)))
+    return torch.where(keep, gathered, torch.zeros((), dtype=text_out.dtype, device=text_out.device))
+
+
+class MochiRadialProcessor(RadialProcessor):
+    """MochiAttnProcessor2_0 with one batched radial attention call instead of the per-sample SDPA loop."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_added_q is not None:
+            encoder_query = attn.norm_added_q(encoder_query)
+        if attn.norm_added_k is not None:
+            encoder_key = attn.norm_added_k(encoder_key)
+
+        if image_rotary_emb is not None:
+            query = _mochi_rotary(query, *image_rotary_emb)
+            key = _mochi_rotary(key, *image_rotary_emb)
+
+        batch, video_tokens = hidden_states.shape[:2]
+        text_tokens = encoder_hidden_states.shape[1]
+        if attention_mask is None:
+            valid = torch.ones(batch, text_tokens, dtype=torch.bool, device=hidden_states.device)
+        else:
+            valid = attention_mask.reshape(batch, -1).bool()
+            if valid.shape[1] != text_tokens:
+                raise ValueError(
+                    f"encoder_attention_mask must be [B, {text_tokens}] (one entry per text token), "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+        padding = torch.cat([valid.new_ones(batch, video_tokens), valid], dim=1)
+
+        out = self.attend(
+            torch.cat([query, encoder_query], dim=1),
+            torch.cat([key, encoder_key], dim=1),
+            torch.cat([value, encoder_value], dim=1),
+            video_tokens=video_tokens,
+            key_padding_mask=padding,
+        )
+        hidden_states = out[:, :video_tokens].flatten(2, 3)
+        encoder_hidden_states = compact_text(out[:, video_tokens:], valid).flatten(2, 3)
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if hasattr(attn, "to_add_out"):
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+class MochiAdapter(ModelAdapter):
+    """Mochi-1 preview (10B, 48 blocks), 480x848 x 163 frames at 1x; its VAE needs frames = 6k+1."""
+
+    family = "mochi"
+    class_name = "MochiTransformer3DModel"
+    mask_model = "mochi"
+    text_len = 256
+    variants = {
+        "preview": {
+            "patch_size": 2,
+            "num_attention_heads": 24,
+            "attention_head_dim": 128,
+            "num_layers": 48,
+            "pooled_projection_dim": 1536,
+            "in_channels": 12,
+            "out_channels": None,
+            "qk_norm": "rms_norm",
+            "text_embed_dim": 4096,
+            "time_embed_dim": 256,
+            "activation_fn": "swiglu",
+            "max_sequence_length": 256,
+        }
+    }
+    default_variant = "preview"
+    tiny_config = {
+        "patch_size": 2,
+        "num_attention_heads": 2,
+        "attention_head_dim": 16,
+        "num_layers": 2,
+        "pooled_projection_dim": 16,
+        "in_channels": 12,
+        "text_embed_dim": 32,  # the caption pooling has 8 heads: a multiple of 8
+        "time_embed_dim": 32,
+        "max_sequence_length": 16,
+    }
+
+    def attention_layers(self, transformer) -> list:
+        return [block.attn1 for block in transformer.transformer_blocks]
+
+    def make_processor(self, state, layer_index, stock) -> RadialProcessor:
+        return MochiRadialProcessor(state, layer_index, stock)
+
+    def patch_size(self, transformer) -> tuple[int, int, int]:
+        p = transformer.config.patch_size
+        return (1, p, p)
+
+    def _lora_alternatives(self, projections: list[str], text: bool) -> list[str]:
+        alts = [rf"transformer_blocks\.\d+\.attn1\.{self._lora_video[p]}" for p in projections]
+        if text:
+            alts += [rf"transformer_blocks\.\d+\.attn1\.{self._lora_text[p]}" for p in projections]
+        return alts
+
+    def make_dummy_conditions(
+        self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
+    ) -> dict[str, Any]:
+        cfg = transformer.config
+        gen = torch.Generator().manual_seed(seed)
+        text_len = self.text_len if text_len is None else text_len
+        return {
+            "prompt_embeds": self._randn((batch, text_len, cfg.text_embed_dim), gen, transformer),
+            "prompt_attention_mask": self._text_mask(batch, text_len, valid_text, transformer.device),
+        }
+
+    def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
+        t = self._timesteps(timestep, latents)
+        embeds = conditions["prompt_embeds"]
+        mask = conditions.get("prompt_attention_mask")
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        out = transformer(
+            hidden_states=latents,
+            encoder_hidden_states=embeds,
+            timestep=1000.0 - t,  # Mochi's timestep is 1000 at the clean end
+            encoder_attention_mask=mask,
+            attention_kwargs=conditions.get("attention_kwargs"),
+            return_dict=False,
+        )[0]
+        return -out  # Mochi predicts x0 - noise
+
+
+register(MochiAdapter())

@@ -1,0 +1,220 @@
+"""Wan2.1 (1.3B, 14B; T2V and I2V) and Wan2.2 (A14B experts, TI2V-5B): diffusers' WanTransformer3DModel.
+
+Radial attention goes into each block's self-attention `attn1` (video tokens only, no text); the cross-attention
+`attn2` (text, and the image for I2V) stays stock. Three registered families share the class:
+    "wan"         Wan2.1 T2V 1.3B / 14B, I2V 14B (variants "t2v-1.3b", "t2v-14b", "i2v-14b")
+    "wan22"       Wan2.2 A14B: two experts of the 14B architecture, each injected on its own
+                  (variants "t2v-a14b", "i2v-a14b"; `experts` names their pipeline subfolders)
+    "wan22_ti2v"  Wan2.2 TI2V-5B with its 48-channel, 16x VAE (variant "ti2v-5b"; per-token timesteps)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+from radial.models.base import ModelAdapter, register
+from radial.models.context import RadialProcessor
+
+
+def _apply_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved rotary embedding, as in diffusers' WanAttnProcessor."""
+    x1, x2 = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(hidden_states)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(hidden_states)
+
+
+class WanRadialProcessor(RadialProcessor):
+    """WanAttnProcessor for `attn1` with the attention call replaced; anything else goes to the stock processor."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None or attn.is_cross_attention:
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query = _apply_rotary(query, *rotary_emb)
+            key = _apply_rotary(key, *rotary_emb)
+
+        out = self.attend(query, key, value, video_tokens=hidden_states.shape[1])
+        out = out.flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+_WAN_BASE = {
+    "patch_size": (1, 2, 2),
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "rope_max_seq_len": 1024,
+}
+_WAN_14B = {**_WAN_BASE, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
+
+_WAN_TINY = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 32,
+    "freq_dim": 32,
+    "ffn_dim": 64,
+    "num_layers": 2,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "rope_max_seq_len": 64,
+}
+
+
+class WanAdapter(ModelAdapter):
+    """Wan2.1: self-attention `attn1` of every block is radial; the Wan mask keeps key frame 0 (attention sink)."""
+
+    family = "wan"
+    class_name = "WanTransformer3DModel"
+    mask_model = "wan"
+    text_len = 512
+    variants = {
+        "t2v-1.3b": {**_WAN_BASE, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30},
+        "t2v-14b": _WAN_14B,
+        "i2v-14b": {**_WAN_14B, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120},
+    }
+    default_variant = "t2v-1.3b"
+    tiny_config = _WAN_TINY
+    image_tokens = 257  # CLIP ViT-H/14 states of Wan2.1 I2V
+
+    def matches(self, transformer) -> bool:
+        return super().matches(transformer) and self.latent_channels(transformer) != 48
+
+    def attention_layers(self, transformer) -> list:
+        return [block.attn1 for block in transformer.blocks]
+
+    def make_processor(self, state, layer_index, stock) -> RadialProcessor:
+        return WanRadialProcessor(state, layer_index, stock)
+
+    def patch_size(self, transformer) -> tuple[int, int, int]:
+        return tuple(transformer.config.patch_size)
+
+    def _lora_alternatives(self, projections: list[str], text: bool) -> list[str]:
+        alts = [rf"blocks\.\d+\.attn1\.{self._lora_video[p]}" for p in projections]
+        if text:
+            alts += [rf"blocks\.\d+\.attn2\.{self._lora_video[p]}" for p in projections]
+        return alts
+
+    def make_dummy_conditions(
+        self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
+    ) -> dict[str, Any]:
+        cfg = transformer.config
+        gen = torch.Generator().manual_seed(seed)
+        text_len = self.text_len if text_len is None else text_len
+        embeds = self._randn((batch, text_len, cfg.text_dim), gen, transformer)
+        if valid_text is not None:  # the Wan pipeline zero-pads the T5 states past the prompt
+            embeds = embeds * self._text_mask(batch, text_len, valid_text, embeds.device)[..., None]
+        cond: dict[str, Any] = {"prompt_embeds": embeds}
+        extra = cfg.in_channels - self.latent_channels(transformer)
+        if extra:
+            if latent_shape is None:
+                raise ValueError(f"latent_shape is needed for the {extra} image-conditioning channels of this model")
+            b, _, f, h, w = latent_shape
+            cond["image_latents"] = self._randn((b, extra, f, h, w), gen, transformer)
+        if cfg.image_dim is not None:
+            if cfg.added_kv_proj_dim is not None and text_len != 512:
+                raise ValueError("text_len must be 512 for Wan I2V (diffusers splits image and text states at 512)")
+            cond["image_embeds"] = self._randn((batch, self.image_tokens, cfg.image_dim), gen, transformer)
+        return cond
+
+    def _model_timestep(self, transformer, latents, t, conditions) -> torch.Tensor:
+        return t
+
+    def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
+        t = self._timesteps(timestep, latents)
+        hidden = latents
+        if conditions.get("image_latents") is not None:
+            hidden = torch.cat([latents, conditions["image_latents"].to(latents.dtype)], dim=1)
+        return transformer(
+            hidden_states=hidden,
+            timestep=self._model_timestep(transformer, latents, t, conditions),
+            encoder_hidden_states=conditions["prompt_embeds"],
+            encoder_hidden_states_image=conditions.get("image_embeds"),
+            attention_kwargs=conditions.get("attention_kwargs"),
+            return_dict=False,
+        )[0]
+
+
+class Wan22Adapter(WanAdapter):
+    """Wan2.2 A14B: a high-noise and a low-noise expert, each a Wan2.1-14B architecture; inject each one.
+
+    Detection never picks this family (the class and config equal Wan2.1-14B's); name it: family="wan22".
+    """
+
+    family = "wan22"
+    mask_model = "wan22"
+    variants = {
+        "t2v-a14b": _WAN_14B,
+        "i2v-a14b": {**_WAN_14B, "in_channels": 36},
+    }
+    default_variant = "t2v-a14b"
+    experts = ("transformer", "transformer_2")  # pipeline subfolders: high-noise, low-noise expert
+
+    def matches(self, transformer) -> bool:
+        return False
+
+
+class Wan22TI2VAdapter(WanAdapter):
+    """Wan2.2 TI2V-5B: 48-channel latents of a 16x VAE; timesteps per token (0 on a clean first frame for I2V)."""
+
+    family = "wan22_ti2v"
+    mask_model = "wan22_ti2v"
+    variants = {
+        "ti2v-5b": {
+            **_WAN_BASE,
+            "num_attention_heads": 24,
+            "ffn_dim": 14336,
+            "num_layers": 30,
+            "in_channels": 48,
+            "out_channels": 48,
+        }
+    }
+    default_variant = "ti2v-5b"
+    tiny_config = {**_WAN_TINY, "in_channels": 48, "out_channels": 48}
+
+    def matches(self, transformer) -> bool:
+        return ModelAdapter.matches(self, transformer) and self.latent_channels(transformer) == 48
+
+    def _model_timestep(self, transformer, latents, t, conditions) -> torch.Tensor:
+        # The pipeline's expand_timesteps: one timestep per token, t where noised and 0 on clean conditioning.
+        pt, ph, pw = self.patch_size(transformer)
+        mask = conditions.get("first_frame_mask")
+        if mask is None:
+            b, _, f, h, w = latents.shape
+            return t[:, None].expand(b, (f // pt) * (h // ph) * (w // pw))
+        return (mask[:, 0, ::pt, ::ph, ::pw].to(t.dtype) * t[:, None, None, None]).flatten(1)
+
+
+register(WanAdapter())
+register(Wan22Adapter())
+register(Wan22TI2VAdapter())
