@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import torch
 
 from radial.plan import RadialPlan
 
-# name -> (module, function); imported on first use so that optional backends cost nothing until chosen.
-BACKENDS: dict[str, tuple[str, str]] = {
-    "reference": ("radial.kernels.reference", "reference_attention"),
-    "dense": ("radial.kernels.dense", "dense_attention"),
-    "triton": ("radial.kernels.triton", "triton_attention"),
-    "flex": ("radial.kernels.flex", "flex_attention_backend"),
-    "flashinfer": ("radial.kernels.flashinfer", "flashinfer_attention"),
+
+# Each backend is imported on first use (a function-level import, which torch.compile traces without a graph break),
+# so that optional backends (triton, flashinfer) cost nothing until chosen.
+def _reference(query, key, value, plan, key_padding_mask):
+    from radial.kernels.reference import reference_attention
+
+    return reference_attention(query, key, value, plan, key_padding_mask)
+
+
+def _dense(query, key, value, plan, key_padding_mask):
+    from radial.kernels.dense import dense_attention
+
+    return dense_attention(query, key, value, plan, key_padding_mask)
+
+
+def _triton(query, key, value, plan, key_padding_mask):
+    from radial.kernels.triton import triton_attention
+
+    return triton_attention(query, key, value, plan, key_padding_mask)
+
+
+def _flex(query, key, value, plan, key_padding_mask):
+    from radial.kernels.flex import flex_attention_backend
+
+    return flex_attention_backend(query, key, value, plan, key_padding_mask)
+
+
+def _flashinfer(query, key, value, plan, key_padding_mask):
+    from radial.kernels.flashinfer import flashinfer_attention
+
+    return flashinfer_attention(query, key, value, plan, key_padding_mask)
+
+
+# name -> attention function (query, key, value, plan, key_padding_mask) -> out [B, S, H, D].
+BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
+    "reference": _reference,
+    "dense": _dense,
+    "triton": _triton,
+    "flex": _flex,
+    "flashinfer": _flashinfer,
 }
 
 
@@ -30,8 +62,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def get_backend(name: str) -> Callable[..., torch.Tensor]:
     """The attention function of a backend, (q, k, v, plan, key_padding_mask) -> out."""
-    module, fn = BACKENDS[name]
-    return getattr(importlib.import_module(module), fn)
+    return BACKENDS[name]
 
 
 def _check_inputs(query, key, value, plan: RadialPlan, key_padding_mask) -> None:

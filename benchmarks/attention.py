@@ -1,0 +1,306 @@
+"""Radial attention kernels vs dense cuDNN SDPA on the official masks (H100, bf16, head dim 128).
+
+    python benchmarks/attention.py                      # all cases, all backends -> results/attention.{json,md}
+    python benchmarks/attention.py --cases wan4x --explore   # sweep Triton tile configs on one case
+
+Per case: block density, ideal speed-up (1/token density), forward and forward+backward time of each backend and
+its speed-up over dense SDPA (cuDNN), the share of the ideal reached, and the achieved TFLOP/s (FLOPs of the kept
+token pairs: forward 4*pairs*D per head, backward 2.5x that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import radial  # noqa: E402
+from radial.kernels import triton_common as tc  # noqa: E402
+
+# name: (frames, tokens per frame, text tokens, model, heads, note)
+CASES = {
+    "wan1x": (21, 1560, 0, "wan", 12, "Wan2.1 480p 81 frames"),
+    "wan2x": (41, 1560, 0, "wan", 12, "Wan2.1 480p 161 frames"),
+    "wan4x": (81, 1560, 0, "wan", 12, "Wan2.1 480p 321 frames"),
+    "hun4x": (128, 3600, 256, "hunyuan", 4, "HunyuanVideo 720p 4x (4 of 24 heads)"),
+}
+
+
+def timed(fn, min_reps=3, max_reps=20, budget_s=1.5):
+    """Median ms of fn() over CUDA events, after one warm-up; repeats until the budget or max_reps."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    while len(times) < min_reps or (sum(times) < budget_s * 1e3 and len(times) < max_reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), times
+
+
+def dense_sdpa(q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        ).transpose(1, 2)
+
+
+def make_fns(name, plan):
+    if name == "dense":
+        return lambda q, k, v: dense_sdpa(q, k, v)
+    return lambda q, k, v: radial.radial_attention(q, k, v, plan, backend=name)
+
+
+def measure(fn, q, k, v, do, backward=True):
+    with torch.no_grad():
+        fwd_ms, _ = timed(lambda: fn(q, k, v))
+    res = {"fwd_ms": fwd_ms}
+    if backward:
+
+        def step():
+            out = fn(q, k, v)
+            torch.autograd.grad(out, (q, k, v), do)
+
+        res["fwdbwd_ms"], _ = timed(step)
+    return res
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def run_case(case, backends, args, log):
+    frames, tpf, text, model, heads, note = CASES[case]
+    heads = args.heads or heads
+    plan = radial.make_plan(frames, tpf, text_tokens=text, model=model, device="cuda")
+    seq, dim = plan.seq_len, 128
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (
+        torch.randn(1, seq, heads, dim, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_(i < 3)
+        for i in range(4)
+    )
+    pairs = plan.stats.token_density * seq * seq
+    fwd_flops = 4 * pairs * dim * heads
+    dense_fwd_flops = 4 * seq * seq * dim * heads
+    row = {
+        "case": case,
+        "note": note,
+        "frames": frames,
+        "tokens_per_frame": tpf,
+        "text_tokens": text,
+        "seq_len": seq,
+        "heads": heads,
+        "head_dim": dim,
+        "block_density": plan.stats.block_density,
+        "token_density": plan.stats.token_density,
+        "ideal_speedup": plan.stats.ideal_speedup,
+        "floor_fwd_ms_at_650": fwd_flops / 650e12 * 1e3,
+        "floor_fwdbwd_ms_at_650": 3.5 * fwd_flops / 650e12 * 1e3,
+    }
+    for name in backends:
+        try:
+            fn = make_fns(name, plan)
+            res = measure(fn, q, k, v, do, backward=(name != "flashinfer"))
+            flops = dense_fwd_flops if name == "dense" else fwd_flops
+            res["fwd_tflops"] = flops / (res["fwd_ms"] * 1e-3) / 1e12
+            if "fwdbwd_ms" in res:
+                res["fwdbwd_tflops"] = 3.5 * flops / (res["fwdbwd_ms"] * 1e-3) / 1e12
+            row[name] = res
+        except Exception as err:  # a missing optional backend must not stop the table
+            row[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+        log(f"{case} {name}: {row[name]}")
+        torch.cuda.empty_cache()
+    dense = row.get("dense", {})
+    for name in backends:
+        r = row[name]
+        if name == "dense" or "error" in r or "error" in dense:
+            continue
+        for key in ("fwd", "fwdbwd"):
+            if f"{key}_ms" in r:
+                r[f"{key}_speedup"] = dense[f"{key}_ms"] / r[f"{key}_ms"]
+                r[f"{key}_pct_ideal"] = 100 * r[f"{key}_speedup"] / plan.stats.ideal_speedup
+    if args.check:
+        # Cross-check triton against flex on this case (both bf16): catches a wrong fast path at full size.
+        with torch.no_grad():
+            outs = {n: make_fns(n, plan)(q, k, v) for n in ("triton", "flex") if n in backends}
+        if len(outs) == 2:
+            row["triton_vs_flex_out_rel"] = rel(outs["triton"], outs["flex"])
+            log(f"{case} triton vs flex rel out diff {row['triton_vs_flex_out_rel']:.2e}")
+    return row
+
+
+FWD_VARIANTS = [
+    tc.FwdConfig(128, 64, 8, 3),
+    tc.FwdConfig(128, 64, 8, 4),
+    tc.FwdConfig(128, 128, 8, 2),
+    tc.FwdConfig(128, 128, 8, 3),
+    tc.FwdConfig(128, 64, 4, 3),
+]
+BWD_VARIANTS = [
+    tc.BwdConfig(64, 128, 8, 3, 128, 64, 8, 3),
+    tc.BwdConfig(64, 128, 8, 2, 128, 64, 8, 2),
+    tc.BwdConfig(32, 128, 4, 3, 128, 32, 4, 3),
+    tc.BwdConfig(64, 128, 8, 3, 128, 128, 8, 2),
+    tc.BwdConfig(64, 128, 8, 3, 64, 64, 4, 3),
+    tc.BwdConfig(64, 128, 8, 3, 0, 0, 0, 0, atomic_dq=True),
+    tc.BwdConfig(64, 128, 8, 2, 0, 0, 0, 0, atomic_dq=True),
+]
+
+
+def explore(case, args, log):
+    """Time the Triton backend under each tile config (forward and backward separately)."""
+    frames, tpf, text, model, heads, _ = CASES[case]
+    heads = args.heads or heads
+    plan = radial.make_plan(frames, tpf, text_tokens=text, model=model, device="cuda")
+    seq = plan.seq_len
+    q, k, v, do = (
+        torch.randn(1, seq, heads, 128, device="cuda", dtype=torch.bfloat16).requires_grad_(i < 3) for i in range(4)
+    )
+    fwd_flops = 4 * plan.stats.token_density * seq * seq * 128 * heads
+    fn = make_fns("triton", plan)
+    results = []
+    base_out = base_grads = None
+    for cfg in FWD_VARIANTS:
+        tc.set_config_override(fwd=cfg)
+        try:
+            with torch.no_grad():
+                out = fn(q, k, v)
+                err = rel(out, base_out) if base_out is not None else 0.0
+                base_out = out if base_out is None else base_out
+                ms, _ = timed(lambda: fn(q, k, v))
+            results.append(
+                {"kind": "fwd", "cfg": repr(cfg), "ms": ms, "tflops": fwd_flops / ms / 1e9, "rel_vs_first": err}
+            )
+        except Exception as e:
+            results.append({"kind": "fwd", "cfg": repr(cfg), "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        log(results[-1])
+    tc.set_config_override()
+    out = fn(q, k, v)
+    for cfg in BWD_VARIANTS:
+        tc.set_config_override(bwd=cfg)
+        try:
+            grads = torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
+            err = max(rel(a, b) for a, b in zip(grads, base_grads, strict=False)) if base_grads is not None else 0.0
+            base_grads = grads if base_grads is None else base_grads
+            ms, _ = timed(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+            results.append(
+                {"kind": "bwd", "cfg": repr(cfg), "ms": ms, "tflops": 2.5 * fwd_flops / ms / 1e9, "rel_vs_first": err}
+            )
+        except Exception as e:
+            results.append({"kind": "bwd", "cfg": repr(cfg), "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        log(results[-1])
+    tc.set_config_override()
+    return {"case": case, "heads": heads, "variants": results}
+
+
+def markdown(rows, meta):
+    lines = [
+        "# Radial attention: kernel benchmark",
+        "",
+        f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}, flashinfer {meta['flashinfer']}, "
+        f"{meta['date']}. bf16, head dim 128, batch 1, official masks (block 128). Times are medians of CUDA-event "
+        "timings after a warm-up; speed-ups are over dense SDPA (cuDNN) on the same inputs; % ideal = speed-up / "
+        "(1 / token density).",
+        "",
+        "| case | tokens | heads | density | ideal | dense fwd / fwd+bwd ms | triton fwd ms (x, % ideal) "
+        "| triton fwd+bwd ms (x, % ideal) | flex fwd ms (x) | flex fwd+bwd ms (x, % ideal) | flashinfer fwd ms (x) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(r, key, pct=True):
+        if not r or "error" in r:
+            return "n/a"
+        if f"{key}_ms" not in r:
+            return "-"
+        s = f"{r[f'{key}_ms']:.1f}"
+        if f"{key}_speedup" in r:
+            s += f" ({r[f'{key}_speedup']:.2f}x"
+            s += f", {r[f'{key}_pct_ideal']:.0f}%)" if pct else ")"
+        return s
+
+    for r in rows:
+        d = r.get("dense", {})
+        dense = "n/a" if "error" in d else f"{d['fwd_ms']:.1f} / {d['fwdbwd_ms']:.1f}"
+        lines.append(
+            f"| {r['case']} | {r['seq_len']} | {r['heads']} | {r['token_density']:.3f} | {r['ideal_speedup']:.2f} "
+            f"| {dense} | {cell(r.get('triton'), 'fwd')} | {cell(r.get('triton'), 'fwdbwd')} "
+            f"| {cell(r.get('flex'), 'fwd', False)} | {cell(r.get('flex'), 'fwdbwd')} "
+            f"| {cell(r.get('flashinfer'), 'fwd', False)} |"
+        )
+    lines += ["", "Achieved TFLOP/s (kept-pair FLOPs; dense: all pairs):", ""]
+    lines += ["| case | dense fwd / fwd+bwd | triton fwd / fwd+bwd | flex fwd / fwd+bwd |", "|---|---|---|---|"]
+    for r in rows:
+
+        def tf(name, r=r):
+            x = r.get(name, {})
+            if "error" in x or "fwd_tflops" not in x:
+                return "n/a"
+            return f"{x['fwd_tflops']:.0f} / {x.get('fwdbwd_tflops', float('nan')):.0f}"
+
+        lines.append(f"| {r['case']} | {tf('dense')} | {tf('triton')} | {tf('flex')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", default="wan1x,wan2x,wan4x,hun4x")
+    ap.add_argument("--backends", default="dense,triton,flex,flashinfer")
+    ap.add_argument("--heads", type=int, default=0, help="override the head count of every case")
+    ap.add_argument("--explore", action="store_true", help="sweep Triton tile configs instead of the table")
+    ap.add_argument("--check", action="store_true", help="cross-check triton against flex per case")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention"))
+    args = ap.parse_args()
+    os.makedirs(Path(args.out).parent, exist_ok=True)
+    logf = open(args.out + ".log", "a")  # noqa: SIM115 - open for the whole run
+
+    def log(msg):
+        print(msg, flush=True)
+        logf.write(f"{msg}\n")
+        logf.flush()
+
+    try:
+        import flashinfer
+
+        fi_version = getattr(flashinfer, "__version__", "?")
+    except Exception:
+        fi_version = "not installed"
+    import triton
+
+    meta = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "flashinfer": fi_version,
+        "date": datetime.date.today().isoformat(),
+    }
+    log(meta)
+    cases = args.cases.split(",")
+    if args.explore:
+        res = [explore(c, args, log) for c in cases]
+        Path(args.out + "_explore.json").write_text(json.dumps({"meta": meta, "results": res}, indent=1))
+        return
+    rows = [run_case(c, args.backends.split(","), args, log) for c in cases]
+    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    md = markdown(rows, meta)
+    Path(args.out + ".md").write_text(md)
+    print(md)
+    if any(math.isnan(r.get("triton", {}).get("fwd_ms", 0.0)) for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

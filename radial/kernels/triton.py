@@ -1,0 +1,156 @@
+"""`triton` backend: the block-sparse flash attention kernels wrapped as torch.library custom ops with autograd.
+
+The custom ops (radial::sparse_attn_fwd / radial::sparse_attn_bwd) make the kernels opaque to torch.compile, which
+traces them through their fake (meta) implementations and differentiates them through `register_autograd`.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from radial.kernels.triton_bwd import attention_backward
+from radial.kernels.triton_common import check_tensors, key_mask_bytes, pad_starts
+from radial.kernels.triton_fwd import attention_forward
+from radial.plan import RadialPlan
+
+
+def _contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+@torch.library.custom_op("radial::sparse_attn_fwd", mutates_args=())
+def sparse_attn_fwd(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_counts: torch.Tensor,
+    q_indices: torch.Tensor,
+    q_counts: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    block_size: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, S, H, D], lse2 fp32 [B, H, num_blocks * block_size]) of block-sparse attention.
+
+    q_indices/q_counts (the transposed lists) are unused here; they are inputs so that backward can reach them.
+    """
+    q, k, v = _contiguous(query), _contiguous(key), _contiguous(value)
+    seq = q.shape[1]
+    return attention_forward(
+        q, k, v, kv_indices, kv_counts, pad_starts(key_padding_mask, seq), key_mask_bytes(key_padding_mask),
+        block_size, scale,
+    )  # fmt: skip
+
+
+@sparse_attn_fwd.register_fake
+def _(query, key, value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, block_size, scale):
+    b, _, h, _ = query.shape
+    lse = query.new_empty((b, h, kv_counts.shape[0] * block_size), dtype=torch.float32)
+    return torch.empty_like(query, memory_format=torch.contiguous_format), lse
+
+
+@torch.library.custom_op("radial::sparse_attn_bwd", mutates_args=())
+def sparse_attn_bwd(
+    grad_out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_counts: torch.Tensor,
+    q_indices: torch.Tensor,
+    q_counts: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    block_size: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of `sparse_attn_fwd`."""
+    q, k, v, o, do = (_contiguous(t) for t in (query, key, value, out, grad_out))
+    seq = q.shape[1]
+    return attention_backward(
+        do, q, k, v, o, lse, kv_indices, kv_counts, q_indices, q_counts, pad_starts(key_padding_mask, seq),
+        key_mask_bytes(key_padding_mask), block_size, scale,
+    )  # fmt: skip
+
+
+@sparse_attn_bwd.register_fake
+def _(
+    grad_out,
+    query,
+    key,
+    value,
+    out,
+    lse,
+    kv_indices,
+    kv_counts,
+    q_indices,
+    q_counts,
+    key_padding_mask,
+    block_size,
+    scale,
+):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (query, key, value))
+
+
+def _setup_context(ctx, inputs, output):
+    query, key, value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, block_size, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(query, key, value, out, lse, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask)
+    ctx.block_size = block_size
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    query, key, value, out, lse, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask = ctx.saved_tensors
+    dq, dk, dv = sparse_attn_bwd(
+        grad_out, query, key, value, out, lse, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask,
+        ctx.block_size, ctx.scale,
+    )  # fmt: skip
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+sparse_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# Plan index tensors moved to another device, once per (plan, device).
+_device_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def plan_tensors(plan: RadialPlan, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(kv_indices, kv_counts, q_indices, q_counts) of the plan on `device`, cached."""
+    tensors = (plan.kv_indices, plan.kv_counts, plan.q_indices, plan.q_counts)
+    if plan.device == device:
+        return tensors
+    per_plan = _device_copies.setdefault(plan, {})
+    key = str(device)
+    if key not in per_plan:
+        per_plan[key] = tuple(t.to(device).contiguous() for t in tensors)
+    return per_plan[key]
+
+
+def triton_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    plan: RadialPlan,
+    key_padding_mask: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Block-sparse attention [B, S, H, D] under the plan, forward and backward in Triton."""
+    check_tensors(query, key, value, plan.block_size)
+    if query.shape[1] != plan.seq_len:
+        raise ValueError(f"sequence length {query.shape[1]} does not match the plan's seq_len={plan.seq_len}")
+    scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+    kv_indices, kv_counts, q_indices, q_counts = plan_tensors(plan, query.device)
+    if key_padding_mask is not None:
+        key_padding_mask = key_padding_mask.to(device=query.device, dtype=torch.bool)
+    out, _ = sparse_attn_fwd(
+        query, key, value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, plan.block_size, scale
+    )
+    return out

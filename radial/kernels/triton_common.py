@@ -1,0 +1,164 @@
+"""Shared pieces of the Triton block-sparse attention: input checks, key-padding limits, tile configs, jit helpers.
+
+Conventions of every kernel in radial/kernels/triton_*.py:
+- q, k, v, o and their gradients are [B, S, H, D] with the last dim contiguous and one shared set of strides;
+  batch/head offsets and `token * stride_s` are computed in int64 (B*S*H*D passes 2^31 at ~300k tokens).
+- The plan cuts S into PLAN_BLOCK-token blocks (the last one may be partial); kernels tile a plan block into
+  BLOCK_M / BLOCK_N sub-tiles and walk the plan's index lists (ascending) one sub-tile per loop iteration.
+- LSE is stored in base 2 of the scaled scores (lse2 = log2 sum exp2(q.k * scale * log2 e)), fp32 [B, H, S_pad],
+  S_pad = num_blocks * PLAN_BLOCK, written for every row (padded rows too, so that backward reads no garbage);
+  rows with no allowed key get output 0 and lse2 = +inf (so that backward's P = exp2(s - lse2) is 0 there).
+- Keys at index >= `lim` (lim = min(first padded key of the batch, S)) may need masking: a plan block kb is
+  "interior" when (kb + 1) * PLAN_BLOCK <= lim, and interior tiles run without any per-element mask. Because
+  the lists ascend, the interior entries of a list are a prefix; its length is found by a short binary search.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_tensors(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_size: int) -> None:
+    """Clear ValueErrors for what the kernels do not support (each names the offending value)."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [B, S, H, D], got shape {tuple(t.shape)}")
+    if not (query.shape == key.shape == value.shape):
+        raise ValueError(
+            f"query, key and value shapes differ: {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+        )
+    if not (query.dtype == key.dtype == value.dtype):
+        raise ValueError(f"query, key and value dtypes differ: {query.dtype}, {key.dtype}, {value.dtype}")
+    head_dim = query.shape[-1]
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"triton backend supports head dim {SUPPORTED_HEAD_DIMS}, got head_dim={head_dim}")
+    if query.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"triton backend supports float16, bfloat16 (and float32 for checks), got dtype={query.dtype}")
+    if query.device.type != "cuda" and not interpreting():
+        raise ValueError(
+            f"triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU checks), got device={query.device}"
+        )
+    if block_size not in (64, 128):
+        raise ValueError(f"triton backend supports plan block_size 64 or 128, got block_size={block_size}")
+
+
+def pad_starts(key_padding_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    """int32 [B]: index of the first padded key of each batch (seq_len when none); no host sync."""
+    if key_padding_mask is None:
+        return None
+    valid = key_padding_mask.to(torch.bool)
+    first_pad = torch.argmin(valid.to(torch.uint8), dim=1)  # first False (ties: first index)
+    return torch.where(valid.all(dim=1), seq_len, first_pad).to(torch.int32).contiguous()
+
+
+def key_mask_bytes(key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """uint8 [B, S] (1 = attend), contiguous, for the kernels' boundary tiles."""
+    if key_padding_mask is None:
+        return None
+    return key_padding_mask.to(torch.bool).contiguous().view(torch.uint8)
+
+
+@dataclass(frozen=True)
+class FwdConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class BwdConfig:
+    # dK/dV: a program owns BLOCK_N1 keys and walks q sub-tiles of BLOCK_M1; dQ: BLOCK_M2 queries, kv tiles of BLOCK_N2.
+    block_m1: int
+    block_n1: int
+    warps1: int
+    stages1: int
+    block_m2: int
+    block_n2: int
+    warps2: int
+    stages2: int
+    # dQ by fp32 atomics inside the dK/dV pass (5 matmuls instead of 7, not deterministic) instead of its own pass.
+    atomic_dq: bool = False
+
+
+# Measured on an H100 (benchmarks/NOTES_attention.md); the CPU interpreter uses small tiles (numpy speed).
+GPU_FWD = {64: FwdConfig(128, 64, 4, 3), 128: FwdConfig(128, 64, 8, 3)}
+GPU_BWD = {64: BwdConfig(64, 128, 8, 3, 128, 64, 8, 3), 128: BwdConfig(64, 128, 8, 3, 128, 64, 8, 3)}
+CPU_FWD = FwdConfig(64, 64, 4, 1)
+CPU_BWD = BwdConfig(32, 64, 4, 1, 64, 32, 4, 1)
+
+# Optional overrides for tuning runs (benchmarks/attention.py): set by `set_config_override`.
+_override: dict[str, object] = {}
+
+
+def set_config_override(fwd: FwdConfig | None = None, bwd: BwdConfig | None = None) -> None:
+    """Force tile configs (None restores the defaults); for benchmarks and tests only."""
+    _override.clear()
+    if fwd is not None:
+        _override["fwd"] = fwd
+    if bwd is not None:
+        _override["bwd"] = bwd
+
+
+def fwd_config(head_dim: int, plan_block: int) -> FwdConfig:
+    cfg = _override.get("fwd") or (CPU_FWD if interpreting() else GPU_FWD[head_dim])
+    return FwdConfig(min(cfg.block_m, plan_block), min(cfg.block_n, plan_block), cfg.num_warps, cfg.num_stages)
+
+
+def bwd_config(head_dim: int, plan_block: int) -> BwdConfig:
+    c = _override.get("bwd") or (CPU_BWD if interpreting() else GPU_BWD[head_dim])
+    p = plan_block
+    return BwdConfig(
+        min(c.block_m1, p), min(c.block_n1, p), c.warps1, c.stages1,
+        min(c.block_m2, p), min(c.block_n2, p), c.warps2, c.stages2, c.atomic_dq,
+    )  # fmt: skip
+
+
+@triton.jit
+def interior_count(idx_ptr, cnt, limit_block, num_blocks):
+    """How many entries of the ascending list idx_ptr[0:cnt] are < limit_block.
+
+    Entries >= limit_block lie in [limit_block, num_blocks), so at most num_blocks - limit_block of them exist and the
+    search starts there: one or two loads in the usual case (only the last block, or the text blocks, are boundary).
+    """
+    lo = tl.maximum(cnt - (num_blocks - limit_block), 0)
+    hi = cnt
+    while lo < hi:
+        mid = (lo + hi) // 2
+        below = tl.load(idx_ptr + mid) < limit_block
+        lo = tl.where(below, mid + 1, lo)
+        hi = tl.where(below, hi, mid)
+    return lo
+
+
+@triton.jit
+def key_limit(PAD_START, b, S, HAS_PAD: tl.constexpr):
+    """First key index of batch b that may need masking: min(first padded key, S)."""
+    lim = S
+    if HAS_PAD:
+        lim = tl.minimum(tl.load(PAD_START + b), S)
+    return lim
+
+
+@triton.jit
+def key_valid(KPM, b, cols, S, HAS_PAD: tl.constexpr):
+    """bool [N]: key columns that exist (< S) and are not padding."""
+    valid = cols < S
+    if HAS_PAD:
+        keep = tl.load(KPM + b * S + cols, mask=valid, other=0)
+        valid = valid & (keep != 0)
+    return valid
