@@ -1,0 +1,78 @@
+"""Long-video latent data: prepare (videos -> latent shards), a validated dataset with frame buckets, synthetic videos.
+
+Run from the repository root:
+
+    python -m data.synthetic --out outputs/syn --num 8 --frames 33 --fps 16 --size 64x64
+    python -m data.prepare --model wan --tiny --input outputs/syn --out outputs/latents --length 17 33 --fps 16 \\
+        --buckets 64x64
+    python -m data.prepare --model wan --pretrained /models/Wan2.1-T2V-1.3B-Diffusers --input videos/ \\
+        --out latents/wan_2x --length 2x            # 161 frames at 16 fps, 480x832 / 832x480 / 624x624 buckets
+    accelerate launch -m data.prepare ...           # one process per GPU (or --workers N on one machine)
+    python -m data.shards check latents/wan_2x [--full]     # validate as the dataset does
+
+The trainer's side
+------------------
+    from torch.utils.data import DataLoader
+    from data import BucketBatchSampler, Expect, LatentDataset, collate, data_parallel_rank
+
+    ds = LatentDataset(root, model="wan", expect=Expect(latent_channels=16, text_dim=4096))
+    #   or expect=Expect.from_transformer_config("wan", transformer.config); root may be a list of roots
+    dp_rank, dp_world = data_parallel_rank(rank, world_size, sp_degree)   # SP-group ranks share samples
+    sampler = BucketBatchSampler(ds, batch_size, seed, rank=dp_rank, world_size=dp_world, shuffle=True)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=2, pin_memory=True)
+    for batch in loader:
+        ...
+        state = sampler.state_dict(after=batch)    # exact even with DataLoader prefetching; save with the ckpt
+    sampler.load_state_dict(state)                 # on resume, before iterating the loader again
+
+Do not pass this DataLoader through `accelerator.prepare` (that would shard it across ranks a second time); move
+batches to the device yourself. Iterating the loader again continues with the next epoch (or `set_epoch`).
+
+Batches (B = batch_size; one bucket per batch, so one shape):
+    latents                [B, C, F, H, W]  stored dtype (bf16 default); C, F, H, W = latent channels, frames,
+                                            height, width (F = (frames - 1) / temporal_factor + 1)
+    prompt_embeds          [B, L, D]        text encoder output, zero past the valid tokens; L = max length
+                                            (Wan 512, HunyuanVideo 256 after the template crop, Mochi 256)
+    prompt_attention_mask  [B, L] bool      True on valid tokens
+    pooled_prompt_embeds   [B, Dp]          HunyuanVideo only: CLIP pooled output (diffusers: pooled_projections)
+    meta                   list of B dicts  key, source, caption, frames, fps, height, width, clip, clip_start, index
+    cursor                 {"epoch", "batch"}  where the batch is in the sampler's order (for state_dict)
+Names are those of the diffusers pipelines' encode_prompt; transformer arguments: encoder_hidden_states =
+prompt_embeds, encoder_attention_mask = prompt_attention_mask (Hunyuan, Mochi; Wan takes no mask: its pipeline
+feeds the zero-padded 512 tokens, as the batch has them), pooled_projections = pooled_prompt_embeds (Hunyuan).
+
+Latents are stored *normalized*, ready for the transformer (flow matching on them directly):
+Wan (raw - latents_mean) / latents_std; HunyuanVideo raw * scaling_factor; Mochi (raw - latents_mean) *
+scaling_factor / latents_std; all recorded as `ds.latent_norm` = {"convention", "shift", "scale"}
+(normalized = (raw - shift) * scale); `data.latents.denormalize_latents(latents, ds.latent_norm)` gives raw
+latents for `vae.decode` (validation videos). The latents are the posterior mode unless prepare ran with
+--latent-sample sample.
+
+Tiny encoders (tests, CPU demo) are the real classes with tiny configs: text hidden size TINY_TEXT_DIM (32), CLIP
+pooled size TINY_POOLED_DIM (32), text length 128; a tiny transformer must use the same text dims.
+
+Modules: encoders/ (VAE + text encoders per family), video.py (decode, sample, resize/crop), prepare.py (CLI and
+`prepare(PrepareConfig)`), shards.py (format, writer, validation, `python -m data.shards`), dataset.py,
+synthetic.py, latents.py (normalisation conventions).
+"""
+
+from data.dataset import BucketBatchSampler, Expect, LatentDataset, SampleRef, collate, data_parallel_rank
+from data.encoders import TINY_POOLED_DIM, TINY_TEXT_DIM, load_encoders
+from data.latents import denormalize_latents, normalize_latents
+from data.shards import FORMAT_VERSION, ShardError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "TINY_POOLED_DIM",
+    "TINY_TEXT_DIM",
+    "BucketBatchSampler",
+    "Expect",
+    "LatentDataset",
+    "SampleRef",
+    "ShardError",
+    "collate",
+    "data_parallel_rank",
+    "denormalize_latents",
+    "load_encoders",
+    "normalize_latents",
+]

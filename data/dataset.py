@@ -1,0 +1,415 @@
+"""LatentDataset (validated at open, memory-mapped reads), BucketBatchSampler (one shape per batch, exact resume),
+and collate. See data/__init__.py for how the trainer uses them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from data.encoders.base import TextField
+from data.shards import ShardError, dtype_name, load_index, verify_shards
+from radial.geometry import geometry
+
+BucketKey = tuple[int, int, int]  # (frames, height, width) in pixels
+VERIFY_MODES = ("header", "full")
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the consumer (the transformer) needs; LatentDataset refuses datasets that differ. None = don't check."""
+
+    latent_channels: int | None = None
+    text_dim: int | None = None  # prompt_embeds hidden size
+    text_len: int | None = None  # prompt_embeds padded length
+    pooled_dim: int | None = None  # pooled_prompt_embeds size (HunyuanVideo)
+    latent_dtype: str | None = None  # "bfloat16", "float32", "float16" (aliases bf16/fp32/fp16)
+    latent_norm: str | None = None  # normalisation convention: "wan", "hunyuan", "mochi"
+    frames: tuple[int, ...] | None = None  # every item must have one of these pixel frame counts
+    resolutions: tuple[tuple[int, int], ...] | None = None  # every item must have one of these (height, width)
+
+    @classmethod
+    def coerce(cls, value: Expect | dict | None) -> Expect:
+        if value is None:
+            return cls()
+        if isinstance(value, Expect):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"expect: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            value = dict(value)
+            if value.get("frames") is not None:
+                value["frames"] = tuple(int(f) for f in value["frames"])
+            if value.get("resolutions") is not None:
+                value["resolutions"] = tuple((int(h), int(w)) for h, w in value["resolutions"])
+            return cls(**value)
+        raise TypeError(f"expect must be an Expect, a dict or None, not {type(value).__name__}")
+
+    @classmethod
+    def from_transformer_config(cls, model: str, config: Any, **extra) -> Expect:
+        """Expectations from a diffusers transformer config (Wan-, HunyuanVideo- or MochiTransformer3DModel)."""
+        c = dict(config)
+        channels = c.get("out_channels") or c.get("in_channels")
+        text_dim = c.get("text_dim") or c.get("text_embed_dim")
+        pooled = c.get("pooled_projection_dim") if model == "hunyuan" else None
+        return cls(latent_channels=channels, text_dim=text_dim, pooled_dim=pooled, **extra)
+
+
+class SampleRef(NamedTuple):
+    """What BucketBatchSampler yields per sample: the dataset index and where in the epoch it was drawn."""
+
+    index: int
+    epoch: int
+    batch: int
+
+
+def _compatible(a: dict, b: dict) -> list[str]:
+    """Header fields in which two datasets differ (the encoders' source path may differ)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if k == "encoders" and isinstance(va, dict) and isinstance(vb, dict):
+            va = {x: y for x, y in va.items() if x != "source"}
+            vb = {x: y for x, y in vb.items() if x != "source"}
+        if va != vb:
+            out.append(k)
+    return out
+
+
+class LatentDataset(Dataset):
+    """A prepared dataset (or several with the same header), validated when opened.
+
+    Opening checks the index and every shard (format version, model, latent channels, shapes, dtypes, text dims,
+    sizes; `verify="full"` also sha256 and finite values) and raises ShardError naming the file and field; after
+    that, reads cannot meet a wrong shape. `frames` keeps only items of those pixel frame counts.
+
+    Items: {"latents": [C, F, H, W], "prompt_embeds": [L, D], "prompt_attention_mask": [L] bool,
+    "pooled_prompt_embeds": [Dp] (hunyuan), "meta": {...}} (+ "cursor" when indexed by a SampleRef).
+    """
+
+    def __init__(
+        self,
+        root: str | Path | Sequence[str | Path],
+        model: str,
+        expect: Expect | dict | None = None,
+        verify: str = "header",
+        frames: Sequence[int] | None = None,
+    ):
+        self.model = model
+        self.geometry = geometry(model)
+        self.expect = Expect.coerce(expect)
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify={verify!r}: expected one of {VERIFY_MODES}")
+        roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
+        if not roots:
+            raise ValueError("LatentDataset: no dataset root given")
+        self.roots = roots
+        self.header: dict | None = None
+        self.records: list[dict] = []
+        self._shard_paths: list[Path] = []
+        self._shard_of: list[int] = []
+        for r in roots:
+            index = load_index(r, model)
+            verify_shards(r, index, full=verify == "full")
+            if self.header is None:
+                self.header = index["header"]
+            else:
+                diff = _compatible(self.header, index["header"])
+                if diff:
+                    raise ShardError(f"dataset {r}: header differs from {roots[0]} in {', '.join(diff)}")
+            base = len(self._shard_paths)
+            self._shard_paths += [r / s["file"] for s in index["shards"]]
+            for record in index["items"]:
+                self.records.append({k: v for k, v in record.items() if k != "shard"})
+                self._shard_of.append(base + record["shard"])
+        keys = [r["key"] for r in self.records]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise ShardError(f"item {dup!r} appears in more than one of the datasets {[str(r) for r in roots]}")
+        if frames is not None:
+            keep = [i for i, r in enumerate(self.records) if r["frames"] in set(frames)]
+            self.records = [self.records[i] for i in keep]
+            self._shard_of = [self._shard_of[i] for i in keep]
+        if not self.records:
+            what = f" with frames in {list(frames)}" if frames is not None else ""
+            raise ShardError(f"dataset {', '.join(map(str, roots))}: no items{what}")
+        self.text_fields = {n: TextField.from_json(f) for n, f in self.header["text_fields"].items()}
+        self.latent_norm: dict = self.header["latent_norm"]
+        self._check_expect()
+        self.buckets: dict[BucketKey, list[int]] = {}
+        for i, r in enumerate(self.records):
+            self.buckets.setdefault((r["frames"], r["height"], r["width"]), []).append(i)
+        blob = json.dumps(
+            [self.header["model"], [(r["key"], r["frames"], r["height"], r["width"]) for r in self.records]]
+        )
+        self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        self._handles: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def _check_expect(self) -> None:
+        e, h, where = self.expect, self.header, f"dataset {', '.join(map(str, self.roots))}"
+        if e.latent_channels is not None and h["latent_channels"] != e.latent_channels:
+            raise ShardError(
+                f"{where}: latents have {h['latent_channels']} channels, the transformer expects {e.latent_channels}"
+            )
+        if e.latent_dtype is not None and h["latent_dtype"] != dtype_name(e.latent_dtype):
+            raise ShardError(f"{where}: latents are {h['latent_dtype']}, expected {dtype_name(e.latent_dtype)}")
+        if e.latent_norm is not None and self.latent_norm["convention"] != e.latent_norm:
+            raise ShardError(
+                f"{where}: latents are normalized by the {self.latent_norm['convention']!r} convention, expected "
+                f"{e.latent_norm!r}"
+            )
+        seq = self.text_fields.get("prompt_embeds")
+        if e.text_dim is not None and seq.dim != e.text_dim:
+            raise ShardError(f"{where}: prompt_embeds have dim {seq.dim}, the transformer expects {e.text_dim}")
+        if e.text_len is not None and seq.max_len != e.text_len:
+            raise ShardError(f"{where}: prompt_embeds are padded to {seq.max_len} tokens, expected {e.text_len}")
+        if e.pooled_dim is not None:
+            pooled = self.text_fields.get("pooled_prompt_embeds")
+            if pooled is None:
+                raise ShardError(f"{where}: model {self.model} datasets have no pooled_prompt_embeds")
+            if pooled.dim != e.pooled_dim:
+                raise ShardError(
+                    f"{where}: pooled_prompt_embeds have dim {pooled.dim}, the transformer expects {e.pooled_dim}"
+                )
+        for r in self.records:
+            if e.frames is not None and r["frames"] not in e.frames:
+                raise ShardError(
+                    f"{where}: item {r['key']!r} has {r['frames']} frames, expected one of {list(e.frames)}"
+                )
+            if e.resolutions is not None and (r["height"], r["width"]) not in e.resolutions:
+                raise ShardError(
+                    f"{where}: item {r['key']!r} is {r['height']}x{r['width']}, expected one of "
+                    f"{[f'{a}x{b}' for a, b in e.resolutions]}"
+                )
+
+    # ----- reading -----
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # file handles don't cross processes; each worker opens its own
+        return state
+
+    def _handle(self, shard: int):
+        from safetensors import safe_open
+
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        f = self._handles.get(shard)
+        if f is None:
+            f = self._handles[shard] = safe_open(str(self._shard_paths[shard]), framework="pt")
+        return f
+
+    def bucket_of(self, index: int) -> BucketKey:
+        r = self.records[index]
+        return (r["frames"], r["height"], r["width"])
+
+    def __getitem__(self, index: int | SampleRef) -> dict:
+        ref = index if isinstance(index, SampleRef) else None
+        i = int(ref.index if ref is not None else index)
+        r = self.records[i]
+        f = self._handle(self._shard_of[i])
+        latents = f.get_tensor(r["tensors"]["latents"])
+        if list(latents.shape) != r["latent_shape"]:  # only if a shard was replaced after the dataset was opened
+            raise ShardError(
+                f"shard {self._shard_paths[self._shard_of[i]]}: item {r['key']!r}: latents {list(latents.shape)}, "
+                f"expected {r['latent_shape']} (the file changed after the dataset was opened)"
+            )
+        sample: dict[str, Any] = {"latents": latents}
+        for name, field in self.text_fields.items():
+            t = f.get_tensor(r["tensors"][name])
+            if field.pooled:
+                sample[name] = t
+                continue
+            n = t.shape[0]
+            padded = t.new_zeros(field.max_len, field.dim)
+            padded[:n] = t
+            mask = torch.zeros(field.max_len, dtype=torch.bool)
+            mask[:n] = True
+            sample[name], sample[field.mask] = padded, mask
+        sample["meta"] = {
+            "index": i,
+            "key": r["key"],
+            "source": r["source"],
+            "caption": r["caption"],
+            "frames": r["frames"],
+            "fps": r["fps"],
+            "height": r["height"],
+            "width": r["width"],
+            "clip": r["clip"],
+            "clip_start": r.get("clip_start"),
+        }
+        if ref is not None:
+            sample["cursor"] = {"epoch": ref.epoch, "batch": ref.batch}
+        return sample
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """Stack samples of one bucket: tensors gain a batch dim; "meta" is a list of dicts; "cursor" (from
+    BucketBatchSampler) says which batch of which epoch this is, for `sampler.state_dict(after=batch)`."""
+    if not samples:
+        raise ValueError("collate: empty batch")
+    batch: dict[str, Any] = {}
+    for key, value in samples[0].items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        shapes = {tuple(s[key].shape) for s in samples}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"collate: {key} shapes differ within the batch {sorted(shapes)}; batch with BucketBatchSampler"
+            )
+        batch[key] = torch.stack([s[key] for s in samples])
+    batch["meta"] = [s["meta"] for s in samples]
+    cursors = [s.get("cursor") for s in samples]
+    if cursors[0] is not None:
+        batch["cursor"] = dict(cursors[0])
+    return batch
+
+
+def data_parallel_rank(rank: int, world_size: int, sp_degree: int = 1) -> tuple[int, int]:
+    """(dp_rank, dp_world) for a global rank when consecutive groups of `sp_degree` ranks share one sample."""
+    if sp_degree < 1 or world_size % sp_degree:
+        raise ValueError(f"world size {world_size} is not a multiple of the sequence-parallel degree {sp_degree}")
+    return rank // sp_degree, world_size // sp_degree
+
+
+class BucketBatchSampler(Sampler):
+    """Batches of one bucket (one shape), deterministic per (seed, epoch), split across data-parallel ranks.
+
+    Each epoch: items of every bucket are shuffled, cut into global batches of batch_size * world_size, and the
+    global batches of all buckets are shuffled together; rank r takes slice r of every global batch, so all ranks
+    step through the same bucket at the same time and have the same number of batches. Ranks of one
+    sequence-parallel group pass the same `rank` (see `data_parallel_rank`) and so receive the same samples.
+    drop_last=True drops each bucket's incomplete remainder (different items every epoch); False fills it up with
+    items of the same bucket, repeated.
+
+    Iterating continues from the saved position; at the end of an epoch the next starts. Yields lists of
+    `SampleRef`, which LatentDataset accepts as indices.
+    """
+
+    def __init__(
+        self,
+        dataset: LatentDataset,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.buckets = {k: list(v) for k, v in sorted(dataset.buckets.items())}
+        self.fingerprint = dataset.fingerprint
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, int(seed), rank, world_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.global_batch_size = batch_size * world_size
+        self.epoch, self.position = 0, 0
+        gbs = self.global_batch_size
+        if drop_last:
+            small = {k: len(v) for k, v in self.buckets.items() if len(v) < gbs}
+            if len(small) == len(self.buckets):
+                raise ValueError(
+                    f"no bucket holds a full global batch of {gbs} (batch_size {batch_size} x {world_size} ranks); "
+                    f"bucket sizes {small}; lower batch_size or use drop_last=False"
+                )
+            if small:
+                warnings.warn(
+                    f"buckets with fewer items than one global batch ({gbs}) are never sampled: {small}",
+                    stacklevel=2,
+                )
+        self._num_batches = sum(len(v) // gbs if drop_last else math.ceil(len(v) / gbs) for v in self.buckets.values())
+
+    def __len__(self) -> int:
+        """Batches per epoch (each rank gets this many)."""
+        return self._num_batches
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's global batches (dataset indices), identical on every rank."""
+        rng = np.random.default_rng([self.seed, epoch])
+        gbs, batches = self.global_batch_size, []
+        for items in self.buckets.values():
+            idx = np.asarray(items, dtype=np.int64)
+            if self.shuffle:
+                idx = rng.permutation(idx)
+            full = len(idx) // gbs
+            batches += [idx[i * gbs : (i + 1) * gbs] for i in range(full)]
+            rest = len(idx) - full * gbs
+            if rest and not self.drop_last:
+                batches.append(np.resize(np.concatenate([idx[full * gbs :], idx]), gbs))
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning (no-op if it is already the current epoch, e.g. after a resume)."""
+        if epoch != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+
+    def __iter__(self) -> Iterator[list[SampleRef]]:
+        epoch, batches = self.epoch, self.global_batches(self.epoch)
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        for b in range(self.position, len(batches)):
+            self.position = b + 1
+            yield [SampleRef(int(i), epoch, b) for i in batches[b][lo:hi]]
+        self.epoch, self.position = epoch + 1, 0
+
+    def state_dict(self, after: dict | None = None) -> dict:
+        """The position to resume from. Without `after`: after the last batch this sampler handed out (exact
+        when the DataLoader has no workers). With `after=batch` (a collated batch, or its "cursor"): right after
+        that batch, exact whatever the DataLoader prefetched."""
+        epoch, position = self.epoch, self.position
+        if after is not None:
+            cursor = after.get("cursor", after) if isinstance(after, dict) else None
+            if not isinstance(cursor, dict) or "epoch" not in cursor or "batch" not in cursor:
+                raise ValueError("state_dict(after=...): pass a batch from this sampler (it has a 'cursor')")
+            epoch, position = int(cursor["epoch"]), int(cursor["batch"]) + 1
+        if position >= self._num_batches:
+            epoch, position = epoch + 1, 0
+        return {
+            "version": 1,
+            "epoch": epoch,
+            "position": position,
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "fingerprint": self.fingerprint,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume exactly. The seed, the global batch size (batch_size x world_size: the number of ranks may
+        change if it stays the same), shuffle, drop_last and the dataset must be those of the saved run."""
+        if state.get("version") != 1:
+            raise ValueError(f"sampler state version {state.get('version')!r}, this code reads version 1")
+        checks = {
+            "fingerprint": (state.get("fingerprint"), self.fingerprint, "the dataset (items or order) changed"),
+            "seed": (state.get("seed"), self.seed, "a different seed gives a different order"),
+            "global_batch_size": (
+                state.get("global_batch_size"),
+                self.global_batch_size,
+                "batch_size x world_size must stay the same to resume exactly",
+            ),
+            "shuffle": (state.get("shuffle"), self.shuffle, ""),
+            "drop_last": (state.get("drop_last"), self.drop_last, ""),
+        }
+        for name, (saved, now, why) in checks.items():
+            if saved != now:
+                raise ValueError(f"sampler state: {name} was {saved!r}, now {now!r}" + (f" ({why})" if why else ""))
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -1,0 +1,85 @@
+"""VAE and text encoder(s) of each model family, tiny random-init or from a local diffusers folder.
+
+    enc = load_encoders("wan", tiny=True)                       # tests, CPU demo: real classes, tiny configs
+    enc = load_encoders("hunyuan", pretrained_path="/models/HunyuanVideo", device="cuda")
+    latents = enc.encode_video(pixels)      # [B, 3, F, H, W] in [-1, 1] -> normalized [B, C, f, h, w]
+    texts = enc.encode_text(["a red ball"])  # [{"prompt_embeds": [l, D], ...}]  (trimmed to valid tokens)
+
+Family -> classes (diffusers folder subfolders):
+  wan, wan22    AutoencoderKLWan (16 ch) + UMT5EncoderModel             vae/ text_encoder/ tokenizer/
+  wan22_ti2v    AutoencoderKLWan (48 ch, 16x spatial) + UMT5EncoderModel  vae/ text_encoder/ tokenizer/
+  hunyuan       AutoencoderKLHunyuanVideo + LlamaModel + CLIPTextModel   + text_encoder_2/ tokenizer_2/
+  mochi         AutoencoderKLMochi + T5EncoderModel                      vae/ text_encoder/ tokenizer/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from data.encoders.base import PRETRAINED_KEY, FamilyEncoders, TextField
+from radial.geometry import geometry
+
+TINY_TEXT_DIM = 32  # text hidden size of every tiny text encoder (a tiny transformer's text_dim must match)
+TINY_POOLED_DIM = 32  # hidden size of HunyuanVideo's tiny CLIP (pooled_projection_dim of its tiny transformer)
+
+
+def encoder_class(family: str) -> type[FamilyEncoders]:
+    geometry(family)  # unknown names fail here with the list of known ones
+    if family.startswith("wan"):
+        from data.encoders.wan import WanEncoders
+
+        return WanEncoders
+    if family == "hunyuan":
+        from data.encoders.hunyuan import HunyuanEncoders
+
+        return HunyuanEncoders
+    if family == "mochi":
+        from data.encoders.mochi import MochiEncoders
+
+        return MochiEncoders
+    raise ValueError(f"model family {family!r} has a geometry but no encoders in data/encoders")
+
+
+def check_pretrained(family: str, pretrained_path: str | Path | None) -> Path:
+    """Validate a local diffusers folder for `family` without loading anything (fails fast, before heavy work)."""
+    from data.encoders.base import require_folder
+
+    return require_folder(pretrained_path, family, list(encoder_class(family).components))
+
+
+def load_encoders(
+    family: str,
+    pretrained_path: str | Path | None = None,
+    *,
+    tiny: bool = False,
+    device: str | torch.device = "cpu",
+    vae_dtype: torch.dtype = torch.float32,
+    text_dtype: torch.dtype | None = None,
+    seed: int = 0,
+    tiny_text_dim: int = TINY_TEXT_DIM,
+    tiny_pooled_dim: int = TINY_POOLED_DIM,
+) -> FamilyEncoders:
+    """The family's encoders: tiny random-init (seeded, identical in every process) or from `pretrained_path`."""
+    cls = encoder_class(family)
+    if tiny:
+        if pretrained_path:
+            raise ValueError(f"give either tiny=True or {PRETRAINED_KEY}, not both")
+        kwargs = {"text_dim": tiny_text_dim}
+        if family == "hunyuan":
+            kwargs["pooled_dim"] = tiny_pooled_dim
+        return cls.tiny(family, seed=seed, device=device, **kwargs)
+    return cls.from_pretrained(family, pretrained_path, device=device, vae_dtype=vae_dtype, text_dtype=text_dtype)
+
+
+__all__ = [
+    "PRETRAINED_KEY",
+    "TINY_POOLED_DIM",
+    "TINY_TEXT_DIM",
+    "FamilyEncoders",
+    "TextField",
+    "check_pretrained",
+    "encoder_class",
+    "load_encoders",
+]

@@ -1,0 +1,38 @@
+"""A tiny in-process byte-level tokenizer for the tiny random-init text encoders (no files, no hub).
+
+Every byte is one token (a BPE model without merges over the GPT-2 byte alphabet), so any caption encodes, and
+the result is a transformers fast tokenizer that saves with ``save_pretrained`` and loads with ``AutoTokenizer``.
+"""
+
+from __future__ import annotations
+
+PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
+
+
+def byte_level_tokenizer(model_max_length: int, add_bos: bool = False):
+    """A right-padding byte-level tokenizer: ids 0..3 are pad, eos, unk, bos; 4.. are the 256 bytes.
+
+    `add_bos` puts <s> before the text (CLIP and Llama style); </s> always ends it (T5 and CLIP style).
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {PAD: 0, EOS: 1, UNK: 2, BOS: 3}
+    for char in ByteLevel.alphabet():
+        vocab[char] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    tok.pre_tokenizer = ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    template = f"{BOS} $A {EOS}" if add_bos else f"$A {EOS}"
+    tok.post_processor = TemplateProcessing(single=template, special_tokens=[(BOS, 3), (EOS, 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        bos_token=BOS,
+        model_max_length=model_max_length,
+        padding_side="right",
+    )
