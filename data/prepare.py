@@ -90,6 +90,8 @@ class PrepareConfig:
     encoder_dtype: str | None = None  # text encoders; default bf16 on CUDA, fp32 on CPU
     vae_tiling: bool = False
     workers: int = 1  # processes on this machine (ignored under `accelerate launch`)
+    threads: int | None = None  # torch CPU threads while encoding; default 1 for tiny encoders on CPU (they are
+    # dominated by per-op overhead, and extra threads spin when the machine is busy), else torch's default
     limit: int | None = None  # stop after writing this many new items (smoke runs)
     strict_fps: bool = False  # skip videos whose frame rate is below the target (instead of repeating frames)
     path_column: str | None = None
@@ -433,11 +435,21 @@ def run_rank(
     show_progress: bool = False,
 ) -> RankReport:
     """Encode and write the given units with this process's encoders; flushes what is done even when stopped."""
+    t0 = time.time()
+    _, fps, buckets = _resolve(cfg)
+    threads = cfg.threads or (1 if cfg.tiny and torch.device(device).type == "cpu" else None)
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_rank(cfg, units, rank, world, device, expected_header, on_unit, show_progress, fps, buckets, t0)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _run_rank(cfg, units, rank, world, device, expected_header, on_unit, show_progress, fps, buckets, t0):
     from tqdm.auto import tqdm
 
-    t0 = time.time()
-    frames_fps_buckets = _resolve(cfg)
-    fps, buckets = frames_fps_buckets[1], frames_fps_buckets[2]
     enc = _load(cfg, device)
     header = make_header(enc, cfg.latent_dtype, cfg.text_dtype, cfg.latent_sample)
     if expected_header is not None and expected_header != header:
@@ -473,7 +485,8 @@ def run_rank(
 
 def _worker(cfg, units, rank, world, device, expected_header, queue):
     try:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        if cfg.threads is None:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         report = run_rank(
             cfg, units, rank, world, device, expected_header, on_unit=lambda r: queue.put(("unit", rank, None))
         )
@@ -492,7 +505,7 @@ def _plan(cfg: PrepareConfig, frames_list, done: set[str]):
     for s in sources:
         keys = [(item_key(s.rel, f, c), f, c) for f in frames_list for c in range(cfg.clips_per_video)]
         missing = [k for k in keys if k[0] not in done]
-        already.extend(k for k, _, _ in keys if k[0] in done)
+        already.extend(k for k, _, _ in keys if k in done)
         if not missing:
             continue
         if s.problem:
@@ -666,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-dtype", default=None)
     p.add_argument("--vae-tiling", action="store_true")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (not with accelerate launch)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--limit", type=int, default=None, help="stop after this many new items")
     p.add_argument("--strict-fps", action="store_true", help="skip videos below the target fps")
     p.add_argument("--path-column", default=None)

@@ -211,11 +211,14 @@ def plan_clips(info: VideoInfo, frames: int, fps: float, num_clips: int = 1, mod
     n = max(1, min(num_clips, fit))
     free = max(0.0, last - span)
     if mode == "start":
-        return [i * step for i in range(n)]
-    if n == 1:
-        return [free / 2]
-    gap = (free - (n - 1) * step) / (n + 1) if free >= (n - 1) * step else 0.0
-    return [min(free, gap * (i + 1) + i * step) for i in range(n)]
+        starts = [i * step for i in range(n)]
+    elif n == 1:
+        starts = [free / 2]
+    else:
+        gap = (free - (n - 1) * step) / (n + 1) if free >= (n - 1) * step else 0.0
+        starts = [min(free, gap * (i + 1) + i * step) for i in range(n)]
+    # Start on a source frame, so that equal rates sample whole frames, never a tie between two.
+    return [math.floor(s * info.fps + 1e-6) / info.fps for s in starts]
 
 
 # ----- decoding -----

@@ -21,8 +21,8 @@ import torch
 from data.encoders.base import PRETRAINED_KEY, FamilyEncoders, TextField
 from radial.geometry import geometry
 
-TINY_TEXT_DIM = 32  # text hidden size of every tiny text encoder (a tiny transformer's text_dim must match)
-TINY_POOLED_DIM = 32  # hidden size of HunyuanVideo's tiny CLIP (pooled_projection_dim of its tiny transformer)
+TINY_TEXT_DIM = 32  # text hidden size of every tiny text encoder (= text_dim of radial.models' tiny transformers)
+TINY_POOLED_DIM = 16  # hidden size of HunyuanVideo's tiny CLIP (= pooled_projection_dim of radial.models' tiny one)
 
 
 def encoder_class(family: str) -> type[FamilyEncoders]:

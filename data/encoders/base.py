@@ -76,7 +76,13 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 def tokenizer_digest(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        data = json.loads(backend.to_str())
+        data.pop("truncation", None)  # call-time state, set by each tokenizer call
+        data.pop("padding", None)
+        blob = json.dumps(data, sort_keys=True)
+    else:
+        blob = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

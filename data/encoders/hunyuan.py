@@ -126,7 +126,7 @@ class HunyuanEncoders(FamilyEncoders):
         ]
 
     @classmethod
-    def tiny(cls, family: str = "hunyuan", seed: int = 0, device="cpu", text_dim: int = 32, pooled_dim: int = 32):
+    def tiny(cls, family: str = "hunyuan", seed: int = 0, device="cpu", text_dim: int = 32, pooled_dim: int = 16):
         from diffusers import AutoencoderKLHunyuanVideo
         from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 

@@ -9,8 +9,22 @@ from __future__ import annotations
 PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
 
 
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map (the ByteLevel pre-tokenizer's alphabet), in byte order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
 def byte_level_tokenizer(model_max_length: int, add_bos: bool = False):
-    """A right-padding byte-level tokenizer: ids 0..3 are pad, eos, unk, bos; 4.. are the 256 bytes.
+    """A right-padding byte-level tokenizer: ids 0..3 are pad, eos, unk, bos; 4.. are the 256 bytes in order.
 
     `add_bos` puts <s> before the text (CLIP and Llama style); </s> always ends it (T5 and CLIP style).
     """
@@ -20,8 +34,10 @@ def byte_level_tokenizer(model_max_length: int, add_bos: bool = False):
     from transformers import PreTrainedTokenizerFast
 
     vocab = {PAD: 0, EOS: 1, UNK: 2, BOS: 3}
-    for char in ByteLevel.alphabet():
-        vocab[char] = len(vocab)
+    for b, char in bytes_to_unicode().items():  # byte b -> id 4 + b, the same in every process
+        vocab[char] = 4 + b
+    if set(vocab) - {PAD, EOS, UNK, BOS} != set(ByteLevel.alphabet()):
+        raise RuntimeError("byte-level alphabet mismatch with the tokenizers library")
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
     tok.pre_tokenizer = ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
