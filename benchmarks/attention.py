@@ -144,20 +144,20 @@ def run_case(case, backends, args, log):
 
 
 FWD_VARIANTS = [
-    tc.FwdConfig(128, 64, 8, 3),
-    tc.FwdConfig(128, 64, 8, 4),
-    tc.FwdConfig(128, 128, 8, 2),
     tc.FwdConfig(128, 128, 8, 3),
-    tc.FwdConfig(128, 64, 4, 3),
+    tc.FwdConfig(128, 128, 8, 2),
+    tc.FwdConfig(64, 128, 4, 3),
+    tc.FwdConfig(64, 128, 4, 2),
 ]
 BWD_VARIANTS = [
-    tc.BwdConfig(64, 128, 8, 3, 128, 64, 8, 3),
-    tc.BwdConfig(64, 128, 8, 2, 128, 64, 8, 2),
-    tc.BwdConfig(32, 128, 4, 3, 128, 32, 4, 3),
     tc.BwdConfig(64, 128, 8, 3, 128, 128, 8, 2),
-    tc.BwdConfig(64, 128, 8, 3, 64, 64, 4, 3),
+    tc.BwdConfig(64, 128, 8, 4, 128, 128, 8, 3),
+    tc.BwdConfig(64, 128, 8, 2, 128, 64, 8, 3),
+    tc.BwdConfig(128, 128, 8, 2, 64, 128, 4, 3),
+    tc.BwdConfig(32, 128, 8, 3, 128, 128, 4, 2),
+    tc.BwdConfig(64, 64, 4, 3, 128, 128, 8, 2),
+    tc.BwdConfig(32, 64, 4, 3, 128, 128, 8, 2),
     tc.BwdConfig(64, 128, 8, 3, 0, 0, 0, 0, atomic_dq=True),
-    tc.BwdConfig(64, 128, 8, 2, 0, 0, 0, 0, atomic_dq=True),
 ]
 
 
@@ -205,6 +205,26 @@ def explore(case, args, log):
         log(results[-1])
     tc.set_config_override()
     return {"case": case, "heads": heads, "variants": results}
+
+
+def profile(case, args, log):
+    """Per-kernel CUDA time of one Triton forward+backward (torch.profiler), to see where the time goes."""
+    frames, tpf, text, model, heads, _ = CASES[case]
+    heads = args.heads or heads
+    plan = radial.make_plan(frames, tpf, text_tokens=text, model=model, device="cuda")
+    q, k, v, do = (
+        torch.randn(1, plan.seq_len, heads, 128, device="cuda", dtype=torch.bfloat16).requires_grad_(i < 3)
+        for i in range(4)
+    )
+    fn = make_fns("triton", plan)
+    torch.autograd.grad(fn(q, k, v), (q, k, v), do)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            torch.autograd.grad(fn(q, k, v), (q, k, v), do)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60)
+    log(f"profile {case} (3 iterations)\n{table}")
 
 
 def markdown(rows, meta):
@@ -262,6 +282,7 @@ def main():
     ap.add_argument("--heads", type=int, default=0, help="override the head count of every case")
     ap.add_argument("--explore", action="store_true", help="sweep Triton tile configs instead of the table")
     ap.add_argument("--check", action="store_true", help="cross-check triton against flex per case")
+    ap.add_argument("--profile", action="store_true", help="per-kernel times of triton fwd+bwd instead of the table")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention"))
     args = ap.parse_args()
     os.makedirs(Path(args.out).parent, exist_ok=True)
@@ -289,6 +310,10 @@ def main():
     }
     log(meta)
     cases = args.cases.split(",")
+    if args.profile:
+        for c in cases:
+            profile(c, args, log)
+        return
     if args.explore:
         res = [explore(c, args, log) for c in cases]
         Path(args.out + "_explore.json").write_text(json.dumps({"meta": meta, "results": res}, indent=1))

@@ -50,13 +50,15 @@ def _dkdv_tiles(
     lse_base,
     delta_base,
     idx_ptr,
-    n_tiles,
+    t_lo,
+    t_hi,
     stride_s,
     qk_scale,
     sm_scale,
     kvalid,
     S,
     MASKED: tl.constexpr,
+    ROW_MASK: tl.constexpr,
     ATOMIC_DQ: tl.constexpr,
     PLAN_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -66,18 +68,24 @@ def _dkdv_tiles(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     local = offs_m[:, None] * stride_s + offs_d[None, :]
-    for t in range(0, n_tiles):
+    for t in range(t_lo, t_hi):
         qb = tl.load(idx_ptr + t // SUB)
         start_m = qb * PLAN_BLOCK + (t % SUB) * BLOCK_M
         off = start_m.to(tl.int64) * stride_s
         row_ok = (start_m + offs_m) < S
-        q = tl.load(q_base + off + local, mask=row_ok[:, None], other=0.0)
+        if ROW_MASK:  # only the partial last query block; its rows past S load as zeros and add nothing
+            q = tl.load(q_base + off + local, mask=row_ok[:, None], other=0.0)
+        else:
+            q = tl.load(q_base + off + local)
         lse = tl.load(lse_base + start_m + offs_m)
         qk_t = tl.dot(k, tl.trans(q))
         p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
         if MASKED:
             p_t = tl.where(kvalid[:, None], p_t, 0.0)
-        do = tl.load(do_base + off + local, mask=row_ok[:, None], other=0.0)
+        if ROW_MASK:
+            do = tl.load(do_base + off + local, mask=row_ok[:, None], other=0.0)
+        else:
+            do = tl.load(do_base + off + local)
         dv = tl.dot(p_t.to(do.dtype), do, dv)
         delta = tl.load(delta_base + start_m + offs_m)
         dp_t = tl.dot(v, tl.trans(do))
@@ -112,6 +120,7 @@ def _dkdv_kernel(
     H,
     S,
     S_PAD,
+    NUM_BLOCKS,
     NUM_N_TILES,
     qk_scale,
     sm_scale,
@@ -146,16 +155,30 @@ def _dkdv_kernel(
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     lim = key_limit(PAD_START, b, S, HAS_PAD)
+    # Entries before n_full are whole query blocks (no row mask); only the partial last block, if listed, follows.
+    n_full = interior_count(idx_ptr, cnt, S // PLAN_BLOCK, NUM_BLOCKS) * SUB
     if start_n + BLOCK_N <= lim:
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q + base, DO + base, DQ_ACC + base, LSE + stat, DELTA + stat, idx_ptr, cnt * SUB,
-            stride_s, qk_scale, sm_scale, col_ok, S, False, ATOMIC_DQ, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
+            dk, dv, k, v, Q + base, DO + base, DQ_ACC + base, LSE + stat, DELTA + stat, idx_ptr,
+            0, n_full, stride_s, qk_scale, sm_scale, col_ok, S,
+            False, False, ATOMIC_DQ, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
+        )  # fmt: skip
+        dk, dv = _dkdv_tiles(
+            dk, dv, k, v, Q + base, DO + base, DQ_ACC + base, LSE + stat, DELTA + stat, idx_ptr,
+            n_full, cnt * SUB, stride_s, qk_scale, sm_scale, col_ok, S,
+            False, True, ATOMIC_DQ, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
         )  # fmt: skip
     else:
         kvalid = key_valid(KPM, b, cols, S, HAS_PAD)
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q + base, DO + base, DQ_ACC + base, LSE + stat, DELTA + stat, idx_ptr, cnt * SUB,
-            stride_s, qk_scale, sm_scale, kvalid, S, True, ATOMIC_DQ, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
+            dk, dv, k, v, Q + base, DO + base, DQ_ACC + base, LSE + stat, DELTA + stat, idx_ptr,
+            0, n_full, stride_s, qk_scale, sm_scale, kvalid, S,
+            True, False, ATOMIC_DQ, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
+        )  # fmt: skip
+        dk, dv = _dkdv_tiles(
+            dk, dv, k, v, Q + base, DO + base, DQ_ACC + base, LSE + stat, DELTA + stat, idx_ptr,
+            n_full, cnt * SUB, stride_s, qk_scale, sm_scale, kvalid, S,
+            True, True, ATOMIC_DQ, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
         )  # fmt: skip
     tl.store(DV + kv_off + local, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DK + kv_off + local, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
@@ -314,7 +337,7 @@ def attention_backward(
     n_n = s_pad // cfg.block_n1
     _dkdv_kernel[(n_n, bsz * heads)](
         q, k, v, do, dk, dv, dq_acc, lse, delta, q_indices, q_counts, pad_arg, mask_arg,
-        *strides, q_indices.stride(0), heads, seq, s_pad, n_n, qk_scale, scale,
+        *strides, q_indices.stride(0), heads, seq, s_pad, num_blocks, n_n, qk_scale, scale,
         HAS_PAD=has_pad, ATOMIC_DQ=cfg.atomic_dq, PLAN_BLOCK=plan_block, BLOCK_M=cfg.block_m1,
         BLOCK_N=cfg.block_n1, HEAD_DIM=head_dim, num_warps=cfg.warps1, num_stages=cfg.stages1,
     )  # fmt: skip

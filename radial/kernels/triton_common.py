@@ -96,8 +96,8 @@ class BwdConfig:
 
 
 # Measured on an H100 (benchmarks/NOTES_attention.md); the CPU interpreter uses small tiles (numpy speed).
-GPU_FWD = {64: FwdConfig(128, 64, 4, 3), 128: FwdConfig(128, 64, 8, 3)}
-GPU_BWD = {64: BwdConfig(64, 128, 8, 3, 128, 64, 8, 3), 128: BwdConfig(64, 128, 8, 3, 128, 64, 8, 3)}
+GPU_FWD = {64: FwdConfig(128, 128, 8, 3), 128: FwdConfig(128, 128, 8, 3)}
+GPU_BWD = {64: BwdConfig(64, 128, 8, 3, 128, 128, 8, 2), 128: BwdConfig(64, 128, 8, 3, 128, 128, 8, 2)}
 CPU_FWD = FwdConfig(64, 64, 4, 1)
 CPU_BWD = BwdConfig(32, 64, 4, 1, 64, 32, 4, 1)
 
