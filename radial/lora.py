@@ -1,0 +1,125 @@
+"""PEFT LoRA on a diffusers transformer: attach, state dicts, and export that diffusers pipelines load.
+
+LoRA layers are PEFT's (through diffusers' `add_adapter`); export goes through the family pipeline's own
+`save_lora_weights`, so the keys are exactly what `Pipeline.load_lora_weights(dir)` expects. Our training facts
+(base model, rank, radial settings, frames, resolution) are added to the safetensors header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+METADATA_KEY = "radial_lora"
+
+
+def attach_lora(
+    transformer: torch.nn.Module,
+    *,
+    rank: int,
+    alpha: float,
+    target_modules: str | Sequence[str],
+    dropout: float = 0.0,
+    init: str | bool = True,
+) -> LoraConfig:
+    """Freeze the transformer and add a trainable PEFT LoRA adapter; returns its config.
+
+    `target_modules` is PEFT's: a regex (full match on module names) or a list of name suffixes.
+    """
+    if rank < 1:
+        raise ValueError(f"lora.rank must be >= 1, got {rank}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"lora.dropout must be in [0, 1), got {dropout}")
+    if not target_modules:
+        raise ValueError("lora.target_modules is empty: name at least one module (e.g. to_q)")
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    transformer.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, init_lora_weights=init)
+    transformer.add_adapter(config)
+    if not any(p.requires_grad for p in transformer.parameters()):
+        raise ValueError(
+            f"lora.target_modules {list(target_modules)} matched no module of {type(transformer).__name__}"
+        )
+    return config
+
+
+def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights with PEFT keys (`blocks.0.attn1.to_q.lora_A.weight`), detached, contiguous."""
+    sd = get_peft_model_state_dict(transformer)
+    return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+def load_lora_state_dict(transformer: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load adapter weights saved by `lora_state_dict`; unknown or missing LoRA keys are an error."""
+    result = set_peft_model_state_dict(transformer, dict(state_dict))
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ValueError(f"LoRA weights do not fit this transformer: unexpected keys {unexpected[:5]}")
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Our training metadata from a LoRA safetensors header ({} if the file has none)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+
+
+def add_metadata(path: str | Path, info: Mapping[str, Any]) -> None:
+    """Rewrite a safetensors file with `info` (JSON) added to its header under `radial_lora`."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    meta[METADATA_KEY] = json.dumps(dict(info), sort_keys=True, default=str)
+    _atomic_save(tensors, path, meta)
+
+
+def export_diffusers(
+    transformer: torch.nn.Module,
+    pipeline_class: type,
+    out_dir: str | Path,
+    config: LoraConfig,
+    info: Mapping[str, Any],
+) -> Path:
+    """Write `pytorch_lora_weights.safetensors` with the pipeline's own saver (so `load_lora_weights` accepts it)."""
+    out_dir = Path(out_dir)
+    layers = {k: v.to("cpu") for k, v in lora_state_dict(transformer).items()}
+    adapter_meta = {
+        "r": config.r,
+        "lora_alpha": config.lora_alpha,
+        "target_modules": config.target_modules
+        if isinstance(config.target_modules, str)
+        else sorted(config.target_modules),
+        "lora_dropout": config.lora_dropout,
+    }
+    pipeline_class.save_lora_weights(
+        out_dir, transformer_lora_layers=layers, transformer_lora_adapter_metadata=adapter_meta
+    )
+    path = out_dir / DIFFUSERS_WEIGHT_NAME
+    add_metadata(path, info)
+    return path
+
+
+def export_comfy(state_dict: Mapping[str, torch.Tensor], out_path: str | Path, info: Mapping[str, Any]) -> Path:
+    """Write an already key-converted ComfyUI / original-format LoRA state dict with our metadata."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    _atomic_save(tensors, out_path, {"format": "pt", METADATA_KEY: json.dumps(dict(info), sort_keys=True, default=str)})
+    return out_path

@@ -1,0 +1,110 @@
+"""What the trainer is made of, built from a validated config: the transformer (with radial attention and LoRA)
+and the data (synthetic demo data prepared on first use, or prepared latents)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+import radial
+from radial.lora import attach_lora
+from radial.models import ModelAdapter, get_adapter
+from train.config import Config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelParts:
+    adapter: ModelAdapter
+    transformer: torch.nn.Module
+    handle: Any  # radial.RadialHandle
+    lora_config: Any  # peft.LoraConfig
+    target_modules: Any
+
+
+def build_transformer(cfg: Config, adapter: ModelAdapter, device: torch.device) -> torch.nn.Module:
+    """The base transformer: tiny random-init, full-size random weights, or real weights from `model.path`."""
+    m = cfg.model
+    dtype = DTYPES[m.dtype]
+    if m.source == "tiny":
+        return adapter.build_tiny(seed=cfg.seed, dtype=dtype, device=device)
+    if m.source == "full":
+        return adapter.build_full(m.variant, dtype=dtype, device=device, seed=cfg.seed)
+    subfolder = None if m.expert is None else m.expert
+    return adapter.from_pretrained(m.path, dtype=dtype, subfolder=subfolder, device=device)
+
+
+def build_model(cfg: Config, device: torch.device, base_dir: Path | None = None) -> ModelParts:
+    """Transformer + radial attention + PEFT LoRA (trainable parameters in fp32), ready for Accelerate."""
+    adapter = get_adapter(cfg.model.family)
+    transformer = build_transformer(cfg, adapter, device)
+    if base_dir is not None and cfg.model.source == "tiny":
+        # A LoRA is useless without its base: random tiny bases are saved beside the run.
+        transformer.save_pretrained(base_dir)
+    a = cfg.attention
+    handle = radial.inject(
+        transformer,
+        family=cfg.model.family,
+        backend=a.backend,
+        decay_factor=a.decay_factor,
+        dense_layers=a.dense_layers,
+        dense_timesteps=a.dense_timesteps,
+        block_size=a.block_size,
+        sink=a.sink,
+        decay_adjacent=a.decay_adjacent,
+    )
+    targets = cfg.lora.target_modules or adapter.lora_target_modules(cfg.lora.projections, text=cfg.lora.text)
+    lora_config = attach_lora(
+        transformer, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=targets
+    )
+    for p in transformer.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    if cfg.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    return ModelParts(adapter, transformer, handle, lora_config, targets)
+
+
+def synthetic_latents(cfg: Config, main_process: bool) -> Path:
+    """Generate synthetic videos and prepare them with the family's tiny encoders (once; reused afterwards)."""
+    from data.prepare import PrepareConfig, prepare
+    from data.synthetic import make_synthetic_videos
+
+    root = Path(cfg.data.root)
+    videos, latents = root / "videos", root / "latents"
+    if main_process:
+        if not (videos / "manifest.jsonl").is_file():
+            make_synthetic_videos(
+                videos, num=cfg.data.num_videos, frames=cfg.data.frames, fps=cfg.data.fps,
+                sizes=((cfg.data.height, cfg.data.width),), seed=cfg.seed,
+            )  # fmt: skip
+        prepare(
+            PrepareConfig(
+                model=cfg.model.family, input=str(videos / "manifest.jsonl"), out=str(latents), tiny=True,
+                lengths=(cfg.data.frames,), fps=cfg.data.fps, buckets=(f"{cfg.data.height}x{cfg.data.width}",),
+                seed=cfg.seed, progress=False, latent_dtype="fp32", text_dtype="fp32",
+            )
+        )  # fmt: skip
+    return latents
+
+
+def build_data(cfg: Config, parts: ModelParts, rank: int, world_size: int, latents_root: Path):
+    """Dataset validated against the transformer, a resumable bucket sampler for this data-parallel rank, loader."""
+    from data import BucketBatchSampler, Expect, LatentDataset, collate, data_parallel_rank
+
+    expect = Expect.from_transformer_config(cfg.model.family, parts.transformer.config)
+    dataset = LatentDataset(latents_root, model=cfg.model.family, expect=expect)
+    dp_rank, dp_world = data_parallel_rank(rank, world_size, cfg.parallel.sp_degree)
+    sampler = BucketBatchSampler(
+        dataset, cfg.data.batch_size, cfg.seed, rank=dp_rank, world_size=dp_world, shuffle=cfg.data.shuffle
+    )
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers, pin_memory=False
+    )
+    return dataset, sampler, loader

@@ -1,0 +1,226 @@
+"""The trainer's config schema: typed sections merged over the Hydra composition, then range checks.
+
+OmegaConf rejects unknown keys and wrong types with the full key in the message; `validate` adds the checks
+that types cannot express (ranges, choices, paths) and names the key in every error, before anything heavy runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+SOURCES = ("tiny", "full", "pretrained")
+DTYPES = ("float32", "bfloat16", "float16")
+PRECISIONS = ("no", "fp16", "bf16")
+BACKENDS = ("auto", "triton", "flex", "reference", "dense", "flashinfer")
+TRACKERS = ("tensorboard", "wandb")
+
+
+@dataclass
+class ModelConfig:
+    family: str = "wan"
+    source: str = "tiny"
+    variant: str | None = None
+    path: str | None = None
+    dtype: str = "float32"
+    flow_shift: float = 1.0
+    expert: str | None = None
+
+
+@dataclass
+class AttentionConfig:
+    backend: str = "auto"
+    decay_factor: float = 1.0
+    dense_layers: int = 2
+    dense_timesteps: int = 0
+    block_size: int = 128
+    sink: bool | None = None
+    decay_adjacent: bool = False
+
+
+@dataclass
+class DataConfig:
+    kind: str = "synthetic"
+    root: str = "${output_dir}/data"
+    batch_size: int = 1
+    num_workers: int = 0
+    shuffle: bool = True
+    # synthetic only: videos generated, then prepared with the tiny encoders of the model family
+    num_videos: int = 8
+    frames: int = 33
+    height: int = 64
+    width: int = 64
+    fps: int = 8
+
+
+@dataclass
+class LoraSection:
+    rank: int = 128
+    alpha: float = 128.0
+    dropout: float = 0.0
+    projections: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
+    text: bool = False
+    target_modules: Any = None
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-4
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 1000
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = True
+    checkpoint_every: int = 250
+    keep_last: int = 3
+    resume: str | None = None
+    on_nan: str = "skip"
+    max_nan_skips: int = 20
+    log_every: int = 1
+    timestep_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    loss_weighting: str = "none"
+    export_comfy: bool = True
+
+
+@dataclass
+class EvalConfig:
+    validation_every: int = 0
+    hooks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggingConfig:
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "radial-lora"
+    run_name: str | None = None
+    wandb_mode: str = "offline"
+    loss_curve: bool = True
+
+
+@dataclass
+class ParallelConfig:
+    sp_degree: int = 1
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    output_dir: str = "outputs/demo"
+    seed: int = 0
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+
+
+def _at_least(key: str, value, least) -> None:
+    if value < least:
+        raise ValueError(f"{key}={value!r}: expected >= {least}")
+
+
+def validate(cfg: DictConfig | dict) -> Config:
+    """Merge the composed config over the schema (unknown keys and wrong types fail, naming the key) and check
+    values; returns a typed, resolved `Config`."""
+    raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
+    # Before the merge: merging "???" over a schema default keeps the default.
+    missing = sorted(OmegaConf.missing_keys(raw))
+    if missing:
+        hint = " ".join(f"{k}=..." for k in missing)
+        raise MissingMandatoryValue(f"missing required config value(s): {', '.join(missing)}; set them, e.g. {hint}")
+    merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+    OmegaConf.resolve(merged)
+    c: Config = OmegaConf.to_object(merged)
+
+    from radial.models import available_adapters
+
+    _choice("model.family", c.model.family, available_adapters())
+    _choice("model.source", c.model.source, SOURCES)
+    _choice("model.dtype", c.model.dtype, DTYPES)
+    if c.model.source == "pretrained":
+        if not c.model.path:
+            raise ValueError("model.path is required with model.source=pretrained: a local diffusers folder")
+        if not Path(c.model.path).expanduser().exists():
+            raise FileNotFoundError(f"model.path={c.model.path!r} does not exist (a local diffusers folder)")
+    if c.model.flow_shift <= 0:
+        raise ValueError(f"model.flow_shift={c.model.flow_shift}: expected > 0")
+
+    a = c.attention
+    _choice("attention.backend", a.backend, BACKENDS)
+    if a.block_size not in (16, 32, 64, 128):
+        raise ValueError(f"attention.block_size={a.block_size}: expected 16, 32, 64 or 128 (128 on GPU)")
+    if a.decay_factor <= 0:
+        raise ValueError(f"attention.decay_factor={a.decay_factor}: expected > 0")
+    _at_least("attention.dense_layers", a.dense_layers, 0)
+    _at_least("attention.dense_timesteps", a.dense_timesteps, 0)
+
+    _choice("data.kind", c.data.kind, ("synthetic", "latents"))
+    _at_least("data.batch_size", c.data.batch_size, 1)
+    _at_least("data.num_workers", c.data.num_workers, 0)
+    _at_least("data.num_videos", c.data.num_videos, 1)
+
+    _at_least("lora.rank", c.lora.rank, 1)
+    if c.lora.alpha <= 0:
+        raise ValueError(f"lora.alpha={c.lora.alpha}: expected > 0")
+    if not 0 <= c.lora.dropout < 1:
+        raise ValueError(f"lora.dropout={c.lora.dropout}: expected in [0, 1)")
+    bad = sorted(set(c.lora.projections) - set("qkvo"))
+    if bad or not c.lora.projections:
+        raise ValueError(f"lora.projections={c.lora.projections}: expected a non-empty subset of [q, k, v, o]")
+
+    _choice("optim.name", c.optim.name, ("adamw", "adamw8bit"))
+    if not c.optim.lr > 0:
+        raise ValueError(f"optim.lr={c.optim.lr}: expected > 0")
+    if len(c.optim.betas) != 2 or not all(0 <= b < 1 for b in c.optim.betas):
+        raise ValueError(f"optim.betas={c.optim.betas}: expected two numbers in [0, 1)")
+    _at_least("optim.warmup_steps", c.optim.warmup_steps, 0)
+    if c.optim.max_grad_norm < 0:
+        raise ValueError(f"optim.max_grad_norm={c.optim.max_grad_norm}: expected >= 0 (0 = no clipping)")
+
+    t = c.train
+    _at_least("train.max_steps", t.max_steps, 1)
+    _at_least("train.gradient_accumulation_steps", t.gradient_accumulation_steps, 1)
+    _choice("train.mixed_precision", t.mixed_precision, PRECISIONS)
+    _at_least("train.checkpoint_every", t.checkpoint_every, 0)
+    _at_least("train.keep_last", t.keep_last, 1)
+    _choice("train.on_nan", t.on_nan, ("skip", "stop"))
+    _at_least("train.max_nan_skips", t.max_nan_skips, 1)
+    _at_least("train.log_every", t.log_every, 1)
+    from train.flow import SAMPLINGS, WEIGHTINGS
+
+    _choice("train.timestep_sampling", t.timestep_sampling, SAMPLINGS)
+    _choice("train.loss_weighting", t.loss_weighting, WEIGHTINGS)
+    if t.logit_std <= 0:
+        raise ValueError(f"train.logit_std={t.logit_std}: expected > 0")
+
+    _at_least("eval.validation_every", c.eval.validation_every, 0)
+    for tracker in c.logging.trackers:
+        _choice("logging.trackers", tracker, TRACKERS)
+    _choice("logging.wandb_mode", c.logging.wandb_mode, ("offline", "online", "disabled"))
+    _at_least("parallel.sp_degree", c.parallel.sp_degree, 1)
+    return c

@@ -1,0 +1,97 @@
+"""End of training: the LoRA in diffusers and ComfyUI formats with metadata, the loss curve, the mask picture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import radial
+from radial.lora import export_comfy, export_diffusers, lora_state_dict
+from radial.mask.plot import frame_block_edges, save_mask_png
+
+PIPELINES = {"wan": "WanPipeline", "wan22": "WanPipeline", "wan22_ti2v": "WanPipeline"}
+PIPELINES.update({"hunyuan": "HunyuanVideoPipeline", "mochi": "MochiPipeline"})
+
+
+def lora_info(trainer) -> dict:
+    """What a LoRA file should tell about how it was made (stored in the safetensors header)."""
+    cfg, parts = trainer.cfg, trainer.parts
+    grid = parts.handle.last_grid
+    meta = trainer.dataset.items[0] if hasattr(trainer.dataset, "items") and trainer.dataset.items else {}
+    return {
+        "format": "radial-lora/1",
+        "radial_lora_version": radial.__version__,
+        "base_model": {"family": cfg.model.family, "source": cfg.model.source, "path": cfg.model.path},
+        "rank": cfg.lora.rank,
+        "alpha": cfg.lora.alpha,
+        "target_modules": parts.target_modules,
+        "radial": {
+            "decay_factor": cfg.attention.decay_factor,
+            "dense_layers": cfg.attention.dense_layers,
+            "block_size": cfg.attention.block_size,
+            "sink": cfg.attention.sink,
+            "decay_adjacent": cfg.attention.decay_adjacent,
+        },
+        "training": {
+            "steps": trainer.state.step,
+            "latent_frames": grid.frames if grid else None,
+            "latent_height": grid.height if grid else None,
+            "latent_width": grid.width if grid else None,
+            "frames": meta.get("frames") if isinstance(meta, dict) else None,
+        },
+    }
+
+
+def save_loss_curve(losses: list[tuple[int, float]], path: Path) -> Path:
+    """Loss per step and its running mean, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    steps = np.array([s for s, _ in losses])
+    values = np.array([v for _, v in losses])
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(steps, values, lw=0.8, alpha=0.5, label="loss")
+    if len(values) >= 5:
+        k = max(2, len(values) // 10)
+        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def export_run(trainer) -> dict:
+    """Write lora/ (diffusers), the ComfyUI file, loss_curve.png and mask.png under the run; returns their paths."""
+    import diffusers
+
+    cfg, parts, out = trainer.cfg, trainer.parts, trainer.out
+    transformer = trainer._unwrapped()
+    info = lora_info(trainer)
+    written = {}
+    pipeline_class = getattr(diffusers, PIPELINES[cfg.model.family])
+    written["lora_diffusers"] = str(
+        export_diffusers(transformer, pipeline_class, out / "lora", parts.lora_config, info)
+    )
+    to_comfy = getattr(parts.adapter, "comfy_lora_state_dict", None)
+    if cfg.train.export_comfy and to_comfy is not None:
+        sd = to_comfy(lora_state_dict(transformer), transformer, cfg.lora.alpha)
+        written["lora_comfy"] = str(export_comfy(sd, out / "lora" / "comfyui_lora.safetensors", info))
+    if cfg.logging.loss_curve and trainer.state.losses:
+        written["loss_curve"] = str(save_loss_curve(trainer.state.losses, out / "loss_curve.png"))
+    plan, grid = parts.handle.last_plan, parts.handle.last_grid
+    if plan is not None and grid is not None:
+        mask = plan.block_mask.cpu().numpy()
+        title = f"{cfg.model.family}: {grid.frames} frames x {grid.tokens_per_frame} tokens, density {plan.stats.block_density:.3f}"
+        edges = frame_block_edges(grid.frames, grid.tokens_per_frame, plan.block_size)
+        written["mask"] = str(save_mask_png(mask, out / "mask.png", title=title, frame_edges=edges))
+    if (out / "base_transformer").is_dir():
+        written["base_transformer"] = str(out / "base_transformer")
+    (out / "run_summary.json").write_text(json.dumps({"info": info, "files": written, "losses": trainer.state.losses}))
+    return written
