@@ -52,7 +52,11 @@ def test_weights_and_loss():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [(dict(sampling="beta"), "train.timestep_sampling"), (dict(weighting="snr"), "train.loss_weighting"), (dict(shift=0), "shift")],
+    [
+        (dict(sampling="beta"), "train.timestep_sampling"),
+        (dict(weighting="snr"), "train.loss_weighting"),
+        (dict(shift=0), "shift"),
+    ],
 )
 def test_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
