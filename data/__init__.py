@@ -56,23 +56,41 @@ Modules: encoders/ (VAE + text encoders per family), video.py (decode, sample, r
 synthetic.py, latents.py (normalisation conventions).
 """
 
-from data.dataset import BucketBatchSampler, Expect, LatentDataset, SampleRef, collate, data_parallel_rank
-from data.encoders import TINY_POOLED_DIM, TINY_TEXT_DIM, load_encoders
-from data.latents import denormalize_latents, normalize_latents
-from data.shards import FORMAT_VERSION, ShardError
+from __future__ import annotations
 
-__all__ = [
-    "FORMAT_VERSION",
-    "TINY_POOLED_DIM",
-    "TINY_TEXT_DIM",
-    "BucketBatchSampler",
-    "Expect",
-    "LatentDataset",
-    "SampleRef",
-    "ShardError",
-    "collate",
-    "data_parallel_rank",
-    "denormalize_latents",
-    "load_encoders",
-    "normalize_latents",
-]
+import importlib
+
+# Names resolve on first use, so that `python -m data.shards` (or .prepare) runs its module only once and
+# `import data` stays light.
+_EXPORTS = {
+    "BucketBatchSampler": "data.dataset",
+    "Expect": "data.dataset",
+    "LatentDataset": "data.dataset",
+    "SampleRef": "data.dataset",
+    "collate": "data.dataset",
+    "data_parallel_rank": "data.dataset",
+    "TINY_POOLED_DIM": "data.encoders",
+    "TINY_TEXT_DIM": "data.encoders",
+    "load_encoders": "data.encoders",
+    "denormalize_latents": "data.latents",
+    "normalize_latents": "data.latents",
+    "FORMAT_VERSION": "data.shards",
+    "ShardError": "data.shards",
+    "PrepareConfig": "data.prepare",
+    "prepare": "data.prepare",
+    "make_synthetic_videos": "data.synthetic",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -89,7 +89,9 @@ class PrepareConfig:
     vae_dtype: str = "fp32"
     encoder_dtype: str | None = None  # text encoders; default bf16 on CUDA, fp32 on CPU
     vae_tiling: bool = False
-    workers: int = 1  # processes on this machine (ignored under `accelerate launch`)
+    workers: int = 1  # processes on this machine (when not distributed)
+    distributed: bool = False  # every process of an `accelerate launch` / torchrun job runs prepare together
+    # (the CLI sets it when WORLD_SIZE > 1); leave False to call prepare from one process of a bigger job
     threads: int | None = None  # torch CPU threads while encoding; default 1 for tiny encoders on CPU (they are
     # dominated by per-op overhead, and extra threads spin when the machine is busy), else torch's default
     limit: int | None = None  # stop after writing this many new items (smoke runs)
@@ -131,6 +133,7 @@ class PrepareSummary:
     index: str | None
     num_items: int
     seconds: float
+    rank: int = 0  # under a distributed launch, only rank 0's summary covers every rank
 
     def format(self) -> str:
         lines = [
@@ -515,14 +518,19 @@ def _plan(cfg: PrepareConfig, frames_list, done: set[str]):
     return units, already, skipped
 
 
-def _distributed_state():
-    """accelerate's PartialState when launched with several processes, else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+def _distributed_state(cfg: PrepareConfig):
+    """accelerate's PartialState when every process of a launch runs prepare (cfg.distributed), else None."""
+    if not cfg.distributed or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
 
-    state = PartialState()
-    return state if state.num_processes > 1 else None
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only: gloo, as `accelerate launch --cpu`
+    if state.num_processes <= 1:
+        raise RuntimeError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees one process: every process would do all "
+            "the work; launch with `accelerate launch` or `torchrun`, or unset WORLD_SIZE"
+        )
+    return state
 
 
 def prepare(cfg: PrepareConfig | None = None, **kwargs) -> PrepareSummary:
@@ -535,7 +543,7 @@ def prepare(cfg: PrepareConfig | None = None, **kwargs) -> PrepareSummary:
     frames_list, fps, _ = _resolve(cfg)
     out = Path(cfg.out)
     settings = _settings(cfg, fps)
-    state = _distributed_state()
+    state = _distributed_state(cfg)
     rank, world = (state.process_index, state.num_processes) if state else (0, max(1, cfg.workers))
     main = rank == 0
 
@@ -570,7 +578,7 @@ def prepare(cfg: PrepareConfig | None = None, **kwargs) -> PrepareSummary:
             atomic_write_json(part, asdict(report))
             state.wait_for_everyone()
             if not main:
-                return PrepareSummary(report.written, [], report.skipped, [], None, 0, time.time() - t0)
+                return PrepareSummary(report.written, [], report.skipped, [], None, 0, time.time() - t0, rank)
             reports = []
             for r in range(world):
                 p = out / f".prepare_report-r{r:03d}.json"
@@ -694,12 +702,12 @@ def main(argv: Sequence[str] | None = None) -> PrepareSummary:
     kwargs = vars(args)
     if kwargs["buckets"]:
         kwargs["buckets"] = [b for b in kwargs["buckets"].split(",") if b]
-    cfg = PrepareConfig(**kwargs)
+    cfg = PrepareConfig(**kwargs, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
     try:
         summary = prepare(cfg)
     except (ValueError, FileNotFoundError, ShardError) as e:
         raise SystemExit(f"error: {e}") from None
-    if not cfg.progress:  # prepare() printed it already otherwise
+    if not cfg.progress and summary.rank == 0:  # prepare() printed it already otherwise
         print(summary.format())
     return summary
 

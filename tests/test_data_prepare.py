@@ -305,3 +305,21 @@ def test_killed_process_resumes(videos, prepared, tmp_path):
     resumed = _tensors_by_key(LatentDataset(out, model="wan", verify="full"))
     fresh = _tensors_by_key(LatentDataset(prepared[0], model="wan"))
     assert resumed.keys() == fresh.keys() and all(torch.equal(resumed[k], fresh[k]) for k in fresh)
+
+
+@pytest.mark.slow
+def test_distributed_launch_matches_one_process(videos, prepared, tmp_path):
+    """`torchrun` / `accelerate launch` with 2 processes (gloo on CPU): rank 0 plans, each rank writes its share."""
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "data.prepare", "--model",
+           "wan", "--tiny", "--input", str(videos), "--out", str(out), "--length", "17", "33", "--fps", "16",
+           "--buckets", "64x64,64x112", "--items-per-shard", "3", "--no-progress"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"prepare: {len(EXPECTED)} items written" in proc.stdout
+    ranks = {p.name.split("-")[1] for p in (out / "shards").glob("*.safetensors")}
+    assert ranks == {"r000", "r001"}
+    dist = _tensors_by_key(LatentDataset(out, model="wan", verify="full"))
+    one = _tensors_by_key(LatentDataset(prepared[0], model="wan"))
+    assert dist.keys() == one.keys() and all(torch.equal(dist[k], one[k]) for k in one)
