@@ -142,3 +142,13 @@ def test_loss_falls(tmp_path, data_root):
     values = [v for _, v in losses(tmp_path)]
     first, last = sum(values[:10]) / 10, sum(values[-10:]) / 10
     assert last < 0.9 * first, (first, last)
+
+
+def test_fp8_base_weights_train(tmp_path, data_root):
+    """model.storage_dtype keeps frozen base weights in fp8 (diffusers layerwise casting); LoRA stays fp32."""
+    trainer, summary = run(tmp_path, data_root, "model.storage_dtype=float8_e4m3fn", steps=2)
+    model = trainer._unwrapped()
+    weights = dict(model.named_parameters())
+    assert weights["blocks.0.ffn.net.2.weight"].dtype == torch.float8_e4m3fn
+    assert all(p.dtype == torch.float32 for n, p in weights.items() if "lora_" in n)
+    assert summary["step"] == 2 and all(v == v for _, v in losses(tmp_path))

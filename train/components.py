@@ -46,6 +46,11 @@ def build_model(cfg: Config, device: torch.device, base_dir: Path | None = None)
     if base_dir is not None and cfg.model.source == "tiny":
         # A LoRA is useless without its base: random tiny bases are saved beside the run.
         transformer.save_pretrained(base_dir)
+    if cfg.model.storage_dtype is not None:
+        # Before LoRA is attached, so only the frozen base layers are stored in fp8.
+        transformer.enable_layerwise_casting(
+            storage_dtype=getattr(torch, cfg.model.storage_dtype), compute_dtype=DTYPES[cfg.model.dtype]
+        )
     a = cfg.attention
     handle = radial.inject(
         transformer,

@@ -15,6 +15,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 SOURCES = ("tiny", "full", "pretrained")
 DTYPES = ("float32", "bfloat16", "float16")
+STORAGE_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 PRECISIONS = ("no", "fp16", "bf16")
 BACKENDS = ("auto", "triton", "flex", "reference", "dense", "flashinfer")
 TRACKERS = ("tensorboard", "wandb")
@@ -29,6 +30,8 @@ class ModelConfig:
     dtype: str = "float32"
     flow_shift: float = 1.0
     expert: str | None = None
+    # Memory saver: keep frozen base weights in fp8 and upcast per layer for compute (diffusers layerwise casting).
+    storage_dtype: str | None = None
 
 
 @dataclass
@@ -162,6 +165,8 @@ def validate(cfg: DictConfig | dict) -> Config:
     _choice("model.family", c.model.family, available_adapters())
     _choice("model.source", c.model.source, SOURCES)
     _choice("model.dtype", c.model.dtype, DTYPES)
+    if c.model.storage_dtype is not None:
+        _choice("model.storage_dtype", c.model.storage_dtype, STORAGE_DTYPES)
     if c.model.source == "pretrained":
         if not c.model.path:
             raise ValueError("model.path is required with model.source=pretrained: a local diffusers folder")
@@ -193,7 +198,7 @@ def validate(cfg: DictConfig | dict) -> Config:
     if bad or not c.lora.projections:
         raise ValueError(f"lora.projections={c.lora.projections}: expected a non-empty subset of [q, k, v, o]")
 
-    _choice("optim.name", c.optim.name, ("adamw", "adamw8bit"))
+    _choice("optim.name", c.optim.name, ("adamw",))
     if not c.optim.lr > 0:
         raise ValueError(f"optim.lr={c.optim.lr}: expected > 0")
     if len(c.optim.betas) != 2 or not all(0 <= b < 1 for b in c.optim.betas):
