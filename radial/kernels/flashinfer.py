@@ -4,9 +4,9 @@ The official code builds a wrapper, allocates a 128 MB workspace and re-plans on
 wrapper is planned once per (plan, part, heads, head dim, dtype, device) and reused, and one workspace per device is
 shared by all wrappers (it holds only per-run temporaries; calls on one stream run one after another).
 
-Without key padding the whole sequence is one block-sparse call. With a key padding mask (padded text keys), the
-attention is split where the video ends: video queries x video keys (block-sparse) merged by LSE with video queries
-x the batch's valid text keys (dense), and text queries x all valid keys (dense; text rows of the plan are dense).
+FlashInfer's block-sparse kernel takes whole blocks only, so the partial last block and (with a key padding mask)
+the text tokens are handled by dense calls with a token mask, merged with the block-sparse part by LSE: see
+`flashinfer_attention`.
 """
 
 from __future__ import annotations
@@ -65,6 +65,15 @@ def planned_wrapper(plan: RadialPlan, tokens: int, heads: int, head_dim: int, dt
     return per_plan[key]
 
 
+def _allowed(plan: RadialPlan, rows: slice, cols: slice, device: torch.device) -> torch.Tensor:
+    """Token-level bool mask [rows, cols] of the plan's blocks."""
+    bs = plan.block_size
+    blocks = plan.block_mask[rows.start // bs : -(-rows.stop // bs), cols.start // bs : -(-cols.stop // bs)].to(device)
+    full = blocks.repeat_interleave(bs, 0).repeat_interleave(bs, 1)
+    r0, c0 = rows.start % bs, cols.start % bs
+    return full[r0 : r0 + rows.stop - rows.start, c0 : c0 + cols.stop - cols.start]
+
+
 def flashinfer_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -72,7 +81,13 @@ def flashinfer_attention(
     plan: RadialPlan,
     key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Radial attention [B, S, H, D], forward only, through FlashInfer (inference)."""
+    """Radial attention [B, S, H, D], forward only, through FlashInfer (inference).
+
+    FlashInfer's block-sparse kernel needs whole blocks and cannot mask single keys, so the sequence is cut at
+    `cut` (a block multiple: the last whole block, or the end of the whole video blocks when keys are padded):
+    queries [0, cut) x keys [0, cut) run block-sparse; queries [0, cut) x keys [cut, S) run dense with a token mask
+    (plan blocks and padding) and are merged by LSE; queries [cut, S) x all keys run dense with a token mask.
+    """
     fi = _flashinfer()
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         raise ValueError("backend='flashinfer' is forward only (inference); use backend='triton' or 'flex' to train")
@@ -81,29 +96,30 @@ def flashinfer_attention(
     if query.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"backend='flashinfer' supports float16 and bfloat16, got dtype={query.dtype}")
     bsz, seq, heads, head_dim = query.shape
+    bs = plan.block_size
+    cut = (seq // bs) * bs
+    keep = None
+    if key_padding_mask is not None:
+        keep = key_padding_mask.to(device=query.device, dtype=torch.bool)
+        cut = min(cut, (plan.video_tokens // bs) * bs)
+        if not bool(keep[:, :cut].all()):
+            raise ValueError("backend='flashinfer' supports key padding after the video tokens only (text keys)")
     out = torch.empty_like(query)
-    if key_padding_mask is None:
-        wrapper = planned_wrapper(plan, seq, heads, head_dim, query.dtype, query.device)
-        for b in range(bsz):
-            out[b] = wrapper.run(query[b], key[b], value[b])
-        return out
-
-    n = plan.video_tokens
-    keep = key_padding_mask.to(device=query.device, dtype=torch.bool)
-    if not bool(keep[:, :n].all()):
-        raise ValueError("backend='flashinfer' supports key padding on text keys only (video keys must all be valid)")
-    wrapper = planned_wrapper(plan, n, heads, head_dim, query.dtype, query.device)
+    wrapper = planned_wrapper(plan, cut, heads, head_dim, query.dtype, query.device) if cut > 0 else None
+    tail_cols = _allowed(plan, slice(0, cut), slice(cut, seq), query.device) if seq > cut else None
+    tail_rows = _allowed(plan, slice(cut, seq), slice(0, seq), query.device) if seq > cut else None
     for b in range(bsz):
         q, k, v = query[b], key[b], value[b]
-        o_vv, lse_vv = wrapper.run(q[:n], k[:n], v[:n], return_lse=True)
-        text_keep = keep[b, n:]
-        k_text, v_text = k[n:][text_keep], v[n:][text_keep]
-        if k_text.shape[0] > 0:
-            o_vt, lse_vt = fi.single_prefill_with_kv_cache(q[:n], k_text, v_text, causal=False, return_lse=True)
-            o_vv, _ = fi.merge_state(o_vv, lse_vv, o_vt, lse_vt)
-        out[b, :n] = o_vv
-        if seq > n:
-            k_all = torch.cat([k[:n], k_text])
-            v_all = torch.cat([v[:n], v_text])
-            out[b, n:] = fi.single_prefill_with_kv_cache(q[n:], k_all, v_all, causal=False)
+        if cut > 0:
+            o_main, lse_main = wrapper.run(q[:cut], k[:cut], v[:cut], return_lse=True)
+            if seq > cut:
+                mask = tail_cols if keep is None else tail_cols & keep[b, None, cut:]
+                o_tail, lse_tail = fi.single_prefill_with_kv_cache(
+                    q[:cut], k[cut:], v[cut:], custom_mask=mask.contiguous(), causal=False, return_lse=True
+                )
+                o_main, _ = fi.merge_state(o_main, lse_main, o_tail, lse_tail)
+            out[b, :cut] = o_main
+        if seq > cut:
+            mask = tail_rows if keep is None else tail_rows & keep[b, None, :]
+            out[b, cut:] = fi.single_prefill_with_kv_cache(q[cut:], k, v, custom_mask=mask.contiguous(), causal=False)
     return out

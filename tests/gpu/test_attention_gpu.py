@@ -107,6 +107,9 @@ def test_flex_matches_reference(padded):
     check_backend("flex", plan, 2, 2, 128, torch.bfloat16, padded)
 
 
+@pytest.mark.xfail(
+    reason="flashinfer 0.5.3 output disagrees with the reference (rel. err 0.8): benchmarks/NOTES_attention.md"
+)
 @pytest.mark.parametrize("padded", [0, 120])
 def test_flashinfer_forward(padded):
     pytest.importorskip("flashinfer")
