@@ -9,14 +9,15 @@ import torch
 
 from radial.models import ModelPathError, available_adapters, detect_adapter, get_adapter
 
-FAMILIES = ["wan", "wan22", "wan22_ti2v", "hunyuan", "mochi"]
+FAMILIES = ["wan", "wan22", "wan22_ti2v", "hunyuan", "mochi", "hunyuan15"]
 
 
 def test_registry_and_detection():
     assert available_adapters() == sorted(FAMILIES)
     with pytest.raises(ValueError, match="family"):
         get_adapter("ltx")
-    for family, detected in [("wan", "wan"), ("wan22", "wan"), ("wan22_ti2v", "wan22_ti2v"), ("hunyuan", "hunyuan")]:
+    pairs = [("wan", "wan"), ("wan22", "wan"), ("wan22_ti2v", "wan22_ti2v"), ("hunyuan", "hunyuan"), ("hunyuan15",) * 2]
+    for family, detected in pairs:
         model = get_adapter(family).build_tiny()
         assert detect_adapter(model).family == detected
     with pytest.raises(ValueError, match="no adapter"):
@@ -34,6 +35,7 @@ def test_registry_and_detection():
         ("wan22_ti2v", "ti2v-5b", 5.00),
         ("hunyuan", "t2v", 12.82),
         ("mochi", "preview", 10.03),
+        ("hunyuan15", "t2v", 8.33),
     ],
 )
 def test_full_size_architectures_build_on_meta(family, variant, billions):
@@ -166,6 +168,7 @@ def test_latent_geometry():
     assert ti2v.latent_shape(121, 704, 1280) == (1, 48, 31, 44, 80)
     assert hunyuan.latent_shape(129, 720, 1280) == (1, 16, 33, 90, 160)
     assert mochi.latent_shape(163, 480, 848) == (1, 12, 28, 60, 106)
+    assert get_adapter("hunyuan15").latent_shape(121, 480, 848) == (1, 32, 31, 30, 53)
     with pytest.raises(ValueError, match=r"k\*4\+1"):
         wan.latent_shape(80, 480, 832)
     with pytest.raises(ValueError, match=r"k\*6\+1"):

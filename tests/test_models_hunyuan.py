@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_models_parity import BLOCK, oracle_sdpa
 
 import radial
 from radial.mask import radial_block_mask
 from radial.models import get_adapter
 from radial.models.context import RadialProcessor
 from radial.models.hunyuan import key_padding_from_attention_mask
+from tests.test_models_parity import BLOCK, oracle_sdpa
 
 
 def test_key_padding_mask_shapes():

@@ -17,7 +17,7 @@ import radial
 from radial.mask import radial_block_mask
 from radial.models import get_adapter
 
-FAMILIES = ["wan", "wan22_ti2v", "hunyuan", "mochi"]
+FAMILIES = ["wan", "wan22_ti2v", "hunyuan", "mochi", "hunyuan15"]
 BLOCK = 16
 TEXT = 8
 VALID = [5, 8]  # real text tokens per sample (the rest is padding) where the family has a text mask
@@ -85,7 +85,8 @@ def test_dense_backend_equals_stock(family):
 def test_radial_equals_masked_oracle_and_layout_follows_each_call(family):
     adapter = get_adapter(family)
     model = adapter.build_tiny()
-    text = TEXT if family in ("hunyuan", "mochi") else 0
+    # Text tokens in the joint sequence: none for Wan; HunyuanVideo-1.5 adds glyph and image tokens (TEXT // 2 each).
+    text = {"hunyuan": TEXT, "mochi": TEXT, "hunyuan15": 2 * TEXT}.get(family, 0)
     runs = []
     with radial.inject(model, backend="reference", block_size=BLOCK) as handle:
         # Several layouts in one process, two of them with the same token count: nothing may be stale.

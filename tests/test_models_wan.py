@@ -4,12 +4,12 @@ timesteps, Wan2.2 experts named as their own family, cross-attention left stock.
 from __future__ import annotations
 
 import torch
-from test_models_parity import BLOCK, oracle_sdpa
 
 import radial
 from radial.mask import radial_block_mask
 from radial.models import get_adapter
 from radial.models.wan import WanRadialProcessor
+from tests.test_models_parity import BLOCK, oracle_sdpa
 
 I2V_TINY = {"in_channels": 36, "image_dim": 16, "added_kv_proj_dim": 32}
 

@@ -381,7 +381,7 @@ def detect_adapter(transformer: nn.Module) -> ModelAdapter:
     )
 
 
-FAMILY_MODULES = ("radial.models.wan", "radial.models.hunyuan", "radial.models.mochi")
+FAMILY_MODULES = ("radial.models.wan", "radial.models.hunyuan", "radial.models.mochi", "radial.models.hunyuan15")
 
 
 def _load_families() -> None:

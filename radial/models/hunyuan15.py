@@ -1,0 +1,195 @@
+"""HunyuanVideo-1.5 (diffusers' HunyuanVideo15Transformer3DModel), a stretch family: radial joint attention in its
+54 double-stream blocks.
+
+The forward joins three conditioning streams into the text part of the joint sequence, valid tokens first:
+[image (SigLIP, 729), ByT5 glyph text (256), Qwen text (1000)], padding after; the processor gets that [B, T] mask
+and builds a 2-D mask from it (padded text neither attends nor is attended). Here it is the key padding mask, and
+the outputs of padded text queries are zeroed, which is what the stock 2-D mask gives. The plan's text length is
+the padded length of the call (1985 in the pipeline). Patch size 1 over a 16x, 32-channel VAE: 480x848 is 30x53
+tokens per frame. No attention sink (the "hunyuan" mask). The text refiner keeps its stock attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers.models.embeddings import apply_rotary_emb
+
+from radial.geometry import LatentGeometry
+from radial.models.base import ModelAdapter, register
+from radial.models.context import RadialProcessor
+
+GEOMETRY = LatentGeometry("hunyuan15", 4, 16, 32, 1, 1, 121, 480, 848, 24)
+
+
+class HunyuanVideo15RadialProcessor(RadialProcessor):
+    """HunyuanVideo15AttnProcessor2_0 with the attention call replaced by radial attention (video, then text)."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, video_tokens = hidden_states.shape[:2]
+        query = attn.norm_q(attn.to_q(hidden_states).unflatten(2, (attn.heads, -1)))
+        key = attn.norm_k(attn.to_k(hidden_states).unflatten(2, (attn.heads, -1)))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        if encoder_hidden_states is not None:
+            encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            if attn.norm_added_q is not None:
+                encoder_query = attn.norm_added_q(encoder_query)
+            if attn.norm_added_k is not None:
+                encoder_key = attn.norm_added_k(encoder_key)
+            query = torch.cat([query, encoder_query], dim=1)
+            key = torch.cat([key, encoder_key], dim=1)
+            value = torch.cat([value, encoder_value], dim=1)
+
+        seq = query.shape[1]
+        valid = None
+        if attention_mask is not None:  # [B, text] (stock pads it on the left with True for the video tokens)
+            valid = attention_mask.reshape(batch, -1).bool()
+            valid = torch.cat([valid.new_ones(batch, seq - valid.shape[1]), valid], dim=1)
+        out = self.attend(query, key, value, video_tokens=video_tokens, key_padding_mask=valid)
+        if valid is not None:
+            out = torch.where(valid[:, :, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+        hidden_states = out.flatten(2, 3).to(query.dtype)
+
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = hidden_states[:, :video_tokens], hidden_states[:, video_tokens:]
+            if getattr(attn, "to_out", None) is not None:
+                hidden_states = attn.to_out[0](hidden_states)
+                hidden_states = attn.to_out[1](hidden_states)
+            if getattr(attn, "to_add_out", None) is not None:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+_HY15 = {
+    "in_channels": 65,
+    "out_channels": 32,
+    "num_attention_heads": 16,
+    "attention_head_dim": 128,
+    "num_layers": 54,
+    "num_refiner_layers": 2,
+    "mlp_ratio": 4.0,
+    "patch_size": 1,
+    "patch_size_t": 1,
+    "qk_norm": "rms_norm",
+    "text_embed_dim": 3584,
+    "text_embed_2_dim": 1472,
+    "image_embed_dim": 1152,
+    "rope_theta": 256.0,
+    "rope_axes_dim": (16, 56, 56),
+}
+
+
+class HunyuanVideo15Adapter(ModelAdapter):
+    """HunyuanVideo-1.5 (8.3B), 480p x 121 frames at 1x; latents are concatenated with 32 conditioning channels
+    and a mask channel (zeros for text-to-video), as the pipeline does."""
+
+    family = "hunyuan15"
+    class_name = "HunyuanVideo15Transformer3DModel"
+    mask_model = "hunyuan"
+    text_len = 1000  # Qwen tokens; ByT5 adds 256 and the image 729
+    glyph_len = 256
+    image_tokens = 729
+    variants = {"t2v": {**_HY15, "task_type": "t2v"}, "i2v": {**_HY15, "task_type": "i2v"}}
+    default_variant = "t2v"
+    tiny_config = {
+        **_HY15,
+        "num_attention_heads": 2,
+        "attention_head_dim": 16,
+        "num_layers": 2,
+        "num_refiner_layers": 1,
+        "mlp_ratio": 2.0,
+        "text_embed_dim": 32,
+        "text_embed_2_dim": 16,
+        "image_embed_dim": 16,
+        "rope_axes_dim": (4, 6, 6),
+    }
+
+    @property
+    def geometry(self) -> LatentGeometry:
+        return GEOMETRY
+
+    def attention_layers(self, transformer) -> list:
+        return [block.attn for block in transformer.transformer_blocks]
+
+    def make_processor(self, state, layer_index, stock) -> RadialProcessor:
+        return HunyuanVideo15RadialProcessor(state, layer_index, stock)
+
+    def patch_size(self, transformer) -> tuple[int, int, int]:
+        cfg = transformer.config
+        return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
+
+    def _lora_alternatives(self, projections: list[str], text: bool) -> list[str]:
+        alts = [rf"transformer_blocks\.\d+\.attn\.{self._lora_video[p]}" for p in projections]
+        if text:
+            alts += [rf"transformer_blocks\.\d+\.attn\.{self._lora_text[p]}" for p in projections]
+        return alts
+
+    def make_dummy_conditions(
+        self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
+    ) -> dict[str, Any]:
+        """Text-to-video conditions: Qwen and ByT5 states with masks, zero image states and conditioning latents.
+
+        `text_len` sets the Qwen length; the ByT5 and image lengths scale with it below the pipeline's (tiny runs).
+        """
+        cfg = transformer.config
+        gen = torch.Generator().manual_seed(seed)
+        text_len = self.text_len if text_len is None else text_len
+        glyph = self.glyph_len if text_len == self.text_len else max(1, text_len // 2)
+        image = self.image_tokens if text_len == self.text_len else max(1, text_len // 2)
+        dev = transformer.device
+        cond: dict[str, Any] = {
+            "prompt_embeds": self._randn((batch, text_len, cfg.text_embed_dim), gen, transformer),
+            "prompt_attention_mask": self._text_mask(batch, text_len, valid_text, dev),
+            "prompt_embeds_2": self._randn((batch, glyph, cfg.text_embed_2_dim), gen, transformer),
+            "prompt_attention_mask_2": self._text_mask(batch, glyph, [max(1, glyph // 2)] * batch, dev),
+            "image_embeds": torch.zeros(batch, image, cfg.image_embed_dim, device=dev, dtype=transformer.dtype),
+        }
+        extra = cfg.in_channels - self.latent_channels(transformer)
+        if extra:
+            if latent_shape is None:
+                raise ValueError(f"latent_shape is needed for the {extra} conditioning channels of this model")
+            b, _, f, h, w = latent_shape
+            cond["image_latents"] = torch.zeros(b, extra, f, h, w, device=dev, dtype=transformer.dtype)
+        return cond
+
+    def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
+        t = self._timesteps(timestep, latents)
+        hidden = latents
+        if conditions.get("image_latents") is not None:
+            hidden = torch.cat([latents, conditions["image_latents"].to(latents.dtype)], dim=1)
+        embeds = conditions["prompt_embeds"]
+        embeds_2 = conditions["prompt_embeds_2"]
+
+        def mask(key, states):
+            m = conditions.get(key)
+            return torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if m is None else m
+
+        return transformer(
+            hidden_states=hidden,
+            timestep=t,
+            encoder_hidden_states=embeds,
+            encoder_attention_mask=mask("prompt_attention_mask", embeds),
+            encoder_hidden_states_2=embeds_2,
+            encoder_attention_mask_2=mask("prompt_attention_mask_2", embeds_2),
+            image_embeds=conditions["image_embeds"],
+            attention_kwargs=conditions.get("attention_kwargs"),
+            return_dict=False,
+        )[0]
+
+
+register(HunyuanVideo15Adapter())
