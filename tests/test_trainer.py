@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-import train.trainer as trainer_mod
+import train.step as step_mod
 from radial.lora import read_metadata
 from tests.trainer_helpers import compose_config, tiny_overrides
 from train.config import validate
@@ -75,7 +75,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(straight, tmp_path, data_root, mon
 
 
 def test_non_finite_loss_is_skipped_or_stops(tmp_path, data_root, monkeypatch):
-    real = trainer_mod.flow_loss
+    real = step_mod.flow_loss
     calls = {"n": 0}
 
     def sometimes_nan(pred, target, weights):
@@ -83,7 +83,7 @@ def test_non_finite_loss_is_skipped_or_stops(tmp_path, data_root, monkeypatch):
         loss = real(pred, target, weights)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(trainer_mod, "flow_loss", sometimes_nan)
+    monkeypatch.setattr(step_mod, "flow_loss", sometimes_nan)
     _, summary = run(tmp_path / "skip", data_root, steps=3)
     values = [v for _, v in losses(tmp_path / "skip")]
     assert summary["step"] == 3 and values[1] != values[1] and all(v == v for v in (values[0], values[2]))

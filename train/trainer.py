@@ -17,8 +17,9 @@ from radial.lora import load_lora_state_dict, lora_state_dict
 from train.checkpoint import CheckpointManager, TrainState, resolve_resume
 from train.components import build_data, build_model, synthetic_latents
 from train.config import Config
-from train.flow import FlowMatching, flow_loss, noisy_latents
+from train.flow import FlowMatching
 from train.signals import StopFlag
+from train.step import conditions_of, flow_matching_loss
 
 
 class NonFiniteLoss(RuntimeError):
@@ -134,21 +135,13 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, step: int, micro: int) -> tuple[torch.Tensor, int]:
         acc, parts = self.accelerator, self.parts
-        x0 = batch["latents"].to(acc.device, torch.float32)
+        x0 = batch["latents"].to(acc.device)
         gen = step_generator(self.cfg.seed, step, micro, acc.process_index)
-        sigmas = self.flow.sample_sigmas(x0.shape[0], gen)
-        noise = torch.randn(x0.shape, generator=gen).to(acc.device)
-        x_t, target = noisy_latents(x0, noise, sigmas.to(acc.device))
-        conditions = {
-            k: (v.to(acc.device) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()
-            if k not in ("latents", "meta", "cursor")
-        }
         model_dtype = next(p.dtype for p in self.model.parameters() if not p.requires_grad)
         with acc.autocast():
-            pred = parts.adapter.predict(self.model, x_t.to(model_dtype), sigmas.to(acc.device) * 1000, conditions)
-        weights = self.flow.loss_weight(sigmas).to(acc.device)
-        loss = flow_loss(pred, target, weights)
+            loss = flow_matching_loss(
+                parts.adapter, self.model, self.flow, x0, conditions_of(batch, acc.device), gen, model_dtype
+            )
         tokens = x0.shape[0] * parts.handle.last_grid.video_tokens if parts.handle.last_grid is not None else 0
         return loss, tokens
 

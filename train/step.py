@@ -1,0 +1,39 @@
+"""One flow-matching training loss on a batch: the code path shared by the trainer and the step benchmark."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from train.flow import FlowMatching, flow_loss, noisy_latents
+
+BATCH_ONLY = ("latents", "meta", "cursor")
+
+
+def conditions_of(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """The model conditions of a collated batch (text embeddings, masks, ...), on `device`."""
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k not in BATCH_ONLY}
+
+
+def flow_matching_loss(
+    adapter,
+    model: torch.nn.Module,
+    flow: FlowMatching,
+    x0: torch.Tensor,
+    conditions: Mapping[str, Any],
+    generator: torch.Generator,
+    model_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Noise clean latents x0 [B, C, F, H, W] at sampled t, predict the velocity, return the weighted MSE.
+
+    Noise and t come from `generator` on the CPU (reproducible on any device); math outside the model in fp32.
+    """
+    device = x0.device
+    x0 = x0.float()
+    sigmas = flow.sample_sigmas(x0.shape[0], generator)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    x_t, target = noisy_latents(x0, noise, sigmas.to(device))
+    pred = adapter.predict(model, x_t.to(model_dtype), sigmas.to(device) * 1000, conditions)
+    return flow_loss(pred, target, flow.loss_weight(sigmas).to(device))
