@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from train.config import compose as compose_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def compose_config(overrides: list[str]):
-    """The composed (unvalidated) Hydra config for these overrides."""
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose(config_name="config", overrides=overrides)
+__all__ = ["compose_config", "tiny_overrides"]
 
 
 def tiny_overrides(out: Path, data_root: Path, model: str = "tiny_wan", steps: int = 4) -> list[str]:

@@ -39,10 +39,16 @@ def build_transformer(cfg: Config, adapter: ModelAdapter, device: torch.device) 
     return adapter.from_pretrained(m.path, dtype=dtype, subfolder=subfolder, device=device)
 
 
-def build_model(cfg: Config, device: torch.device, base_dir: Path | None = None) -> ModelParts:
-    """Transformer + radial attention + PEFT LoRA (trainable parameters in fp32), ready for Accelerate."""
+def build_model(
+    cfg: Config, device: torch.device, base_dir: Path | None = None, transformer: torch.nn.Module | None = None
+) -> ModelParts:
+    """Transformer + radial attention + PEFT LoRA (trainable parameters in fp32), ready for Accelerate.
+
+    `transformer` replaces the one `model.*` describes (benchmarks build reduced full-size models themselves).
+    """
     adapter = get_adapter(cfg.model.family)
-    transformer = build_transformer(cfg, adapter, device)
+    if transformer is None:
+        transformer = build_transformer(cfg, adapter, device)
     if base_dir is not None and cfg.model.source == "tiny":
         # A LoRA is useless without its base: random tiny bases are saved beside the run.
         transformer.save_pretrained(base_dir)

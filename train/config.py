@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SOURCES = ("tiny", "full", "pretrained")
 DTYPES = ("float32", "bfloat16", "float16")
 STORAGE_DTYPES = ("float8_e4m3fn", "float8_e5m2")
@@ -134,6 +135,15 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     output_dir: str = "outputs/demo"
     seed: int = 0
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The Hydra composition of configs/ with command-line style overrides, outside a Hydra app (tests, benchmarks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))
 
 
 def _choice(key: str, value, choices) -> None:

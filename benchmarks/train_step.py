@@ -1,0 +1,230 @@
+"""End-to-end LoRA training step at long lengths: radial (triton) against dense (cuDNN SDPA) in the same run.
+
+The step is the trainer's own: `train.components.build_model` (radial attention injected, PEFT LoRA rank 128 on
+q/k/v/o, gradient checkpointing, fp32 LoRA parameters), Accelerate bf16 autocast, `train.step.flow_matching_loss`,
+backward, AdamW step. Full-size architectures with random weights (speed does not depend on weight values).
+
+    python benchmarks/train_step.py --out $OUT [--cases wan1x wan2x wan4x hun4x] [--steps 2]
+
+HunyuanVideo-13B cases build `--hun-double` double-stream and `--hun-single` single-stream blocks (the real model
+has 20 + 40); the table reports them as measured and the per-layer scaling is stated beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+ATTENTION_KERNEL_HINTS = ("attn", "fmha", "flash", "cudnn", "sdpa", "sparse_attn")
+
+CASES = {
+    # name: (family, latent frames, latent height, latent width)
+    "wan1x": ("wan", 21, 60, 104),
+    "wan2x": ("wan", 41, 60, 104),
+    "wan4x": ("wan", 81, 60, 104),
+    "hun2x": ("hunyuan", 65, 90, 160),
+    "hun4x": ("hunyuan", 129, 90, 160),
+}
+
+
+def _config(family: str, backend: str, dense_layers: int):
+    from train.config import compose, validate
+
+    return validate(
+        compose(
+            [
+                f"model={family}_full",
+                f"attention.backend={backend}",
+                f"attention.dense_layers={dense_layers}",
+                "attention.block_size=128",
+                "lora.rank=128",
+                "lora.alpha=128",
+                "train.gradient_checkpointing=true",
+                "train.mixed_precision=bf16",
+                "logging.trackers=[]",
+            ]
+        )
+    )
+
+
+def _build(case: str, backend: str, args) -> tuple:
+    from radial.models import get_adapter
+    from train.components import build_model
+
+    family, frames, h, w = CASES[case]
+    cfg = _config(family, backend, args.dense_layers if backend != "dense" else 0)
+    adapter = get_adapter(family)
+    device = torch.device(args.device)
+    if args.smoke:  # CPU check of this script: tiny model, tiny latents, the same code path
+        transformer = adapter.build_tiny(device=device)
+        frames, h, w = 3, 8, 8
+    else:
+        overrides = {"num_layers": args.hun_double, "num_single_layers": args.hun_single} if family == "hunyuan" else {}
+        transformer = adapter.build_full(dtype=torch.bfloat16, device=device, **overrides)
+    parts = build_model(cfg, device, transformer=transformer)
+    latents = torch.randn(1, adapter.latent_channels(transformer), frames, h, w, device=device)
+    conds = adapter.make_dummy_conditions(transformer, 1, latent_shape=latents.shape)
+    return cfg, parts, latents, conds
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def _sync() -> None:
+    if _cuda():
+        torch.cuda.synchronize()
+
+
+def _reset_memory() -> None:
+    if _cuda():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gb() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if _cuda() else float("nan")
+
+
+def _attention_share(prof) -> tuple[float, float]:
+    total = attn = 0.0
+    for evt in prof.key_averages():
+        t = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0.0)
+        if _cuda() and not str(getattr(evt, "device_type", "")).endswith("CUDA"):
+            continue
+        total += t
+        if any(k in evt.key.lower() for k in ATTENTION_KERNEL_HINTS):
+            attn += t
+    return attn / 1e3, total / 1e3  # ms
+
+
+def run_case(case: str, backend: str, args) -> dict:
+    from accelerate import Accelerator
+
+    from train.flow import FlowMatching
+    from train.step import flow_matching_loss
+
+    _reset_memory()
+    cfg, parts, latents, conds = _build(case, backend, args)
+    acc = Accelerator(mixed_precision="bf16")
+    params = [p for p in parts.transformer.parameters() if p.requires_grad]
+    model, opt = acc.prepare(parts.transformer, torch.optim.AdamW(params, lr=1e-5))
+    flow = FlowMatching(shift=cfg.model.flow_shift)
+    model_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad)
+
+    def step(i: int) -> float:
+        gen = torch.Generator().manual_seed(i)
+        with acc.autocast():
+            loss = flow_matching_loss(parts.adapter, model, flow, latents, conds, gen, model_dtype)
+        acc.backward(loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    for i in range(args.warmup):
+        step(i)
+    _sync()
+    _reset_memory()
+    times, losses = [], []
+    for i in range(args.steps):
+        start = time.perf_counter()
+        losses.append(step(100 + i))
+        _sync()
+        times.append(time.perf_counter() - start)
+    peak = _peak_gb()
+    activity = torch.profiler.ProfilerActivity.CUDA if _cuda() else torch.profiler.ProfilerActivity.CPU
+    with torch.profiler.profile(activities=[activity]) as prof:
+        step(999)
+        _sync()
+    attn_ms, total_ms = _attention_share(prof)
+    grid = parts.handle.last_grid
+    plan = parts.handle.last_plan
+    step_s = sorted(times)[len(times) // 2]
+    result = {
+        "case": case,
+        "backend": backend,
+        "tokens": grid.video_tokens,
+        "frames": grid.frames,
+        "layers": parts.handle.num_layers,
+        "step_s": step_s,
+        "tokens_per_s": grid.video_tokens / step_s,
+        "peak_gb": peak,
+        "attention_ms": attn_ms,
+        "profiled_ms": total_ms,
+        "attention_share": attn_ms / total_ms if total_ms else float("nan"),
+        "density": plan.stats.block_density if plan is not None and backend != "dense" else 1.0,
+        "loss": losses[-1],
+    }
+    parts.handle.remove()
+    acc.free_memory()
+    _reset_memory()
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--cases", nargs="+", default=["wan1x", "wan2x", "wan4x", "hun4x"], choices=sorted(CASES))
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--dense-layers", type=int, default=2, help="first k blocks dense in the radial run (paper: 2)")
+    p.add_argument("--hun-double", type=int, default=1)
+    p.add_argument("--hun-single", type=int, default=1)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--smoke", action="store_true", help="tiny models on --device (a CPU check of the script)")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case in args.cases:
+        for backend in ("dense", "reference" if args.smoke else "triton"):
+            try:
+                rows.append(run_case(case, backend, args))
+            except torch.cuda.OutOfMemoryError as err:
+                print(f"{case} {backend}: out of memory ({err})", flush=True)
+                rows.append({"case": case, "backend": backend, "error": "out of memory"})
+                _reset_memory()
+    import triton
+
+    meta = {
+        "card": torch.cuda.get_device_name() if _cuda() else "cpu (smoke)",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": str(datetime.date.today()),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    (args.out / "train_step.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [
+        "| case | tokens | layers | dense step s | radial step s | speed-up | radial tokens/s | dense / radial peak GB "
+        "| attention share dense / radial | density |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by = {(r["case"], r["backend"]): r for r in rows}
+    for case in args.cases:
+        d, r = by.get((case, "dense"), {}), by.get((case, "reference" if args.smoke else "triton"), {})
+        if "step_s" not in d or "step_s" not in r:
+            lines.append(f"| {case} | | | {d.get('error', '')} | {r.get('error', '')} | | | | | |")
+            continue
+        lines.append(
+            f"| {case} | {r['tokens']} | {r['layers']} | {d['step_s']:.2f} | {r['step_s']:.2f} | "
+            f"{d['step_s'] / r['step_s']:.2f}x | {r['tokens_per_s']:.0f} | {d['peak_gb']:.1f} / {r['peak_gb']:.1f} | "
+            f"{d['attention_share']:.0%} / {r['attention_share']:.0%} | {r['density']:.3f} |"
+        )
+    table = "\n".join(lines)
+    (args.out / "train_step.md").write_text(
+        f"# LoRA training step, radial vs dense\n\n{meta['card']}, torch {meta['torch']}, triton {meta['triton']}, "
+        f"{meta['date']}; args {meta['args']}\n\n{table}\n"
+    )
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
