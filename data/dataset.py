@@ -8,7 +8,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,7 +44,7 @@ class Expect:
             return cls()
         if isinstance(value, Expect):
             return value
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):  # a dict, or a Hydra / OmegaConf DictConfig
             unknown = set(value) - set(cls.__dataclass_fields__)
             if unknown:
                 raise ValueError(f"expect: unknown keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")

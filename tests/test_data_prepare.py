@@ -232,6 +232,15 @@ def test_limit_and_clips_per_video(videos, tmp_path):
     assert starts == {0: 0.0, 1: pytest.approx(17 / 16)}
 
 
+def test_strict_fps_skips_slower_sources(videos, tmp_path):
+    summary = prepare(_cfg(videos, tmp_path / "strict", lengths=[17], fps=30, strict_fps=True))
+    assert summary.written == [] and summary.index is None
+    reasons = dict(summary.skipped)
+    assert "16 fps is below the target 30 fps" in reasons["videos/synthetic_0002.mov"]
+    with pytest.raises(ShardError, match="no index.json"):
+        LatentDataset(tmp_path / "strict", model="wan")
+
+
 def test_manifests(videos, tmp_path):
     rows = [json.loads(line) for line in (videos / "manifest.jsonl").read_text().splitlines()]
     jsonl = tmp_path / "m.jsonl"

@@ -182,6 +182,16 @@ def test_bad_files_give_video_errors(tmp_path):
         read_clips(info, plan_clips(info, 33, 16, 1), 33, 16, (64, 64))
 
 
+def test_duration_from_packets_when_headers_lack_it(tmp_path):
+    from data.video import _demux_duration
+
+    make_synthetic_videos(tmp_path, num=2, frames=[25, 40], fps=16, sizes=[(32, 32)], formats=["webm", "mp4"])
+    for name in ("synthetic_0000.webm", "synthetic_0001.mp4"):
+        path = tmp_path / "videos" / name
+        duration, fps = _demux_duration(path, 0.0)
+        assert duration == pytest.approx(probe(path).duration, abs=0.01) and fps == pytest.approx(16, rel=0.01)
+
+
 def test_to_pixels_range():
     x = to_pixels(np.array([[[[0, 255, 127]]]], np.uint8))
     assert x.shape == (3, 1, 1, 1)
