@@ -247,3 +247,17 @@ def test_handle_surface(wan):
     assert handle.last_plan.stats.block_density < 0.5
     assert "dense_layers=1" in repr(handle) and "layer=1" in repr(wan.attention_layers(model)[1].processor)
     handle.remove()
+
+
+def test_works_under_a_peft_model_wrapper(wan):
+    from peft import LoraConfig, get_peft_model
+
+    model = _wan(wan)
+    with torch.no_grad():
+        stock = _run(wan, model)
+    handle = radial.inject(model, backend="dense", block_size=BLOCK)
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=wan.lora_target_modules()))
+    with torch.no_grad():
+        out = _run(wan, wrapped)
+    assert handle.last_grid == LatentGrid(8, 4, 4) and (out - stock).abs().max() < 1e-5
+    handle.remove()

@@ -18,10 +18,13 @@ noise), as diffusers' FlowMatch schedulers give it for Wan and HunyuanVideo; the
 Condition keys (a family ignores those it has no use for):
     prompt_embeds          [B, L, text_dim]  text encoder states (required)
     prompt_attention_mask  [B, L] bool/int   1 = real token (HunyuanVideo, Mochi; default all ones)
+    prompt_embeds_2        [B, L2, d2]       HunyuanVideo-1.5's ByT5 glyph-text states
+    prompt_attention_mask_2 [B, L2]          their mask
     pooled_prompt_embeds   [B, P]            HunyuanVideo's pooled CLIP embedding
     guidance               number or [B]     HunyuanVideo's distilled guidance scale (times 1000 inside; default 1)
-    image_embeds           [B, N, image_dim] Wan2.1 I2V CLIP image states
-    image_latents          [B, C', F, H, W]  channel-concatenated conditioning (Wan I2V: 4 mask + 16 latent)
+    image_embeds           [B, N, image_dim] Wan2.1 I2V CLIP / HunyuanVideo-1.5 SigLIP image states (zeros: T2V)
+    image_latents          [B, C', F, H, W]  channel-concatenated conditioning (Wan I2V: 4 mask + 16 latent;
+                                             HunyuanVideo-1.5: 32 latent + 1 mask)
     first_frame_mask       [B, 1, F, H, W]   Wan2.2 TI2V: 0 where a latent is clean conditioning, 1 where noised
     attention_kwargs       dict              passed to the transformer (e.g. {"scale": lora_scale})
 """
