@@ -69,13 +69,18 @@ class CheckpointManager:
         keep_last: int,
         save_lora: Callable[[Path], None],
         load_lora: Callable[[Path], None],
+        save_kwargs: dict | None = None,
+        load_kwargs: dict | None = None,
     ) -> None:
+        """`save_kwargs` / `load_kwargs` go to Accelerate's save_state / load_state (DeepSpeed's save_checkpoint /
+        load_checkpoint: exclude_frozen_parameters, load_module_strict)."""
         if keep_last < 1:
             raise ValueError(f"train.keep_last must be >= 1, got {keep_last}")
         self.accelerator = accelerator
         self.root = Path(root)
         self.keep_last = keep_last
         self._save_lora, self._load_lora = save_lora, load_lora
+        self._save_kwargs, self._load_kwargs = dict(save_kwargs or {}), dict(load_kwargs or {})
         accelerator.register_save_state_pre_hook(self._on_save)
         accelerator.register_load_state_pre_hook(self._on_load)
 
@@ -100,7 +105,7 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        acc.save_state(str(tmp), **self._save_kwargs)
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / DONE).write_text(json.dumps({"step": step, "time": time.time(), "torch": torch.__version__}))
@@ -114,5 +119,5 @@ class CheckpointManager:
 
     def load(self, path: Path) -> int:
         """Restore everything saved by `save`; returns the checkpoint's step."""
-        self.accelerator.load_state(str(path))
+        self.accelerator.load_state(str(path), **self._load_kwargs)
         return int(json.loads((path / DONE).read_text())["step"])

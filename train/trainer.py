@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import math
+import os
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from data import data_parallel_rank
 from radial.lora import load_lora_state_dict, lora_state_dict
+from radial.parallel import enable as enable_sequence_parallel
+from radial.parallel import init_sequence_parallel, sequence_parallel_groups
 from train.checkpoint import CheckpointManager, TrainState, resolve_resume
 from train.components import build_data, build_model, synthetic_latents
 from train.config import Config
@@ -53,7 +59,9 @@ class DataCursor:
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """A generator for one micro-step's noise and timesteps: reproducible across resumes and device types."""
+    """A generator for one micro-step's noise and timesteps: reproducible across resumes and device types.
+
+    `rank` is the data-parallel rank: the ranks of one sequence-parallel group draw the same noise."""
     digest = hashlib.sha256(f"{seed}/{step}/{micro}/{rank}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
@@ -80,6 +88,13 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         acc = self.accelerator
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != acc.num_processes:  # N copies of a one-process run would overwrite each other's outputs
+            raise RuntimeError(
+                f"launched as {launched} processes but Accelerate runs {acc.num_processes}: on a machine without "
+                "GPUs set ACCELERATE_USE_CPU=1 (or `accelerate launch --cpu`) so that the processes train together"
+            )
+        self._configure_deepspeed()
         set_seed(cfg.seed, device_specific=True)
         self.flow = FlowMatching(
             sampling=t.timestep_sampling,
@@ -94,7 +109,15 @@ class Trainer:
             synthetic_latents(cfg, acc.is_main_process) if cfg.data.kind == "synthetic" else Path(cfg.data.root)
         )
         acc.wait_for_everyone()
-        self.parts = build_model(cfg, acc.device, self.out / "base_transformer" if acc.is_main_process else None)
+        # Ulysses sequence parallelism (parallel.sp_degree > 1): groups of consecutive ranks share one sample.
+        sp_degree = cfg.parallel.sp_degree
+        sequence_parallel_groups(acc.num_processes, sp_degree)  # the error names parallel.sp_degree
+        self.dp_rank, self.dp_world = data_parallel_rank(acc.process_index, acc.num_processes, sp_degree)
+        with torch.random.fork_rng(devices=[]):  # the same LoRA initialisation on every rank, whatever the wrapper
+            torch.manual_seed(cfg.seed)
+            self.parts = build_model(cfg, acc.device, self.out / "base_transformer" if acc.is_main_process else None)
+        self.sp = init_sequence_parallel(sp_degree, acc.device)
+        self.sp_handle = enable_sequence_parallel(self.parts.handle, self.sp) if self.sp is not None else None
         self.dataset, self.sampler, loader = build_data(
             cfg, self.parts, acc.process_index, acc.num_processes, latents_root
         )
@@ -114,9 +137,62 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = acc.prepare(self.parts.transformer, optimizer, scheduler)
         self.state = TrainState()
         acc.register_for_checkpointing(self.state, self.cursor)
+        deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.checkpoints = CheckpointManager(
-            acc, self.out / "checkpoints", t.keep_last, save_lora=self._save_lora, load_lora=self._load_lora
+            acc,
+            self.out / "checkpoints",
+            t.keep_last,
+            save_lora=self._save_lora,
+            load_lora=self._load_lora,
+            # DeepSpeed writes its own model file: only the trainable (LoRA) weights, so checkpoints stay LoRA-sized.
+            save_kwargs={"exclude_frozen_parameters": True} if deepspeed else None,
+            load_kwargs={"load_module_strict": False} if deepspeed else None,
         )
+        self._lora_snapshot: dict | None = None
+
+    def _configure_deepspeed(self) -> None:
+        """Batch size, accumulation and clipping into the DeepSpeed config: our loader is not `prepare`d (the sampler
+        shards by data-parallel rank), so Accelerate cannot infer them. DeepSpeed counts every process as data
+        parallel; with sequence parallelism a step still takes batch_size samples per group."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None:
+            return
+        cfg, acc = self.cfg, self.accelerator
+        ga = cfg.train.gradient_accumulation_steps
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+        ds["gradient_accumulation_steps"] = ga
+        ds["train_batch_size"] = cfg.data.batch_size * ga * acc.num_processes
+        ds["gradient_clipping"] = cfg.optim.max_grad_norm
+
+    def _zero3(self) -> bool:
+        plugin = self.accelerator.state.deepspeed_plugin
+        return plugin is not None and plugin.zero_stage == 3
+
+    @contextlib.contextmanager
+    def _full_lora(self, modifier_rank: int | None = None):
+        """Under ZeRO-3, the LoRA parameters gathered whole on every rank for the block (collective: every rank
+        enters); `modifier_rank` = the rank whose in-place changes are kept. A no-op otherwise."""
+        if not self._zero3():
+            yield
+            return
+        import deepspeed
+
+        params = [p for p in self._unwrapped().parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+            yield
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights (PEFT keys) on the CPU, whole under every wrapper; collective: call on every rank."""
+        with self._full_lora():
+            return {k: v.detach().cpu().clone() for k, v in lora_state_dict(self._unwrapped()).items()}
+
+    def _save_checkpoint(self, step: int) -> Path:
+        self._lora_snapshot = self.lora_state_dict() if self._zero3() else None
+        try:
+            return self.checkpoints.save(step)
+        finally:
+            self._lora_snapshot = None
 
     # -- checkpoint hooks -----------------------------------------------------------------------------------------
     def _unwrapped(self) -> torch.nn.Module:
@@ -125,23 +201,28 @@ class Trainer:
     def _save_lora(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({k: v.cpu() for k, v in lora_state_dict(self._unwrapped()).items()}, str(path))
+        state = self._lora_snapshot
+        if state is None:
+            state = {k: v.cpu() for k, v in lora_state_dict(self._unwrapped()).items()}
+        save_file(state, str(path))
 
-    def _load_lora(self, path: Path) -> None:
+    def _load_lora(self, path: Path) -> None:  # on every rank
         from safetensors.torch import load_file
 
-        load_lora_state_dict(self._unwrapped(), load_file(str(path), device=str(self.accelerator.device)))
+        with self._full_lora(modifier_rank=0):
+            load_lora_state_dict(self._unwrapped(), load_file(str(path), device=str(self.accelerator.device)))
 
     # -- one step -----------------------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, step: int, micro: int) -> tuple[torch.Tensor, int]:
         acc, parts = self.accelerator, self.parts
         x0 = batch["latents"].to(acc.device)
-        gen = step_generator(self.cfg.seed, step, micro, acc.process_index)
+        gen = step_generator(self.cfg.seed, step, micro, self.dp_rank)
         model_dtype = next(p.dtype for p in self.model.parameters() if not p.requires_grad)
+        conditions = conditions_of(batch, acc.device)
+        if acc.distributed_type == DistributedType.DEEPSPEED:  # no autocast under DeepSpeed: inputs in model dtype
+            conditions = {k: _to_dtype(v, model_dtype) for k, v in conditions.items()}
         with acc.autocast():
-            loss = flow_matching_loss(
-                parts.adapter, self.model, self.flow, x0, conditions_of(batch, acc.device), gen, model_dtype
-            )
+            loss = flow_matching_loss(parts.adapter, self.model, self.flow, x0, conditions, gen, model_dtype)
         tokens = x0.shape[0] * parts.handle.last_grid.video_tokens if parts.handle.last_grid is not None else 0
         return loss, tokens
 
@@ -176,7 +257,9 @@ class Trainer:
                         if self._all_ranks(not torch.isfinite(loss).item()):
                             bad = True
                             continue
-                        acc.backward(loss)
+                        # SP: the group's ranks each hold a share of the full-sample gradient and the wrappers
+                        # average over all ranks, so the loss is scaled by the group size (radial.parallel).
+                        acc.backward(loss * self.sp.loss_scale if self.sp is not None else loss)
                         losses.append(loss.detach())
                 grad_norm = None
                 if bad:
@@ -202,20 +285,21 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.max_steps:
-                    self.checkpoints.save(step + 1)
+                    self._save_checkpoint(step + 1)
                 if self._all_ranks(stop.requested):
                     stopped_by = stop.signal_name or "a signal on another rank"
                     break
         bar.close()
-        final = self.checkpoints.save(self.state.step)
+        final = self._save_checkpoint(self.state.step)
         summary = {"step": self.state.step, "checkpoint": str(final), "stopped_by": stopped_by}
         if stopped_by:
             acc.print(f"stopped by {stopped_by} at step {self.state.step}; resume with train.resume=latest")
         else:
             from train.export import export_run
 
-            if acc.is_main_process:
-                summary.update(export_run(self))
+            with self._full_lora():  # ZeRO-3: the LoRA whole on every rank while the main process exports it
+                if acc.is_main_process:
+                    summary.update(export_run(self))
         acc.wait_for_everyone()
         acc.end_training()
         return summary
@@ -227,7 +311,7 @@ class Trainer:
             "loss": loss,
             "lr": self.scheduler.get_last_lr()[0],
             "step_time_s": elapsed,
-            "tokens_per_s": tokens * acc.num_processes / max(elapsed, 1e-9),
+            "tokens_per_s": tokens * self.dp_world / max(elapsed, 1e-9),  # one sample per SP group
             "peak_memory_gb": _peak_memory_gb(acc.device),
         }
         if grad_norm is not None:
@@ -236,6 +320,13 @@ class Trainer:
             logs["attention_density"] = plan.stats.block_density
         logs = {k: v for k, v in logs.items() if not (isinstance(v, float) and math.isnan(v) and k != "loss")}
         acc.log(logs, step=step)
+        if acc.is_main_process:  # machine-readable beside the trackers (benchmarks read it)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **logs}) + "\n")
+
+
+def _to_dtype(value, dtype: torch.dtype):
+    return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
