@@ -1,0 +1,239 @@
+"""`python -m radial.generate`: videos from a local diffusers pipeline with radial attention and LoRAs.
+
+    python -m radial.generate --model /models/Wan2.1-T2V-1.3B-Diffusers --prompt "a red fox runs through snow" \\
+        --length 4x --steps 50 --backend triton --dense-layers 1 --dense-timesteps 12 \\
+        --lora outputs/wan_4x/lora:1.0 --lora other_style.safetensors:0.5 --seed 0 1 --out outputs/gen
+    python -m radial.generate --model /models/HunyuanVideo --prompt-embeds prompts.safetensors --length 2x ...
+
+Writes, per prompt and seed, NAME.mp4, NAME.latents.safetensors and NAME.json (the sidecar: prompt, seed, family,
+size, frames, steps, guidance, radial settings and mask density, LoRAs with scales, wall time, per-step time,
+peak memory, versions). `--prompt-embeds FILE` (see radial.generation.embeds) skips loading the text encoders.
+`--attention dense` keeps the stock attention (the baseline; same seeds give the same noise).
+
+Radial settings left unset follow the first LoRA trained by this framework (its header records decay_factor,
+dense_layers, block_size, sink); otherwise the defaults below. Tiny random pipelines for tests and the demo:
+`python -m train.generate --tiny ...` (same options; radial/ does not depend on the repo's data/ or train/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from radial.generation.embeds import load_prompt_embeds
+from radial.generation.pipeline import (
+    DEFAULT_TEXT_LEN,
+    apply_radial,
+    load_loras,
+    load_pipeline,
+    lora_metadata,
+    pipeline_family,
+    read_text_settings,
+    resolve_prompt_template,
+)
+from radial.generation.run import build_sidecar, generate, save_result
+from radial.generation.settings import ATTENTION_BACKENDS, ClipSpec, LoraSpec, RadialSettings, frames_for_length
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+DTYPES.update({"fp32": torch.float32, "float32": torch.float32})
+RADIAL_DEFAULTS = {"decay_factor": 1.0, "dense_layers": 0, "dense_timesteps": 0, "block_size": 128, "sink": None}
+
+
+def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> argparse.ArgumentParser:
+    src = p.add_argument_group("model")
+    src.add_argument("--model", required=model_required, help="local diffusers pipeline folder (model_index.json)")
+    src.add_argument("--transformer", help="another transformer folder to use instead of MODEL/transformer")
+    src.add_argument("--family", help="model family (default: from the pipeline; 'wan22' for Wan2.2 A14B)")
+    src.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="transformer dtype (VAE stays fp32)")
+    src.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    src.add_argument("--no-text-encoder", action="store_true", help="don't load text encoders (with --prompt-embeds)")
+
+    what = p.add_argument_group("what to generate")
+    what.add_argument("--prompt", action="append", help="text prompt (repeatable)")
+    what.add_argument("--prompt-embeds", action="append", help="precomputed embeddings (.safetensors/.pt; repeatable)")
+    what.add_argument("--negative-prompt", default=None)
+    what.add_argument("--length", default=None, help="1x, 2x, 3x, 4x of the base model's clip (Wan 1x = 81 frames)")
+    what.add_argument("--frames", type=int, default=None, help="pixel frames (k * temporal factor + 1)")
+    what.add_argument("--height", type=int, default=None)
+    what.add_argument("--width", type=int, default=None)
+    what.add_argument("--steps", type=int, default=50, help="denoising steps")
+    what.add_argument("--guidance-scale", type=float, default=5.0)
+    what.add_argument("--true-cfg-scale", type=float, default=None, help="HunyuanVideo real CFG (needs negatives)")
+    what.add_argument("--guidance-scale-2", type=float, default=None, help="Wan2.2 A14B low-noise expert guidance")
+    what.add_argument("--shift", type=float, default=None, help="scheduler flow shift override")
+    what.add_argument("--max-sequence-length", type=int, default=None)
+    what.add_argument("--seed", type=int, nargs="+", default=[0])
+    what.add_argument("--fps", type=int, default=None, help="mp4 frame rate (default: the family's)")
+
+    att = p.add_argument_group("radial attention")
+    att.add_argument("--attention", choices=("radial", "dense"), default="radial", help="dense = stock attention")
+    att.add_argument("--backend", choices=ATTENTION_BACKENDS, default="auto")
+    att.add_argument("--decay-factor", type=float, default=None)
+    att.add_argument("--dense-layers", type=int, default=None, help="first k attention layers dense")
+    att.add_argument("--dense-timesteps", type=int, default=None, help="first t denoising steps dense")
+    att.add_argument("--block-size", type=int, default=None)
+    att.add_argument("--sink", action=argparse.BooleanOptionalAction, default=None, help="key frame 0 dense")
+    att.add_argument("--decay-adjacent", action="store_true")
+
+    lora = p.add_argument_group("LoRAs")
+    lora.add_argument(
+        "--lora", action="append", default=[], metavar="PATH[:SCALE[:NAME]]", help="LoRA folder or file (repeatable)"
+    )
+
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="outputs/generate", help="output folder")
+    out.add_argument("--name", default=None, help="file name stem (default: FAMILY_FRAMESf_ATTENTION)")
+    out.add_argument("--no-decode", action="store_true", help="skip the VAE: latents and sidecar only")
+    out.add_argument("--no-latents", action="store_true", help="don't save the final latents")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m radial.generate",
+        description="Generate videos with radial attention and LoRAs from a local diffusers pipeline.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    return add_arguments(p)
+
+
+def resolve_radial(args: argparse.Namespace, loras: Sequence[LoraSpec]) -> tuple[RadialSettings, str]:
+    """Explicit options, else the first radial LoRA's training settings, else the defaults; and where they came from."""
+    trained: dict = {}
+    origin = "defaults"
+    for spec in loras:
+        path = Path(spec.path)
+        file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+        if file.is_file():
+            trained = lora_metadata(file).get("radial") or {}
+            if trained:
+                origin = f"LoRA {spec.path}"
+                break
+    values = {}
+    for key, default in RADIAL_DEFAULTS.items():
+        given = getattr(args, key)
+        values[key] = given if given is not None else trained.get(key, default)
+    values["decay_adjacent"] = bool(args.decay_adjacent or trained.get("decay_adjacent", False))
+    settings = RadialSettings(enabled=args.attention == "radial", backend=args.backend, **values)
+    return settings, origin
+
+
+def _device(args) -> str:
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_from_args(args: argparse.Namespace):
+    """The pipeline named by --model (text encoders skipped with --no-text-encoder or embeddings only)."""
+    text = not (args.no_text_encoder or (args.prompt_embeds and not args.prompt))
+    return load_pipeline(
+        args.model, text_encoder=text, dtype=DTYPES[args.dtype], device=_device(args), transformer_path=args.transformer
+    )
+
+
+def clip_from_args(args, family: str, text_settings: dict) -> ClipSpec:
+    from radial.geometry import geometry
+
+    g = geometry(family)
+    if args.length is not None and args.frames is not None:
+        raise ValueError("give --length or --frames, not both")
+    frames = frames_for_length(g, args.length or "1x") if args.frames is None else frames_for_length(g, args.frames)
+    return ClipSpec(
+        frames=frames,
+        height=args.height or g.base_height,
+        width=args.width or g.base_width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        true_cfg_scale=args.true_cfg_scale,
+        guidance_scale_2=args.guidance_scale_2,
+        shift=args.shift,
+        fps=args.fps or g.fps,
+        negative_prompt=args.negative_prompt,
+        max_sequence_length=args.max_sequence_length or text_settings.get("max_sequence_length"),
+        extra={"prompt_template": text_settings["prompt_template"]} if "prompt_template" in text_settings else {},
+    )
+
+
+def run(
+    args: argparse.Namespace,
+    pipe,
+    *,
+    source: str | None = None,
+    text_settings: dict | None = None,
+    results: list | None = None,
+) -> list[dict]:
+    """Generate every prompt x seed with `pipe` as the arguments say; returns the sidecars (with file paths).
+
+    `text_settings` (max_sequence_length, prompt_template of non-default encoders) default to those saved in the
+    pipeline folder `source`. `results`, when given, receives each GenerationResult (frames, latents in memory).
+    """
+    family = args.family or pipeline_family(pipe)
+    text_settings = read_text_settings(source) if text_settings is None else text_settings
+    specs = [LoraSpec.parse(s) for s in args.lora]
+    radial_settings, origin = resolve_radial(args, specs)
+    if "prompt_template" in text_settings:
+        text_settings = {
+            **text_settings,
+            "prompt_template": resolve_prompt_template(pipe, text_settings["prompt_template"]),
+        }
+    base = clip_from_args(args, family, text_settings)
+    text_len = base.max_sequence_length or DEFAULT_TEXT_LEN[family]
+    jobs: list[tuple[str, object]] = [(p, None) for p in (args.prompt or [])]
+    for path in args.prompt_embeds or []:
+        jobs += [(None, e) for e in load_prompt_embeds(path, text_len=text_len, family=family)]
+    if not jobs:
+        raise ValueError("nothing to generate: give --prompt TEXT or --prompt-embeds FILE")
+    handles = apply_radial(pipe, radial_settings, family)
+    try:
+        lora_records = load_loras(pipe, specs, family=family, radial=radial_settings)
+        stem = args.name or f"{family}_{base.frames}f"
+        tag = "radial" if radial_settings.enabled else "dense"
+        records = []
+        for i, (prompt, embeds) in enumerate(jobs):
+            for seed in args.seed:
+                clip = ClipSpec(**{**base.__dict__, "seed": seed, "prompt": prompt})
+                result = generate(pipe, clip, embeds=embeds, handles=handles, decode=not args.no_decode, family=family)
+                name = f"{stem}_p{i}_s{seed}_{tag}" if len(jobs) > 1 else f"{stem}_s{seed}_{tag}"
+                sidecar = build_sidecar(
+                    result, radial=radial_settings, loras=lora_records, pipeline=source, radial_settings_from=origin
+                )
+                sidecar["files"] = save_result(result, args.out, name, sidecar, save_latents=not args.no_latents)
+                sidecar["name"] = name
+                records.append(sidecar)
+                if results is not None:
+                    results.append(result)
+                if not sidecar["finite"]:
+                    print(f"warning: {name}: the latents contain NaN or inf", file=sys.stderr)
+                print(
+                    f"{name}: {result.wall_time_s:.2f} s ({result.denoise_time_s:.2f} s denoising), "
+                    f"density {result.attention.get('effective_density', 1.0):.3f} -> {sidecar['files'].get('video') or sidecar['files'].get('latents')}"
+                )
+        return records
+    finally:
+        if handles is not None:
+            handles.remove()
+
+
+def main(argv: Sequence[str] | None = None, *, parser=None, build_pipeline: Callable | None = None) -> list[dict]:
+    """CLI entry; `build_pipeline(args) -> (pipe, source)` replaces loading --model (train.generate's tiny path)."""
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if build_pipeline is not None:
+            pipe, source = build_pipeline(args)
+        else:
+            pipe, source = load_from_args(args), args.model
+        records = run(args, pipe, source=source)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"error: {e}\n")
+    summary = Path(args.out) / "generate_summary.json"
+    summary.write_text(json.dumps(records, indent=1, default=str))
+    return records
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

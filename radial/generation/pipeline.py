@@ -1,0 +1,238 @@
+"""Pipelines for generation: load a local diffusers folder, tell its family, put radial attention in, load LoRAs.
+
+    pipe = load_pipeline("/models/Wan2.1-T2V-1.3B-Diffusers", text_encoder=False, dtype=torch.bfloat16)
+    handles = apply_radial(pipe, RadialSettings(backend="triton", dense_layers=1, dense_timesteps=12))
+    loras = load_loras(pipe, [LoraSpec("outputs/run/lora", 1.0), LoraSpec("style.safetensors", 0.6)])
+
+Nothing here needs this repository's data/ or train/ packages (radial stays importable alone); tiny pipelines for
+tests and the demo are built by `train.generate`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from radial.generation.settings import LoraSpec, RadialSettings
+
+#: diffusers pipeline class -> model family (Wan2.2 A14B: a WanPipeline with transformer_2; TI2V: 48 channels)
+PIPELINE_FAMILIES = {
+    "WanPipeline": "wan",
+    "WanImageToVideoPipeline": "wan",
+    "HunyuanVideoPipeline": "hunyuan",
+    "MochiPipeline": "mochi",
+}
+FAMILY_PIPELINES = {"wan": "WanPipeline", "wan22": "WanPipeline", "wan22_ti2v": "WanPipeline"}
+FAMILY_PIPELINES.update({"hunyuan": "HunyuanVideoPipeline", "mochi": "MochiPipeline"})
+TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+#: the text length each family's pipeline pads prompts to (its __call__ default max_sequence_length)
+DEFAULT_TEXT_LEN = {"wan": 512, "wan22": 512, "wan22_ti2v": 512, "hunyuan": 256, "mochi": 256}
+#: written beside tiny / custom encoders by data.encoders (FamilyEncoders.save_pretrained): text length, template
+TEXT_SETTINGS_FILE = "radial_text_settings.json"
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def pipeline_family(pipe) -> str:
+    """The model family of a pipeline instance (for the mask options and the sidecar)."""
+    name = type(pipe).__name__
+    if name not in PIPELINE_FAMILIES:
+        raise ValueError(f"unsupported pipeline {name}; supported: {sorted(PIPELINE_FAMILIES)}")
+    family = PIPELINE_FAMILIES[name]
+    if family == "wan":
+        if getattr(pipe, "transformer_2", None) is not None:
+            return "wan22"
+        transformer = getattr(pipe, "transformer", None)
+        if transformer is not None and (transformer.config.out_channels or transformer.config.in_channels) == 48:
+            return "wan22_ti2v"
+    return family
+
+
+def read_text_settings(root: str | Path | None) -> dict:
+    """Non-default text settings saved beside a pipeline's encoders ({} when the folder has none)."""
+    if root is None:
+        return {}
+    path = Path(root) / TEXT_SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def resolve_prompt_template(pipe, template: dict | None) -> dict | None:
+    """A HunyuanVideo prompt template with a concrete `crop_start` (the template tokens before the caption).
+
+    diffusers derives a missing crop_start from the template padded to the tokenizer's max length, which crops
+    every caption token with tokenizers that pad (tiny / custom ones). The common prefix of two fillings is what
+    data.encoders uses when it writes the embeddings, so prompts and stored embeddings agree.
+    """
+    if template is None or template.get("crop_start") is not None:
+        return template
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return template
+    a = tokenizer(template["template"].format("a")).input_ids
+    b = tokenizer(template["template"].format("b")).input_ids
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return {**template, "crop_start": n}
+
+
+def check_pipeline_folder(path: str | Path) -> Path:
+    """A local diffusers pipeline folder (model_index.json); errors say what is wrong before anything loads."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"--model {path}: no such folder (a local diffusers pipeline folder)")
+    if not (root / "model_index.json").is_file():
+        raise ValueError(
+            f"--model {path}: no model_index.json; expected a diffusers pipeline folder (e.g. "
+            "Wan2.1-T2V-1.3B-Diffusers) with transformer/, vae/, scheduler/ ..."
+        )
+    class_name = json.loads((root / "model_index.json").read_text()).get("_class_name")
+    if class_name not in PIPELINE_FAMILIES:
+        raise ValueError(f"--model {path}: {class_name} is not supported; supported: {sorted(PIPELINE_FAMILIES)}")
+    return root
+
+
+def load_pipeline(
+    path: str | Path,
+    *,
+    text_encoder: bool = True,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device | None = None,
+    transformer_path: str | Path | None = None,
+    vae_dtype: torch.dtype | None = torch.float32,
+):
+    """A diffusers pipeline from a local folder, without its text encoders when `text_encoder=False`.
+
+    `transformer_path` swaps in another transformer folder (a fine-tuned or saved base transformer). The VAE stays
+    in `vae_dtype` (fp32 by default, as the Wan and HunyuanVideo pipelines recommend).
+    """
+    import diffusers
+
+    root = check_pipeline_folder(path)
+    index = json.loads((root / "model_index.json").read_text())
+    overrides: dict[str, Any] = {}
+    if not text_encoder:
+        overrides.update({k: None for k in TEXT_COMPONENTS if k in index})
+    if transformer_path is not None:
+        cls_name = index["transformer"][1]
+        overrides["transformer"] = getattr(diffusers, cls_name).from_pretrained(
+            str(transformer_path), torch_dtype=dtype
+        )
+    with warnings.catch_warnings():  # diffusers >= 0.36 prefers dtype=; torch_dtype works on every supported version
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = diffusers.DiffusionPipeline.from_pretrained(str(root), torch_dtype=dtype, **overrides)
+    if vae_dtype is not None and getattr(pipe, "vae", None) is not None:
+        pipe.vae.to(vae_dtype)
+    if device is not None:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe._radial_source = str(root.resolve())  # for the sidecar
+    return pipe
+
+
+def apply_radial(pipe, settings: RadialSettings, family: str | None = None):
+    """`radial.inject_pipeline` with `settings` (None when settings.enabled is False: stock attention)."""
+    if not settings.enabled:
+        return None
+    import radial
+
+    family = family or pipeline_family(pipe)
+    return radial.inject_pipeline(pipe, family=family, **settings.inject_kwargs())
+
+
+def _lora_file(spec: LoraSpec) -> Path:
+    p = Path(spec.path).expanduser()
+    if p.is_dir():
+        f = p / LORA_WEIGHT_NAME
+        if not f.is_file():
+            found = sorted(x.name for x in p.glob("*.safetensors"))
+            raise FileNotFoundError(
+                f"--lora {spec.path}: no {LORA_WEIGHT_NAME} in this folder"
+                + (f" (it has {found}; name the file)" if found else "")
+            )
+        return f
+    if not p.is_file():
+        raise FileNotFoundError(f"--lora {spec.path}: no such file or folder")
+    return p
+
+
+def lora_metadata(path: Path) -> dict:
+    """Our training metadata from a LoRA header ({} for other LoRAs); read without importing train/."""
+    from safetensors import safe_open
+
+    if path.suffix != ".safetensors":
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    try:
+        return json.loads(meta["radial_lora"]) if "radial_lora" in meta else {}
+    except ValueError:
+        return {}
+
+
+def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, radial: RadialSettings | None = None):
+    """Load each LoRA as a named adapter and activate them all with their scales; returns sidecar records.
+
+    Diffusers converts known non-diffusers layouts itself (e.g. ComfyUI / original Wan keys). A LoRA trained with
+    other radial settings (our metadata) gives a warning, not an error: inference settings may differ on purpose.
+    """
+    if not specs:
+        return []
+    family = family or pipeline_family(pipe)
+    names, scales, records = [], [], []
+    for i, spec in enumerate(specs):
+        file = _lora_file(spec)
+        name = spec.adapter_name(i)
+        if name in names:
+            raise ValueError(f"two LoRAs are named {name!r}; give distinct names (PATH:SCALE:NAME)")
+        info = lora_metadata(file)
+        base = (info.get("base_model") or {}).get("family")
+        if base is not None and base != family and not (base.startswith("wan") and family.startswith("wan")):
+            raise ValueError(f"--lora {spec.path}: trained for family {base!r}, the pipeline is {family!r}")
+        trained = info.get("radial") or {}
+        if radial is not None and trained:
+            if not radial.enabled:
+                warnings.warn(
+                    f"LoRA {name} was trained with radial attention; generating with dense attention", stacklevel=2
+                )
+            elif trained.get("decay_factor") not in (None, radial.decay_factor):
+                warnings.warn(
+                    f"LoRA {name} was trained with decay_factor={trained['decay_factor']}, generating with "
+                    f"{radial.decay_factor}",
+                    stacklevel=2,
+                )
+        pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
+        names.append(name)
+        scales.append(float(spec.scale))
+        records.append(
+            {
+                "name": name,
+                "path": str(file),
+                "scale": float(spec.scale),
+                "radial_lora": {k: info[k] for k in ("base_model", "rank", "alpha", "radial", "training") if k in info},
+            }
+        )
+    pipe.set_adapters(names, adapter_weights=scales)
+    return records
+
+
+def set_scheduler_shift(pipe, shift: float | None) -> None:
+    """Override the flow shift of the pipeline's scheduler (FlowMatchEuler `shift`, UniPC `flow_shift`)."""
+    if shift is None:
+        return
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    sched = pipe.scheduler
+    keys = [k for k in ("shift", "flow_shift") if k in sched.config]
+    if not keys:
+        raise ValueError(f"{type(sched).__name__} has no flow shift setting")
+    pipe.scheduler = type(sched).from_config(sched.config, **{k: float(shift) for k in keys})

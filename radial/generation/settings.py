@@ -1,0 +1,124 @@
+"""What a generation is asked to do: radial options, LoRAs with scales, the clip (length, size, steps, guidance).
+
+Plain dataclasses with validation; `as_dict()` is what the JSON sidecar records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from radial.geometry import LatentGeometry
+
+ATTENTION_BACKENDS = ("auto", "triton", "flex", "flashinfer", "reference", "dense")
+
+
+@dataclass(frozen=True)
+class RadialSettings:
+    """`radial.inject` options; `enabled=False` keeps the pipeline's stock attention (the dense baseline)."""
+
+    enabled: bool = True
+    backend: str = "auto"
+    decay_factor: float = 1.0
+    dense_layers: int = 0
+    dense_timesteps: int = 0
+    block_size: int = 128
+    sink: bool | None = None
+    decay_adjacent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"backend must be one of {list(ATTENTION_BACKENDS)}, got {self.backend!r}")
+        if not self.decay_factor > 0:
+            raise ValueError(f"decay_factor must be > 0, got {self.decay_factor}")
+        for name in ("dense_layers", "dense_timesteps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+    def inject_kwargs(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("enabled")
+        return d
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA to load: a diffusers-format folder (pytorch_lora_weights.safetensors) or a .safetensors file."""
+
+    path: str
+    scale: float = 1.0
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> LoraSpec:
+        """`PATH`, `PATH:SCALE` or `PATH:SCALE:NAME` (a trailing `:x` that is not a number belongs to the path)."""
+        parts = text.rsplit(":", 2)
+        for n_extra in (2, 1):
+            if len(parts) > n_extra:
+                head, tail = ":".join(parts[: len(parts) - n_extra]), parts[len(parts) - n_extra :]
+                try:
+                    scale = float(tail[0])
+                except ValueError:
+                    continue
+                if not head:
+                    break
+                return cls(head, scale, tail[1] if n_extra == 2 else None)
+        return cls(text)
+
+    def adapter_name(self, index: int) -> str:
+        if self.name:
+            return self.name
+        stem = Path(self.path).stem if Path(self.path).suffix else Path(self.path).name
+        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem) or "lora"
+        return f"{safe}_{index}"
+
+
+@dataclass
+class ClipSpec:
+    """The video to make: size, length, sampling; `prompt` (text) or precomputed embeddings (see embeds.py)."""
+
+    frames: int
+    height: int
+    width: int
+    num_inference_steps: int = 50
+    guidance_scale: float = 5.0
+    seed: int = 0
+    fps: int = 16
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    true_cfg_scale: float | None = None  # HunyuanVideo: real classifier-free guidance (needs negative embeds)
+    guidance_scale_2: float | None = None  # Wan2.2 A14B: guidance of the low-noise expert
+    shift: float | None = None  # scheduler flow shift override
+    max_sequence_length: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to the pipeline call as is
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "height", "width", "num_inference_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not math.isfinite(self.guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}")
+
+
+def frames_for_length(geom: LatentGeometry, length: str | int) -> int:
+    """Pixel frames of "1x".."4x" (m x the base model's clip, m * (base - 1) + 1) or of an explicit count.
+
+    Wan: 1x = 81 frames (21 latent), 2x = 161, 4x = 321 (81 latent frames); HunyuanVideo 129 -> 513; Mochi 163.
+    The same rule as data.video.clip_frames (datasets are prepared at these lengths).
+    """
+    text = str(length).strip().lower()
+    try:
+        frames = int(text[:-1]) * (geom.base_frames - 1) + 1 if text.endswith("x") else int(text)
+    except ValueError:
+        raise ValueError(f"length {length!r}: expected '<m>x' (1x, 2x, 4x) or a frame count") from None
+    if text.endswith("x") and int(text[:-1]) < 1:
+        raise ValueError(f"length {length!r}: the multiple must be >= 1")
+    geom.latent_frames(frames)  # k * temporal_factor + 1, with the nearest valid counts in the error
+    return frames

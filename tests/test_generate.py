@@ -1,0 +1,295 @@
+"""The generator: tiny pipelines of every family, prompt embeddings, LoRAs with scales, radial vs dense, sidecars."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train.generate as tgen
+from radial.generation import (
+    ClipSpec,
+    LoraSpec,
+    RadialSettings,
+    apply_radial,
+    frames_for_length,
+    generate,
+    load_loras,
+    load_prompt_embeds,
+    save_prompt_embeds,
+)
+from radial.geometry import geometry
+from radial.lora import attach_lora, export_diffusers
+from radial.models import get_adapter
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--frames", "17", "--height", "64", "--width", "64", "--steps", "2"]  # 5 latent frames x 16 tokens
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _embeds_file(path, family="wan", n=1, length=10, dim=32, pooled=None, negative=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = {"prompt_embeds": torch.randn(n, length, dim, generator=g)}
+    if pooled:
+        t["pooled_prompt_embeds"] = torch.randn(n, pooled, generator=g)
+    if negative:
+        t["negative_prompt_embeds"] = torch.randn(1, length, dim, generator=g)
+        if pooled:
+            t["negative_pooled_prompt_embeds"] = torch.randn(1, pooled, generator=g)
+    prompts = [f"prompt {i}" for i in range(n)]
+    return save_prompt_embeds(path, t, prompts=prompts, family=family)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """A saved tiny Wan base transformer and two diffusers-format LoRAs with our metadata."""
+    import diffusers
+
+    root = tmp_path_factory.mktemp("lora_run")
+    adapter = get_adapter("wan")
+    base = adapter.build_tiny(seed=0)
+    base.save_pretrained(root / "base_transformer")
+    loras = []
+    for k in range(2):
+        model = adapter.build_tiny(seed=0)
+        config = attach_lora(model, rank=4, alpha=4, target_modules=adapter.lora_target_modules())
+        g = torch.Generator().manual_seed(10 + k)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        info = {
+            "format": "radial-lora/1",
+            "base_model": {"family": "wan", "source": "tiny"},
+            "rank": 4,
+            "alpha": 4,
+            "radial": {"decay_factor": 1.0, "dense_layers": 1, "block_size": 16, "sink": None},
+        }
+        loras.append(export_diffusers(model, diffusers.WanPipeline, root / f"lora{k}", config, info))
+    return root, loras
+
+
+# -- settings, lengths, embeddings ----------------------------------------------------------------------------------
+def test_lora_spec_parsing():
+    assert LoraSpec.parse("out/lora") == LoraSpec("out/lora")
+    assert LoraSpec.parse("out/lora:0.5") == LoraSpec("out/lora", 0.5)
+    assert LoraSpec.parse("out/lora:-1:style") == LoraSpec("out/lora", -1.0, "style")
+    assert LoraSpec.parse("C:/loras/x.safetensors") == LoraSpec("C:/loras/x.safetensors")
+    assert LoraSpec.parse("a:b:0.7") == LoraSpec("a:b", 0.7)
+    assert LoraSpec("dir/my lora.safetensors").adapter_name(3) == "my_lora_3"
+
+
+def test_lengths_follow_the_base_clip():
+    assert frames_for_length(geometry("wan"), "1x") == 81
+    assert frames_for_length(geometry("wan"), "4x") == 321
+    assert geometry("wan").latent_frames(321) == 81
+    assert frames_for_length(geometry("hunyuan"), "2x") == 257
+    assert frames_for_length(geometry("mochi"), "4x") == 649
+    assert frames_for_length(geometry("wan"), 17) == 17
+    with pytest.raises(ValueError, match="k\\*4\\+1"):
+        frames_for_length(geometry("wan"), 18)
+    with pytest.raises(ValueError, match="1x, 2x"):
+        frames_for_length(geometry("wan"), "twice")
+
+
+def test_radial_settings_validate():
+    with pytest.raises(ValueError, match="backend"):
+        RadialSettings(backend="cuda")
+    with pytest.raises(ValueError, match="dense_layers"):
+        RadialSettings(dense_layers=-1)
+
+
+def test_prompt_embeds_file_round_trip(tmp_path):
+    path = _embeds_file(tmp_path / "e.safetensors", n=2, negative=True)
+    items = load_prompt_embeds(path, text_len=16, family="wan")
+    assert [e.prompt for e in items] == ["prompt 0", "prompt 1"]
+    e = items[1]
+    assert e.tensors["prompt_embeds"].shape == (1, 16, 32) and e.tensors["prompt_embeds"][0, 10:].abs().sum() == 0
+    assert e.tensors["prompt_attention_mask"].tolist() == [[1] * 10 + [0] * 6]
+    assert e.has_negative and e.tensors["negative_prompt_embeds"].shape == (1, 16, 32)  # broadcast to both prompts
+    assert set(e.call_kwargs("wan")) == {"prompt_embeds", "negative_prompt_embeds"}  # Wan takes no masks
+    assert "prompt_attention_mask" in e.call_kwargs("mochi")
+    pt = tmp_path / "e.pt"
+    torch.save({"prompt_embeds": torch.ones(4, 32), "prompt": "one"}, pt)
+    (one,) = load_prompt_embeds(pt)
+    assert one.prompt == "one" and one.tensors["prompt_embeds"].shape == (1, 4, 32)
+
+
+def test_prompt_embeds_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_prompt_embeds(tmp_path / "missing.safetensors")
+    path = _embeds_file(tmp_path / "e.safetensors", length=20)
+    with pytest.raises(ValueError, match="more than the pipeline's text length 8"):
+        load_prompt_embeds(path, text_len=8)
+    with pytest.raises(ValueError, match="made for family 'wan'"):
+        load_prompt_embeds(path, family="mochi")
+    save_prompt_embeds(tmp_path / "bad.safetensors", {"prompt_embeds": torch.ones(3)})
+    with pytest.raises(ValueError, match=r"\[L, D\] or \[N, L, D\]"):
+        load_prompt_embeds(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="unknown prompt-embedding keys"):
+        save_prompt_embeds(tmp_path / "x.safetensors", {"text": torch.ones(1)})
+
+
+# -- the CLI on tiny pipelines --------------------------------------------------------------------------------------
+def test_tiny_wan_from_embeddings_with_loras(tmp_path, lora_run):
+    """No text encoder; two LoRAs with scales; radial settings taken from the LoRA header; mp4 + sidecar."""
+    root, loras = lora_run
+    embeds = _embeds_file(tmp_path / "p.safetensors")
+    out = tmp_path / "out"
+    result = tgen.main(
+        ["--tiny", "wan", "--transformer", str(root / "base_transformer"), "--prompt-embeds", str(embeds),
+         "--lora", f"{root / 'lora0'}:0.8", "--lora", f"{loras[1]}:0.5:second", "--seed", "1", "--out", str(out),
+         "--frames", "17", "--height", "64", "--width", "64", "--steps", "2"]
+    )  # fmt: skip
+    (record,) = result["generated"]
+    side = json.loads(Path(record["files"]["sidecar"]).read_text())
+    assert side["prompt"] == "prompt 0" and side["seed"] == 1 and side["family"] == "wan"
+    assert (side["height"], side["width"], side["frames"], side["num_inference_steps"]) == (64, 64, 17, 2)
+    assert side["latent_shape"] == [1, 16, 5, 8, 8]
+    assert [(x["name"], x["scale"]) for x in side["loras"]] == [("lora0_0", 0.8), ("second", 0.5)]
+    assert side["loras"][0]["radial_lora"]["rank"] == 4
+    assert side["radial"]["block_size"] == 16 and side["radial"]["dense_layers"] == 1
+    assert side["radial_settings_from"].startswith("LoRA")
+    assert 0 < side["attention"]["mask_token_density"] < 1 and side["attention"]["latent_grid"] == [5, 4, 4]
+    assert len(side["time"]["per_step_s"]) == 2 and side["time"]["wall_s"] > 0
+    assert side["peak_memory"]["process_peak_rss_gb"] > 0 and "torch" in side["versions"]
+    assert Path(record["files"]["video"]).stat().st_size > 0
+    from train.eval.metrics import load_frames
+
+    assert load_frames(record["files"]["video"]).shape == (17, 64, 64, 3)
+
+
+def test_lora_scales_change_the_output(lora_run):
+    root, loras = lora_run
+    embeds = load_prompt_embeds(_embeds_file(Path(root) / "p.safetensors"), text_len=128)[0]
+    clip = ClipSpec(frames=9, height=32, width=32, num_inference_steps=2, guidance_scale=1.0, seed=0)
+    latents = {}
+    for scale in (None, 0.0, 1.0):
+        pipe = tgen.build_tiny_pipeline("wan", transformer=root / "base_transformer", text_encoder=False)
+        handles = apply_radial(pipe, RadialSettings(backend="reference", block_size=16))
+        if scale is not None:
+            load_loras(pipe, [LoraSpec(str(loras[0]), scale)])
+        latents[scale] = generate(pipe, clip, embeds=embeds, handles=handles, decode=False).latents
+        handles.remove()
+    torch.testing.assert_close(latents[0.0], latents[None])
+    assert (latents[1.0] - latents[None]).abs().max() > 1e-3
+
+
+def test_lora_errors(tmp_path, lora_run):
+    root, _ = lora_run
+    pipe = tgen.build_tiny_pipeline("wan", text_encoder=False)
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_loras(pipe, [LoraSpec(str(tmp_path / "nope"))])
+    with pytest.raises(FileNotFoundError, match="no pytorch_lora_weights.safetensors"):
+        load_loras(pipe, [LoraSpec(str(tmp_path))])
+    hunyuan = tgen.build_tiny_pipeline("hunyuan", text_encoder=False)
+    with pytest.raises(ValueError, match="trained for family 'wan'"):
+        load_loras(hunyuan, [LoraSpec(str(root / "lora0"))])
+
+
+def test_radial_vs_dense_same_seed_and_compare_report(tmp_path):
+    out = tmp_path / "cmp"
+    result = tgen.main(["--tiny", "wan", "--prompt", "a red ball", "--compare-dense", "--out", str(out), *SMALL])
+    (radial,), (dense,) = result["generated"], result["dense"]
+    assert radial["attention"]["radial"] and not dense["attention"]["radial"] and dense["radial"]["enabled"] is False
+    (report,) = result["comparisons"]
+    s = report["summary"]
+    assert radial["attention"]["mask_token_density"] < 0.5
+    assert s["frames"] == 17 and 1e-4 < s["latent_rel_error"] < 0.5 and 0 < s["ssim_mean"] < 1 and s["psnr_mean"] > 10
+    assert len(report["per_frame"]["psnr"]) == 17 and len(report["per_frame"]["latent_rel_error"]) == 5
+    assert Path(report["files"]["json"]).is_file() and Path(report["files"]["png"]).is_file()
+    # The same seed gives the same noise: a second dense run is bitwise the first.
+    again = tgen.main(["--tiny", "wan", "--prompt", "a red ball", "--attention", "dense", "--out", str(out), *SMALL])
+    a = load_file(dense["files"]["latents"])["latents"]
+    b = load_file(again["generated"][0]["files"]["latents"])["latents"]
+    assert torch.equal(a, b)
+
+
+def test_dense_timesteps_follow_the_pipeline_steps(lora_run):
+    """With every step dense the radial pipeline equals stock attention; with none it does not."""
+    root, _ = lora_run
+    embeds = load_prompt_embeds(_embeds_file(Path(root) / "q.safetensors"), text_len=128)[0]
+    clip = ClipSpec(frames=17, height=64, width=64, num_inference_steps=3, guidance_scale=1.0, seed=2)
+    pipe = tgen.build_tiny_pipeline("wan", text_encoder=False)
+    stock = generate(pipe, clip, embeds=embeds, decode=False)
+    out = {}
+    for t in (0, 3):
+        handles = apply_radial(pipe, RadialSettings(backend="reference", block_size=16, dense_timesteps=t))
+        out[t] = generate(pipe, clip, embeds=embeds, handles=handles, decode=False)
+        handles.remove()
+    torch.testing.assert_close(out[3].latents, stock.latents, atol=1e-5, rtol=1e-5)
+    assert (out[0].latents - stock.latents).abs().max() > 1e-4
+    assert out[3].attention["effective_density"] == 1.0 and out[0].attention["effective_density"] < 1.0
+
+
+@pytest.mark.parametrize(
+    "family,extra",
+    [("hunyuan", {"pooled": 16}), ("mochi", {})],
+)
+def test_other_families_from_embeddings(tmp_path, family, extra):
+    embeds = _embeds_file(tmp_path / "p.safetensors", family=family, negative=True, **extra)
+    frames = "13" if family == "mochi" else "17"
+    out = tmp_path / "out"
+    args = ["--tiny", family, "--prompt-embeds", str(embeds), "--out", str(out), "--frames", frames]
+    args += ["--height", "64", "--width", "64", "--steps", "2", "--guidance-scale", "2.0"]
+    if family == "hunyuan":
+        args += ["--true-cfg-scale", "2.0"]
+    (record,) = tgen.main(args)["generated"]
+    assert record["family"] == family and record["attention"]["mask_token_density"] < 1 and record["finite"]
+    assert Path(record["files"]["video"]).is_file()
+
+
+def test_cfg_without_negatives_or_text_encoder_is_a_clear_error(tmp_path, capsys):
+    embeds = _embeds_file(tmp_path / "p.safetensors")
+    with pytest.raises(SystemExit):
+        tgen.main(
+            [
+                "--tiny",
+                "wan",
+                "--prompt-embeds",
+                str(embeds),
+                "--guidance-scale",
+                "5",
+                "--out",
+                str(tmp_path),
+                *SMALL[:-2],
+            ]
+        )
+    assert "needs negative_prompt_embeds" in capsys.readouterr().err
+
+
+def test_saved_tiny_folder_through_radial_generate(tmp_path):
+    """`radial.generate --model DIR` on a saved tiny HunyuanVideo folder: text encoders, template from the folder."""
+    import radial.generate as rgen
+
+    folder = tgen.save_tiny_pipeline(tmp_path / "tiny_hunyuan", "hunyuan")
+    assert (folder / "model_index.json").is_file() and (folder / "radial_text_settings.json").is_file()
+    out = tmp_path / "out"
+    records = rgen.main(
+        ["--model", str(folder), "--prompt", "a cat", "--prompt", "a dog", "--dtype", "fp32", "--device", "cpu",
+         "--block-size", "16", "--guidance-scale", "6", "--out", str(out), *SMALL]
+    )  # fmt: skip
+    assert [r["name"] for r in records] == ["hunyuan_17f_p0_s0_radial", "hunyuan_17f_p1_s0_radial"]
+    assert records[0]["prompt"] == "a cat" and records[0]["pipeline"] == str(folder)
+    assert all(r["finite"] for r in records)  # the template's crop keeps the caption tokens (no empty text mask)
+    assert torch.isfinite(load_file(records[0]["files"]["latents"])["latents"]).all()
+    assert json.loads((out / "generate_summary.json").read_text())[1]["prompt"] == "a dog"
+
+
+def test_radial_generate_needs_nothing_but_radial():
+    code = (
+        "import sys, radial.generate, radial.generation; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('data', 'train')); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
