@@ -1,0 +1,451 @@
+"""Validation during training and the end-of-training evaluation hooks.
+
+Every `eval.validation_every` steps:
+- held-out flow-matching loss at fixed noise levels (`eval.timesteps`, sigma in (0, 1)): the same items, the same
+  noise (seeded per item and level) every time, so the curve moves only with the model; needs no weights beyond
+  the model. Items: the first `eval.num_heldout` of `eval.heldout_root` (prepared latents; set it for a truly
+  held-out set), else of the training data.
+- sample videos from fixed prompts and seeds through the family's diffusers pipeline built around the training
+  transformer (LoRA and radial attention as trained; `dense_timesteps` honoured), decoded by the VAE of the data
+  (the tiny seeded one for tiny data, else `eval.vae_path` or `model.path`). Prompts: `eval.prompt_embeds` files
+  (radial.generation.embeds), else `eval.prompts` (encoded once with the family's text encoders), else the
+  captions and stored embeddings of the first `eval.num_samples` held-out items.
+Logged through `accelerator.log` (val/loss, val/loss_t0.50 ...; TensorBoard gets a frame strip per sample, wandb
+the mp4); files under <output_dir>/validation/step-XXXXXX/ (mp4 + JSON sidecar per sample, metrics.json).
+
+Wiring in train/trainer.py (two calls, both on every rank):
+
+    from train.eval.validation import Validator
+    self.validator = Validator(self)             # end of Trainer.__init__ (after accelerator.prepare)
+    ...
+    metrics = self.validator.maybe_run(step + 1) # in fit(), after self.state.step = step + 1: None or a dict
+    ...
+    summary["eval"] = self.validator.run_end_hooks()   # end of fit(), after the export, before end_training()
+
+`run_end_hooks` samples a final set (or scores `eval.hooks_videos`), runs `eval.hooks` on the main process
+(train.eval.hooks; a hook never raises), logs eval/<hook>/<metric> and writes <output_dir>/eval/hooks.json.
+Config keys are read with defaults (`getattr`), so a schema without them still works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from train.flow import flow_loss, noisy_latents
+
+VAE_CLASSES = {"wan": "AutoencoderKLWan", "wan22": "AutoencoderKLWan", "wan22_ti2v": "AutoencoderKLWan"}
+VAE_CLASSES.update({"hunyuan": "AutoencoderKLHunyuanVideo", "mochi": "AutoencoderKLMochi"})
+
+
+@dataclass
+class ValidationSettings:
+    """eval.* keys the validator reads (missing keys take these defaults)."""
+
+    validation_every: int = 0
+    heldout_root: str | None = None
+    num_heldout: int = 4
+    timesteps: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    num_samples: int = 1
+    prompts: list[str] = field(default_factory=list)
+    prompt_embeds: list[str] = field(default_factory=list)
+    negative_prompt: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    num_inference_steps: int = 20
+    guidance_scale: float = 1.0
+    sample_frames: int | None = None
+    sample_height: int | None = None
+    sample_width: int | None = None
+    sample_shift: float | None = None
+    fps: int | None = None
+    vae_path: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    hook_settings: dict[str, dict] = field(default_factory=dict)
+    hooks_videos: str | None = None
+
+    @classmethod
+    def from_config(cls, ev: Any) -> ValidationSettings:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        values = {}
+        for name in cls.__dataclass_fields__:
+            if ev is not None and hasattr(ev, name):
+                value = getattr(ev, name)
+                if isinstance(value, (DictConfig, ListConfig)):
+                    value = OmegaConf.to_container(value, resolve=True)
+                elif isinstance(value, tuple):
+                    value = list(value)
+                values[name] = value
+        s = cls(**values)
+        s.check()
+        return s
+
+    def check(self) -> None:
+        if self.validation_every < 0:
+            raise ValueError(f"eval.validation_every={self.validation_every}: expected >= 0")
+        if self.num_heldout < 0 or self.num_samples < 0:
+            raise ValueError("eval.num_heldout and eval.num_samples must be >= 0")
+        bad = [t for t in self.timesteps if not 0 < float(t) < 1]
+        if bad:
+            raise ValueError(f"eval.timesteps={self.timesteps}: noise levels must be in (0, 1), got {bad}")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"eval.num_inference_steps={self.num_inference_steps}: expected >= 1")
+        if not self.seeds:
+            raise ValueError("eval.seeds is empty: give at least one seed for the validation samples")
+        for path in self.prompt_embeds:
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"eval.prompt_embeds: {path} does not exist")
+
+
+def _seeded(*parts) -> torch.Generator:
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+class Validator:
+    """Held-out loss and sample videos every `eval.validation_every` steps; evaluation hooks at the end."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+        self.settings = ValidationSettings.from_config(getattr(trainer.cfg, "eval", None))
+        self.family = trainer.cfg.model.family
+        self._heldout = None
+        self._pipe = None
+        self._embeds = None
+        self._enc = None
+        self.history: list[dict] = []
+
+    # -- the two calls ----------------------------------------------------------------------------------------------
+    def maybe_run(self, step: int) -> dict | None:
+        """Validate at multiples of eval.validation_every (0 = never); call on every rank. Returns the metrics."""
+        every = self.settings.validation_every
+        if every <= 0 or step <= 0 or step % every:
+            return None
+        return self.run(step)
+
+    def run(self, step: int, *, samples: bool = True, folder: Path | None = None) -> dict:
+        acc = self.trainer.accelerator
+        started = time.perf_counter()
+        metrics: dict[str, Any] = {}
+        metrics.update(self.heldout_loss())
+        folder = folder or self.trainer.out / "validation" / f"step-{step:06d}"
+        records: list[dict] = []
+        if samples and self._num_prompts() > 0:
+            try:
+                records = self.sample(folder, step)
+                metrics["val/sample_seconds"] = sum(r["time"]["wall_s"] for r in records)
+            except Exception as e:  # noqa: BLE001 - sampling trouble is reported, training goes on
+                metrics["val/sample_failed"] = 1.0
+                acc.print(f"validation sampling failed at step {step}: {type(e).__name__}: {e}")
+                if acc.is_main_process:
+                    traceback.print_exc()
+        metrics["val/seconds"] = time.perf_counter() - started
+        acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        if acc.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
+            self._log_media(records, step)
+        self.history.append({"step": step, **metrics})
+        acc.wait_for_everyone()
+        return metrics
+
+    def run_end_hooks(self, trainer=None) -> dict:
+        """eval.hooks on the final samples (or eval.hooks_videos); call on every rank; never raises."""
+        from train.eval.hooks import flat_scores, run_hooks
+
+        s = self.settings
+        if not s.hooks:
+            return {}
+        trainer = trainer or self.trainer
+        acc = trainer.accelerator
+        step = trainer.state.step
+        videos = Path(s.hooks_videos).expanduser() if s.hooks_videos else trainer.out / "validation" / "final"
+        if not s.hooks_videos and self._num_prompts() > 0:
+            try:
+                self.sample(videos, step)
+            except Exception as e:  # noqa: BLE001 - the hooks then report that there are no videos
+                acc.print(f"final validation samples failed: {type(e).__name__}: {e}")
+        results: dict = {}
+        if acc.is_main_process:
+            results = run_hooks(s.hooks, videos, trainer.out / "eval", s.hook_settings, log=acc.print)
+            scores = flat_scores(results)
+            if scores:
+                try:
+                    acc.log(scores, step=step)
+                except Exception as e:  # noqa: BLE001
+                    acc.print(f"logging hook scores failed: {e}")
+        acc.wait_for_everyone()
+        return results
+
+    # -- held-out loss ----------------------------------------------------------------------------------------------
+    def heldout_dataset(self):
+        if self._heldout is None:
+            s = self.settings
+            if s.heldout_root:
+                from data import Expect, LatentDataset
+
+                transformer = self._transformer()
+                expect = Expect.from_transformer_config(self.family, transformer.config)
+                self._heldout = LatentDataset(Path(s.heldout_root).expanduser(), model=self.family, expect=expect)
+            else:
+                self._heldout = self.trainer.dataset
+        return self._heldout
+
+    def heldout_indices(self) -> list[int]:
+        return list(range(min(self.settings.num_heldout, len(self.heldout_dataset()))))
+
+    def heldout_loss(self) -> dict[str, float]:
+        """Mean flow-matching loss of the held-out items at each fixed noise level; identical on every rank."""
+        from data import collate
+
+        s, t = self.settings, self.trainer
+        acc = t.accelerator
+        indices = self.heldout_indices()
+        levels = [float(x) for x in s.timesteps]
+        if not indices or not levels:
+            return {}
+        ds = self.heldout_dataset()
+        world, rank = acc.num_processes, acc.process_index
+        per_rank = math.ceil(len(indices) / world)  # every rank runs as many forwards (collectives stay in step)
+        mine = [indices[(rank * per_rank + k) % len(indices)] for k in range(per_rank)]
+        real = [rank * per_rank + k < len(indices) for k in range(per_rank)]
+        sums = torch.zeros(len(levels) + 1, dtype=torch.float64, device=acc.device)
+        model = t.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad)
+                for index, counts in zip(mine, real, strict=True):
+                    item = ds[index]
+                    batch = collate([item])
+                    x0 = batch["latents"].to(acc.device, torch.float32)
+                    conds = {
+                        k: (v.to(acc.device) if isinstance(v, torch.Tensor) else v)
+                        for k, v in batch.items()
+                        if k not in ("latents", "meta", "cursor")
+                    }
+                    key = item["meta"]["key"]
+                    for j, sigma in enumerate(levels):
+                        noise = torch.randn(x0.shape, generator=_seeded(t.cfg.seed, "heldout", key, j)).to(acc.device)
+                        sig = torch.full((x0.shape[0],), sigma, device=acc.device)
+                        x_t, target = noisy_latents(x0, noise, sig)
+                        with acc.autocast():
+                            pred = t.parts.adapter.predict(model, x_t.to(model_dtype), sig * 1000, conds)
+                        if counts:
+                            sums[j] += flow_loss(pred, target, torch.ones_like(sig)).double()
+                    if counts:
+                        sums[-1] += 1
+        finally:
+            model.train(was_training)
+        total = acc.reduce(sums, reduction="sum") if world > 1 else sums
+        n = max(float(total[-1]), 1.0)
+        out = {f"val/loss_t{sigma:.2f}": float(total[j]) / n for j, sigma in enumerate(levels)}
+        out["val/loss"] = sum(out.values()) / len(levels)
+        out["val/heldout_items"] = float(total[-1])
+        return out
+
+    # -- samples ----------------------------------------------------------------------------------------------------
+    def _num_prompts(self) -> int:
+        s = self.settings
+        if s.prompt_embeds or s.prompts:
+            return 1
+        return min(s.num_samples, len(self.heldout_indices()))
+
+    def _transformer(self):
+        return self.trainer.accelerator.unwrap_model(self.trainer.model)
+
+    def _text_len(self) -> int:
+        from radial.generation import DEFAULT_TEXT_LEN
+
+        fields = getattr(self.heldout_dataset(), "text_fields", {})
+        seq = fields.get("prompt_embeds")
+        return seq.max_len if seq is not None and seq.max_len else DEFAULT_TEXT_LEN[self.family]
+
+    def _encoders(self):
+        if self._enc is None:
+            from data.encoders import load_encoders
+
+            cfg = self.trainer.cfg
+            source = self._data_encoder_source()
+            if source.startswith("tiny"):
+                seed = int(source.split("seed=")[1]) if "seed=" in source else cfg.seed
+                self._enc = load_encoders(self.family, tiny=True, seed=seed, device=self.trainer.accelerator.device)
+            else:
+                self._enc = load_encoders(self.family, source, device=self.trainer.accelerator.device)
+        return self._enc
+
+    def _data_encoder_source(self) -> str:
+        header = getattr(self.heldout_dataset(), "header", None) or {}
+        source = (header.get("encoders") or {}).get("source")
+        if source:
+            return str(source)
+        cfg = self.trainer.cfg
+        return f"tiny:seed={cfg.seed}" if cfg.model.source == "tiny" else str(cfg.model.path)
+
+    def prompt_embeds(self) -> list:
+        """The fixed validation prompts as radial.generation.PromptEmbeds (built once)."""
+        if self._embeds is not None:
+            return self._embeds
+        from radial.generation import PromptEmbeds, load_prompt_embeds
+
+        s = self.settings
+        text_len = self._text_len()
+        embeds: list = []
+        if s.prompt_embeds:
+            for path in s.prompt_embeds:
+                embeds += load_prompt_embeds(Path(path).expanduser(), text_len=text_len, family=self.family)
+        elif s.prompts:
+            enc = self._encoders()
+            for caption, fields in zip(s.prompts, enc.encode_text(list(s.prompts)), strict=True):
+                embeds.append(self._embeds_from_fields(fields, caption, text_len))
+        else:
+            ds = self.heldout_dataset()
+            for index in self.heldout_indices()[: s.num_samples]:
+                item = ds[index]
+                tensors = {
+                    k: item[k][None]
+                    for k in ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
+                    if k in item
+                }
+                tensors["prompt_attention_mask"] = tensors["prompt_attention_mask"].to(torch.int64)
+                embeds.append(
+                    PromptEmbeds(tensors, prompt=item["meta"]["caption"], source=f"heldout:{item['meta']['key']}")
+                )
+        if s.guidance_scale > 1 and not all(e.has_negative for e in embeds):
+            neg = self._embeds_from_fields(
+                self._encoders().encode_text([s.negative_prompt])[0], s.negative_prompt, text_len
+            )
+            for e in embeds:
+                if not e.has_negative:
+                    e.tensors.update({f"negative_{k}": v for k, v in neg.tensors.items()})
+                    e.negative_prompt = s.negative_prompt
+        self._embeds = embeds
+        return embeds
+
+    @staticmethod
+    def _embeds_from_fields(fields: dict, caption: str, text_len: int):
+        from radial.generation import PromptEmbeds
+        from radial.generation.embeds import _fit_length
+
+        e = fields["prompt_embeds"].float().cpu()[None]
+        mask = torch.ones(e.shape[:2], dtype=torch.int64)
+        e, mask = _fit_length(e, mask, text_len, "prompt_embeds", "eval.prompts")
+        tensors = {"prompt_embeds": e, "prompt_attention_mask": mask}
+        if "pooled_prompt_embeds" in fields:
+            tensors["pooled_prompt_embeds"] = fields["pooled_prompt_embeds"].float().cpu()[None]
+        return PromptEmbeds(tensors, prompt=caption, source="eval.prompts")
+
+    def pipeline(self):
+        """The family pipeline around the training transformer (no text encoders), built once."""
+        if self._pipe is not None:
+            return self._pipe
+        import diffusers
+
+        from radial.generation import FAMILY_PIPELINES
+
+        cfg, s = self.trainer.cfg, self.settings
+        device = self.trainer.accelerator.device
+        source = self._data_encoder_source()
+        if s.vae_path is None and source.startswith("tiny"):
+            vae = self._encoders().vae
+        else:
+            root = Path(s.vae_path or source or cfg.model.path).expanduser()
+            vae_cls = getattr(diffusers, VAE_CLASSES[self.family])
+            vae = vae_cls.from_pretrained(str(root), subfolder="vae" if (root / "vae").is_dir() else None)
+        vae = vae.to(device).eval()
+        sched_root = Path(str(cfg.model.path)).expanduser() / "scheduler" if cfg.model.path else None
+        if sched_root is not None and (sched_root / "scheduler_config.json").is_file() and s.sample_shift is None:
+            name = json.loads((sched_root / "scheduler_config.json").read_text())["_class_name"]
+            scheduler = getattr(diffusers, name).from_pretrained(str(sched_root.parent), subfolder="scheduler")
+        else:
+            scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=s.sample_shift or cfg.model.flow_shift)
+        cls = getattr(diffusers, FAMILY_PIPELINES[self.family])
+        text = {"text_encoder": None, "tokenizer": None}
+        if self.family == "hunyuan":
+            text.update(text_encoder_2=None, tokenizer_2=None)
+        extra = {"expand_timesteps": True} if self.family == "wan22_ti2v" else {}
+        pipe = cls(transformer=self._transformer(), vae=vae, scheduler=scheduler, **text, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        self._pipe = pipe
+        return pipe
+
+    def _clip(self, seed: int):
+        from radial.generation import ClipSpec
+        from radial.geometry import geometry
+
+        s = self.settings
+        first = self.heldout_dataset()[self.heldout_indices()[0]]["meta"] if self.heldout_indices() else {}
+        g = geometry(self.family)
+        return ClipSpec(
+            frames=int(s.sample_frames or first.get("frames") or g.base_frames),
+            height=int(s.sample_height or first.get("height") or g.base_height),
+            width=int(s.sample_width or first.get("width") or g.base_width),
+            num_inference_steps=int(s.num_inference_steps),
+            guidance_scale=float(s.guidance_scale),
+            seed=int(seed),
+            fps=int(s.fps or first.get("fps") or g.fps),
+            max_sequence_length=self._text_len(),
+        )
+
+    def sample(self, folder: Path, step: int) -> list[dict]:
+        """One video per prompt and seed into `folder` (main process writes); returns the sidecars."""
+        from radial.generation import build_sidecar, generate, save_result
+
+        t = self.trainer
+        acc = t.accelerator
+        pipe = self.pipeline()
+        handle = t.parts.handle
+        model = t.model
+        was_training = model.training
+        model.eval()
+        previous_step = handle.state.step if handle is not None else None
+        records = []
+        try:
+            for i, embeds in enumerate(self.prompt_embeds()):
+                for seed in self.settings.seeds:
+                    clip = self._clip(seed)
+                    with acc.autocast():
+                        result = generate(pipe, clip, embeds=embeds, handles=handle, family=self.family)
+                    sidecar = build_sidecar(result, pipeline="training transformer", step=step)
+                    sidecar["radial"] = None if handle is None else asdict(handle.config)
+                    name = f"sample_p{i}_s{seed}"
+                    if acc.is_main_process:
+                        sidecar["files"] = save_result(result, folder, name, sidecar)
+                    sidecar["name"] = name
+                    sidecar["_frames"] = result.frames
+                    records.append(sidecar)
+        finally:
+            if handle is not None:
+                handle.set_step(previous_step)
+            model.train(was_training)
+        return records
+
+    def _log_media(self, records: list[dict], step: int) -> None:
+        """Frame strips to TensorBoard, mp4 files to wandb (main process; failures are printed, not raised)."""
+        from radial.generation import frame_strip
+
+        acc = self.trainer.accelerator
+        for tracker in getattr(acc, "trackers", []):
+            for r in records:
+                try:
+                    if tracker.name == "tensorboard" and r.get("_frames") is not None:
+                        strip = frame_strip(r["_frames"])
+                        tracker.tracker.add_image(f"val/{r['name']}", strip, step, dataformats="HWC")
+                    elif tracker.name == "wandb" and r.get("files", {}).get("video"):
+                        import wandb
+
+                        video = wandb.Video(r["files"]["video"], caption=r.get("prompt"), format="mp4")
+                        tracker.tracker.log({f"val/{r['name']}": video}, step=step)
+                except Exception as e:  # noqa: BLE001 - media logging must not stop training
+                    acc.print(f"could not log {r['name']} to {tracker.name}: {type(e).__name__}: {e}")
+        for r in records:
+            r.pop("_frames", None)
