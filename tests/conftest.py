@@ -17,3 +17,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; tests that build trainers with other settings need it reset."""
+    yield
+    try:
+        from accelerate.state import AcceleratorState, GradientState
+    except ImportError:  # pragma: no cover
+        return
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
