@@ -51,6 +51,9 @@ def test_frame_metrics_properties():
     assert psnr_per_frame(a, off)[0].item() == pytest.approx(20 * math.log10(255), abs=1e-9)
     noisier = np.clip(a.astype(int) + np.random.default_rng(1).integers(-60, 61, a.shape), 0, 255).astype(np.uint8)
     assert (ssim_per_frame(a, noisier) < ssim_per_frame(a, b)).all()
+    torch.testing.assert_close(ssim_per_frame(a, b, chunk=1), ssim_per_frame(a, b))  # chunked = whole
+    torch.testing.assert_close(psnr_per_frame(a, b, chunk=2), psnr_per_frame(a, b))
+    assert temporal_flicker(b, chunk=1)["score"] == pytest.approx(temporal_flicker(b)["score"], abs=1e-12)
     small = a[:, :6, :5]  # smaller than the 11x11 window: the window shrinks
     assert ssim_per_frame(small, small).tolist() == [1.0] * 3
     with pytest.raises(ValueError, match="differ in shape"):
@@ -77,7 +80,7 @@ def test_latent_errors_and_flicker():
 
 def test_compare_report_json_and_png(tmp_path):
     a, b = _pair()
-    la = torch.randn(1, 4, 2, 3, 3)
+    la = torch.randn(1, 4, 2, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     report = compare_videos(a, b, la * 1.01, la, names=("radial", "dense"))
     s = report["summary"]
     assert s["frames"] == 3 and s["ssim_mean"] == pytest.approx(0.88891, abs=1e-4)

@@ -32,18 +32,25 @@ def _frames(x) -> torch.Tensor:
     return t.to(torch.float64)
 
 
-def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.shape != b.shape:
+def _chunks(a, b, chunk: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Frame chunks of two videos as float64 tensors on `device` (long, large videos don't fit at once)."""
+    if len(a) != len(b) or tuple(a.shape) != tuple(b.shape):
         raise ValueError(f"videos differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if len(a.shape) != 4 or a.shape[-1] != 3:
+        raise ValueError(f"frames must be [F, H, W, 3], got shape {tuple(a.shape)}")
+    out = []
+    for i in range(0, len(a), chunk):
+        out.append((_frames(a[i : i + chunk]).to(device), _frames(b[i : i + chunk]).to(device)))
+    return out
 
 
-def psnr_per_frame(a, b, data_range: float = 255.0) -> torch.Tensor:
-    """PSNR (dB) of each frame pair, capped at PSNR_CAP for identical frames; float64 [F]."""
-    a, b = _frames(a), _frames(b)
-    _check_pair(a, b)
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    psnr = 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-300))
-    return psnr.clamp(max=PSNR_CAP)
+def psnr_per_frame(a, b, data_range: float = 255.0, *, chunk: int = 16, device=None) -> torch.Tensor:
+    """PSNR (dB) of each frame pair, capped at PSNR_CAP for identical frames; float64 [F] on the CPU."""
+    values = []
+    for x, y in _chunks(a, b, chunk, device):
+        mse = (x - y).pow(2).flatten(1).mean(1)
+        values.append((10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-300))).clamp(max=PSNR_CAP).cpu())
+    return torch.cat(values)
 
 
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
@@ -53,15 +60,32 @@ def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
 
 
 def ssim_per_frame(
-    a, b, data_range: float = 255.0, win_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03
+    a,
+    b,
+    data_range: float = 255.0,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    *,
+    chunk: int = 16,
+    device=None,
 ) -> torch.Tensor:
-    """Mean SSIM of each frame pair (Gaussian window, valid region, RGB channels averaged); float64 [F]."""
-    a, b = _frames(a), _frames(b)
-    _check_pair(a, b)
+    """Mean SSIM of each frame pair (Gaussian window, valid region, RGB channels averaged); float64 [F] on the CPU.
+
+    Frames are processed `chunk` at a time on `device` (e.g. "cuda" for 321 frames at 480x832).
+    """
+    values = []
+    for x, y in _chunks(a, b, chunk, device):
+        values.append(_ssim(x, y, data_range, win_size, sigma, k1, k2).cpu())
+    return torch.cat(values)
+
+
+def _ssim(a, b, data_range, win_size, sigma, k1, k2) -> torch.Tensor:
     f, h, w, c = a.shape
     win = min(win_size, h, w)
     win -= (win + 1) % 2  # odd
-    g = _gaussian_window(win, sigma * win / win_size)
+    g = _gaussian_window(win, sigma * win / win_size).to(a.device)
     kernel_h = g.view(1, 1, win, 1).repeat(c, 1, 1, 1)
     kernel_w = g.view(1, 1, 1, win).repeat(c, 1, 1, 1)
 
@@ -97,12 +121,15 @@ def latent_rel_error_per_frame(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     return (diff / ref).tolist()
 
 
-def temporal_flicker(frames) -> dict:
+def temporal_flicker(frames, *, chunk: int = 16, device=None) -> dict:
     """VBench temporal_flickering: per-pair MAE of consecutive frames (0-255) and score (255 - mean MAE) / 255."""
-    x = _frames(frames)
-    if x.shape[0] < 2:
+    if len(frames) < 2:
         return {"score": 1.0, "mae_per_pair": []}
-    mae = (x[1:] - x[:-1]).abs().flatten(1).mean(1)
+    maes = []
+    for i in range(0, len(frames) - 1, chunk):
+        x = _frames(frames[i : i + chunk + 1]).to(device)
+        maes.append((x[1:] - x[:-1]).abs().flatten(1).mean(1).cpu())
+    mae = torch.cat(maes)
     return {"score": float((255.0 - mae.mean()) / 255.0), "mae_per_pair": mae.tolist()}
 
 
@@ -110,15 +137,17 @@ def _finite(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def compare_videos(frames_a=None, frames_b=None, latents_a=None, latents_b=None, *, names=("a", "b")) -> dict:
+def compare_videos(
+    frames_a=None, frames_b=None, latents_a=None, latents_b=None, *, names=("a", "b"), device=None
+) -> dict:
     """A report comparing video a (e.g. radial) with its reference b (e.g. dense, same seed)."""
     report: dict = {"a": names[0], "b": names[1], "per_frame": {}, "summary": {}}
     s = report["summary"]
     if frames_a is not None and frames_b is not None:
-        psnr = psnr_per_frame(frames_a, frames_b)
-        ssim = ssim_per_frame(frames_a, frames_b)
+        psnr = psnr_per_frame(frames_a, frames_b, device=device)
+        ssim = ssim_per_frame(frames_a, frames_b, device=device)
         report["per_frame"].update(psnr=psnr.tolist(), ssim=ssim.tolist())
-        fa, fb = temporal_flicker(frames_a), temporal_flicker(frames_b)
+        fa, fb = temporal_flicker(frames_a, device=device), temporal_flicker(frames_b, device=device)
         s.update(
             frames=int(psnr.numel()),
             psnr_mean=float(psnr.mean()),
