@@ -42,6 +42,8 @@ def test_run_writes_checkpoints_and_lora(straight):
     info = read_metadata(out / "lora" / "pytorch_lora_weights.safetensors")
     assert info["rank"] == 8 and info["base_model"]["family"] == "wan" and info["training"]["latent_frames"] == 5
     assert (out / "mask.png").is_file() and (out / "base_transformer" / "config.json").is_file()
+    comfy = read_metadata(out / "lora" / "comfyui_lora.safetensors")
+    assert comfy == info
 
 
 def test_resume_continues_the_same_trajectory(straight, tmp_path, data_root):

@@ -9,9 +9,6 @@ import radial
 from radial.lora import export_comfy, export_diffusers, lora_state_dict
 from radial.mask.plot import frame_block_edges, save_mask_png
 
-PIPELINES = {"wan": "WanPipeline", "wan22": "WanPipeline", "wan22_ti2v": "WanPipeline"}
-PIPELINES.update({"hunyuan": "HunyuanVideoPipeline", "mochi": "MochiPipeline"})
-
 
 def lora_info(trainer) -> dict:
     """What a LoRA file should tell about how it was made (stored in the safetensors header)."""
@@ -75,14 +72,16 @@ def export_run(trainer) -> dict:
     transformer = trainer._unwrapped()
     info = lora_info(trainer)
     written = {}
-    pipeline_class = getattr(diffusers, PIPELINES[cfg.model.family])
+    pipeline_class = getattr(diffusers, parts.adapter.pipeline_class_name)
     written["lora_diffusers"] = str(
         export_diffusers(transformer, pipeline_class, out / "lora", parts.lora_config, info)
     )
-    to_comfy = getattr(parts.adapter, "comfy_lora_state_dict", None)
-    if cfg.train.export_comfy and to_comfy is not None:
-        sd = to_comfy(lora_state_dict(transformer), transformer, cfg.lora.alpha)
+    if cfg.train.export_comfy and parts.adapter.comfy_rules():
+        scale = cfg.lora.alpha / cfg.lora.rank
+        sd = parts.adapter.comfy_lora_state_dict(lora_state_dict(transformer), transformer, scale)
         written["lora_comfy"] = str(export_comfy(sd, out / "lora" / "comfyui_lora.safetensors", info))
+    elif cfg.train.export_comfy:
+        print(f"no ComfyUI key mapping for {cfg.model.family}: only the diffusers-format LoRA was written")
     if cfg.logging.loss_curve and trainer.state.losses:
         written["loss_curve"] = str(save_loss_curve(trainer.state.losses, out / "loss_curve.png"))
     plan, grid = parts.handle.last_plan, parts.handle.last_grid

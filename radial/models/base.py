@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from radial.comfy import ComfyRule, to_comfy
 from radial.geometry import LatentGeometry, geometry
 from radial.models.context import InjectionState, LatentGrid, RadialProcessor
 
@@ -139,6 +140,22 @@ class ModelAdapter:
         """Names of the modules of `transformer` that `lora_target_modules(*args, **kwargs)` selects."""
         pattern = re.compile(self.lora_target_modules(*args, **kwargs))
         return [name for name, _ in transformer.named_modules() if pattern.fullmatch(name)]
+
+    # -- export -------------------------------------------------------------------------------------------------
+    pipeline_class_name: ClassVar[str]  # diffusers pipeline whose `save_lora_weights` / `load_lora_weights` fit
+
+    def comfy_rules(self) -> list[ComfyRule]:
+        """Diffusers module -> original-checkpoint module names (ComfyUI keys); empty if the family has none."""
+        return []
+
+    def comfy_lora_state_dict(
+        self, lora_sd: Mapping[str, torch.Tensor], transformer: nn.Module, scale: float
+    ) -> dict[str, torch.Tensor]:
+        """The adapter's LoRA (PEFT keys) in ComfyUI / original keys, with `scale` (alpha / rank) folded in."""
+        rules = self.comfy_rules()
+        if not rules:
+            raise ValueError(f"no ComfyUI / original key mapping is known for family {self.family!r}")
+        return to_comfy(lora_sd, rules, transformer, scale)
 
     # -- building -----------------------------------------------------------------------------------------------
     def build_tiny(self, *, seed: int = 0, dtype=torch.float32, device="cpu", **overrides) -> nn.Module:

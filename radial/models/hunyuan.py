@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
+from radial.comfy import ComfyRule, fused
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
 
@@ -111,8 +112,24 @@ class HunyuanVideoRadialProcessor(RadialProcessor):
         return hidden_states, encoder_hidden_states
 
 
+_HUNYUAN_COMFY = [
+    *fused("transformer_blocks.{i}.attn.", "double_blocks.{i}.img_attn_qkv", ("to_q", "to_k", "to_v")),
+    *fused("transformer_blocks.{i}.attn.", "double_blocks.{i}.txt_attn_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")),
+    *fused("single_transformer_blocks.{i}.", "single_blocks.{i}.linear1", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
+    ComfyRule(r"transformer_blocks\.(\d+)\.attn\.to_out\.0", r"double_blocks.\1.img_attn_proj"),
+    ComfyRule(r"transformer_blocks\.(\d+)\.attn\.to_add_out", r"double_blocks.\1.txt_attn_proj"),
+    ComfyRule(r"transformer_blocks\.(\d+)\.ff\.net\.0\.proj", r"double_blocks.\1.img_mlp.fc1"),
+    ComfyRule(r"transformer_blocks\.(\d+)\.ff\.net\.2", r"double_blocks.\1.img_mlp.fc2"),
+    ComfyRule(r"transformer_blocks\.(\d+)\.ff_context\.net\.0\.proj", r"double_blocks.\1.txt_mlp.fc1"),
+    ComfyRule(r"transformer_blocks\.(\d+)\.ff_context\.net\.2", r"double_blocks.\1.txt_mlp.fc2"),
+    ComfyRule(r"single_transformer_blocks\.(\d+)\.proj_out", r"single_blocks.\1.linear2"),
+]  # fmt: skip
+
+
 class HunyuanVideoAdapter(ModelAdapter):
     """HunyuanVideo T2V (13B: 20 double-stream + 40 single-stream blocks), 720p x 129 frames at 1x."""
+
+    pipeline_class_name = "HunyuanVideoPipeline"
 
     family = "hunyuan"
     class_name = "HunyuanVideoTransformer3DModel"
@@ -156,6 +173,9 @@ class HunyuanVideoAdapter(ModelAdapter):
         "pooled_projection_dim": 16,
         "rope_axes_dim": (4, 6, 6),
     }
+
+    def comfy_rules(self) -> list[ComfyRule]:
+        return _HUNYUAN_COMFY
 
     def attention_layers(self, transformer) -> list:
         blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)

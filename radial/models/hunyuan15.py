@@ -98,6 +98,8 @@ class HunyuanVideo15Adapter(ModelAdapter):
     """HunyuanVideo-1.5 (8.3B), 480p x 121 frames at 1x; latents are concatenated with 32 conditioning channels
     and a mask channel (zeros for text-to-video), as the pipeline does."""
 
+    pipeline_class_name = "HunyuanVideo15Pipeline"
+
     family = "hunyuan15"
     class_name = "HunyuanVideo15Transformer3DModel"
     mask_model = "hunyuan"

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from radial.comfy import ComfyRule, fused
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
 
@@ -100,8 +101,20 @@ class MochiRadialProcessor(RadialProcessor):
         return hidden_states, encoder_hidden_states
 
 
+# genmo's original AsymmetricAttention fuses q/k/v per stream (qkv_x video, qkv_y text). Feed-forward layers are not
+# mapped: the SwiGLU halves' order in the original checkpoint is not verified here.
+_MOCHI_COMFY = [
+    *fused("transformer_blocks.{i}.attn1.", "blocks.{i}.attn.qkv_x", ("to_q", "to_k", "to_v")),
+    *fused("transformer_blocks.{i}.attn1.", "blocks.{i}.attn.qkv_y", ("add_q_proj", "add_k_proj", "add_v_proj")),
+    ComfyRule(r"transformer_blocks\.(\d+)\.attn1\.to_out\.0", r"blocks.\1.attn.proj_x"),
+    ComfyRule(r"transformer_blocks\.(\d+)\.attn1\.to_add_out", r"blocks.\1.attn.proj_y"),
+]  # fmt: skip
+
+
 class MochiAdapter(ModelAdapter):
     """Mochi-1 preview (10B, 48 blocks), 480x848 x 163 frames at 1x; its VAE needs frames = 6k+1."""
+
+    pipeline_class_name = "MochiPipeline"
 
     family = "mochi"
     class_name = "MochiTransformer3DModel"
@@ -135,6 +148,9 @@ class MochiAdapter(ModelAdapter):
         "time_embed_dim": 32,
         "max_sequence_length": 16,
     }
+
+    def comfy_rules(self) -> list[ComfyRule]:
+        return _MOCHI_COMFY
 
     def attention_layers(self, transformer) -> list:
         return [block.attn1 for block in transformer.transformer_blocks]

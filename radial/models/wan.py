@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
+from radial.comfy import ComfyRule
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
 
@@ -91,8 +92,21 @@ _WAN_TINY = {
 }
 
 
+_WAN_COMFY = [
+    *(ComfyRule(rf"blocks\.(\d+)\.attn1\.{d}", rf"blocks.\1.self_attn.{o}") for d, o in
+      (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), (r"to_out\.0", "o"))),
+    *(ComfyRule(rf"blocks\.(\d+)\.attn2\.{d}", rf"blocks.\1.cross_attn.{o}") for d, o in
+      (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), (r"to_out\.0", "o"), ("add_k_proj", "k_img"),
+       ("add_v_proj", "v_img"))),
+    ComfyRule(r"blocks\.(\d+)\.ffn\.net\.0\.proj", r"blocks.\1.ffn.0"),
+    ComfyRule(r"blocks\.(\d+)\.ffn\.net\.2", r"blocks.\1.ffn.2"),
+]  # fmt: skip
+
+
 class WanAdapter(ModelAdapter):
     """Wan2.1: self-attention `attn1` of every block is radial; the Wan mask keeps key frame 0 (attention sink)."""
+
+    pipeline_class_name = "WanPipeline"
 
     family = "wan"
     class_name = "WanTransformer3DModel"
@@ -106,6 +120,9 @@ class WanAdapter(ModelAdapter):
     default_variant = "t2v-1.3b"
     tiny_config = _WAN_TINY
     image_tokens = 257  # CLIP ViT-H/14 states of Wan2.1 I2V
+
+    def comfy_rules(self) -> list[ComfyRule]:
+        return _WAN_COMFY
 
     def matches(self, transformer) -> bool:
         return super().matches(transformer) and self.latent_channels(transformer) != 48
