@@ -52,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     src.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="transformer dtype (VAE stays fp32)")
     src.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     src.add_argument("--no-text-encoder", action="store_true", help="don't load text encoders (with --prompt-embeds)")
+    src.add_argument(
+        "--offload", choices=("none", "model"), default="none", help="model: diffusers' model CPU offload (less memory)"
+    )
+    src.add_argument("--vae-tiling", action="store_true", help="decode in tiles (long / large videos)")
 
     what = p.add_argument_group("what to generate")
     what.add_argument("--prompt", action="append", help="text prompt (repeatable)")
@@ -130,9 +134,22 @@ def _device(args) -> str:
 def load_from_args(args: argparse.Namespace):
     """The pipeline named by --model (text encoders skipped with --no-text-encoder or embeddings only)."""
     text = not (args.no_text_encoder or (args.prompt_embeds and not args.prompt))
-    return load_pipeline(
-        args.model, text_encoder=text, dtype=DTYPES[args.dtype], device=_device(args), transformer_path=args.transformer
+    offload = getattr(args, "offload", "none") == "model"
+    pipe = load_pipeline(
+        args.model,
+        text_encoder=text,
+        dtype=DTYPES[args.dtype],
+        device=None if offload else _device(args),
+        transformer_path=args.transformer,
     )
+    if offload:
+        pipe.enable_model_cpu_offload(device=_device(args))
+    return pipe
+
+
+def _vae_tiling(pipe, args) -> None:
+    if getattr(args, "vae_tiling", False) and getattr(pipe, "vae", None) is not None:
+        pipe.vae.enable_tiling()
 
 
 def clip_from_args(args, family: str, text_settings: dict) -> ClipSpec:
@@ -187,6 +204,7 @@ def run(
         jobs += [(None, e) for e in load_prompt_embeds(path, text_len=text_len, family=family)]
     if not jobs:
         raise ValueError("nothing to generate: give --prompt TEXT or --prompt-embeds FILE")
+    _vae_tiling(pipe, args)
     handles = apply_radial(pipe, radial_settings, family)
     try:
         lora_records = load_loras(pipe, specs, family=family, radial=radial_settings)

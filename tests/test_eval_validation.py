@@ -27,9 +27,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def trainer(tmp_path_factory):
-    out = tmp_path_factory.mktemp("val_run")
-    overrides = [*tiny_overrides(out, out / "data", steps=2), "logging.trackers=[tensorboard]"]
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("val_data")
+
+
+@pytest.fixture
+def trainer(tmp_path, data_root):
+    """A fresh tiny trainer per test (conftest resets Accelerate's process state after each test); shared data."""
+    overrides = [*tiny_overrides(tmp_path / "run", data_root, steps=2), "logging.trackers=[tensorboard]"]
     t = Trainer(validate(compose_config(overrides)))
     t.accelerator.init_trackers("validation-test")
     return t
@@ -105,6 +110,8 @@ def test_prompt_sources(trainer, tmp_path):
     assert [(r["prompt"], r["seed"]) for r in records] == [("file", 3), ("file", 4)]
     with pytest.raises(FileNotFoundError, match="eval.prompt_embeds"):
         make_validator(trainer, prompt_embeds=[str(tmp_path / "missing.safetensors")])
+    with pytest.raises(FileNotFoundError, match="eval.heldout_root"):
+        make_validator(trainer, heldout_root=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="eval.timesteps"):
         make_validator(trainer, timesteps=[0.0, 0.5])
 

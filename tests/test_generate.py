@@ -185,6 +185,25 @@ def test_lora_scales_change_the_output(lora_run):
     assert (latents[1.0] - latents[None]).abs().max() > 1e-3
 
 
+def test_a_plain_diffusers_lora_loads_too(tmp_path, lora_run):
+    """A diffusers-format LoRA without our header (another trainer's): loaded with its scale, recorded as such."""
+    from safetensors.torch import save_file
+
+    root, loras = lora_run
+    plain = tmp_path / "plain.safetensors"
+    save_file(load_file(str(loras[0])), str(plain))  # same tensors, no metadata
+    pipe = tgen.build_tiny_pipeline("wan", transformer=root / "base_transformer", text_encoder=False)
+    (record,) = load_loras(pipe, [LoraSpec(str(plain), 0.7)])
+    assert record["radial_lora"] == {} and record["scale"] == 0.7 and record["name"] == "plain_0"
+    ours = tgen.build_tiny_pipeline("wan", transformer=root / "base_transformer", text_encoder=False)
+    load_loras(ours, [LoraSpec(str(loras[0]), 0.7)])
+    embeds = load_prompt_embeds(_embeds_file(tmp_path / "p.safetensors"), text_len=128)[0]
+    clip = ClipSpec(frames=17, height=64, width=64, num_inference_steps=2, guidance_scale=1.0)
+    a = generate(pipe, clip, embeds=embeds, decode=False).latents
+    b = generate(ours, clip, embeds=embeds, decode=False).latents
+    torch.testing.assert_close(a, b)
+
+
 def test_lora_errors(tmp_path, lora_run):
     root, _ = lora_run
     pipe = tgen.build_tiny_pipeline("wan", text_encoder=False)

@@ -100,6 +100,8 @@ class ValidationSettings:
             raise ValueError(f"eval.num_inference_steps={self.num_inference_steps}: expected >= 1")
         if not self.seeds:
             raise ValueError("eval.seeds is empty: give at least one seed for the validation samples")
+        if self.heldout_root and not Path(self.heldout_root).expanduser().is_dir():
+            raise FileNotFoundError(f"eval.heldout_root={self.heldout_root}: no such folder (prepared latents)")
         for path in self.prompt_embeds:
             if not Path(path).expanduser().is_file():
                 raise FileNotFoundError(f"eval.prompt_embeds: {path} does not exist")
