@@ -216,11 +216,17 @@ def test_lora_errors(tmp_path, lora_run):
         load_loras(hunyuan, [LoraSpec(str(root / "lora0"))])
 
 
-def test_radial_vs_dense_same_seed_and_compare_report(tmp_path):
+def test_radial_vs_dense_same_seed_and_compare_report(tmp_path, lora_run):
     out = tmp_path / "cmp"
-    result = tgen.main(["--tiny", "wan", "--prompt", "a red ball", "--compare-dense", "--out", str(out), *SMALL])
+    root, _ = lora_run
+    lora = ["--transformer", str(root / "base_transformer"), "--lora", f"{root / 'lora0'}:0.5"]
+    with pytest.warns(UserWarning, match="generating with dense attention"):
+        result = tgen.main(
+            ["--tiny", "wan", "--prompt", "a red ball", "--compare-dense", "--out", str(out), *SMALL, *lora]
+        )
     (radial,), (dense,) = result["generated"], result["dense"]
     assert radial["attention"]["radial"] and not dense["attention"]["radial"] and dense["radial"]["enabled"] is False
+    assert radial["loras"] == dense["loras"] and radial["loras"][0]["scale"] == 0.5  # loaded once, used twice
     (report,) = result["comparisons"]
     s = report["summary"]
     assert radial["attention"]["mask_token_density"] < 0.5
@@ -228,7 +234,9 @@ def test_radial_vs_dense_same_seed_and_compare_report(tmp_path):
     assert len(report["per_frame"]["psnr"]) == 17 and len(report["per_frame"]["latent_rel_error"]) == 5
     assert Path(report["files"]["json"]).is_file() and Path(report["files"]["png"]).is_file()
     # The same seed gives the same noise: a second dense run is bitwise the first.
-    again = tgen.main(["--tiny", "wan", "--prompt", "a red ball", "--attention", "dense", "--out", str(out), *SMALL])
+    again = tgen.main(
+        ["--tiny", "wan", "--prompt", "a red ball", "--attention", "dense", "--out", str(out), *SMALL, *lora]
+    )
     a = load_file(dense["files"]["latents"])["latents"]
     b = load_file(again["generated"][0]["files"]["latents"])["latents"]
     assert torch.equal(a, b)

@@ -210,7 +210,9 @@ def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, ra
                     f"{radial.decay_factor}",
                     stacklevel=2,
                 )
-        pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
+        loaded = getattr(pipe.transformer, "peft_config", None) or {}
+        if name not in loaded:  # a second run on the same pipeline (e.g. --compare-dense) only sets the scales
+            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
         names.append(name)
         scales.append(float(spec.scale))
         records.append(
