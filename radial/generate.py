@@ -41,6 +41,7 @@ from radial.generation.settings import ATTENTION_BACKENDS, ClipSpec, LoraSpec, R
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 DTYPES.update({"fp32": torch.float32, "float32": torch.float32})
+GUIDANCE_DEFAULTS = {"wan": 5.0, "wan22": 4.0, "wan22_ti2v": 5.0, "hunyuan": 6.0, "mochi": 4.5}
 RADIAL_DEFAULTS = {"decay_factor": 1.0, "dense_layers": 0, "dense_timesteps": 0, "block_size": 128, "sink": None}
 
 
@@ -66,7 +67,9 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     what.add_argument("--height", type=int, default=None)
     what.add_argument("--width", type=int, default=None)
     what.add_argument("--steps", type=int, default=50, help="denoising steps")
-    what.add_argument("--guidance-scale", type=float, default=5.0)
+    what.add_argument(
+        "--guidance-scale", type=float, default=None, help="default: the pipeline's (Wan 5, HunyuanVideo 6, Mochi 4.5)"
+    )
     what.add_argument("--true-cfg-scale", type=float, default=None, help="HunyuanVideo real CFG (needs negatives)")
     what.add_argument("--guidance-scale-2", type=float, default=None, help="Wan2.2 A14B low-noise expert guidance")
     what.add_argument("--shift", type=float, default=None, help="scheduler flow shift override")
@@ -164,7 +167,7 @@ def clip_from_args(args, family: str, text_settings: dict) -> ClipSpec:
         height=args.height or g.base_height,
         width=args.width or g.base_width,
         num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=GUIDANCE_DEFAULTS[family] if args.guidance_scale is None else args.guidance_scale,
         true_cfg_scale=args.true_cfg_scale,
         guidance_scale_2=args.guidance_scale_2,
         shift=args.shift,
