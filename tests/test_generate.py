@@ -320,3 +320,19 @@ def test_radial_generate_needs_nothing_but_radial():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_bad_model_folders_are_clear_errors(tmp_path, capsys):
+    import radial.generate as rgen
+
+    with pytest.raises(SystemExit):
+        rgen.main(["--model", str(tmp_path / "missing"), "--prompt", "x", "--out", str(tmp_path)])
+    assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "flux").mkdir()
+    with pytest.raises(SystemExit):
+        rgen.main(["--model", str(tmp_path / "flux"), "--prompt", "x", "--out", str(tmp_path)])
+    assert "no model_index.json" in capsys.readouterr().err
+    (tmp_path / "flux" / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(SystemExit):
+        rgen.main(["--model", str(tmp_path / "flux"), "--prompt", "x", "--out", str(tmp_path)])
+    assert "FluxPipeline is not supported" in capsys.readouterr().err

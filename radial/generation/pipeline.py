@@ -20,13 +20,9 @@ import torch
 
 from radial.generation.settings import LoraSpec, RadialSettings
 
-#: diffusers pipeline class -> model family (Wan2.2 A14B: a WanPipeline with transformer_2; TI2V: 48 channels)
-PIPELINE_FAMILIES = {
-    "WanPipeline": "wan",
-    "WanImageToVideoPipeline": "wan",
-    "HunyuanVideoPipeline": "hunyuan",
-    "MochiPipeline": "mochi",
-}
+#: diffusers pipeline class -> model family (Wan2.2 A14B: a WanPipeline with transformer_2; TI2V: 48 channels).
+#: Text-to-video only: image-conditioned pipelines (Wan I2V) need an image argument the generator does not take yet.
+PIPELINE_FAMILIES = {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan", "MochiPipeline": "mochi"}
 FAMILY_PIPELINES = {"wan": "WanPipeline", "wan22": "WanPipeline", "wan22_ti2v": "WanPipeline"}
 FAMILY_PIPELINES.update({"hunyuan": "HunyuanVideoPipeline", "mochi": "MochiPipeline"})
 TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
