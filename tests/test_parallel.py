@@ -216,6 +216,7 @@ def _worker(out: str) -> None:
     if dist.get_rank() == 0:  # the worst of both ranks
         worst = {k: {m: max(r[k][m] for r in gathered) for m in results[k]} for k in results}
         Path(out).write_text(json.dumps(worst))
+    dist.barrier()
     dist.destroy_process_group()
 
 

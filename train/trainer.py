@@ -169,18 +169,37 @@ class Trainer:
         plugin = self.accelerator.state.deepspeed_plugin
         return plugin is not None and plugin.zero_stage == 3
 
+    def _sharded_lora(self) -> bool:
+        """Whether the LoRA parameters are sharded across ranks (DeepSpeed ZeRO-3, FSDP)."""
+        return self._zero3() or self.accelerator.distributed_type == DistributedType.FSDP
+
     @contextlib.contextmanager
     def _full_lora(self, modifier_rank: int | None = None):
-        """Under ZeRO-3, the LoRA parameters gathered whole on every rank for the block (collective: every rank
-        enters); `modifier_rank` = the rank whose in-place changes are kept. A no-op otherwise."""
-        if not self._zero3():
+        """The LoRA parameters whole on every rank for the block (collective: every rank enters); a no-op unless they
+        are sharded. ZeRO-3: DeepSpeed's GatheredParameters (`modifier_rank`: the rank whose in-place changes are
+        kept). FSDP2: the sharded (DTensor) LoRA parameters are swapped for whole copies and put back afterwards;
+        changes made inside are not kept."""
+        if self._zero3():
+            import deepspeed
+
+            params = [p for p in self._unwrapped().parameters() if p.requires_grad]
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+                yield
+            return
+        if self.accelerator.distributed_type != DistributedType.FSDP:
             yield
             return
-        import deepspeed
-
-        params = [p for p in self._unwrapped().parameters() if p.requires_grad]
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+        swapped = []
+        for module in self._unwrapped().modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None and param.requires_grad and hasattr(param, "full_tensor"):
+                    swapped.append((module, name, param))
+                    module._parameters[name] = torch.nn.Parameter(param.full_tensor(), requires_grad=False)
+        try:
             yield
+        finally:
+            for module, name, param in swapped:
+                module._parameters[name] = param
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The LoRA weights (PEFT keys) on the CPU, whole under every wrapper; collective: call on every rank."""
@@ -188,7 +207,7 @@ class Trainer:
             return {k: v.detach().cpu().clone() for k, v in lora_state_dict(self._unwrapped()).items()}
 
     def _save_checkpoint(self, step: int) -> Path:
-        self._lora_snapshot = self.lora_state_dict() if self._zero3() else None
+        self._lora_snapshot = self.lora_state_dict() if self._sharded_lora() else None
         try:
             return self.checkpoints.save(step)
         finally:
@@ -209,6 +228,8 @@ class Trainer:
     def _load_lora(self, path: Path) -> None:  # on every rank
         from safetensors.torch import load_file
 
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            return  # Accelerate's FSDP checkpoint holds the (sharded) model state, LoRA included; it is loaded already
         with self._full_lora(modifier_rank=0):
             load_lora_state_dict(self._unwrapped(), load_file(str(path), device=str(self.accelerator.device)))
 
@@ -297,7 +318,7 @@ class Trainer:
         else:
             from train.export import export_run
 
-            with self._full_lora():  # ZeRO-3: the LoRA whole on every rank while the main process exports it
+            with self._full_lora():  # ZeRO-3 / FSDP: the LoRA whole on every rank while the main process exports
                 if acc.is_main_process:
                     summary.update(export_run(self))
         acc.wait_for_everyone()
