@@ -143,3 +143,14 @@ def test_default_eval_config_fits_the_settings(trainer):
     assert v.settings.validation_every == 250 and v.settings.hooks == ["flicker"]
     assert v.settings.hook_settings["vbench"]["dimensions"][-1] == "temporal_flickering"
     assert set(EvalConfig.__dataclass_fields__) <= set(ValidationSettings.__dataclass_fields__)
+
+
+def test_a_sampling_failure_is_reported_not_raised(trainer, monkeypatch):
+    import radial.generation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(radial.generation, "generate", broken)
+    m = make_validator(trainer, validation_every=1).maybe_run(1)
+    assert m["val/sample_failed"] == 1.0 and "val/loss" in m

@@ -146,6 +146,8 @@ class Validator:
                 metrics["val/sample_seconds"] = sum(r["time"]["wall_s"] for r in records)
             except Exception as e:  # noqa: BLE001 - sampling trouble is reported, training goes on
                 metrics["val/sample_failed"] = 1.0
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()  # an OOM while sampling must not leave training short of memory
                 acc.print(f"validation sampling failed at step {step}: {type(e).__name__}: {e}")
                 if acc.is_main_process:
                     traceback.print_exc()
