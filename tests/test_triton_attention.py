@@ -74,13 +74,18 @@ def test_empty_rows_columns_and_fully_padded_batch():
     assert out[0, 128:192].abs().max() == 0  # query block 2 attends nothing
 
 
-@pytest.mark.parametrize("atomic", [False, True])
-def test_gpu_tile_shapes(atomic):
-    """The tile shapes used on the GPU (128-row q tiles, 64-key sub-tiles of a 128 block) and the atomic-dQ variant."""
-    tc.set_config_override(tc.FwdConfig(128, 64, 4, 1), tc.BwdConfig(64, 128, 4, 1, 128, 64, 4, 1, atomic_dq=atomic))
+@pytest.mark.parametrize(
+    "atomic,tma,rotate,tma_loads", [(False, False, False, False), (True, False, False, False), (True, True, True, True)]
+)
+def test_gpu_tile_shapes(atomic, tma, rotate, tma_loads):
+    """The tile shapes used on the GPU (128-row q tiles, 64-key sub-tiles of a 128 block), the atomic-dQ variants
+    (the TMA reduce falls back to element atomics in the interpreter; the rotated walk is checked here) and the
+    TMA-load variants (descriptor loads, zero rows past S)."""
+    bwd = tc.BwdConfig(64, 128, 4, 1, 128, 64, 4, 1, atomic_dq=atomic, dq_tma=tma, rotate=rotate, tma_loads=tma_loads)
+    tc.set_config_override(tc.FwdConfig(128, 64, 4, 1, tma=tma_loads), bwd)
     try:
         plan = radial.make_plan(6, 100, text_tokens=30, block_size=128)
-        compare(plan, 1, 2, 64, kpm=padding(1, plan.seq_len, 7))
+        compare(plan, 2, 2, 64, kpm=padding(2, plan.seq_len, 7, 40))
     finally:
         tc.set_config_override()
 

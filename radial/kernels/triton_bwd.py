@@ -6,8 +6,11 @@
 
 P is recomputed from the saved base-2 LSE. Query rows past S load as zeros (their dO and delta are 0, so they add
 nothing); key tiles of boundary blocks (partial tail, padded keys) get P = 0 on masked keys.
-With BwdConfig.atomic_dq the dK/dV pass also adds dS^T K into an fp32 dQ buffer by atomics (5 matmuls per block pair
-instead of 7); kept as a measured option, not the default.
+With BwdConfig.atomic_dq the dK/dV pass also adds dS^T K (scaled) into an fp32 dQ buffer [B, H, S_pad, D] by atomics
+(5 matmuls per block pair instead of 7, no dQ pass; summation order not deterministic): per element (tl.atomic_add),
+or with dq_tma one TMA reduce per [BLOCK_M1, D] tile, optionally with rotated walks (BwdConfig.rotate). Both were
+slower than the default on an H100 (benchmarks/NOTES_attention.md). With BwdConfig.tma_loads (the default at head dim
+128) the dK/dV pass loads its Q/dO tiles through TMA descriptors over [B, S, H*D] (rows past S read as zeros).
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+try:  # host-side TMA descriptors (triton >= 3.3); only the dq_tma variant needs them
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 
 from radial.kernels.triton_common import LOG2E, bwd_config, interior_count, key_limit, key_valid
 
@@ -46,12 +54,19 @@ def _dkdv_tiles(
     v,
     q_base,
     do_base,
+    q_desc,
+    do_desc,
+    b,
+    q_col,
     dq_base,
+    dq_desc,
+    dq_row0,
     lse_base,
     delta_base,
     idx_ptr,
     t_lo,
     t_hi,
+    rot,
     stride_s,
     qk_scale,
     sm_scale,
@@ -60,6 +75,9 @@ def _dkdv_tiles(
     MASKED: tl.constexpr,
     ROW_MASK: tl.constexpr,
     ATOMIC_DQ: tl.constexpr,
+    DQ_TMA: tl.constexpr,
+    ROTATE: tl.constexpr,
+    TMA_LOADS: tl.constexpr,
     PLAN_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -69,11 +87,17 @@ def _dkdv_tiles(
     offs_d = tl.arange(0, HEAD_DIM)
     local = offs_m[:, None] * stride_s + offs_d[None, :]
     for t in range(t_lo, t_hi):
-        qb = tl.load(idx_ptr + t // SUB)
-        start_m = qb * PLAN_BLOCK + (t % SUB) * BLOCK_M
+        tt = t
+        if ROTATE:  # walk [t_lo, t_hi) starting at t_lo + rot, wrapping around
+            tt = t + rot
+            tt = tl.where(tt >= t_hi, tt - (t_hi - t_lo), tt)
+        qb = tl.load(idx_ptr + tt // SUB)
+        start_m = qb * PLAN_BLOCK + (tt % SUB) * BLOCK_M
         off = start_m.to(tl.int64) * stride_s
         row_ok = (start_m + offs_m) < S
-        if ROW_MASK:  # only the partial last query block; its rows past S load as zeros and add nothing
+        if TMA_LOADS:  # rows past S read as zeros
+            q = q_desc.load([b, start_m, q_col]).reshape(BLOCK_M, HEAD_DIM)
+        elif ROW_MASK:  # only the partial last query block; its rows past S load as zeros and add nothing
             q = tl.load(q_base + off + local, mask=row_ok[:, None], other=0.0)
         else:
             q = tl.load(q_base + off + local)
@@ -82,7 +106,9 @@ def _dkdv_tiles(
         p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
         if MASKED:
             p_t = tl.where(kvalid[:, None], p_t, 0.0)
-        if ROW_MASK:
+        if TMA_LOADS:
+            do = do_desc.load([b, start_m, q_col]).reshape(BLOCK_M, HEAD_DIM)
+        elif ROW_MASK:
             do = tl.load(do_base + off + local, mask=row_ok[:, None], other=0.0)
         else:
             do = tl.load(do_base + off + local)
@@ -92,9 +118,13 @@ def _dkdv_tiles(
         ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
         dk = tl.dot(ds_t, q, dk)
         if ATOMIC_DQ:
+            # fp32 [B, H, S_pad, D] accumulator; rows past S (partial last block) get zeros, inside S_pad.
             dq = tl.dot(tl.trans(ds_t), k) * sm_scale
-            dq_ptrs = dq_base + start_m.to(tl.int64) * stride_s + local
-            tl.atomic_add(dq_ptrs, dq, mask=row_ok[:, None], sem="relaxed")
+            if DQ_TMA:
+                dq_desc.atomic_add([dq_row0 + start_m, 0], dq)
+            else:
+                dq_ptrs = dq_base + (start_m + offs_m)[:, None] * HEAD_DIM + offs_d[None, :]
+                tl.atomic_add(dq_ptrs, dq, sem="relaxed")
     return dk, dv
 
 
@@ -104,9 +134,12 @@ def _dkdv_kernel(
     K,
     V,
     DO,
+    Q_DESC,
+    DO_DESC,
     DK,
     DV,
     DQ_ACC,
+    DQ_DESC,
     LSE,
     DELTA,
     Q_IDX,
@@ -126,6 +159,9 @@ def _dkdv_kernel(
     sm_scale,
     HAS_PAD: tl.constexpr,
     ATOMIC_DQ: tl.constexpr,
+    DQ_TMA: tl.constexpr,
+    ROTATE: tl.constexpr,
+    TMA_LOADS: tl.constexpr,
     PLAN_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -157,28 +193,33 @@ def _dkdv_kernel(
     lim = key_limit(PAD_START, b, S, HAS_PAD)
     # Entries before n_full are whole query blocks (no row mask); only the partial last block, if listed, follows.
     n_full = interior_count(idx_ptr, cnt, S // PLAN_BLOCK, NUM_BLOCKS) * SUB
+    rot = 0
+    if ROTATE:
+        rot = (col % tl.maximum(n_full // SUB, 1)) * SUB
+    dq_base = DQ_ACC + bh.to(tl.int64) * S_PAD * HEAD_DIM
+    dq_row0 = bh * S_PAD
     if start_n + BLOCK_N <= lim:
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q + base, DO + base, DQ_ACC + base, LSE + stat, DELTA + stat, idx_ptr,
-            0, n_full, stride_s, qk_scale, sm_scale, col_ok, S,
-            False, False, ATOMIC_DQ, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
+            dk, dv, k, v, Q + base, DO + base, Q_DESC, DO_DESC, b, h * HEAD_DIM, dq_base, DQ_DESC, dq_row0, LSE + stat, DELTA + stat, idx_ptr,
+            0, n_full, rot, stride_s, qk_scale, sm_scale, col_ok, S,
+            False, False, ATOMIC_DQ, DQ_TMA, ROTATE, TMA_LOADS, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
         )  # fmt: skip
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q + base, DO + base, DQ_ACC + base, LSE + stat, DELTA + stat, idx_ptr,
-            n_full, cnt * SUB, stride_s, qk_scale, sm_scale, col_ok, S,
-            False, True, ATOMIC_DQ, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
+            dk, dv, k, v, Q + base, DO + base, Q_DESC, DO_DESC, b, h * HEAD_DIM, dq_base, DQ_DESC, dq_row0, LSE + stat, DELTA + stat, idx_ptr,
+            n_full, cnt * SUB, 0, stride_s, qk_scale, sm_scale, col_ok, S,
+            False, True, ATOMIC_DQ, DQ_TMA, False, TMA_LOADS, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
         )  # fmt: skip
     else:
         kvalid = key_valid(KPM, b, cols, S, HAS_PAD)
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q + base, DO + base, DQ_ACC + base, LSE + stat, DELTA + stat, idx_ptr,
-            0, n_full, stride_s, qk_scale, sm_scale, kvalid, S,
-            True, False, ATOMIC_DQ, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
+            dk, dv, k, v, Q + base, DO + base, Q_DESC, DO_DESC, b, h * HEAD_DIM, dq_base, DQ_DESC, dq_row0, LSE + stat, DELTA + stat, idx_ptr,
+            0, n_full, rot, stride_s, qk_scale, sm_scale, kvalid, S,
+            True, False, ATOMIC_DQ, DQ_TMA, ROTATE, TMA_LOADS, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
         )  # fmt: skip
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q + base, DO + base, DQ_ACC + base, LSE + stat, DELTA + stat, idx_ptr,
-            n_full, cnt * SUB, stride_s, qk_scale, sm_scale, kvalid, S,
-            True, True, ATOMIC_DQ, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
+            dk, dv, k, v, Q + base, DO + base, Q_DESC, DO_DESC, b, h * HEAD_DIM, dq_base, DQ_DESC, dq_row0, LSE + stat, DELTA + stat, idx_ptr,
+            n_full, cnt * SUB, 0, stride_s, qk_scale, sm_scale, kvalid, S,
+            True, True, ATOMIC_DQ, DQ_TMA, False, TMA_LOADS, PLAN_BLOCK, BLOCK_M, HEAD_DIM,
         )  # fmt: skip
     tl.store(DV + kv_off + local, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DK + kv_off + local, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
@@ -333,16 +374,33 @@ def attention_backward(
 
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if cfg.atomic_dq else dk
+    if cfg.atomic_dq:
+        dq_acc = torch.zeros((bsz, heads, s_pad, head_dim), device=q.device, dtype=torch.float32)
+        dq_desc = dq_acc
+        if cfg.dq_tma:
+            dq_desc = TensorDescriptor(dq_acc, [bsz * heads * s_pad, head_dim], [head_dim, 1], [cfg.block_m1, head_dim])
+    else:
+        dq_acc = dq_desc = dk  # unused
+    q_desc, do_desc = q, do
+    if (
+        cfg.tma_loads and q.data_ptr() % 16 == 0 and do.data_ptr() % 16 == 0
+    ):  # [B, S, H*D] views: a [1, BLOCK_M1, D] box at (b, query, h*D); rows past S read as zeros
+        box = [1, cfg.block_m1, head_dim]
+        q_desc, do_desc = (
+            TensorDescriptor(t, [bsz, seq, heads * head_dim], [t.stride(0), t.stride(1), 1], box) for t in (q, do)
+        )
     n_n = s_pad // cfg.block_n1
     _dkdv_kernel[(n_n, bsz * heads)](
-        q, k, v, do, dk, dv, dq_acc, lse, delta, q_indices, q_counts, pad_arg, mask_arg,
+        q, k, v, do, q_desc, do_desc, dk, dv, dq_acc, dq_desc, lse, delta, q_indices, q_counts, pad_arg, mask_arg,
         *strides, q_indices.stride(0), heads, seq, s_pad, num_blocks, n_n, qk_scale, scale,
-        HAS_PAD=has_pad, ATOMIC_DQ=cfg.atomic_dq, PLAN_BLOCK=plan_block, BLOCK_M=cfg.block_m1,
-        BLOCK_N=cfg.block_n1, HEAD_DIM=head_dim, num_warps=cfg.warps1, num_stages=cfg.stages1,
+        HAS_PAD=has_pad, ATOMIC_DQ=cfg.atomic_dq, DQ_TMA=cfg.dq_tma, ROTATE=cfg.rotate, TMA_LOADS=q_desc is not q,
+        PLAN_BLOCK=plan_block,
+        BLOCK_M=cfg.block_m1, BLOCK_N=cfg.block_n1, HEAD_DIM=head_dim, num_warps=cfg.warps1, num_stages=cfg.stages1,
     )  # fmt: skip
     if cfg.atomic_dq:
-        return dq_acc.to(q.dtype), dk, dv
+        dq = torch.empty_like(q)
+        dq.copy_(dq_acc[:, :, :seq].transpose(1, 2))
+        return dq, dk, dv
 
     dq = torch.empty_like(q)
     n_m = s_pad // cfg.block_m2

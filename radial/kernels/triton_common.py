@@ -78,6 +78,8 @@ class FwdConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    # K/V tiles by TMA (host descriptors over [B, S, H*D]: rows past S read as zeros) instead of pointer loads.
+    tma: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,22 @@ class BwdConfig:
     stages2: int
     # dQ by fp32 atomics inside the dK/dV pass (5 matmuls instead of 7, not deterministic) instead of its own pass.
     atomic_dq: bool = False
+    # With atomic_dq: add each [BLOCK_M1, D] dQ tile by one TMA reduce (cp.reduce.async.bulk, Hopper; the CPU
+    # interpreter falls back to element atomics) instead of per-element atomics.
+    dq_tma: bool = False
+    # With atomic_dq: each key tile starts its query walk at a different list entry (rotated by its column), so that
+    # neighbouring key tiles, whose lists are nearly the same, do not add into the same dQ rows at the same time.
+    rotate: bool = False
+    # dK/dV pass: query and dO tiles by TMA (descriptors over [B, S, H*D], rows past S read as zeros).
+    tma_loads: bool = False
 
 
 # Measured on an H100 (benchmarks/NOTES_attention.md); the CPU interpreter uses small tiles (numpy speed).
 GPU_FWD = {64: FwdConfig(128, 128, 8, 3), 128: FwdConfig(128, 128, 8, 3)}
-GPU_BWD = {64: BwdConfig(64, 128, 8, 3, 128, 128, 8, 2), 128: BwdConfig(64, 128, 8, 3, 128, 128, 8, 2)}
+GPU_BWD = {
+    64: BwdConfig(64, 128, 8, 3, 128, 128, 8, 2),
+    128: BwdConfig(64, 128, 8, 3, 128, 128, 8, 2, tma_loads=True),  # TMA q/dO loads: 131 -> 126 ms at wan4x (H100)
+}
 CPU_FWD = FwdConfig(64, 64, 4, 1)
 CPU_BWD = BwdConfig(32, 64, 4, 1, 64, 32, 4, 1)
 
@@ -116,7 +129,7 @@ def set_config_override(fwd: FwdConfig | None = None, bwd: BwdConfig | None = No
 
 def fwd_config(head_dim: int, plan_block: int) -> FwdConfig:
     cfg = _override.get("fwd") or (CPU_FWD if interpreting() else GPU_FWD[head_dim])
-    return FwdConfig(min(cfg.block_m, plan_block), min(cfg.block_n, plan_block), cfg.num_warps, cfg.num_stages)
+    return FwdConfig(min(cfg.block_m, plan_block), min(cfg.block_n, plan_block), cfg.num_warps, cfg.num_stages, cfg.tma)
 
 
 def bwd_config(head_dim: int, plan_block: int) -> BwdConfig:
@@ -125,6 +138,7 @@ def bwd_config(head_dim: int, plan_block: int) -> BwdConfig:
     return BwdConfig(
         min(c.block_m1, p), min(c.block_n1, p), c.warps1, c.stages1,
         min(c.block_m2, p), min(c.block_n2, p), c.warps2, c.stages2, c.atomic_dq,
+        c.atomic_dq and c.dq_tma and not interpreting(), c.atomic_dq and c.rotate, c.tma_loads,
     )  # fmt: skip
 
 

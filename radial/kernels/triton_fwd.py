@@ -12,6 +12,11 @@ import triton.language as tl
 
 from radial.kernels.triton_common import LOG2E, fwd_config, interior_count, key_limit, key_valid
 
+try:  # host-side TMA descriptors (triton >= 3.3); only FwdConfig.tma needs them
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
+
 
 @triton.jit
 def _fwd_tiles(
@@ -21,6 +26,9 @@ def _fwd_tiles(
     q,
     k_base,
     v_base,
+    k_desc,
+    v_desc,
+    kv_col,
     idx_ptr,
     t_lo,
     t_hi,
@@ -31,6 +39,7 @@ def _fwd_tiles(
     S,
     HAS_PAD: tl.constexpr,
     MASKED: tl.constexpr,
+    TMA: tl.constexpr,
     PLAN_BLOCK: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -46,7 +55,10 @@ def _fwd_tiles(
         if MASKED:
             cols = start_n + offs_n
             valid = key_valid(KPM, b, cols, S, HAS_PAD)
-            k = tl.load(k_base + off + local, mask=(cols < S)[:, None], other=0.0)
+            if TMA:
+                k = k_desc.load([b, start_n, kv_col]).reshape(BLOCK_N, HEAD_DIM)
+            else:
+                k = tl.load(k_base + off + local, mask=(cols < S)[:, None], other=0.0)
             qk = tl.dot(q, tl.trans(k))
             qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -54,14 +66,23 @@ def _fwd_tiles(
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.math.exp2(qk - m_use[:, None])
             alpha = tl.math.exp2(m_i - m_use)
-            v = tl.load(v_base + off + local, mask=(cols < S)[:, None], other=0.0)
+            if TMA:
+                v = v_desc.load([b, start_n, kv_col]).reshape(BLOCK_N, HEAD_DIM)
+            else:
+                v = tl.load(v_base + off + local, mask=(cols < S)[:, None], other=0.0)
         else:
-            k = tl.load(k_base + off + local)
+            if TMA:  # noqa: SIM108 - a constexpr branch
+                k = k_desc.load([b, start_n, kv_col]).reshape(BLOCK_N, HEAD_DIM)
+            else:
+                k = tl.load(k_base + off + local)
             qk = tl.dot(q, tl.trans(k))
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             p = tl.math.exp2(qk * qk_scale - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
-            v = tl.load(v_base + off + local)
+            if TMA:  # noqa: SIM108 - a constexpr branch
+                v = v_desc.load([b, start_n, kv_col]).reshape(BLOCK_N, HEAD_DIM)
+            else:
+                v = tl.load(v_base + off + local)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
@@ -74,6 +95,8 @@ def _fwd_kernel(
     Q,
     K,
     V,
+    K_DESC,
+    V_DESC,
     Out,
     LSE,
     KV_IDX,
@@ -91,6 +114,7 @@ def _fwd_kernel(
     NUM_M_TILES,
     qk_scale,
     HAS_PAD: tl.constexpr,
+    TMA: tl.constexpr,
     PLAN_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -121,13 +145,14 @@ def _fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    kv_col = h * HEAD_DIM
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, K + base, V + base, idx_ptr, 0, n_int * SUB, stride_s, qk_scale, KPM, b, S,
-        HAS_PAD, False, PLAN_BLOCK, BLOCK_N, HEAD_DIM,
+        acc, l_i, m_i, q, K + base, V + base, K_DESC, V_DESC, kv_col, idx_ptr, 0, n_int * SUB, stride_s, qk_scale,
+        KPM, b, S, HAS_PAD, False, TMA, PLAN_BLOCK, BLOCK_N, HEAD_DIM,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_tiles(
-        acc, l_i, m_i, q, K + base, V + base, idx_ptr, n_int * SUB, cnt * SUB, stride_s, qk_scale, KPM, b, S,
-        HAS_PAD, True, PLAN_BLOCK, BLOCK_N, HEAD_DIM,
+        acc, l_i, m_i, q, K + base, V + base, K_DESC, V_DESC, kv_col, idx_ptr, n_int * SUB, cnt * SUB, stride_s,
+        qk_scale, KPM, b, S, HAS_PAD, True, TMA, PLAN_BLOCK, BLOCK_N, HEAD_DIM,
     )  # fmt: skip
 
     empty = l_i == 0.0
@@ -157,12 +182,18 @@ def attention_forward(
     lse = torch.empty((bsz, heads, s_pad), device=q.device, dtype=torch.float32)
     n_m = s_pad // cfg.block_m
     has_pad = pad_start is not None
+    k_desc, v_desc = k, v
+    if cfg.tma:  # [B, S, H*D] views: a [1, BLOCK_N, D] box at (b, key, h*D); rows past S read as zeros
+        box = [1, cfg.block_n, head_dim]
+        k_desc, v_desc = (
+            TensorDescriptor(t, [bsz, seq, heads * head_dim], [t.stride(0), t.stride(1), 1], box) for t in (k, v)
+        )
     _fwd_kernel[(n_m, bsz * heads)](
-        q, k, v, out, lse, kv_indices, kv_counts,
+        q, k, v, k_desc, v_desc, out, lse, kv_indices, kv_counts,
         pad_start if has_pad else kv_counts, key_mask if has_pad else kv_counts,
         q.stride(0), q.stride(1), q.stride(2), kv_indices.stride(0),
         heads, seq, s_pad, num_blocks, n_m, scale * LOG2E,
-        HAS_PAD=has_pad, PLAN_BLOCK=plan_block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_DIM=head_dim,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_PAD=has_pad, TMA=cfg.tma, PLAN_BLOCK=plan_block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HEAD_DIM=head_dim, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return out, lse
