@@ -59,10 +59,24 @@ def dense_sdpa(q, k, v):
         ).transpose(1, 2)
 
 
+# Triton variants that `--backends` may name beside the default: name -> (forward config, backward config), None =
+# the default. Both were slower than the default on an H100 (benchmarks/NOTES_attention.md), so not timed by default.
+TRITON_VARIANTS = {
+    # one backward launch: dQ by per-element fp32 atomics inside the dK/dV pass (5 matmul units)
+    "triton_fused": (None, tc.BwdConfig(64, 128, 8, 3, 0, 0, 0, 0, atomic_dq=True)),
+    # one backward launch, dQ by TMA reduce-adds (1 stage: 2 and 3 stages need 279 KB of shared memory), TMA loads
+    "triton_tma": (
+        tc.FwdConfig(128, 128, 8, 3, tma=True),
+        tc.BwdConfig(64, 128, 8, 1, 0, 0, 0, 0, atomic_dq=True, dq_tma=True, tma_loads=True),
+    ),
+}
+
+
 def make_fns(name, plan):
     if name == "dense":
         return lambda q, k, v: dense_sdpa(q, k, v)
-    return lambda q, k, v: radial.radial_attention(q, k, v, plan, backend=name)
+    backend = "triton" if name in TRITON_VARIANTS else name
+    return lambda q, k, v: radial.radial_attention(q, k, v, plan, backend=backend)
 
 
 def measure(fn, q, k, v, do, backward=True):
@@ -114,6 +128,7 @@ def run_case(case, backends, args, log):
     for name in backends:
         try:
             fn = make_fns(name, plan)
+            tc.set_config_override(*TRITON_VARIANTS.get(name, (None, None)))
             res = measure(fn, q, k, v, do, backward=(name != "flashinfer"))
             flops = dense_fwd_flops if name == "dense" else fwd_flops
             res["fwd_tflops"] = flops / (res["fwd_ms"] * 1e-3) / 1e12
@@ -122,6 +137,8 @@ def run_case(case, backends, args, log):
             row[name] = res
         except Exception as err:  # a missing optional backend must not stop the table
             row[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+        finally:
+            tc.set_config_override()
         log(f"{case} {name}: {row[name]}")
         torch.cuda.empty_cache()
     dense = row.get("dense", {})
@@ -133,31 +150,53 @@ def run_case(case, backends, args, log):
             if f"{key}_ms" in r:
                 r[f"{key}_speedup"] = dense[f"{key}_ms"] / r[f"{key}_ms"]
                 r[f"{key}_pct_ideal"] = 100 * r[f"{key}_speedup"] / plan.stats.ideal_speedup
-    if args.check:
-        # Cross-check triton against flex on this case (both bf16): catches a wrong fast path at full size.
-        with torch.no_grad():
-            outs = {n: make_fns(n, plan)(q, k, v) for n in ("triton", "flex") if n in backends}
-        if len(outs) == 2:
-            row["triton_vs_flex_out_rel"] = rel(outs["triton"], outs["flex"])
-            log(f"{case} triton vs flex rel out diff {row['triton_vs_flex_out_rel']:.2e}")
+    if not args.no_check:
+        # Cross-check every backend against triton on this case (all bf16; triton itself is checked against the fp32
+        # reference in tests/gpu): catches a wrong fast path at full size. Variants: their dQ against triton's.
+        check = {}
+        try:
+            with torch.no_grad():
+                want = make_fns("triton", plan)(q, k, v)
+            for name in backends:
+                if name in ("flex", "flashinfer") and "error" not in row[name]:
+                    with torch.no_grad():
+                        check[f"{name}_out_rel"] = rel(make_fns(name, plan)(q, k, v), want)
+            variants = [n for n in backends if n in TRITON_VARIANTS and "error" not in row[n]]
+            if variants:
+                dq_want = torch.autograd.grad(make_fns("triton", plan)(q, k, v), q, do)[0]
+                for name in variants:
+                    tc.set_config_override(*TRITON_VARIANTS[name])
+                    try:
+                        out = make_fns(name, plan)(q, k, v)
+                        dq = torch.autograd.grad(out, q, do)[0]
+                    finally:
+                        tc.set_config_override()
+                    check[f"{name}_out_rel"] = rel(out, want)
+                    check[f"{name}_dq_rel"] = rel(dq, dq_want)
+        except Exception as err:
+            check["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        row["check_vs_triton"] = check
+        log(f"{case} check vs triton: {check}")
+        torch.cuda.empty_cache()
     return row
 
 
 FWD_VARIANTS = [
     tc.FwdConfig(128, 128, 8, 3),
-    tc.FwdConfig(128, 128, 8, 2),
-    tc.FwdConfig(64, 128, 4, 3),
-    tc.FwdConfig(64, 128, 4, 2),
+    tc.FwdConfig(128, 128, 8, 3, tma=True),
+    tc.FwdConfig(128, 128, 8, 2, tma=True),
 ]
+_F = dict(atomic_dq=True)
 BWD_VARIANTS = [
     tc.BwdConfig(64, 128, 8, 3, 128, 128, 8, 2),
-    tc.BwdConfig(64, 128, 8, 4, 128, 128, 8, 3),
-    tc.BwdConfig(64, 128, 8, 2, 128, 64, 8, 3),
-    tc.BwdConfig(128, 128, 8, 2, 64, 128, 4, 3),
-    tc.BwdConfig(32, 128, 8, 3, 128, 128, 4, 2),
-    tc.BwdConfig(64, 64, 4, 3, 128, 128, 8, 2),
-    tc.BwdConfig(32, 64, 4, 3, 128, 128, 8, 2),
-    tc.BwdConfig(64, 128, 8, 3, 0, 0, 0, 0, atomic_dq=True),
+    tc.BwdConfig(64, 128, 8, 3, 128, 128, 8, 2, tma_loads=True),
+    tc.BwdConfig(64, 128, 8, 3, 0, 0, 0, 0, **_F),
+    tc.BwdConfig(64, 128, 8, 3, 0, 0, 0, 0, **_F, rotate=True),
+    tc.BwdConfig(64, 128, 8, 2, 0, 0, 0, 0, **_F, dq_tma=True, rotate=True),
+    tc.BwdConfig(64, 128, 8, 1, 0, 0, 0, 0, **_F, dq_tma=True, rotate=True),
+    tc.BwdConfig(64, 64, 4, 3, 0, 0, 0, 0, **_F, dq_tma=True, rotate=True),
+    tc.BwdConfig(64, 128, 8, 2, 0, 0, 0, 0, **_F, dq_tma=True, rotate=True, tma_loads=True),
+    tc.BwdConfig(32, 128, 8, 3, 0, 0, 0, 0, **_F, dq_tma=True, rotate=True),
 ]
 
 
@@ -227,17 +266,39 @@ def profile(case, args, log):
     log(f"profile {case} (3 iterations)\n{table}")
 
 
+def variants_table(rows, cell):
+    """Rows of the Triton-variant table (TRITON_VARIANTS timed in the same run)."""
+    lines = [
+        "",
+        "Triton variants (same run): triton fused = one backward launch, dQ by element atomics; triton tma = TMA "
+        "loads in the forward and dQ by TMA reduce-adds.",
+        "",
+        "| case | triton fwd / fwd+bwd ms | triton fused fwd / fwd+bwd ms (x, % ideal) "
+        "| triton tma fwd ms (x, % ideal) | triton tma fwd+bwd ms (x, % ideal) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        t = r.get("triton", {})
+        base = "n/a" if "error" in t or not t else f"{t['fwd_ms']:.1f} / {t.get('fwdbwd_ms', float('nan')):.1f}"
+        fu = r.get("triton_fused", {})
+        fused = "n/a" if "error" in fu or not fu else f"{fu['fwd_ms']:.1f} / {cell(fu, 'fwdbwd')}"
+        lines.append(
+            f"| {r['case']} | {base} | {fused} | {cell(r.get('triton_tma'), 'fwd')} "
+            f"| {cell(r.get('triton_tma'), 'fwdbwd')} |"
+        )
+    return lines
+
+
 def markdown(rows, meta):
     lines = [
-        "# Radial attention: kernel benchmark",
-        "",
         f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}, flashinfer {meta['flashinfer']}, "
         f"{meta['date']}. bf16, head dim 128, batch 1, official masks (block 128). Times are medians of CUDA-event "
         "timings after a warm-up; speed-ups are over dense SDPA (cuDNN) on the same inputs; % ideal = speed-up / "
-        "(1 / token density).",
+        "(1 / token density). triton = the default (deterministic backward).",
         "",
         "| case | tokens | heads | density | ideal | dense fwd / fwd+bwd ms | triton fwd ms (x, % ideal) "
-        "| triton fwd+bwd ms (x, % ideal) | flex fwd ms (x) | flex fwd+bwd ms (x, % ideal) | flashinfer fwd ms (x) |",
+        "| triton fwd+bwd ms (x, % ideal) | flex fwd ms (x) "
+        "| flex fwd+bwd ms (x, % ideal) | flashinfer fwd ms (x, % ideal) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -254,24 +315,37 @@ def markdown(rows, meta):
 
     for r in rows:
         d = r.get("dense", {})
-        dense = "n/a" if "error" in d else f"{d['fwd_ms']:.1f} / {d['fwdbwd_ms']:.1f}"
+        dense = "n/a" if "error" in d or not d else f"{d['fwd_ms']:.1f} / {d['fwdbwd_ms']:.1f}"
         lines.append(
             f"| {r['case']} | {r['seq_len']} | {r['heads']} | {r['token_density']:.3f} | {r['ideal_speedup']:.2f} "
             f"| {dense} | {cell(r.get('triton'), 'fwd')} | {cell(r.get('triton'), 'fwdbwd')} "
             f"| {cell(r.get('flex'), 'fwd', False)} | {cell(r.get('flex'), 'fwdbwd')} "
-            f"| {cell(r.get('flashinfer'), 'fwd', False)} |"
+            f"| {cell(r.get('flashinfer'), 'fwd')} |"
         )
-    lines += ["", "Achieved TFLOP/s (kept-pair FLOPs; dense: all pairs):", ""]
-    lines += ["| case | dense fwd / fwd+bwd | triton fwd / fwd+bwd | flex fwd / fwd+bwd |", "|---|---|---|---|"]
+    if any(n in r for r in rows for n in TRITON_VARIANTS):
+        lines += variants_table(rows, cell)
+    lines += ["", "Achieved TFLOP/s (kept-pair FLOPs, backward counted 2.5x forward; dense: all pairs):", ""]
+    names = [n for n in ("dense", "triton", *TRITON_VARIANTS, "flex", "flashinfer") if any(n in r for r in rows)]
+    lines += ["| case | " + " | ".join(f"{n} fwd / fwd+bwd" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
     for r in rows:
 
         def tf(name, r=r):
             x = r.get(name, {})
             if "error" in x or "fwd_tflops" not in x:
                 return "n/a"
-            return f"{x['fwd_tflops']:.0f} / {x.get('fwdbwd_tflops', float('nan')):.0f}"
+            return f"{x['fwd_tflops']:.0f} / " + (f"{x['fwdbwd_tflops']:.0f}" if "fwdbwd_tflops" in x else "-")
 
-        lines.append(f"| {r['case']} | {tf('dense')} | {tf('triton')} | {tf('flex')} |")
+        lines.append(f"| {r['case']} | " + " | ".join(tf(n) for n in names) + " |")
+    lines += ["", "Full-size cross-checks against triton (relative L2 difference, bf16 vs bf16):", ""]
+    for r in rows:
+        c = r.get("check_vs_triton", {})
+        lines.append(
+            f"- {r['case']}: "
+            + (", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items()) or "not run")
+        )
+    errors = [f"- {r['case']} {n}: {r[n]['error']}" for r in rows for n in names if "error" in r.get(n, {})]
+    if errors:
+        lines += ["", "Errors:", "", *errors]
     return "\n".join(lines) + "\n"
 
 
@@ -281,7 +355,7 @@ def main():
     ap.add_argument("--backends", default="dense,triton,flex,flashinfer")
     ap.add_argument("--heads", type=int, default=0, help="override the head count of every case")
     ap.add_argument("--explore", action="store_true", help="sweep Triton tile configs instead of the table")
-    ap.add_argument("--check", action="store_true", help="cross-check triton against flex per case")
+    ap.add_argument("--no-check", action="store_true", help="skip the per-case cross-check against triton")
     ap.add_argument("--profile", action="store_true", help="per-kernel times of triton fwd+bwd instead of the table")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention"))
     args = ap.parse_args()
@@ -318,8 +392,10 @@ def main():
         res = [explore(c, args, log) for c in cases]
         Path(args.out + "_explore.json").write_text(json.dumps({"meta": meta, "results": res}, indent=1))
         return
-    rows = [run_case(c, args.backends.split(","), args, log) for c in cases]
-    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    rows = []
+    for c in cases:  # the JSON is rewritten after each case, so that a cut-off run keeps what it measured
+        rows.append(run_case(c, args.backends.split(","), args, log))
+        Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = markdown(rows, meta)
     Path(args.out + ".md").write_text(md)
     print(md)
