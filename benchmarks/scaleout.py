@@ -7,6 +7,7 @@ gradient checkpointing), plus an sp=2 vs sp=1 equality check of loss and LoRA gr
     python benchmarks/scaleout.py --out $OUT --parts ddp zero2 zero3
     python benchmarks/scaleout.py --out $OUT --parts equal sp1 sp2
     python benchmarks/scaleout.py --out $OUT --smoke               # CPU check of this script (tiny model, gloo)
+    python benchmarks/scaleout.py --out $OUT --wheels .whl/scaleout ...   # first pip-install what is missing
 
 Parts (each a separate launch; a failure is recorded and the others still run):
     ddp    launch/multi_gpu.yaml, 2 processes, 1x length (21 latent frames at 480x832: 32,760 tokens), 4 steps
@@ -59,6 +60,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+NEEDED = {"deepspeed": "deepspeed", "diffusers": "diffusers", "hydra": "hydra-core", "omegaconf": "omegaconf",
+          "matplotlib": "matplotlib", "einops": "einops"}  # fmt: skip
+
+
+def install_missing(wheels: Path) -> None:
+    """pip-install, from a local wheel folder only, the packages of NEEDED that cannot be imported."""
+    import importlib.util
+
+    missing = [pkg for module, pkg in NEEDED.items() if importlib.util.find_spec(module) is None]
+    if not missing:
+        return
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels), *missing]
+    for attempt in (cmd, [*cmd, "--break-system-packages"]):  # an externally managed Python wants the flag
+        print("+", " ".join(attempt), flush=True)
+        if subprocess.run(attempt).returncode == 0:
+            return
+    # The resolver could not satisfy some requirement from the folder: install every wheel whose distribution is
+    # absent, without dependency checks.
+    import importlib.metadata as md
+
+    def installed(wheel: Path) -> bool:
+        try:
+            md.version(wheel.name.split("-")[0])
+            return True
+        except md.PackageNotFoundError:
+            return False
+
+    absent = [str(w) for w in sorted(wheels.glob("*.whl")) if not installed(w)]
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                    "--break-system-packages", *absent], check=True)  # fmt: skip
 
 
 # -- data -------------------------------------------------------------------------------------------------------
@@ -406,11 +439,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS + OPTIONAL)
     p.add_argument("--timeout", type=int, default=240, help="seconds per launch")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU (gloo): a check of this script")
+    p.add_argument("--wheels", type=Path, default=None, help="install missing packages from this wheel folder")
     p.add_argument("--worker-equal", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker_equal is not None:
         _worker_equal(args.worker_equal, args.smoke)
         return []
+    if args.wheels is not None:
+        install_missing(args.wheels)
     import torch
 
     args.out.mkdir(parents=True, exist_ok=True)
