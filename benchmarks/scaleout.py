@@ -458,12 +458,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config = _model_config(args.smoke)
     dtype = "float32" if args.smoke else "bfloat16"
     data_roots = {k: write_random_dataset(cache / k, config, *v, dtype=dtype) for k, v in lengths.items()}
-    rows = []
-    for part in args.parts:
-        started = time.perf_counter()
-        row = equality_run(args, data_roots) if part == "equal" else launch_run(part, args, data_roots)
-        rows.append(row)
-        print(f"[{part}] {time.perf_counter() - started:.0f} s: {json.dumps(row)}", flush=True)
     try:
         import deepspeed
 
@@ -478,9 +472,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "deepspeed": ds_version,
         "date": str(datetime.date.today()),
     }
-    (args.out / "scaleout.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    md = report(rows, meta)
-    (args.out / "scaleout.md").write_text("# Scale-out: DDP, ZeRO-2/3, Ulysses SP (Wan2.1-1.3B, radial)\n\n" + md)
+    # Rows of earlier calls on this machine (same cache) join the report: parts can run in separate calls.
+    history = cache / "rows.json"
+    earlier = json.loads(history.read_text()) if history.is_file() else []
+    rows = []
+    for part in args.parts:
+        started = time.perf_counter()
+        row = equality_run(args, data_roots) if part == "equal" else launch_run(part, args, data_roots)
+        rows.append(row)
+        print(f"[{part}] {time.perf_counter() - started:.0f} s: {json.dumps(row)}", flush=True)
+        merged = [r for r in earlier if r["run"] not in {x["run"] for x in rows}] + rows
+        order = {name: i for i, name in enumerate(PARTS + OPTIONAL)}
+        merged.sort(key=lambda r: order.get(r["run"], len(order)))
+        history.write_text(json.dumps(merged))
+        # Written after every part, so that a call cut short still leaves its results.
+        (args.out / "scaleout.json").write_text(json.dumps({"meta": meta, "rows": merged}, indent=1))
+        md = report(merged, meta)
+        (args.out / "scaleout.md").write_text("# Scale-out: DDP, ZeRO-2/3, Ulysses SP (Wan2.1-1.3B, radial)\n\n" + md)
     print(md)
     return rows
 
