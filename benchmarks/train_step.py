@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-ATTENTION_KERNEL_HINTS = ("attn", "fmha", "flash", "cudnn", "sdpa", "sparse_attn")
+# Kernel names counted as attention: torch's SDPA kernels and ours (radial/kernels/triton_*.py).
+ATTENTION_KERNEL_HINTS = ("attn", "fmha", "flash", "cudnn", "sdpa", "_fwd_kernel", "_dkdv_kernel", "_dq_kernel")
+ATTENTION_KERNEL_HINTS += ("_preprocess_kernel",)
 
 CASES = {
     # name: (family, latent frames, latent height, latent width)
@@ -35,7 +37,7 @@ CASES = {
 }
 
 
-def _config(family: str, backend: str, dense_layers: int):
+def _config(family: str, backend: str, dense_layers: int, save_attention: bool):
     from train.config import compose, validate
 
     return validate(
@@ -48,6 +50,7 @@ def _config(family: str, backend: str, dense_layers: int):
                 "lora.rank=128",
                 "lora.alpha=128",
                 "train.gradient_checkpointing=true",
+                f"train.save_attention={str(save_attention).lower()}",
                 "train.mixed_precision=bf16",
                 "logging.trackers=[]",
             ]
@@ -60,7 +63,7 @@ def _build(case: str, backend: str, args) -> tuple:
     from train.components import build_model
 
     family, frames, h, w = CASES[case]
-    cfg = _config(family, backend, args.dense_layers if backend != "dense" else 0)
+    cfg = _config(family, backend, args.dense_layers if backend != "dense" else 0, args.save_attention)
     adapter = get_adapter(family)
     device = torch.device(args.device)
     if args.smoke:  # CPU check of this script: tiny model, tiny latents, the same code path
@@ -180,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hun-double", type=int, default=1)
     p.add_argument("--hun-single", type=int, default=1)
     p.add_argument("--device", default="cuda")
+    p.add_argument(
+        "--save-attention",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep attention outputs through checkpointing (train.save_attention, the trainer's default)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny models on --device (a CPU check of the script)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

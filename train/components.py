@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import radial
+from radial.checkpointing import attention_saving_checkpoint
 from radial.lora import attach_lora
 from radial.models import ModelAdapter, get_adapter
 from train.config import Config
@@ -77,7 +78,8 @@ def build_model(
         if p.requires_grad:
             p.data = p.data.float()
     if cfg.train.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+        saving = attention_saving_checkpoint if cfg.train.save_attention else None
+        transformer.enable_gradient_checkpointing(saving)
     transformer.train()
     return ModelParts(adapter, transformer, handle, lora_config, targets)
 

@@ -89,6 +89,7 @@ class TrainSection:
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = True
+    save_attention: bool = True
     checkpoint_every: int = 250
     keep_last: int = 3
     resume: str | None = None
