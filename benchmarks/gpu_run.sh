@@ -8,7 +8,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-  .whl/diffusers-*.whl .whl/hydra_core-*.whl .whl/omegaconf-*.whl .whl/antlr4*.whl || exit 1
+  ${WHEELS:-.whl}/diffusers-*.whl ${WHEELS:-.whl}/hydra_core-*.whl ${WHEELS:-.whl}/omegaconf-*.whl ${WHEELS:-.whl}/antlr4*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 python3 -c "import torch, triton, diffusers, peft, accelerate; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)" | tee -a "$OUT/card.txt"
