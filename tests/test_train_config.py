@@ -29,6 +29,8 @@ def test_default_config_is_valid():
         ("model.dtype=int8", ValueError, "model.dtype"),
         ("logging.trackers=[mlflow]", ValueError, "logging.trackers"),
         ("parallel.sp_degree=0", ValueError, "parallel.sp_degree"),
+        ("eval.hooks=[nosuchhook]", ValueError, "eval.hooks"),
+        ("eval.timesteps=[0.5,1.5]", ValueError, "eval.timesteps"),
         ("+train.typo_key=1", ConfigKeyError, "typo_key"),
         ("train.max_steps=many", ValidationError, "train.max_steps"),
     ],
@@ -36,6 +38,11 @@ def test_default_config_is_valid():
 def test_bad_values_name_their_key(override, error, match):
     with pytest.raises(error, match=match):
         validate(compose_config([override]))
+
+
+def test_eval_default_group_is_valid():
+    cfg = validate(compose_config(["eval=default"]))
+    assert cfg.eval.validation_every == 250 and cfg.eval.hooks == ["flicker"]
 
 
 def test_pretrained_model_needs_an_existing_path(tmp_path):

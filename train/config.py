@@ -105,8 +105,28 @@ class TrainSection:
 
 @dataclass
 class EvalConfig:
+    """Validation during training and end-of-training hooks (train/eval/validation.py documents each key)."""
+
     validation_every: int = 0
     hooks: list[str] = field(default_factory=list)
+    heldout_root: str | None = None
+    num_heldout: int = 4
+    timesteps: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    num_samples: int = 1
+    prompts: list[str] = field(default_factory=list)
+    prompt_embeds: list[str] = field(default_factory=list)
+    negative_prompt: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    num_inference_steps: int = 20
+    guidance_scale: float = 1.0
+    sample_frames: int | None = None
+    sample_height: int | None = None
+    sample_width: int | None = None
+    sample_shift: float | None = None
+    fps: int | None = None
+    vae_path: str | None = None
+    hook_settings: dict[str, Any] = field(default_factory=dict)
+    hooks_videos: str | None = None
 
 
 @dataclass
@@ -235,6 +255,15 @@ def validate(cfg: DictConfig | dict) -> Config:
         raise ValueError(f"train.logit_std={t.logit_std}: expected > 0")
 
     _at_least("eval.validation_every", c.eval.validation_every, 0)
+    _at_least("eval.num_heldout", c.eval.num_heldout, 1)
+    _at_least("eval.num_inference_steps", c.eval.num_inference_steps, 1)
+    if not all(0 < x < 1 for x in c.eval.timesteps):
+        raise ValueError(f"eval.timesteps={c.eval.timesteps}: expected noise levels in (0, 1)")
+    from train.eval.hooks import available_hooks
+
+    for hook in c.eval.hooks:
+        if ":" not in hook and hook not in available_hooks():
+            raise ValueError(f"eval.hooks: unknown hook {hook!r}; known: {available_hooks()} (or 'module:Class')")
     for tracker in c.logging.trackers:
         _choice("logging.trackers", tracker, TRACKERS)
     _choice("logging.wandb_mode", c.logging.wandb_mode, ("offline", "online", "disabled"))

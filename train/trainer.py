@@ -149,6 +149,9 @@ class Trainer:
             load_kwargs={"load_module_strict": False} if deepspeed else None,
         )
         self._lora_snapshot: dict | None = None
+        from train.eval.validation import Validator
+
+        self.validator = Validator(self)
 
     def _configure_deepspeed(self) -> None:
         """Batch size, accumulation and clipping into the DeepSpeed config: our loader is not `prepare`d (the sampler
@@ -305,6 +308,7 @@ class Trainer:
                     self._log(step + 1, loss_value, grad_norm, elapsed, tokens)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
+                self.validator.maybe_run(step + 1)
                 if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.max_steps:
                     self._save_checkpoint(step + 1)
                 if self._all_ranks(stop.requested):
@@ -321,6 +325,7 @@ class Trainer:
             with self._full_lora():  # ZeRO-3 / FSDP: the LoRA whole on every rank while the main process exports
                 if acc.is_main_process:
                     summary.update(export_run(self))
+            summary["eval"] = self.validator.run_end_hooks()
         acc.wait_for_everyone()
         acc.end_training()
         return summary
