@@ -30,7 +30,7 @@ def test_default_config_is_valid():
         ("logging.trackers=[mlflow]", ValueError, "logging.trackers"),
         ("parallel.sp_degree=0", ValueError, "parallel.sp_degree"),
         ("eval.hooks=[nosuchhook]", ValueError, "eval.hooks"),
-        ("eval.timesteps=[0.5,1.5]", ValueError, "eval.timesteps"),
+        ("+eval.timesteps=[0.5,1.5]", ValueError, "eval.timesteps"),
         ("+train.typo_key=1", ConfigKeyError, "typo_key"),
         ("train.max_steps=many", ValidationError, "train.max_steps"),
     ],
