@@ -24,11 +24,13 @@ def main(cfg: DictConfig) -> None:
     from train.trainer import Trainer
 
     config = validate(cfg)
-    summary = Trainer(config).fit()
-    print(f"done: step {summary['step']}, outputs in {config.output_dir}")
-    for name, path in summary.items():
-        if name not in ("step",) and path:
-            print(f"  {name}: {path}")
+    trainer = Trainer(config)
+    summary = trainer.fit()
+    if trainer.accelerator.is_main_process:
+        print(f"done: step {summary['step']}, outputs in {config.output_dir}")
+        for name, value in summary.items():
+            if name not in ("step", "eval") and value:
+                print(f"  {name}: {value}")
 
 
 if __name__ == "__main__":
