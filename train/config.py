@@ -125,7 +125,7 @@ class EvalConfig:
     sample_shift: float | None = None
     fps: int | None = None
     vae_path: str | None = None
-    hook_settings: dict[str, Any] = field(default_factory=dict)
+    hook_settings: dict[str, dict] = field(default_factory=dict)
     hooks_videos: str | None = None
 
 
@@ -255,7 +255,8 @@ def validate(cfg: DictConfig | dict) -> Config:
         raise ValueError(f"train.logit_std={t.logit_std}: expected > 0")
 
     _at_least("eval.validation_every", c.eval.validation_every, 0)
-    _at_least("eval.num_heldout", c.eval.num_heldout, 1)
+    _at_least("eval.num_heldout", c.eval.num_heldout, 0)
+    _at_least("eval.num_samples", c.eval.num_samples, 0)
     _at_least("eval.num_inference_steps", c.eval.num_inference_steps, 1)
     if not all(0 < x < 1 for x in c.eval.timesteps):
         raise ValueError(f"eval.timesteps={c.eval.timesteps}: expected noise levels in (0, 1)")

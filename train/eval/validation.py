@@ -34,77 +34,31 @@ import json
 import math
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from train.config import EvalConfig
 from train.flow import flow_loss, noisy_latents
 
 VAE_CLASSES = {"wan": "AutoencoderKLWan", "wan22": "AutoencoderKLWan", "wan22_ti2v": "AutoencoderKLWan"}
 VAE_CLASSES.update({"hunyuan": "AutoencoderKLHunyuanVideo", "mochi": "AutoencoderKLMochi"})
 
 
-@dataclass
-class ValidationSettings:
-    """eval.* keys the validator reads (missing keys take these defaults)."""
+def eval_settings(ev: Any) -> EvalConfig:
+    """The validator's settings: `cfg.eval` as an EvalConfig (a DictConfig or mapping of its keys is merged over the
+    schema, so missing keys take their defaults); values are checked by train.config.validate."""
+    if isinstance(ev, EvalConfig):
+        return ev
+    if ev is None:
+        return EvalConfig()
+    from omegaconf import DictConfig, OmegaConf
 
-    validation_every: int = 0
-    heldout_root: str | None = None
-    num_heldout: int = 4
-    timesteps: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
-    num_samples: int = 1
-    prompts: list[str] = field(default_factory=list)
-    prompt_embeds: list[str] = field(default_factory=list)
-    negative_prompt: str = ""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    num_inference_steps: int = 20
-    guidance_scale: float = 1.0
-    sample_frames: int | None = None
-    sample_height: int | None = None
-    sample_width: int | None = None
-    sample_shift: float | None = None
-    fps: int | None = None
-    vae_path: str | None = None
-    hooks: list[str] = field(default_factory=list)
-    hook_settings: dict[str, dict] = field(default_factory=dict)
-    hooks_videos: str | None = None
-
-    @classmethod
-    def from_config(cls, ev: Any) -> ValidationSettings:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        values = {}
-        for name in cls.__dataclass_fields__:
-            if ev is not None and hasattr(ev, name):
-                value = getattr(ev, name)
-                if isinstance(value, (DictConfig, ListConfig)):
-                    value = OmegaConf.to_container(value, resolve=True)
-                elif isinstance(value, tuple):
-                    value = list(value)
-                values[name] = value
-        s = cls(**values)
-        s.check()
-        return s
-
-    def check(self) -> None:
-        if self.validation_every < 0:
-            raise ValueError(f"eval.validation_every={self.validation_every}: expected >= 0")
-        if self.num_heldout < 0 or self.num_samples < 0:
-            raise ValueError("eval.num_heldout and eval.num_samples must be >= 0")
-        bad = [t for t in self.timesteps if not 0 < float(t) < 1]
-        if bad:
-            raise ValueError(f"eval.timesteps={self.timesteps}: noise levels must be in (0, 1), got {bad}")
-        if self.num_inference_steps < 1:
-            raise ValueError(f"eval.num_inference_steps={self.num_inference_steps}: expected >= 1")
-        if not self.seeds:
-            raise ValueError("eval.seeds is empty: give at least one seed for the validation samples")
-        if self.heldout_root and not Path(self.heldout_root).expanduser().is_dir():
-            raise FileNotFoundError(f"eval.heldout_root={self.heldout_root}: no such folder (prepared latents)")
-        for path in self.prompt_embeds:
-            if not Path(path).expanduser().is_file():
-                raise FileNotFoundError(f"eval.prompt_embeds: {path} does not exist")
+    if not isinstance(ev, (dict, DictConfig)):
+        ev = vars(ev)  # an object with the keys as attributes
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalConfig), ev))
 
 
 def _seeded(*parts) -> torch.Generator:
@@ -117,7 +71,7 @@ class Validator:
 
     def __init__(self, trainer) -> None:
         self.trainer = trainer
-        self.settings = ValidationSettings.from_config(getattr(trainer.cfg, "eval", None))
+        self.settings = eval_settings(getattr(trainer.cfg, "eval", None))
         self.family = trainer.cfg.model.family
         self._heldout = None
         self._pipe = None
