@@ -112,6 +112,8 @@ def test_prompt_sources(trainer, tmp_path):
         make_validator(trainer, prompt_embeds=[str(tmp_path / "missing.safetensors")])
     with pytest.raises(FileNotFoundError, match="eval.heldout_root"):
         make_validator(trainer, heldout_root=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="eval.timesteps"):
+        make_validator(trainer, timesteps=[0.0, 0.5])
 
 
 def test_end_hooks_never_raise(trainer):

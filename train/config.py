@@ -177,6 +177,26 @@ def _at_least(key: str, value, least) -> None:
         raise ValueError(f"{key}={value!r}: expected >= {least}")
 
 
+def check_eval(ev: EvalConfig) -> None:
+    """Values and paths of the eval section (also checked when a Validator is built from code)."""
+    _at_least("eval.validation_every", ev.validation_every, 0)
+    _at_least("eval.num_heldout", ev.num_heldout, 0)
+    _at_least("eval.num_samples", ev.num_samples, 0)
+    _at_least("eval.num_inference_steps", ev.num_inference_steps, 1)
+    if not all(0 < float(x) < 1 for x in ev.timesteps):
+        raise ValueError(f"eval.timesteps={ev.timesteps}: expected noise levels in (0, 1)")
+    from train.eval.hooks import available_hooks
+
+    for hook in ev.hooks:
+        if ":" not in hook and hook not in available_hooks():
+            raise ValueError(f"eval.hooks: unknown hook {hook!r}; known: {available_hooks()} (or 'module:Class')")
+    if ev.heldout_root and not Path(ev.heldout_root).expanduser().is_dir():
+        raise FileNotFoundError(f"eval.heldout_root={ev.heldout_root}: no such folder (prepared latents)")
+    for path in ev.prompt_embeds:
+        if not Path(path).expanduser().is_file():
+            raise FileNotFoundError(f"eval.prompt_embeds: {path} does not exist")
+
+
 def validate(cfg: DictConfig | dict) -> Config:
     """Merge the composed config over the schema (unknown keys and wrong types fail, naming the key) and check
     values; returns a typed, resolved `Config`."""
@@ -254,17 +274,7 @@ def validate(cfg: DictConfig | dict) -> Config:
     if t.logit_std <= 0:
         raise ValueError(f"train.logit_std={t.logit_std}: expected > 0")
 
-    _at_least("eval.validation_every", c.eval.validation_every, 0)
-    _at_least("eval.num_heldout", c.eval.num_heldout, 0)
-    _at_least("eval.num_samples", c.eval.num_samples, 0)
-    _at_least("eval.num_inference_steps", c.eval.num_inference_steps, 1)
-    if not all(0 < x < 1 for x in c.eval.timesteps):
-        raise ValueError(f"eval.timesteps={c.eval.timesteps}: expected noise levels in (0, 1)")
-    from train.eval.hooks import available_hooks
-
-    for hook in c.eval.hooks:
-        if ":" not in hook and hook not in available_hooks():
-            raise ValueError(f"eval.hooks: unknown hook {hook!r}; known: {available_hooks()} (or 'module:Class')")
+    check_eval(c.eval)
     for tracker in c.logging.trackers:
         _choice("logging.trackers", tracker, TRACKERS)
     _choice("logging.wandb_mode", c.logging.wandb_mode, ("offline", "online", "disabled"))

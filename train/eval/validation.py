@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from train.config import EvalConfig
+from train.config import EvalConfig, check_eval
 from train.flow import flow_loss, noisy_latents
 
 VAE_CLASSES = {"wan": "AutoencoderKLWan", "wan22": "AutoencoderKLWan", "wan22_ti2v": "AutoencoderKLWan"}
@@ -48,17 +48,18 @@ VAE_CLASSES.update({"hunyuan": "AutoencoderKLHunyuanVideo", "mochi": "Autoencode
 
 
 def eval_settings(ev: Any) -> EvalConfig:
-    """The validator's settings: `cfg.eval` as an EvalConfig (a DictConfig or mapping of its keys is merged over the
-    schema, so missing keys take their defaults); values are checked by train.config.validate."""
-    if isinstance(ev, EvalConfig):
-        return ev
-    if ev is None:
-        return EvalConfig()
+    """The validator's settings: `cfg.eval` as a checked EvalConfig (a DictConfig, mapping or object with its keys
+    is merged over the schema, so missing keys take their defaults)."""
     from omegaconf import DictConfig, OmegaConf
 
-    if not isinstance(ev, (dict, DictConfig)):
-        ev = vars(ev)  # an object with the keys as attributes
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalConfig), ev))
+    if ev is None:
+        ev = EvalConfig()
+    elif not isinstance(ev, EvalConfig):
+        if not isinstance(ev, (dict, DictConfig)):
+            ev = vars(ev)  # an object with the keys as attributes
+        ev = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalConfig), ev))
+    check_eval(ev)
+    return ev
 
 
 def _seeded(*parts) -> torch.Generator:
