@@ -37,6 +37,38 @@ def key_padding_from_attention_mask(attention_mask: torch.Tensor | None, batch: 
     return attention_mask
 
 
+def append_text_stream(
+    attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, encoder_hidden_states: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Project the text stream with the added (double-stream) projections and append it after the video tokens."""
+    encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+    encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+    encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+    if attn.norm_added_q is not None:
+        encoder_query = attn.norm_added_q(encoder_query)
+    if attn.norm_added_k is not None:
+        encoder_key = attn.norm_added_k(encoder_key)
+    query = torch.cat([query, encoder_query], dim=1)
+    key = torch.cat([key, encoder_key], dim=1)
+    value = torch.cat([value, encoder_value], dim=1)
+    return query, key, value
+
+
+def project_out(
+    attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None, video_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split the joint output [video, text] and apply the video and text output projections the block has."""
+    if encoder_hidden_states is not None:
+        # The joint sequence is exactly video + text tokens, so everything after the video is text.
+        hidden_states, encoder_hidden_states = hidden_states[:, :video_tokens], hidden_states[:, video_tokens:]
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[0](hidden_states)
+            hidden_states = attn.to_out[1](hidden_states)
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+    return hidden_states, encoder_hidden_states
+
+
 class HunyuanVideoRadialProcessor(RadialProcessor):
     """HunyuanVideoAttnProcessor2_0 with the attention call replaced by radial attention (video first, text last)."""
 
@@ -49,7 +81,6 @@ class HunyuanVideoRadialProcessor(RadialProcessor):
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
         video_tokens = hidden_states.shape[1]
-        text_tokens = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         if attn.add_q_proj is None and encoder_hidden_states is not None:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)  # single-stream block
 
@@ -82,16 +113,7 @@ class HunyuanVideoRadialProcessor(RadialProcessor):
 
         # 4. Text stream projections (double-stream blocks)
         if attn.add_q_proj is not None and encoder_hidden_states is not None:
-            encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
-            query = torch.cat([query, encoder_query], dim=1)
-            key = torch.cat([key, encoder_key], dim=1)
-            value = torch.cat([value, encoder_value], dim=1)
+            query, key, value = append_text_stream(attn, query, key, value, encoder_hidden_states)
 
         # 5. Attention
         padding = key_padding_from_attention_mask(attention_mask, query.shape[0], query.shape[1])
@@ -99,17 +121,7 @@ class HunyuanVideoRadialProcessor(RadialProcessor):
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
 
         # 6. Output projection
-        if encoder_hidden_states is not None:
-            hidden_states, encoder_hidden_states = (
-                hidden_states[:, :video_tokens],
-                hidden_states[:, video_tokens : video_tokens + text_tokens],
-            )
-            if getattr(attn, "to_out", None) is not None:
-                hidden_states = attn.to_out[0](hidden_states)
-                hidden_states = attn.to_out[1](hidden_states)
-            if getattr(attn, "to_add_out", None) is not None:
-                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        return hidden_states, encoder_hidden_states
+        return project_out(attn, hidden_states, encoder_hidden_states, video_tokens)
 
 
 _HUNYUAN_COMFY = [

@@ -20,6 +20,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from radial.geometry import LatentGeometry
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
+from radial.models.hunyuan import append_text_stream, project_out
 
 GEOMETRY = LatentGeometry("hunyuan15", 4, 16, 32, 1, 1, 121, 480, 848, 24)
 
@@ -44,16 +45,7 @@ class HunyuanVideo15RadialProcessor(RadialProcessor):
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
         if encoder_hidden_states is not None:
-            encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
-            query = torch.cat([query, encoder_query], dim=1)
-            key = torch.cat([key, encoder_key], dim=1)
-            value = torch.cat([value, encoder_value], dim=1)
+            query, key, value = append_text_stream(attn, query, key, value, encoder_hidden_states)
 
         seq = query.shape[1]
         valid = None
@@ -65,14 +57,7 @@ class HunyuanVideo15RadialProcessor(RadialProcessor):
             out = torch.where(valid[:, :, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
         hidden_states = out.flatten(2, 3).to(query.dtype)
 
-        if encoder_hidden_states is not None:
-            hidden_states, encoder_hidden_states = hidden_states[:, :video_tokens], hidden_states[:, video_tokens:]
-            if getattr(attn, "to_out", None) is not None:
-                hidden_states = attn.to_out[0](hidden_states)
-                hidden_states = attn.to_out[1](hidden_states)
-            if getattr(attn, "to_add_out", None) is not None:
-                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        return hidden_states, encoder_hidden_states
+        return project_out(attn, hidden_states, encoder_hidden_states, video_tokens)
 
 
 _HY15 = {
