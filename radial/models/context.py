@@ -232,3 +232,21 @@ class RadialProcessor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer_index}, backend={self.state.config.backend!r})"
+
+
+def project_qkv(attn, states: torch.Tensor, added: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key, value [B, S, heads, head_dim] of a diffusers Attention, QK-normed where the block has the norms.
+
+    `added` takes the text-stream projections of joint-attention blocks (add_q_proj, ..., norm_added_q / _k).
+    """
+    if added:
+        projections = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+        norm_q, norm_k = attn.norm_added_q, attn.norm_added_k
+    else:
+        projections, norm_q, norm_k = (attn.to_q, attn.to_k, attn.to_v), attn.norm_q, attn.norm_k
+    query, key, value = (proj(states).unflatten(2, (attn.heads, -1)) for proj in projections)
+    if norm_q is not None:
+        query = norm_q(query)
+    if norm_k is not None:
+        key = norm_k(key)
+    return query, key, value

@@ -18,7 +18,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from radial.comfy import ComfyRule, fused
 from radial.models.base import ModelAdapter, register
-from radial.models.context import RadialProcessor
+from radial.models.context import RadialProcessor, project_qkv
 
 
 def key_padding_from_attention_mask(attention_mask: torch.Tensor | None, batch: int, seq_len: int):
@@ -41,13 +41,7 @@ def append_text_stream(
     attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, encoder_hidden_states: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Project the text stream with the added (double-stream) projections and append it after the video tokens."""
-    encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-    encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-    encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-    if attn.norm_added_q is not None:
-        encoder_query = attn.norm_added_q(encoder_query)
-    if attn.norm_added_k is not None:
-        encoder_key = attn.norm_added_k(encoder_key)
+    encoder_query, encoder_key, encoder_value = project_qkv(attn, encoder_hidden_states, added=True)
     query = torch.cat([query, encoder_query], dim=1)
     key = torch.cat([key, encoder_key], dim=1)
     value = torch.cat([value, encoder_value], dim=1)
@@ -85,13 +79,7 @@ class HunyuanVideoRadialProcessor(RadialProcessor):
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)  # single-stream block
 
         # 1. QKV projections, 2. QK norm
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = project_qkv(attn, hidden_states)
 
         # 3. Rotary embedding on the video tokens only
         if image_rotary_emb is not None:

@@ -18,7 +18,7 @@ import torch
 
 from radial.comfy import ComfyRule, fused
 from radial.models.base import ModelAdapter, register
-from radial.models.context import RadialProcessor
+from radial.models.context import RadialProcessor, project_qkv
 
 
 def _mochi_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -51,21 +51,8 @@ class MochiRadialProcessor(RadialProcessor):
         attention_mask: torch.Tensor | None,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
-        encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_added_q is not None:
-            encoder_query = attn.norm_added_q(encoder_query)
-        if attn.norm_added_k is not None:
-            encoder_key = attn.norm_added_k(encoder_key)
+        query, key, value = project_qkv(attn, hidden_states)
+        encoder_query, encoder_key, encoder_value = project_qkv(attn, encoder_hidden_states, added=True)
 
         if image_rotary_emb is not None:
             query = _mochi_rotary(query, *image_rotary_emb)
