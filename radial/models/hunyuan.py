@@ -226,7 +226,8 @@ class HunyuanVideoAdapter(ModelAdapter):
         if mask is None:
             mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
         guidance = None
-        if transformer.config.guidance_embeds:
+        base = getattr(transformer, "module", transformer)  # DDP and DeepSpeed wrap the model (no `.config`)
+        if base.config.guidance_embeds:
             g = torch.as_tensor(conditions.get("guidance", 1.0), device=latents.device, dtype=torch.float32)
             guidance = (g.expand(latents.shape[0]) * 1000.0).to(latents.dtype)
         return transformer(
