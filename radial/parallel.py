@@ -10,20 +10,31 @@ A forward on the P ranks of a group (each holds the same full sample):
 
 1. radial.inject's forward pre-hook records the latent grid of the full latents, so every plan is built for the
    full sequence (the key padding mask is also gathered to full length).
-2. diffusers' context-parallel hooks, driven by the model class's own `_cp_plan`, split the sequence: the hidden
-   states entering the first block are cut into P equal contiguous chunks (rank r holds tokens [r*n/P, (r+1)*n/P)),
-   the rotary tables are cut the same way (every token keeps its global position), per-token timesteps too
-   (Wan2.2 TI2V), and the output of `proj_out` is all-gathered, so every rank gets the full prediction.
+2. diffusers' context-parallel hooks, driven by a context-parallel plan (`_cp_plan` format; the adapter's
+   `context_parallel_plan`: the class's own for Wan, ours for HunyuanVideo), split the sequence: the video tokens
+   (Wan: the hidden states entering the first block; HunyuanVideo: the patch embedding's output) are cut into P
+   equal contiguous chunks (rank r holds tokens [r*n/P, (r+1)*n/P)), the rotary tables are cut the same way (every
+   token keeps its global position), per-token timesteps too (Wan2.2 TI2V), and the output of `proj_out` is
+   all-gathered, so every rank gets the full prediction.
 3. Each radial attention call: one all-to-all turns q, k, v [B, S/P, H, D] (split over the sequence) into
    [B, S, H/P, D] (split over heads); the local heads attend over the full sequence with the full-sequence plan
-   (the radial mask is the same for every head); a second all-to-all turns the output back. With joint attention
-   (text tokens in the same call), each rank's chunk is its video share then its text share, and the exchange
-   re-orders the gathered sequence to all video tokens, then all text tokens, as the plan expects.
+   (the radial mask is the same for every head); a second all-to-all turns the output back. Joint attention
+   (text tokens in the same call, after the video tokens) comes in two layouts, the adapter's `sp_text`:
+   - "split": each rank's chunk is its video share then its text share, and the exchange re-orders the gathered
+     sequence to all video tokens, then all text tokens, as the plan expects;
+   - "replicated" (HunyuanVideo): every rank holds the whole text stream (its double-stream `encoder_hidden_states`
+     and the text part of its single-stream blocks) and only the video is split. Each rank appends its own heads of
+     the text q, k, v (a slice, no communication) after the gathered video; the text output of its heads rides
+     along in the return all-to-all to every rank, so each gets the whole text output for all heads. Backward, the
+     copies' gradients are summed back on the rank that owns the heads (a reduce-scatter inside the all-to-all).
+   The key padding mask (text padding) is rebuilt for the full sequence.
 4. Everything else (norms, MLPs, Wan's cross-attention: local queries over the full, unsplit text) is per token.
 
 Gradients: every rank of a group computes the same loss on the gathered prediction; the gather's backward keeps
 each rank's own chunk, and the all-to-alls route gradients back to the rank that owns each token, so the LoRA
-gradients of the P ranks of a group sum to the full-sample gradient. Data-parallel wrappers (DDP, DeepSpeed, FSDP)
+gradients of the P ranks of a group sum to the full-sample gradient. A replicated text stream runs the same forward
+on every rank and its gradient is spread over them (each rank's holds the part that flows from its heads and its
+video tokens), so its LoRA gradients also sum to the full-sample gradient. Data-parallel wrappers (DDP, DeepSpeed, FSDP)
 average gradients over all world ranks, not over groups; scaling the loss by `SequenceParallel.loss_scale` (= P)
 before backward makes that average the mean over data-parallel groups, the gradient that sp=1 training on the same
 samples gives. Ranks of a group must draw the same noise and timesteps (seed them by data-parallel rank).
@@ -40,8 +51,10 @@ model and how to cut the rotary embedding. The attention exchange is ours (the f
   text would need an extra re-ordering copy of q, k and v.
 One all-to-all carries q, k and v together (one launch instead of three).
 
-Supported families: those whose diffusers class has a `_cp_plan` (Wan2.1, Wan2.2 A14B and TI2V-5B). HunyuanVideo and
-Mochi have none in diffusers (their forward builds a full-length joint mask); `enable` refuses them clearly.
+Supported families: Wan2.1, Wan2.2 A14B and TI2V-5B (diffusers' `_cp_plan`) and HunyuanVideo T2V (our plan in
+radial.models.hunyuan; its forward builds the key mask from the local video count and the whole text, which is the
+local layout of the replicated-text exchange). Mochi and HunyuanVideo-1.5 have no plan yet; `enable` refuses them
+clearly.
 """
 
 from __future__ import annotations
@@ -176,6 +189,20 @@ def heads_to_sequence(out: torch.Tensor, video_tokens: int, sp: SequenceParallel
     return recv.permute(1, 2, 0, 3, 4).reshape(b, s, p * h, d)
 
 
+def heads_to_sequence_replicated_text(out: torch.Tensor, video_tokens: int, sp: SequenceParallel) -> torch.Tensor:
+    """[B, V + T, H/P, D] (all tokens, this rank's heads) -> [B, V/P + T, H, D] (this rank's video, all the text).
+
+    Every rank is sent the whole text for our heads (the same copy P times, so backward sums the P gradients).
+    """
+    p = sp.degree
+    b, s, h, d = out.shape
+    video_local = video_tokens // p
+    video = out[:, :video_tokens].reshape(b, p, video_local, h, d).transpose(0, 1)
+    text = out[:, video_tokens:].unsqueeze(0).expand(p, -1, -1, -1, -1)
+    recv = all_to_all(torch.cat([video, text], dim=2), sp.group)  # chunk p = our video + all text, rank p's heads
+    return recv.permute(1, 2, 0, 3, 4).reshape(b, video_local + s - video_tokens, p * h, d)
+
+
 def gather_key_padding(mask: torch.Tensor, video_local: int, sp: SequenceParallel) -> torch.Tensor:
     """This rank's [B, S/P] key padding mask -> the full [B, S] mask in the gathered order (video, then text)."""
     local = mask.to(torch.uint8).contiguous()
@@ -185,13 +212,19 @@ def gather_key_padding(mask: torch.Tensor, video_local: int, sp: SequenceParalle
 
 
 class UlyssesAttention:
-    """Wraps an `InjectionState.attend`: exchange to full sequence / local heads, attend, exchange back."""
+    """Wraps an `InjectionState.attend`: exchange to full sequence / local heads, attend, exchange back.
 
-    def __init__(self, inner: Callable[..., torch.Tensor], sp: SequenceParallel):
+    `replicated_text`: the tokens after `video_tokens` are the whole text on every rank (not this rank's share).
+    """
+
+    def __init__(self, inner: Callable[..., torch.Tensor], sp: SequenceParallel, replicated_text: bool = False):
         self.inner = inner
         self.sp = sp
+        self.replicated_text = replicated_text
 
     def __call__(self, layer_index, query, key, value, *, video_tokens: int, key_padding_mask=None) -> torch.Tensor:
+        if self.replicated_text:
+            return self._replicated_text(layer_index, query, key, value, video_tokens, key_padding_mask)
         p = self.sp.degree
         q, k, v = sequence_to_heads((query, key, value), video_tokens, self.sp)
         if key_padding_mask is not None:
@@ -199,16 +232,35 @@ class UlyssesAttention:
         out = self.inner(layer_index, q, k, v, video_tokens=video_tokens * p, key_padding_mask=key_padding_mask)
         return heads_to_sequence(out, video_tokens * p, self.sp)
 
+    def _replicated_text(self, layer_index, query, key, value, video_tokens: int, key_padding_mask) -> torch.Tensor:
+        p, vl = self.sp.degree, video_tokens
+        qkv = (query, key, value)
+        video = sequence_to_heads(tuple(t[:, :vl] for t in qkv), vl, self.sp)  # checks that P divides the heads
+        local = query.shape[2] // p
+        heads = slice(self.sp.rank * local, (self.sp.rank + 1) * local)
+        q, k, v = (torch.cat([t, full[:, vl:, heads]], dim=1) for t, full in zip(video, qkv, strict=True))
+        if key_padding_mask is not None:
+            gathered = gather_key_padding(key_padding_mask[:, :vl], vl, self.sp)
+            key_padding_mask = torch.cat([gathered, key_padding_mask[:, vl:].bool()], dim=1)
+        out = self.inner(layer_index, q, k, v, video_tokens=vl * p, key_padding_mask=key_padding_mask)
+        return heads_to_sequence_replicated_text(out, vl * p, self.sp)
+
 
 # -- enabling it on an injected transformer --------------------------------------------------------------------
-def context_parallel_plan(transformer: torch.nn.Module) -> dict:
-    """The diffusers `_cp_plan` of the transformer's class; NotImplementedError naming the key when it has none."""
-    plan = getattr(type(transformer), "_cp_plan", None)
+def context_parallel_plan(transformer: torch.nn.Module, adapter=None) -> dict:
+    """The context-parallel plan of the transformer's family adapter (default: detected from the class);
+    NotImplementedError naming the key when it has none."""
+    if adapter is None:
+        from radial.models import detect_adapter
+
+        adapter = detect_adapter(transformer)
+    plan = adapter.context_parallel_plan(transformer)
     if not plan:
         raise NotImplementedError(
-            f"{SP_KEY} > 1 needs a context-parallel plan for {type(transformer).__name__}; diffusers declares one "
-            "for WanTransformer3DModel (families wan, wan22, wan22_ti2v) but not for this class. Train it with "
-            f"{SP_KEY}=1 (data parallel, DeepSpeed ZeRO or FSDP shard the rest)"
+            f"{SP_KEY} > 1 needs a context-parallel plan for {type(transformer).__name__}; there is one for "
+            "WanTransformer3DModel (families wan, wan22, wan22_ti2v: diffusers' own) and "
+            "HunyuanVideoTransformer3DModel (family hunyuan: radial.models.hunyuan), not for this class. Train it "
+            f"with {SP_KEY}=1 (data parallel, DeepSpeed ZeRO or FSDP shard the rest)"
         )
     return plan
 
@@ -223,7 +275,7 @@ class SequenceParallelHandle:
         transformer, state = handle.transformer, handle.state
         self._check = transformer.register_forward_pre_hook(self._check_tokens, with_kwargs=True)
         apply_context_parallel(transformer, sp.cp_config, plan)
-        self._attend = UlyssesAttention(state.attend, sp)
+        self._attend = UlyssesAttention(state.attend, sp, replicated_text=handle.adapter.sp_text == "replicated")
         state.attend = self._attend  # instance attribute: the processors call state.attend
         self.active = True
 
@@ -255,10 +307,10 @@ class SequenceParallelHandle:
 def enable(handle, sp: SequenceParallel, plan: dict | None = None) -> SequenceParallelHandle:
     """Ulysses sequence parallelism on the transformer of a `radial.inject` handle (before any DDP/FSDP wrap).
 
-    `plan` defaults to the class's diffusers `_cp_plan`. Checks that the group size divides the heads.
+    `plan` defaults to the adapter's context-parallel plan. Checks that the group size divides the heads.
     """
     transformer = handle.transformer
-    plan = context_parallel_plan(transformer) if plan is None else plan
+    plan = context_parallel_plan(transformer, handle.adapter) if plan is None else plan
     for attn in handle.adapter.attention_layers(transformer):
         if attn.heads % sp.degree:
             raise ValueError(

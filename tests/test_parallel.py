@@ -1,5 +1,5 @@
 """Ulysses sequence parallelism on CPU (2 processes, gloo): the exchange keeps text after video, and sp=2 gives
-the loss and LoRA gradients of sp=1 on the tiny Wan model.
+the loss and LoRA gradients of sp=1 on the tiny Wan and the tiny HunyuanVideo (padded text, replicated text stream).
 
 The multi-process checks run this file as a worker under `torchrun --standalone` (a free port, a timeout, no
 stdin); the worker writes its comparisons to a JSON file that the test reads.
@@ -78,9 +78,13 @@ def test_unsupported_family_and_heads_are_named():
     sp = SimpleNamespace(degree=4)  # the tiny Wan has 2 heads
     with pytest.raises(ValueError, match=r"parallel.sp_degree=4 must divide the number of attention heads \(2\)"):
         enable(handle, sp)
-    hunyuan = get_adapter("hunyuan").build_tiny()
+    assert "x_embedder" in context_parallel_plan(get_adapter("hunyuan").build_tiny())  # ours: video split only
+    mochi = get_adapter("mochi").build_tiny()
     with pytest.raises(NotImplementedError, match="parallel.sp_degree > 1 needs a context-parallel plan"):
-        context_parallel_plan(hunyuan)
+        context_parallel_plan(mochi)
+    i2v = get_adapter("hunyuan").build_tiny(image_condition_type="token_replace")
+    with pytest.raises(NotImplementedError, match="parallel.sp_degree > 1 does not support .*token_replace"):
+        context_parallel_plan(i2v)
 
 
 # -- the 2-process checks ---------------------------------------------------------------------------------------
@@ -103,7 +107,24 @@ def test_sp2_equals_sp1_on_tiny_wan(sp_results):
     r = sp_results["wan"]
     assert r["pred"] < 1e-5 and r["loss"] < 1e-6, r
     assert r["grad_rel"] < 1e-5 and r["grad_norm"] > 0, r
-    assert r["lora_grads"] > 0 and r["diffusers_hooks_removed"], r
+    assert r["lora_grads"] > 0 and r["split"] and r["diffusers_hooks_removed"], r
+
+
+def test_exchange_with_replicated_text(sp_results):
+    """Video split, the whole (padded) text on every rank: equals the full call, values and grads (summed)."""
+    r = sp_results["exchange_replicated"]
+    assert r["out"] < 1e-5 and r["grads"] < 1e-5, r
+
+
+@pytest.mark.slow
+def test_sp2_equals_sp1_on_tiny_hunyuan(sp_results):
+    """The tiny HunyuanVideo (double- and single-stream blocks, padded text of odd length, LoRA on the video and the
+    text projections, two samples): same prediction, loss and LoRA gradients at sp=2 as at sp=1."""
+    r = sp_results["hunyuan"]
+    assert r["pred"] < 1e-5 and r["loss"] < 1e-6, r
+    assert r["grad_rel"] < 1e-5 and r["grad_norm"] > 0, r
+    assert r["lora_grads"] > 0 and r["split"] and r["diffusers_hooks_removed"], r
+    assert r["text_lora_grad_rel"] < 1e-5, r  # the replicated text stream's LoRA: partial gradients sum right
 
 
 # -- worker (run under torchrun) --------------------------------------------------------------------------------
@@ -146,21 +167,66 @@ def _exchange_check(sp) -> dict:
     return {"out": _max_diff(got, local(want)), "grads": grads}
 
 
-def _wan_check(sp) -> dict:
+def _replicated_exchange_check(sp) -> dict:
+    """As `_exchange_check`, but every rank holds the whole text (HunyuanVideo's layout): [video_r, all text]."""
+    from radial.attention import radial_attention
+    from radial.parallel import UlyssesAttention
+    from radial.plan import make_plan
+
+    p, rank = sp.degree, sp.rank
+    frames, per_frame, text = 6, 8, 5  # video tokens 48 split in 2; 5 text tokens, not split
+    b, h, d = 2, 4, 8
+    nv, s = frames * per_frame, frames * per_frame + text
+    plan = make_plan(frames, per_frame, text_tokens=text, block_size=16, model="hunyuan")
+    g = torch.Generator().manual_seed(0)
+    q, k, v, w = (torch.randn(b, s, h, d, generator=g) for _ in range(4))
+    padding = torch.ones(b, s, dtype=torch.bool)
+    padding[1, -3:] = False
+    full = [t.clone().requires_grad_() for t in (q, k, v)]
+    want = radial_attention(*full, plan, backend="reference", key_padding_mask=padding)
+    (want * w).sum().backward()
+    vl = nv // p
+
+    def local(t):  # this rank's video share, then the whole text
+        return torch.cat([t[:, rank * vl : (rank + 1) * vl], t[:, nv:]], dim=1)
+
+    mine = [local(t).clone().requires_grad_() for t in (q, k, v)]
+
+    def inner(layer, q_, k_, v_, *, video_tokens, key_padding_mask):
+        assert video_tokens == nv and q_.shape == (b, s, h // p, d)
+        assert torch.equal(key_padding_mask, padding)
+        return radial_attention(q_, k_, v_, plan, backend="reference", key_padding_mask=key_padding_mask)
+
+    attention = UlyssesAttention(inner, sp, replicated_text=True)
+    got = attention(0, *mine, video_tokens=vl, key_padding_mask=local(padding))
+    # Every rank weighs the replicated text output by w / P: the ranks' losses sum to the full loss.
+    weight = torch.cat([local(w)[:, :vl], local(w)[:, vl:] / p], dim=1)
+    (got * weight).sum().backward()
+    grads = 0.0
+    for m, f in zip(mine, full, strict=True):
+        text_grad = m.grad[:, vl:].clone()
+        torch.distributed.all_reduce(text_grad, group=sp.group)  # the text gradient is spread over the ranks
+        grads = max(grads, _max_diff(m.grad[:, :vl], local(f.grad)[:, :vl]), _max_diff(text_grad, f.grad[:, nv:]))
+    return {"out": _max_diff(got, local(want)), "grads": grads}
+
+
+def _family_check(sp, family: str) -> dict:
+    """sp=1 vs sp=2 on a tiny model of `family` with radial attention and LoRA: prediction, loss, LoRA gradients."""
     import radial
     from radial.lora import attach_lora
     from radial.models import get_adapter
     from radial.parallel import enable
     from train.flow import flow_loss
 
-    adapter = get_adapter("wan")
+    adapter = get_adapter(family)
+    text_lora = family == "hunyuan"  # also the text stream's projections (replicated on every rank)
 
     def build():
         transformer = adapter.build_tiny(seed=0)
         handle = radial.inject(transformer, backend="reference", block_size=16, dense_layers=0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
-            attach_lora(transformer, rank=4, alpha=4, target_modules=adapter.lora_target_modules())
+            attach_lora(transformer, rank=4, alpha=4, target_modules=adapter.lora_target_modules(text=text_lora))
             for name, param in transformer.named_parameters():
                 if "lora_B" in name:  # PEFT starts B at zero, which would leave A without gradient
                     param.data.normal_(0.0, 0.1)
@@ -168,14 +234,19 @@ def _wan_check(sp) -> dict:
         return transformer.train(), handle
 
     g = torch.Generator().manual_seed(2)
-    latents = torch.randn(1, 16, 9, 8, 8, generator=g)  # 9 latent frames x 16 tokens = 144 tokens, 72 per rank
+    if family == "hunyuan":  # two samples, text of 7 tokens (odd: not split), the second padded after 4
+        latents = torch.randn(2, 16, 5, 8, 8, generator=g)  # 5 latent frames x 16 tokens = 80 tokens, 40 per rank
+        conds = adapter.make_dummy_conditions(adapter.build_tiny(seed=0), 2, 7, seed=3, valid_text=[7, 4])
+        t = torch.tensor([400.0, 700.0])
+    else:
+        latents = torch.randn(1, 16, 9, 8, 8, generator=g)  # 9 latent frames x 16 tokens = 144 tokens, 72 per rank
+        conds = {"prompt_embeds": torch.randn(1, 12, 32, generator=g)}
+        t = torch.tensor([400.0])
     target = torch.randn(latents.shape, generator=g)
-    conds = {"prompt_embeds": torch.randn(1, 12, 32, generator=g)}
-    t = torch.tensor([400.0])
 
     def run(transformer):
         pred = adapter.predict(transformer, latents, t, conds)
-        loss = flow_loss(pred, target, torch.ones(1))
+        loss = flow_loss(pred, target, torch.ones(latents.shape[0]))
         loss.backward()
         grads = {n: p.grad.clone() for n, p in transformer.named_parameters() if p.requires_grad}
         return pred.detach(), loss.detach(), grads
@@ -185,21 +256,40 @@ def _wan_check(sp) -> dict:
 
     model, handle = build()
     sp_handle = enable(handle, sp)
+    seen = []  # the video tokens entering the first radial attention layer: this rank's share
+
+    def record(module, args, kwargs):
+        seen.append(kwargs.get("hidden_states", args[0] if args else None).shape[1])
+
+    hook = adapter.attention_layers(model)[0].register_forward_pre_hook(record, with_kwargs=True)
     pred2, loss2, grads2 = run(model)
+    hook.remove()
     for grad in grads2.values():  # each rank holds its tokens' share: the group's sum is the full gradient
         torch.distributed.all_reduce(grad, group=sp.group)
-    num = sum((grads2[n] - grads1[n]).pow(2).sum() for n in grads1).sqrt()
-    den = sum(g1.pow(2).sum() for g1 in grads1.values()).sqrt()
+
+    def rel(names):
+        num = sum((grads2[n] - grads1[n]).pow(2).sum() for n in names).sqrt()
+        den = sum(grads1[n].pow(2).sum() for n in names).sqrt()
+        return (num / den).item(), den.item()
+
+    grad_rel, grad_norm = rel(list(grads1))
     sp_handle.remove()
     pred3 = adapter.predict(model, latents, t, conds).detach()  # hooks gone: the plain model again
-    return {
+    result = {
         "pred": _max_diff(pred1, pred2),
         "loss": abs(loss1.item() - loss2.item()),
-        "grad_rel": (num / den).item(),
-        "grad_norm": den.item(),
+        "grad_rel": grad_rel,
+        "grad_norm": grad_norm,
         "lora_grads": len(grads1),
-        "diffusers_hooks_removed": pred3.shape == pred1.shape and "attend" not in handle.state.__dict__,
+        "split": seen[0] * sp.degree == latents[0, 0].numel() // 4,  # patch 1x2x2: a quarter of the latent sites
+        "diffusers_hooks_removed": _max_diff(pred3, pred1) < 1e-5 and "attend" not in handle.state.__dict__,
     }
+    if text_lora:
+        text_modules = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+        text = [n for n in grads1 if any(f".{m}." in n for m in text_modules)]
+        assert text, sorted(grads1)
+        result["text_lora_grad_rel"] = rel(text)[0]
+    return result
 
 
 def _worker(out: str) -> None:
@@ -210,7 +300,12 @@ def _worker(out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=timedelta(seconds=90))
     sp = init_sequence_parallel(2, "cpu")
-    results = {"exchange": _exchange_check(sp), "wan": _wan_check(sp)}
+    results = {
+        "exchange": _exchange_check(sp),
+        "exchange_replicated": _replicated_exchange_check(sp),
+        "wan": _family_check(sp, "wan"),
+        "hunyuan": _family_check(sp, "hunyuan"),
+    }
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:  # the worst of both ranks

@@ -107,6 +107,16 @@ class ModelAdapter:
         """(temporal, height, width) patch of the transformer's patch embedding."""
         raise NotImplementedError
 
+    # -- sequence parallelism (used by radial.parallel) ------------------------------------------------------------
+    # How the ranks of a group hold the text tokens of joint attention: "split" (each rank its share, like the
+    # video tokens) or "replicated" (every rank the whole text stream; only the video tokens are split).
+    sp_text: ClassVar[str] = "split"
+
+    def context_parallel_plan(self, transformer: nn.Module) -> dict | None:
+        """The diffusers context-parallel plan (`_cp_plan` format) that splits and gathers the sequence; None when
+        the family has none (sequence parallelism is then refused). Default: the class's own `_cp_plan`."""
+        return getattr(type(transformer), "_cp_plan", None) or None
+
     def latent_grid(self, transformer: nn.Module, hidden_states: torch.Tensor) -> LatentGrid:
         """The token grid of latents [B, C, F, H, W]; ValueError naming `hidden_states` when the patch does not fit."""
         if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 5:

@@ -188,6 +188,28 @@ class HunyuanVideoAdapter(ModelAdapter):
         cfg = transformer.config
         return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
 
+    # Sequence parallelism: only the video tokens are split; the text stream (`encoder_hidden_states`, 256 tokens
+    # against 100k-460k video tokens) stays whole on every rank, so the text length needs no divisibility.
+    sp_text = "replicated"
+
+    def context_parallel_plan(self, transformer) -> dict:
+        """Split the patch-embedded video tokens and the rotary tables, gather at `proj_out` (diffusers has no plan
+        for this class). The forward builds its key mask from the local token count: [local video, whole text]."""
+        if getattr(transformer.config, "image_condition_type", None) == "token_replace":
+            raise NotImplementedError(
+                "parallel.sp_degree > 1 does not support HunyuanVideo with image_condition_type='token_replace' "
+                "(its blocks treat the first frame's tokens apart, which one rank's share of the tokens breaks); "
+                "train it with parallel.sp_degree=1"
+            )
+        from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+        rotary = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)  # cos, sin: [S, D/2]
+        return {
+            "rope": {0: rotary, 1: rotary},
+            "x_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},  # [B, S, C]
+            "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+        }
+
     def _lora_alternatives(self, projections: list[str], text: bool) -> list[str]:
         alts = [rf"transformer_blocks\.\d+\.attn\.{self._lora_video[p]}" for p in projections]
         # Single-stream blocks project video and text together with to_q/k/v; their output goes through proj_out
