@@ -3,7 +3,7 @@
 - DDP (parallel.sp_degree=1): the run completes, and its per-step losses equal a one-process emulation of data
   parallelism (each rank's batch and noise, gradients averaged) step after step.
 - Ulysses (parallel.sp_degree=2): both ranks train one sample together; the loss trajectory equals the
-  one-process run of the same config.
+  one-process run of the same config (tiny Wan, and tiny HunyuanVideo with its replicated text stream).
 """
 
 from __future__ import annotations
@@ -34,12 +34,22 @@ def data_root(tmp_path_factory):
     return root
 
 
-def _overrides(out, data_root, *extra, steps=STEPS) -> list[str]:
-    return [*tiny_overrides(out, data_root, steps=steps), "train.checkpoint_every=0", "train.keep_last=1", *extra]
+@pytest.fixture(scope="module")
+def hunyuan_data_root(tmp_path_factory):
+    """Synthetic tiny-HunyuanVideo latents (its own text embeddings), prepared once by a short one-process run."""
+    root = tmp_path_factory.mktemp("data_hunyuan")
+    out = tmp_path_factory.mktemp("prep_hunyuan")
+    Trainer(validate(compose_config(_overrides(out, root, steps=1, model="tiny_hunyuan"))))
+    return root
 
 
-def _launch(out, data_root, *extra) -> list[float]:
-    args = ["train/lora.py", *_overrides(out, data_root, *extra)]
+def _overrides(out, data_root, *extra, steps=STEPS, model="tiny_wan") -> list[str]:
+    base = tiny_overrides(out, data_root, model=model, steps=steps)
+    return [*base, "train.checkpoint_every=0", "train.keep_last=1", *extra]
+
+
+def _launch(out, data_root, *extra, model="tiny_wan") -> list[float]:
+    args = ["train/lora.py", *_overrides(out, data_root, *extra, model=model)]
     torchrun(args, timeout=180)
     return [loss for _, loss in json.loads((out / "run_summary.json").read_text())["losses"]]
 
@@ -79,9 +89,11 @@ def test_ddp_two_processes_match_one_process_emulation(tmp_path, data_root):
     assert len(set(want)) == STEPS  # the steps differ: the comparison follows a real trajectory
 
 
-def test_sp2_two_processes_match_one_process_run(tmp_path, data_root):
-    got = _launch(tmp_path / "sp2", data_root, "parallel=sp2")
-    trainer = Trainer(validate(compose_config(_overrides(tmp_path / "one", data_root))))
+@pytest.mark.parametrize("model", ["tiny_wan", "tiny_hunyuan"])
+def test_sp2_two_processes_match_one_process_run(tmp_path, request, model):
+    data_root = request.getfixturevalue("data_root" if model == "tiny_wan" else "hunyuan_data_root")
+    got = _launch(tmp_path / "sp2", data_root, "parallel=sp2", model=model)
+    trainer = Trainer(validate(compose_config(_overrides(tmp_path / "one", data_root, model=model))))
     trainer.fit()
     want = [loss for _, loss in trainer.state.losses]
     assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
