@@ -5,6 +5,7 @@ q/k/v/o, gradient checkpointing, fp32 LoRA parameters), Accelerate bf16 autocast
 backward, AdamW step. Full-size architectures with random weights (speed does not depend on weight values).
 
     python benchmarks/train_step.py --out $OUT [--cases wan1x wan2x wan4x hun4x] [--steps 2]
+    torchrun --standalone --nproc_per_node 2 benchmarks/train_step.py --sp 2 --cases hun4x --out $OUT/sp2
 
 HunyuanVideo-13B cases build `--hun-double` double-stream and `--hun-single` single-stream blocks (the real model
 has 20 + 40); the table reports them as measured and the per-layer scaling is stated beside it.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,22 +60,25 @@ def _config(family: str, backend: str, dense_layers: int, save_attention: bool):
     )
 
 
-def _build(case: str, backend: str, args) -> tuple:
+def _build(case: str, backend: str, args, device) -> tuple:
     from radial.models import get_adapter
     from train.components import build_model
 
     family, frames, h, w = CASES[case]
     cfg = _config(family, backend, args.dense_layers if backend != "dense" else 0, args.save_attention)
     adapter = get_adapter(family)
-    device = torch.device(args.device)
+    device = torch.device(device)
     if args.smoke:  # CPU check of this script: tiny model, tiny latents, the same code path
         transformer = adapter.build_tiny(device=device)
         frames, h, w = 3, 8, 8
     else:
         overrides = {"num_layers": args.hun_double, "num_single_layers": args.hun_single} if family == "hunyuan" else {}
         transformer = adapter.build_full(dtype=torch.bfloat16, device=device, **overrides)
-    parts = build_model(cfg, device, transformer=transformer)
-    latents = torch.randn(1, adapter.latent_channels(transformer), frames, h, w, device=device)
+    with torch.random.fork_rng(devices=[]):  # the same LoRA initialisation on every rank (sequence parallelism)
+        torch.manual_seed(0)
+        parts = build_model(cfg, device, transformer=transformer)
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, adapter.latent_channels(transformer), frames, h, w, generator=gen).to(device)
     conds = adapter.make_dummy_conditions(transformer, 1, latent_shape=latents.shape)
     return cfg, parts, latents, conds
 
@@ -112,12 +117,19 @@ def _attention_share(prof) -> tuple[float, float]:
 def run_case(case: str, backend: str, args) -> dict:
     from accelerate import Accelerator
 
+    from radial.parallel import enable as enable_sequence_parallel
+    from radial.parallel import init_sequence_parallel
     from train.flow import FlowMatching
     from train.step import flow_matching_loss
 
     _reset_memory()
-    cfg, parts, latents, conds = _build(case, backend, args)
     acc = Accelerator(mixed_precision="bf16")
+    device = acc.device if acc.num_processes > 1 else torch.device(args.device)
+    cfg, parts, latents, conds = _build(case, backend, args, device)
+    # --sp K: the processes form Ulysses groups of K that train one sample together, as the trainer does.
+    sp = init_sequence_parallel(args.sp, device) if args.sp > 1 else None
+    sp_handle = enable_sequence_parallel(parts.handle, sp) if sp is not None else None
+    loss_scale = sp.loss_scale if sp is not None else 1.0
     params = [p for p in parts.transformer.parameters() if p.requires_grad]
     model, opt = acc.prepare(parts.transformer, torch.optim.AdamW(params, lr=1e-5))
     flow = FlowMatching(shift=cfg.model.flow_shift)
@@ -127,7 +139,7 @@ def run_case(case: str, backend: str, args) -> dict:
         gen = torch.Generator().manual_seed(i)
         with acc.autocast():
             loss = flow_matching_loss(parts.adapter, model, flow, latents, conds, gen, model_dtype)
-        acc.backward(loss)
+        acc.backward(loss * loss_scale)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss)
@@ -154,6 +166,8 @@ def run_case(case: str, backend: str, args) -> dict:
     result = {
         "case": case,
         "backend": backend,
+        "sp": args.sp,
+        "gpus": acc.num_processes,
         "tokens": grid.video_tokens,
         "frames": grid.frames,
         "layers": parts.handle.num_layers,
@@ -166,10 +180,13 @@ def run_case(case: str, backend: str, args) -> dict:
         "density": plan.stats.block_density if plan is not None and backend != "dense" else 1.0,
         "loss": losses[-1],
     }
+    if sp_handle is not None:
+        sp_handle.remove()
     parts.handle.remove()
     acc.free_memory()
     _reset_memory()
-    print(json.dumps(result), flush=True)
+    if acc.is_main_process:
+        print(json.dumps(result), flush=True)
     return result
 
 
@@ -190,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         help="keep attention outputs through checkpointing (train.save_attention, the trainer's default)",
     )
     p.add_argument("--smoke", action="store_true", help="tiny models on --device (a CPU check of the script)")
+    p.add_argument("--sp", type=int, default=1, help="Ulysses group size; launch with torchrun --nproc_per_node K")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -201,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{case} {backend}: out of memory ({err})", flush=True)
                 rows.append({"case": case, "backend": backend, "error": "out of memory"})
                 _reset_memory()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     import triton
 
     meta = {
@@ -229,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     table = "\n".join(lines)
     (args.out / "train_step.md").write_text(
-        f"# LoRA training step, radial vs dense\n\n{meta['card']}, torch {meta['torch']}, triton {meta['triton']}, "
+        f"# LoRA training step, radial vs dense (sp={args.sp})\n\n{meta['card']}, torch {meta['torch']}, triton {meta['triton']}, "
         f"{meta['date']}; args {meta['args']}\n\n{table}\n"
     )
     print(table)
