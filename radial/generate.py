@@ -27,7 +27,6 @@ import torch
 
 from radial.generation.embeds import load_prompt_embeds
 from radial.generation.pipeline import (
-    DEFAULT_TEXT_LEN,
     apply_radial,
     load_loras,
     load_pipeline,
@@ -38,6 +37,7 @@ from radial.generation.pipeline import (
 )
 from radial.generation.run import build_sidecar, generate, save_result
 from radial.generation.settings import ATTENTION_BACKENDS, ClipSpec, LoraSpec, RadialSettings, frames_for_length
+from radial.models import get_adapter
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 DTYPES.update({"fp32": torch.float32, "float32": torch.float32})
@@ -201,7 +201,7 @@ def run(
             "prompt_template": resolve_prompt_template(pipe, text_settings["prompt_template"]),
         }
     base = clip_from_args(args, family, text_settings)
-    text_len = base.max_sequence_length or DEFAULT_TEXT_LEN[family]
+    text_len = base.max_sequence_length or get_adapter(family).text_len
     jobs: list[tuple[str, object]] = [(p, None) for p in (args.prompt or [])]
     for path in args.prompt_embeds or []:
         jobs += [(None, e) for e in load_prompt_embeds(path, text_len=text_len, family=family)]

@@ -48,7 +48,6 @@ def build_tiny_pipeline(
     import diffusers
 
     from data.encoders import load_encoders
-    from radial.generation.pipeline import FAMILY_PIPELINES
     from radial.models import get_adapter
 
     adapter = get_adapter(family)
@@ -61,7 +60,9 @@ def build_tiny_pipeline(
     if not text_encoder:
         components = {k: (None if k.startswith(("text_encoder", "tokenizer")) else v) for k, v in components.items()}
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
-    pipe = getattr(diffusers, FAMILY_PIPELINES[family])(transformer=transformer, scheduler=scheduler, **components)
+    pipe = getattr(diffusers, get_adapter(family).pipeline_class_name)(
+        transformer=transformer, scheduler=scheduler, **components
+    )
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe._radial_text_settings = enc.text_settings()

@@ -114,6 +114,8 @@ class FamilyEncoders:
 
     #: subfolder name -> attribute name, in a diffusers folder (e.g. {"vae": "vae", "text_encoder": ...})
     components: tuple[str, ...] = ()
+    #: the diffusers VAE class of the family (looked up in diffusers when a model is built)
+    vae_class: str = ""
 
     def __init__(self, family: str, source: str, device: torch.device | str = "cpu"):
         self.family = family

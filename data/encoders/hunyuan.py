@@ -35,6 +35,7 @@ def tiny_vae_config() -> dict:
 
 class HunyuanEncoders(FamilyEncoders):
     components = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    vae_class = "AutoencoderKLHunyuanVideo"
 
     def __init__(
         self,

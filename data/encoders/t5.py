@@ -24,7 +24,6 @@ class T5FamilyEncoders(FamilyEncoders):
     components = ("vae", "text_encoder", "tokenizer")
 
     #: class names, looked up in diffusers / transformers only when a model is built (importing them is slow)
-    vae_class: str = ""
     text_encoder_class: str = ""
     text_config_class: str = ""
     #: the diffusers pipeline's default max_sequence_length (text_settings saves only a different one)

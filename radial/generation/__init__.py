@@ -9,8 +9,6 @@ LoRAs, shift), run (generate + measure, sidecar, save), video (frames, mp4).
 
 from radial.generation.embeds import PromptEmbeds, load_prompt_embeds, save_prompt_embeds
 from radial.generation.pipeline import (
-    DEFAULT_TEXT_LEN,
-    FAMILY_PIPELINES,
     apply_radial,
     load_loras,
     load_pipeline,
@@ -22,8 +20,6 @@ from radial.generation.settings import ClipSpec, LoraSpec, RadialSettings, frame
 from radial.generation.video import frame_strip, to_uint8_frames, write_mp4
 
 __all__ = [
-    "DEFAULT_TEXT_LEN",
-    "FAMILY_PIPELINES",
     "ClipSpec",
     "GenerationResult",
     "LoraSpec",

@@ -23,11 +23,7 @@ from radial.generation.settings import LoraSpec, RadialSettings
 #: diffusers pipeline class -> model family (Wan2.2 A14B: a WanPipeline with transformer_2; TI2V: 48 channels).
 #: Text-to-video only: image-conditioned pipelines (Wan I2V) need an image argument the generator does not take yet.
 PIPELINE_FAMILIES = {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan", "MochiPipeline": "mochi"}
-FAMILY_PIPELINES = {"wan": "WanPipeline", "wan22": "WanPipeline", "wan22_ti2v": "WanPipeline"}
-FAMILY_PIPELINES.update({"hunyuan": "HunyuanVideoPipeline", "mochi": "MochiPipeline"})
 TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
-#: the text length each family's pipeline pads prompts to (its __call__ default max_sequence_length)
-DEFAULT_TEXT_LEN = {"wan": 512, "wan22": 512, "wan22_ti2v": 512, "hunyuan": 256, "mochi": 256}
 #: written beside tiny / custom encoders by data.encoders (FamilyEncoders.save_pretrained): text length, template
 TEXT_SETTINGS_FILE = "radial_text_settings.json"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"

@@ -43,9 +43,6 @@ import torch
 from train.config import EvalConfig, check_eval
 from train.flow import flow_loss, noisy_latents
 
-VAE_CLASSES = {"wan": "AutoencoderKLWan", "wan22": "AutoencoderKLWan", "wan22_ti2v": "AutoencoderKLWan"}
-VAE_CLASSES.update({"hunyuan": "AutoencoderKLHunyuanVideo", "mochi": "AutoencoderKLMochi"})
-
 
 def eval_settings(ev: Any) -> EvalConfig:
     """The validator's settings: `cfg.eval` as a checked EvalConfig (a DictConfig, mapping or object with its keys
@@ -223,11 +220,11 @@ class Validator:
         return self.trainer.accelerator.unwrap_model(self.trainer.model)
 
     def _text_len(self) -> int:
-        from radial.generation import DEFAULT_TEXT_LEN
+        from radial.models import get_adapter
 
         fields = getattr(self.heldout_dataset(), "text_fields", {})
         seq = fields.get("prompt_embeds")
-        return seq.max_len if seq is not None and seq.max_len else DEFAULT_TEXT_LEN[self.family]
+        return seq.max_len if seq is not None and seq.max_len else get_adapter(self.family).text_len
 
     def _encoders(self):
         if self._enc is None:
@@ -309,7 +306,8 @@ class Validator:
             return self._pipe
         import diffusers
 
-        from radial.generation import FAMILY_PIPELINES
+        from data.encoders import encoder_class
+        from radial.models import get_adapter
 
         cfg, s = self.trainer.cfg, self.settings
         device = self.trainer.accelerator.device
@@ -318,7 +316,7 @@ class Validator:
             vae = self._encoders().vae
         else:
             root = Path(s.vae_path or source or cfg.model.path).expanduser()
-            vae_cls = getattr(diffusers, VAE_CLASSES[self.family])
+            vae_cls = getattr(diffusers, encoder_class(self.family).vae_class)
             vae = vae_cls.from_pretrained(str(root), subfolder="vae" if (root / "vae").is_dir() else None)
         vae = vae.to(device).eval()
         sched_root = Path(str(cfg.model.path)).expanduser() / "scheduler" if cfg.model.path else None
@@ -327,7 +325,7 @@ class Validator:
             scheduler = getattr(diffusers, name).from_pretrained(str(sched_root.parent), subfolder="scheduler")
         else:
             scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=s.sample_shift or cfg.model.flow_shift)
-        cls = getattr(diffusers, FAMILY_PIPELINES[self.family])
+        cls = getattr(diffusers, get_adapter(self.family).pipeline_class_name)
         text = {"text_encoder": None, "tokenizer": None}
         if self.family == "hunyuan":
             text.update(text_encoder_2=None, tokenizer_2=None)
