@@ -2,7 +2,8 @@
 # One device call: install the carried wheels, then run the named steps; logs and results land in $OUT.
 #   bash benchmarks/gpu_run.sh models-tests "train-step wan1x wan2x wan4x" ...
 # Steps: models-tests (tests/gpu/test_models_gpu.py), attention-tests (tests/gpu/test_attention_gpu.py),
-# "train-step CASES..." (benchmarks/train_step.py). Wheels: .whl/ (diffusers, hydra-core, omegaconf, antlr4; the
+# "train-step ARGS..." (benchmarks/train_step.py ARGS, results in $OUT/step1), "train-step-sp K ARGS..." (the same
+# under torchrun on K GPUs with --sp K, results in $OUT/stepK). Wheels: .whl/ (diffusers, hydra-core, omegaconf, antlr4; the
 # GPU image has torch, triton, accelerate, peft, transformers, safetensors).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -19,12 +20,15 @@ for step in "$@"; do
   case $name in
     models-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_models_gpu.py >"$OUT/models_tests.log" 2>&1 ;;
     attention-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_attention_gpu.py >"$OUT/attention_tests.log" 2>&1 ;;
-    train-step) python3 benchmarks/train_step.py --out "$OUT" --cases "$@" >"$OUT/train_step.log" 2>&1 ;;
+    train-step) python3 benchmarks/train_step.py --out "$OUT/step1" "$@" >"$OUT/train_step.log" 2>&1 ;;
+    train-step-sp) k=$1; shift
+      torchrun --standalone --nproc_per_node "$k" benchmarks/train_step.py --sp "$k" --out "$OUT/step$k" "$@" \
+        >"$OUT/train_step_sp$k.log" 2>&1 ;;
     *) echo "unknown step $name" >"$OUT/error.log"; false ;;
   esac
   rc=$?
   echo "== $name $*: exit $rc"
-  tail -n 25 "$OUT"/*"${name%%-*}"*.log 2>/dev/null | grep -v "^$" | tail -n 25
+  tail -n 25 "$OUT"/*"${name%%-*}"*.log 2>/dev/null | grep -v -e "^$" -e USDT | tail -n 25
   [ $rc = 0 ] || status=1
 done
 exit $status

@@ -219,8 +219,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{case} {backend}: out of memory ({err})", flush=True)
                 rows.append({"case": case, "backend": backend, "error": "out of memory"})
                 _reset_memory()
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
+            if int(os.environ.get("RANK", "0")) == 0:  # after every row, so a run cut short keeps what it measured
+                print(write_results(rows, args), flush=True)
+
+
+def write_results(rows: list[dict], args) -> str:
+    """Write train_step.json and train_step.md under args.out; return the markdown table."""
     import triton
 
     meta = {
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["case"], r["backend"]): r for r in rows}
-    for case in args.cases:
+    for case in dict.fromkeys(r["case"] for r in rows):
         d, r = by.get((case, "dense"), {}), by.get((case, "reference" if args.smoke else "triton"), {})
         if "step_s" not in d or "step_s" not in r:
             lines.append(f"| {case} | | | {d.get('error', '')} | {r.get('error', '')} | | | | | |")
@@ -249,10 +253,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     table = "\n".join(lines)
     (args.out / "train_step.md").write_text(
-        f"# LoRA training step, radial vs dense (sp={args.sp})\n\n{meta['card']}, torch {meta['torch']}, triton {meta['triton']}, "
-        f"{meta['date']}; args {meta['args']}\n\n{table}\n"
+        f"# LoRA training step, radial vs dense (sp={args.sp})\n\n{meta['card']}, torch {meta['torch']}, "
+        f"triton {meta['triton']}, {meta['date']}; args {meta['args']}\n\n{table}\n"
     )
-    print(table)
+    return table
 
 
 if __name__ == "__main__":
