@@ -102,8 +102,10 @@ def _peak_gb() -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if _cuda() else float("nan")
 
 
-def _attention_share(prof) -> tuple[float, float]:
+def _attention_share(prof) -> tuple[float, float, dict[str, float]]:
+    """Attention and total device time (ms) of a profiled step, and the attention kernels' times (which SDPA ran)."""
     total = attn = 0.0
+    kernels: dict[str, float] = {}
     for evt in prof.key_averages():
         t = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0.0)
         if _cuda() and not str(getattr(evt, "device_type", "")).endswith("CUDA"):
@@ -111,7 +113,9 @@ def _attention_share(prof) -> tuple[float, float]:
         total += t
         if any(k in evt.key.lower() for k in ATTENTION_KERNEL_HINTS):
             attn += t
-    return attn / 1e3, total / 1e3  # ms
+            kernels[evt.key[:80]] = kernels.get(evt.key[:80], 0.0) + t / 1e3
+    top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:4])
+    return attn / 1e3, total / 1e3, top
 
 
 def run_case(case: str, backend: str, args) -> dict:
@@ -159,7 +163,7 @@ def run_case(case: str, backend: str, args) -> dict:
     with torch.profiler.profile(activities=[activity]) as prof:
         step(999)
         _sync()
-    attn_ms, total_ms = _attention_share(prof)
+    attn_ms, total_ms, kernels = _attention_share(prof)
     grid = parts.handle.last_grid
     plan = parts.handle.last_plan
     step_s = sorted(times)[len(times) // 2]
@@ -177,6 +181,7 @@ def run_case(case: str, backend: str, args) -> dict:
         "attention_ms": attn_ms,
         "profiled_ms": total_ms,
         "attention_share": attn_ms / total_ms if total_ms else float("nan"),
+        "attention_kernels_ms": kernels,
         "density": plan.stats.block_density if plan is not None and backend != "dense" else 1.0,
         "loss": losses[-1],
     }
