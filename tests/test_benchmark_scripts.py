@@ -32,3 +32,45 @@ def test_train_step_sequence_parallel_smoke(tmp_path):
     assert [r["sp"] for r in two] == [2, 2] and all(r["gpus"] == 2 for r in two)
     for a, b in zip(one, two, strict=True):
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(a["loss"])
+
+
+def _step_file(path, dense_layers, rows):
+    path.write_text(json.dumps({"meta": {"args": {"dense_layers": str(dense_layers)}}, "rows": rows}))
+    return path
+
+
+def test_train_step_scale_recovers_per_block_costs(tmp_path):
+    """Rows made from known overhead / dense-block / radial-block times give those times back and the whole model."""
+    from benchmarks import train_step_scale
+
+    c, d, r = 0.5, 9.0, 2.0
+    one = _step_file(
+        tmp_path / "a.json",
+        0,
+        [
+            {"case": "x", "backend": "dense", "layers": 2, "step_s": c + 2 * d},
+            {"case": "x", "backend": "triton", "layers": 2, "step_s": c + 2 * r},
+            {"case": "y", "backend": "dense", "layers": 2, "step_s": 4.0},
+            {"case": "y", "backend": "triton", "layers": 2, "step_s": 1.0},
+            {"case": "z", "backend": "triton", "error": "out of memory"},
+        ],
+    )
+    two = _step_file(
+        tmp_path / "b.json",
+        2,
+        [
+            {"case": "x", "backend": "dense", "layers": 4, "step_s": c + 4 * d},
+            {"case": "x", "backend": "triton", "layers": 4, "step_s": c + 2 * d + 2 * r},
+        ],
+    )
+    rows = train_step_scale.load_rows([one, two])
+    assert {row["case"] for row in rows} == {"x", "y"}
+    fit = train_step_scale.fit_case([row for row in rows if row["case"] == "x"])
+    assert fit["fitted_overhead"] and abs(fit["overhead_s"] - c) < 1e-9
+    assert abs(fit["dense_block_s"] - d) < 1e-9 and abs(fit["radial_block_s"] - r) < 1e-9
+    whole = train_step_scale.predict(fit, 60, 2)
+    assert abs(whole["speedup"] - (c + 60 * d) / (c + 2 * d + 58 * r)) < 1e-9
+    # Two rows cannot separate the overhead: it is set to zero, not guessed.
+    fit_y = train_step_scale.fit_case([row for row in rows if row["case"] == "y"])
+    assert not fit_y["fitted_overhead"] and fit_y["overhead_s"] == 0.0
+    assert abs(fit_y["dense_block_s"] - 2.0) < 1e-9 and abs(fit_y["radial_block_s"] - 0.5) < 1e-9
