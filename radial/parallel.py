@@ -11,8 +11,8 @@ A forward on the P ranks of a group (each holds the same full sample):
 1. radial.inject's forward pre-hook records the latent grid of the full latents, so every plan is built for the
    full sequence (the key padding mask is also gathered to full length).
 2. diffusers' context-parallel hooks, driven by a context-parallel plan (`_cp_plan` format; the adapter's
-   `context_parallel_plan`: the class's own for Wan, ours for HunyuanVideo), split the sequence: the video tokens
-   (Wan: the hidden states entering the first block; HunyuanVideo: the patch embedding's output) are cut into P
+   `context_parallel_plan`: the class's own for Wan, ours for HunyuanVideo and Mochi), split the sequence: the video
+   tokens (Wan and Mochi: the hidden states entering the first block; HunyuanVideo: the patch embedding's output) are cut into P
    equal contiguous chunks (rank r holds tokens [r*n/P, (r+1)*n/P)), the rotary tables are cut the same way (every
    token keeps its global position), per-token timesteps too (Wan2.2 TI2V), and the output of `proj_out` is
    all-gathered, so every rank gets the full prediction.
@@ -22,8 +22,9 @@ A forward on the P ranks of a group (each holds the same full sample):
    (text tokens in the same call, after the video tokens) comes in two layouts, the adapter's `sp_text`:
    - "split": each rank's chunk is its video share then its text share, and the exchange re-orders the gathered
      sequence to all video tokens, then all text tokens, as the plan expects;
-   - "replicated" (HunyuanVideo): every rank holds the whole text stream (its double-stream `encoder_hidden_states`
-     and the text part of its single-stream blocks) and only the video is split. Each rank appends its own heads of
+   - "replicated" (HunyuanVideo, Mochi): every rank holds the whole text stream (HunyuanVideo's double-stream
+     `encoder_hidden_states` and the text part of its single-stream blocks; Mochi's text stream) and only the video
+     is split. Each rank appends its own heads of
      the text q, k, v (a slice, no communication) after the gathered video; the text output of its heads rides
      along in the return all-to-all to every rank, so each gets the whole text output for all heads. Backward, the
      copies' gradients are summed back on the rank that owns the heads (a reduce-scatter inside the all-to-all).
@@ -51,10 +52,10 @@ model and how to cut the rotary embedding. The attention exchange is ours (the f
   text would need an extra re-ordering copy of q, k and v.
 One all-to-all carries q, k and v together (one launch instead of three).
 
-Supported families: Wan2.1, Wan2.2 A14B and TI2V-5B (diffusers' `_cp_plan`) and HunyuanVideo T2V (our plan in
-radial.models.hunyuan; its forward builds the key mask from the local video count and the whole text, which is the
-local layout of the replicated-text exchange). Mochi and HunyuanVideo-1.5 have no plan yet; `enable` refuses them
-clearly.
+Supported families: Wan2.1, Wan2.2 A14B and TI2V-5B (diffusers' `_cp_plan`), HunyuanVideo T2V and Mochi-1 (our
+plans in radial.models.hunyuan and radial.models.mochi; their attention builds the key mask from the local video
+count and the whole text, which is the local layout of the replicated-text exchange). HunyuanVideo-1.5 has no plan
+yet; `enable` refuses it clearly.
 """
 
 from __future__ import annotations
@@ -258,8 +259,9 @@ def context_parallel_plan(transformer: torch.nn.Module, adapter=None) -> dict:
     if not plan:
         raise NotImplementedError(
             f"{SP_KEY} > 1 needs a context-parallel plan for {type(transformer).__name__}; there is one for "
-            "WanTransformer3DModel (families wan, wan22, wan22_ti2v: diffusers' own) and "
-            "HunyuanVideoTransformer3DModel (family hunyuan: radial.models.hunyuan), not for this class. Train it "
+            "WanTransformer3DModel (families wan, wan22, wan22_ti2v: diffusers' own), "
+            "HunyuanVideoTransformer3DModel (family hunyuan) and MochiTransformer3DModel (family mochi), not for "
+            "this class. Train it "
             f"with {SP_KEY}=1 (data parallel, DeepSpeed ZeRO or FSDP shard the rest)"
         )
     return plan

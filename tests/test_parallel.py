@@ -79,9 +79,10 @@ def test_unsupported_family_and_heads_are_named():
     with pytest.raises(ValueError, match=r"parallel.sp_degree=4 must divide the number of attention heads \(2\)"):
         enable(handle, sp)
     assert "x_embedder" in context_parallel_plan(get_adapter("hunyuan").build_tiny())  # ours: video split only
-    mochi = get_adapter("mochi").build_tiny()
+    assert "transformer_blocks.0" in context_parallel_plan(get_adapter("mochi").build_tiny())
+    hunyuan15 = get_adapter("hunyuan15").build_tiny()
     with pytest.raises(NotImplementedError, match="parallel.sp_degree > 1 needs a context-parallel plan"):
-        context_parallel_plan(mochi)
+        context_parallel_plan(hunyuan15)
     i2v = get_adapter("hunyuan").build_tiny(image_condition_type="token_replace")
     with pytest.raises(NotImplementedError, match="parallel.sp_degree > 1 does not support .*token_replace"):
         context_parallel_plan(i2v)
@@ -125,6 +126,17 @@ def test_sp2_equals_sp1_on_tiny_hunyuan(sp_results):
     assert r["grad_rel"] < 1e-5 and r["grad_norm"] > 0, r
     assert r["lora_grads"] > 0 and r["split"] and r["diffusers_hooks_removed"], r
     assert r["text_lora_grad_rel"] < 1e-5, r  # the replicated text stream's LoRA: partial gradients sum right
+
+
+@pytest.mark.slow
+def test_sp2_equals_sp1_on_tiny_mochi(sp_results):
+    """The tiny Mochi (joint attention, text stream replicated, padded text, LoRA on both streams, two samples): same
+    prediction, loss and LoRA gradients at sp=2 as at sp=1."""
+    r = sp_results["mochi"]
+    assert r["pred"] < 1e-5 and r["loss"] < 1e-6, r
+    assert r["grad_rel"] < 1e-5 and r["grad_norm"] > 0, r
+    assert r["lora_grads"] > 0 and r["split"] and r["diffusers_hooks_removed"], r
+    assert r["text_lora_grad_rel"] < 1e-5, r
 
 
 # -- worker (run under torchrun) --------------------------------------------------------------------------------
@@ -219,7 +231,7 @@ def _family_check(sp, family: str) -> dict:
     from train.flow import flow_loss
 
     adapter = get_adapter(family)
-    text_lora = family == "hunyuan"  # also the text stream's projections (replicated on every rank)
+    text_lora = family in ("hunyuan", "mochi")  # also the text stream's projections (replicated on every rank)
 
     def build():
         transformer = adapter.build_tiny(seed=0)
@@ -234,8 +246,9 @@ def _family_check(sp, family: str) -> dict:
         return transformer.train(), handle
 
     g = torch.Generator().manual_seed(2)
-    if family == "hunyuan":  # two samples, text of 7 tokens (odd: not split), the second padded after 4
-        latents = torch.randn(2, 16, 5, 8, 8, generator=g)  # 5 latent frames x 16 tokens = 80 tokens, 40 per rank
+    if family in ("hunyuan", "mochi"):  # two samples, text of 7 tokens (odd: not split), the second padded after 4
+        channels = adapter.latent_channels(adapter.build_tiny(seed=0))
+        latents = torch.randn(2, channels, 5, 8, 8, generator=g)  # 5 latent frames x 16 tokens = 80, 40 per rank
         conds = adapter.make_dummy_conditions(adapter.build_tiny(seed=0), 2, 7, seed=3, valid_text=[7, 4])
         t = torch.tensor([400.0, 700.0])
     else:
@@ -305,6 +318,7 @@ def _worker(out: str) -> None:
         "exchange_replicated": _replicated_exchange_check(sp),
         "wan": _family_check(sp, "wan"),
         "hunyuan": _family_check(sp, "hunyuan"),
+        "mochi": _family_check(sp, "mochi"),
     }
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, results)

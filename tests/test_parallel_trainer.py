@@ -3,7 +3,7 @@
 - DDP (parallel.sp_degree=1): the run completes, and its per-step losses equal a one-process emulation of data
   parallelism (each rank's batch and noise, gradients averaged) step after step.
 - Ulysses (parallel.sp_degree=2): both ranks train one sample together; the loss trajectory equals the
-  one-process run of the same config (tiny Wan, and tiny HunyuanVideo with its replicated text stream).
+  one-process run of the same config (tiny Wan, and tiny HunyuanVideo and Mochi with their replicated text streams).
 """
 
 from __future__ import annotations
@@ -35,16 +35,25 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hunyuan_data_root(tmp_path_factory):
-    """Synthetic tiny-HunyuanVideo latents (its own text embeddings), prepared once by a short one-process run."""
-    root = tmp_path_factory.mktemp("data_hunyuan")
-    out = tmp_path_factory.mktemp("prep_hunyuan")
-    Trainer(validate(compose_config(_overrides(out, root, steps=1, model="tiny_hunyuan"))))
-    return root
+def family_data_root(tmp_path_factory):
+    """Synthetic latents of another tiny model (its own VAE channels and text embeddings), prepared once per model
+    by a short one-process run."""
+    roots: dict[str, object] = {}
+
+    def get(model: str):
+        if model not in roots:
+            roots[model] = tmp_path_factory.mktemp(f"data_{model}")
+            out = tmp_path_factory.mktemp(f"prep_{model}")
+            Trainer(validate(compose_config(_overrides(out, roots[model], steps=1, model=model))))
+        return roots[model]
+
+    return get
 
 
 def _overrides(out, data_root, *extra, steps=STEPS, model="tiny_wan") -> list[str]:
     base = tiny_overrides(out, data_root, model=model, steps=steps)
+    if model == "tiny_mochi":  # Mochi's VAE takes 6k+1 frames: 19 -> 4 latent frames of 16 tokens
+        base = [a if a != "data.frames=17" else "data.frames=19" for a in base]
     return [*base, "train.checkpoint_every=0", "train.keep_last=1", *extra]
 
 
@@ -89,9 +98,13 @@ def test_ddp_two_processes_match_one_process_emulation(tmp_path, data_root):
     assert len(set(want)) == STEPS  # the steps differ: the comparison follows a real trajectory
 
 
-@pytest.mark.parametrize("model", ["tiny_wan", "tiny_hunyuan"])
+@pytest.mark.parametrize("model", ["tiny_wan", "tiny_hunyuan", "tiny_mochi"])
 def test_sp2_two_processes_match_one_process_run(tmp_path, request, model):
-    data_root = request.getfixturevalue("data_root" if model == "tiny_wan" else "hunyuan_data_root")
+    data_root = (
+        request.getfixturevalue("data_root")
+        if model == "tiny_wan"
+        else request.getfixturevalue("family_data_root")(model)
+    )
     got = _launch(tmp_path / "sp2", data_root, "parallel=sp2", model=model)
     trainer = Trainer(validate(compose_config(_overrides(tmp_path / "one", data_root, model=model))))
     trainer.fit()

@@ -149,6 +149,23 @@ class MochiAdapter(ModelAdapter):
         p = transformer.config.patch_size
         return (1, p, p)
 
+    # Sequence parallelism: only the video tokens are split; the text stream (256 tokens, updated by every block but
+    # the last) stays whole on every rank, as for HunyuanVideo.
+    sp_text = "replicated"
+
+    def context_parallel_plan(self, transformer) -> dict:
+        """Split the video tokens entering the first block and the rotary tables, gather at `proj_out` (diffusers has
+        no plan for this class). The patch embedding runs per frame, so the split comes after it; the processor
+        builds its key mask from the local token count: [local video, whole text]."""
+        from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+        rotary = ContextParallelInput(split_dim=0, expected_dims=3, split_output=True)  # cos, sin: [S, H, D/2]
+        return {
+            "rope": {0: rotary, 1: rotary},
+            "transformer_blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)},
+            "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+        }
+
     def _lora_alternatives(self, projections: list[str], text: bool) -> list[str]:
         alts = [rf"transformer_blocks\.\d+\.attn1\.{self._lora_video[p]}" for p in projections]
         if text:
