@@ -11,9 +11,9 @@ A forward on the P ranks of a group (each holds the same full sample):
 1. radial.inject's forward pre-hook records the latent grid of the full latents, so every plan is built for the
    full sequence (the key padding mask is also gathered to full length).
 2. diffusers' context-parallel hooks, driven by a context-parallel plan (`_cp_plan` format; the adapter's
-   `context_parallel_plan`: the class's own for Wan, ours for HunyuanVideo and Mochi), split the sequence: the video
-   tokens (Wan and Mochi: the hidden states entering the first block; HunyuanVideo: the patch embedding's output) are cut into P
-   equal contiguous chunks (rank r holds tokens [r*n/P, (r+1)*n/P)), the rotary tables are cut the same way (every
+   `context_parallel_plan`: the class's own for Wan, ours for HunyuanVideo 1.0/1.5 and Mochi), split the sequence:
+   the video tokens (Wan and Mochi: the hidden states entering the first block; HunyuanVideo: the patch embedding's
+   output) are cut into P equal contiguous chunks (rank r holds tokens [r*n/P, (r+1)*n/P)), the rotary tables are cut the same way (every
    token keeps its global position), per-token timesteps too (Wan2.2 TI2V), and the output of `proj_out` is
    all-gathered, so every rank gets the full prediction.
 3. Each radial attention call: one all-to-all turns q, k, v [B, S/P, H, D] (split over the sequence) into
@@ -22,11 +22,11 @@ A forward on the P ranks of a group (each holds the same full sample):
    (text tokens in the same call, after the video tokens) comes in two layouts, the adapter's `sp_text`:
    - "split": each rank's chunk is its video share then its text share, and the exchange re-orders the gathered
      sequence to all video tokens, then all text tokens, as the plan expects;
-   - "replicated" (HunyuanVideo, Mochi): every rank holds the whole text stream (HunyuanVideo's double-stream
-     `encoder_hidden_states` and the text part of its single-stream blocks; Mochi's text stream) and only the video
-     is split. Each rank appends its own heads of
-     the text q, k, v (a slice, no communication) after the gathered video; the text output of its heads rides
-     along in the return all-to-all to every rank, so each gets the whole text output for all heads. Backward, the
+   - "replicated" (HunyuanVideo 1.0 and 1.5, Mochi): every rank holds the whole text stream (HunyuanVideo's
+     double-stream `encoder_hidden_states` and the text part of its single-stream blocks; the others' text stream)
+     and only the video is split. Each rank appends its own heads of the text q, k, v (a slice, no communication)
+     after the gathered video; the text output of its heads rides along in the return all-to-all to every rank, so
+     each gets the whole text output for all heads. Backward, the
      copies' gradients are summed back on the rank that owns the heads (a reduce-scatter inside the all-to-all).
    The key padding mask (text padding) is rebuilt for the full sequence.
 4. Everything else (norms, MLPs, Wan's cross-attention: local queries over the full, unsplit text) is per token.
@@ -52,10 +52,10 @@ model and how to cut the rotary embedding. The attention exchange is ours (the f
   text would need an extra re-ordering copy of q, k and v.
 One all-to-all carries q, k and v together (one launch instead of three).
 
-Supported families: Wan2.1, Wan2.2 A14B and TI2V-5B (diffusers' `_cp_plan`), HunyuanVideo T2V and Mochi-1 (our
-plans in radial.models.hunyuan and radial.models.mochi; their attention builds the key mask from the local video
-count and the whole text, which is the local layout of the replicated-text exchange). HunyuanVideo-1.5 has no plan
-yet; `enable` refuses it clearly.
+Supported families: Wan2.1, Wan2.2 A14B and TI2V-5B (diffusers' `_cp_plan`), HunyuanVideo T2V, HunyuanVideo-1.5 and
+Mochi-1 (our plans in radial.models.hunyuan and radial.models.mochi; their attention builds the key mask from the
+local video count and the whole text, which is the local layout of the replicated-text exchange). A class without a
+plan is refused clearly by `enable`.
 """
 
 from __future__ import annotations
@@ -260,8 +260,8 @@ def context_parallel_plan(transformer: torch.nn.Module, adapter=None) -> dict:
         raise NotImplementedError(
             f"{SP_KEY} > 1 needs a context-parallel plan for {type(transformer).__name__}; there is one for "
             "WanTransformer3DModel (families wan, wan22, wan22_ti2v: diffusers' own), "
-            "HunyuanVideoTransformer3DModel (family hunyuan) and MochiTransformer3DModel (family mochi), not for "
-            "this class. Train it "
+            "HunyuanVideoTransformer3DModel (hunyuan), HunyuanVideo15Transformer3DModel (hunyuan15) and "
+            "MochiTransformer3DModel (mochi), not for this class. Train it "
             f"with {SP_KEY}=1 (data parallel, DeepSpeed ZeRO or FSDP shard the rest)"
         )
     return plan

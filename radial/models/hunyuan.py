@@ -63,6 +63,20 @@ def project_out(
     return hidden_states, encoder_hidden_states
 
 
+def video_split_plan() -> dict:
+    """Context-parallel plan (diffusers' `_cp_plan` format) of the HunyuanVideo classes (1.0 and 1.5): split the
+    patch embedding's output [B, S, C] and the rotary tables (cos, sin [S, D/2]) over the sequence, gather at
+    `proj_out`. The text stream is not named, so it stays whole on every rank (`sp_text = "replicated"`)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    rotary = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
+    return {
+        "rope": {0: rotary, 1: rotary},
+        "x_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
 class HunyuanVideoRadialProcessor(RadialProcessor):
     """HunyuanVideoAttnProcessor2_0 with the attention call replaced by radial attention (video first, text last)."""
 
@@ -201,14 +215,7 @@ class HunyuanVideoAdapter(ModelAdapter):
                 "(its blocks treat the first frame's tokens apart, which one rank's share of the tokens breaks); "
                 "train it with parallel.sp_degree=1"
             )
-        from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
-
-        rotary = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)  # cos, sin: [S, D/2]
-        return {
-            "rope": {0: rotary, 1: rotary},
-            "x_embedder": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},  # [B, S, C]
-            "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-        }
+        return video_split_plan()
 
     def _lora_alternatives(self, projections: list[str], text: bool) -> list[str]:
         alts = [rf"transformer_blocks\.\d+\.attn\.{self._lora_video[p]}" for p in projections]

@@ -20,7 +20,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from radial.geometry import LatentGeometry
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
-from radial.models.hunyuan import append_text_stream, project_out
+from radial.models.hunyuan import append_text_stream, project_out, video_split_plan
 
 GEOMETRY = LatentGeometry("hunyuan15", 4, 16, 32, 1, 1, 121, 480, 848, 24)
 
@@ -119,6 +119,14 @@ class HunyuanVideo15Adapter(ModelAdapter):
     def patch_size(self, transformer) -> tuple[int, int, int]:
         cfg = transformer.config
         return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
+
+    # Sequence parallelism as for HunyuanVideo: the video tokens split, the joined conditioning stream (image, ByT5
+    # and Qwen tokens) whole on every rank; the processor's key mask is [local video, whole text].
+    sp_text = "replicated"
+
+    def context_parallel_plan(self, transformer) -> dict:
+        """Split the patch-embedded video tokens and the rotary tables, gather at `proj_out` (as HunyuanVideo)."""
+        return video_split_plan()
 
     def _lora_alternatives(self, projections: list[str], text: bool) -> list[str]:
         alts = [rf"transformer_blocks\.\d+\.attn\.{self._lora_video[p]}" for p in projections]
