@@ -51,8 +51,8 @@ latents for `vae.decode` (validation videos). The latents are the posterior mode
 Tiny encoders (tests, CPU demo) are the real classes with tiny configs: text hidden size TINY_TEXT_DIM (32), CLIP
 pooled size TINY_POOLED_DIM (16), text length 128: the text dims of radial.models' tiny transformers.
 
-Modules: encoders/ (VAE + text encoders per family), video.py (decode, sample, resize/crop), prepare.py (CLI and
-`prepare(PrepareConfig)`), shards.py (format, writer, validation, `python -m data.shards`), dataset.py,
+Modules: encoders/ (VAE + text encoders per family), video.py (decode, sample, resize/crop), sources.py (folders
+and CSV / JSONL manifests -> videos + captions), prepare.py (CLI and `prepare(PrepareConfig)`), shards.py (format, writer, validation, `python -m data.shards`), dataset.py,
 synthetic.py, latents.py (normalisation conventions).
 """
 

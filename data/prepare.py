@@ -5,8 +5,8 @@
     python -m data.prepare --model hunyuan --input captions.jsonl --out ds --tiny --length 17 --buckets 64x64
     accelerate launch -m data.prepare ...        # one process per GPU; or --workers N on one machine
 
-Input: a folder (videos found recursively, captions in a .txt beside each video with the same name) or a
-manifest (.csv with a header, or .jsonl), with columns path (or video/file/file_name) and caption (or
+Input (data/sources.py): a folder (videos found recursively, captions in a .txt beside each video with the same
+name) or a manifest (.csv with a header, or .jsonl), with columns path (or video/file/file_name) and caption (or
 text/prompt); relative paths are relative to the manifest.
 
 For each video and each requested length (1x/2x/4x of the base model, or a frame count k*t+1) prepare takes up to
@@ -19,7 +19,6 @@ inputs (unreadable, truncated, too short, no caption) are skipped and reported a
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -44,9 +43,9 @@ from data.shards import (
     remove_stale_tmp,
     scan_shards,
 )
+from data.sources import Source, read_sources
 from data.video import (
     CLIP_MODES,
-    VIDEO_EXTENSIONS,
     VideoError,
     check_buckets,
     choose_bucket,
@@ -62,8 +61,6 @@ from radial.geometry import geometry
 
 SETTINGS_FILE = "prepare.json"
 REPORT_FILE = "prepare_report.json"
-PATH_COLUMNS = ("path", "video", "file", "file_name", "filename", "video_path")
-CAPTION_COLUMNS = ("caption", "text", "prompt", "description")
 
 
 @dataclass
@@ -100,14 +97,6 @@ class PrepareConfig:
     caption_column: str | None = None
     progress: bool = True
     checksum: bool = True  # sha256 of every shard in the index (for `verify="full"`)
-
-
-@dataclass
-class Source:
-    rel: str  # id: path relative to the input folder / manifest folder
-    path: Path
-    caption: str | None
-    problem: str | None = None
 
 
 @dataclass
@@ -151,88 +140,6 @@ class PrepareSummary:
 
 def item_key(rel: str, frames: int, clip: int) -> str:
     return f"{rel}:{frames}f:c{clip}"
-
-
-# ----- inputs -----
-
-
-def _pick(columns: Sequence[str], wanted: str | None, choices: Sequence[str], what: str, where: Path) -> str:
-    if wanted:
-        if wanted not in columns:
-            raise ValueError(f"manifest {where}: no column {wanted!r} for the {what}; columns are {list(columns)}")
-        return wanted
-    for c in choices:
-        if c in columns:
-            return c
-    raise ValueError(f"manifest {where}: no {what} column; expected one of {list(choices)}, got {list(columns)}")
-
-
-def read_sources(input_path: str | Path, path_column: str | None = None, caption_column: str | None = None):
-    """The videos and captions of a folder or a CSV / JSONL manifest, in a stable order."""
-    src = Path(input_path)
-    if src.is_dir():
-        out = []
-        for p in sorted(src.rglob("*")):
-            if p.suffix.lower() not in VIDEO_EXTENSIONS or not p.is_file() or ".part" in p.name:
-                continue
-            rel = p.relative_to(src).as_posix()
-            txt = p.with_suffix(".txt")
-            if txt.is_file():
-                out.append(Source(rel, p, txt.read_text(errors="replace").strip()))
-            else:
-                out.append(Source(rel, p, None, f"no caption ({txt.name} is missing)"))
-        return out
-    if not src.is_file():
-        raise FileNotFoundError(f"input {src}: no such folder or manifest")
-    rows: list[tuple[int, dict]] = []
-    if src.suffix.lower() == ".csv":
-        with open(src, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            rows = [(i + 2, row) for i, row in enumerate(reader)]
-    elif src.suffix.lower() in (".jsonl", ".json"):
-        columns_set: dict[str, None] = {}
-        with open(src, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"manifest {src}: line {i} is not valid JSON ({e})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"manifest {src}: line {i} is not a JSON object")
-                columns_set.update(dict.fromkeys(row))
-                rows.append((i, row))
-        columns = list(columns_set)
-    else:
-        raise ValueError(f"input {src}: expected a folder, a .csv or a .jsonl manifest")
-    if not rows:
-        return []
-    pcol = _pick(columns, path_column, PATH_COLUMNS, "video path", src)
-    ccol = _pick(columns, caption_column, CAPTION_COLUMNS, "caption", src)
-    out, seen = [], {}
-    for line, row in rows:
-        value = row.get(pcol)
-        if not value:
-            out.append(Source(f"{src.name}:line{line}", src, None, f"line {line}: empty {pcol!r}"))
-            continue
-        p = Path(value)
-        p = p if p.is_absolute() else src.parent / p
-        try:
-            rel = p.resolve().relative_to(src.parent.resolve()).as_posix()
-        except ValueError:
-            rel = p.resolve().as_posix()
-        caption = row.get(ccol)
-        if rel in seen:
-            out.append(Source(f"{rel}@line{line}", p, None, f"line {line}: duplicate of line {seen[rel]}"))
-            continue
-        seen[rel] = line
-        if caption is None or not str(caption).strip():
-            out.append(Source(rel, p, None, f"line {line}: empty caption"))
-        else:
-            out.append(Source(rel, p, str(caption).strip()))
-    return out
 
 
 # ----- settings and resume -----

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 import data.prepare as prep
 from data import BucketBatchSampler, Expect, LatentDataset, ShardError, collate, load_encoders
-from data.prepare import PrepareConfig, item_key, prepare, read_sources
+from data.prepare import PrepareConfig, item_key, prepare
+from data.sources import read_sources
 from data.synthetic import make_synthetic_videos
 from data.video import choose_bucket, plan_clips, probe, read_clips, to_pixels
 
