@@ -146,7 +146,7 @@ def run_case(case: str, backend: str, args) -> dict:
         acc.backward(loss * loss_scale)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     for i in range(args.warmup):
         step(i)
