@@ -122,6 +122,28 @@ def test_sp2_two_processes_match_one_process_run(tmp_path, request, model):
     assert m["tokens_per_s"] > 0
 
 
+def test_validation_under_sequence_parallelism_matches_one_process(tmp_path, data_root):
+    """Held-out loss and samples every 2 steps under sp=2 (both ranks of the group run the same item, counted once):
+    the one-process run's numbers and sample latents (sp=2 trains the same model, so they must agree)."""
+    from safetensors.torch import load_file
+
+    extra = ["eval=default", "eval.validation_every=2", "eval.hooks=[]", "eval.num_inference_steps=4"]
+    _launch(tmp_path / "two", data_root, "parallel=sp2", *extra)
+    trainer = Trainer(validate(compose_config(_overrides(tmp_path / "one", data_root, *extra))))
+    trainer.fit()
+    for step in ("step-000002",):
+        got = json.loads((tmp_path / "two" / "validation" / step / "metrics.json").read_text())
+        want = json.loads((tmp_path / "one" / "validation" / step / "metrics.json").read_text())
+        losses = [k for k in want if k.startswith("val/loss")]
+        assert len(losses) > 1 and got["val/heldout_items"] == want["val/heldout_items"] == 3
+        assert [got[k] for k in losses] == pytest.approx([want[k] for k in losses], rel=1e-5)
+        name = "sample_p0_s0.latents.safetensors"
+        a = load_file(str(tmp_path / "two" / "validation" / step / name))
+        b = load_file(str(tmp_path / "one" / "validation" / step / name))
+        for key in b:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
 def test_sp_degree_that_does_not_divide_the_processes_is_named(tmp_path, data_root):
     """sp_degree=2 on one process: a clear error naming the key (no distributed setup needed to see it)."""
     cfg = validate(compose_config([*_overrides(tmp_path, data_root), "parallel=sp2"]))

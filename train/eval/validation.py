@@ -169,10 +169,14 @@ class Validator:
         if not indices or not levels:
             return {}
         ds = self.heldout_dataset()
-        world, rank = acc.num_processes, acc.process_index
-        per_rank = math.ceil(len(indices) / world)  # every rank runs as many forwards (collectives stay in step)
+        world = acc.num_processes
+        # Items are shared out by data-parallel rank: the ranks of a sequence-parallel group run the same item
+        # together, and only the group's first rank counts it (its loss is the full item's on every group rank).
+        rank, ranks = getattr(t, "dp_rank", acc.process_index), getattr(t, "dp_world", world)
+        counts_here = getattr(getattr(t, "sp", None), "rank", 0) == 0
+        per_rank = math.ceil(len(indices) / ranks)  # every rank runs as many forwards (collectives stay in step)
         mine = [indices[(rank * per_rank + k) % len(indices)] for k in range(per_rank)]
-        real = [rank * per_rank + k < len(indices) for k in range(per_rank)]
+        real = [counts_here and rank * per_rank + k < len(indices) for k in range(per_rank)]
         sums = torch.zeros(len(levels) + 1, dtype=torch.float64, device=acc.device)
         model = t.model
         was_training = model.training
