@@ -69,13 +69,28 @@ def deepspeed_run(tmp_path: Path, stage: int, out: Path, data_root: Path, *extra
     return [loss for _, loss in json.loads((out / "run_summary.json").read_text())["losses"]]
 
 
+EVAL = ("eval=default", "eval.validation_every=2", "eval.hooks=[]", "eval.num_inference_steps=4")
+
+
 def test_zero3_with_sequence_parallelism_matches_one_process(tmp_path, data_root):
-    """ZeRO-3 shards the base and the LoRA; sp=2 splits each sample: the same trajectory and LoRA as one process."""
-    got = deepspeed_run(tmp_path, 3, tmp_path / "z3", data_root, "parallel=sp2")
-    trainer = Trainer(validate(compose_config(_overrides(tmp_path / "one", data_root))))
+    """ZeRO-3 shards the base and the LoRA; sp=2 splits each sample: the same trajectory, LoRA and validation (held-out
+    loss and sample latents at step 2, every rank taking part in the sharded forwards) as one process."""
+    got = deepspeed_run(tmp_path, 3, tmp_path / "z3", data_root, "parallel=sp2", *EVAL)
+    trainer = Trainer(validate(compose_config(_overrides(tmp_path / "one", data_root, *EVAL))))
     trainer.fit()
     assert got == pytest.approx([loss for _, loss in trainer.state.losses], rel=1e-5, abs=1e-7)
+    val = [json.loads((d / "validation" / "step-000002" / "metrics.json").read_text()) for d in (tmp_path / "z3",
+           tmp_path / "one")]  # fmt: skip
+    losses = [k for k in val[1] if k.startswith("val/loss")]
+    assert len(losses) > 1 and val[0]["val/heldout_items"] == val[1]["val/heldout_items"]
+    assert [val[0][k] for k in losses] == pytest.approx([val[1][k] for k in losses], rel=1e-5)
+    assert "val/sample_failed" not in val[0]
     from safetensors.torch import load_file
+
+    samples = [load_file(str(d / "validation" / "step-000002" / "sample_p0_s0.latents.safetensors"))
+               for d in (tmp_path / "z3", tmp_path / "one")]  # fmt: skip
+    for key in samples[1]:
+        torch.testing.assert_close(samples[0][key], samples[1][key], rtol=1e-4, atol=1e-5)
 
     exported = load_file(str(tmp_path / "z3" / "lora" / "pytorch_lora_weights.safetensors"))
     reference = load_file(str(tmp_path / "one" / "lora" / "pytorch_lora_weights.safetensors"))
