@@ -1,5 +1,7 @@
 """Config validation: every bad value fails before anything heavy, naming its key."""
 
+import json
+
 import pytest
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
@@ -52,3 +54,42 @@ def test_pretrained_model_needs_an_existing_path(tmp_path):
         validate(compose_config(["model=hunyuan", f"model.path={tmp_path / 'nope'}"]))
     with pytest.raises(MissingMandatoryValue, match="data.root"):
         validate(compose_config(["data=latents"]))
+
+
+def _wan22_folder(tmp_path, boundary):
+    folder = tmp_path / "Wan2.2-T2V-A14B-Diffusers"
+    folder.mkdir()
+    index = {"_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"]}
+    if boundary is not None:
+        index["boundary_ratio"] = boundary
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.mark.parametrize("expert, want", [("transformer", [0.875, 1.0]), ("transformer_2", [0.0, 0.875])])
+def test_wan22_expert_trains_its_share_of_the_noise_levels(tmp_path, expert, want):
+    """The pipeline's boundary_ratio (model_index.json) splits the schedule between the experts."""
+    folder = _wan22_folder(tmp_path, 0.875)
+    cfg = validate(compose_config(["model=wan22", f"model.path={folder}", f"model.expert={expert}"]))
+    assert cfg.train.timestep_range == want
+    # An explicit range wins; the tiny / full-size architectures use the variant's ratio.
+    explicit = ["model=wan22", f"model.path={folder}", f"model.expert={expert}", "train.timestep_range=[0.5,0.9]"]
+    assert validate(compose_config(explicit)).train.timestep_range == [0.5, 0.9]
+    tiny = validate(compose_config(["model.family=wan22", f"+model.expert={expert}", "model.variant=i2v-a14b"]))
+    assert tiny.train.timestep_range == ([0.9, 1.0] if expert == "transformer" else [0.0, 0.9])
+
+
+def test_bad_expert_settings_name_their_key(tmp_path):
+    folder = _wan22_folder(tmp_path, None)
+    with pytest.raises(ValueError, match="model.expert"):
+        validate(compose_config(["model=wan22", f"model.path={folder}", "model.expert=transformer_3"]))
+    with pytest.raises(ValueError, match=r"model.expert='transformer'.*family 'wan' has no experts"):
+        validate(compose_config(["+model.expert=transformer"]))
+    with pytest.raises(ValueError, match=r"no boundary_ratio.*train.timestep_range"):
+        validate(compose_config(["model=wan22", f"model.path={folder}", "model.expert=transformer"]))
+    with pytest.raises(ValueError, match="train.timestep_range"):
+        validate(compose_config(["train.timestep_range=[0.9,0.1]"]))
+    for expert in ("transformer", "transformer_2"):  # a pipeline folder with both experts: which one to train?
+        (folder / expert).mkdir()
+    with pytest.raises(ValueError, match=r"model.expert is not set.*model.expert=transformer"):
+        validate(compose_config(["model=wan22", f"model.path={folder}"]))

@@ -56,8 +56,32 @@ def test_weights_and_loss():
         (dict(sampling="beta"), "train.timestep_sampling"),
         (dict(weighting="snr"), "train.loss_weighting"),
         (dict(shift=0), "shift"),
+        (dict(sigma_range=(0.5, 0.5)), "train.timestep_range"),
+        (dict(sigma_range=(-0.1, 0.5)), "train.timestep_range"),
     ],
 )
 def test_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FlowMatching(**kwargs)
+
+
+@pytest.mark.parametrize("lo, hi", [(0.875, 1.0), (0.0, 0.875), (0.2, 0.3)])
+def test_sigma_range_keeps_the_distribution_shape(lo, hi):
+    """A Wan2.2 expert's share: every draw inside [lo, hi], reproducible, and distributed as the full distribution
+    conditioned on the range (rejection, not rescaling)."""
+    fm = FlowMatching(shift=3.0, sigma_range=(lo, hi))
+    a = fm.sample_sigmas(4096, torch.Generator().manual_seed(5))
+    assert torch.equal(a, fm.sample_sigmas(4096, torch.Generator().manual_seed(5)))
+    assert a.shape == (4096,) and (a >= lo).all() and (a <= hi).all()
+    full = FlowMatching(shift=3.0).sample_sigmas(400_000, torch.Generator().manual_seed(6))
+    inside = full[(full >= lo) & (full <= hi)]
+    for q in (0.1, 0.5, 0.9):
+        assert a.quantile(q).item() == pytest.approx(inside.quantile(q).item(), abs=0.02 * (hi - lo))
+    # The full range draws exactly what it drew before the option existed.
+    assert torch.equal(FlowMatching(shift=3.0, sigma_range=(0.0, 1.0)).sample_sigmas(64, torch.Generator().manual_seed(7)),
+                       FlowMatching(shift=3.0).sample_sigmas(64, torch.Generator().manual_seed(7)))  # fmt: skip
+
+
+def test_sigma_range_the_distribution_never_reaches_is_named():
+    with pytest.raises(ValueError, match=r"train.timestep_range=\[0.0, 1e-09\].*almost never"):
+        FlowMatching(sigma_range=(0.0, 1e-9)).sample_sigmas(2, torch.Generator().manual_seed(0))

@@ -154,3 +154,23 @@ def test_fp8_base_weights_train(tmp_path, data_root):
     assert weights["blocks.0.ffn.net.2.weight"].dtype == torch.float8_e4m3fn
     assert all(p.dtype == torch.float32 for n, p in weights.items() if "lora_" in n)
     assert summary["step"] == 2 and all(v == v for _, v in losses(tmp_path))
+
+
+def test_wan22_expert_trains_only_its_noise_levels(tmp_path, monkeypatch):
+    """A Wan2.2 A14B low-noise expert: every drawn noise level below the boundary, recorded in the LoRA's header."""
+    from train.flow import FlowMatching
+
+    drawn = []
+    original = FlowMatching.sample_sigmas
+
+    def spy(self, *args, **kwargs):
+        drawn.append(original(self, *args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(FlowMatching, "sample_sigmas", spy)
+    out = tmp_path / "out"  # its own data: prepared latents record the family they were made for
+    trainer, summary = run(out, tmp_path / "data", "model.family=wan22", "+model.expert=transformer_2", steps=3)
+    assert trainer.flow.sigma_range == (0.0, 0.875)
+    assert len(drawn) == 3 and all((s < 0.875).all() for s in drawn)
+    info = read_metadata(out / "lora" / "pytorch_lora_weights.safetensors")
+    assert info["base_model"]["expert"] == "transformer_2" and info["training"]["timestep_range"] == [0.0, 0.875]

@@ -6,6 +6,7 @@ that types cannot express (ranges, choices, paths) and names the key in every er
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ class TrainSection:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     loss_weighting: str = "none"
+    timestep_range: list[float] | None = None
     export_comfy: bool = True
 
 
@@ -197,6 +199,51 @@ def check_eval(ev: EvalConfig) -> None:
             raise FileNotFoundError(f"eval.prompt_embeds: {path} does not exist")
 
 
+def _check_expert(c: Config) -> None:
+    """model.expert names one expert of a mixture-of-experts family (Wan2.2 A14B); without train.timestep_range its
+    share of the noise schedule is filled in from the pipeline's `boundary_ratio` (the first expert takes the noise
+    levels at and above it, the second those below), read from model.path's model_index.json."""
+    from radial.models import available_adapters, get_adapter
+
+    m = c.model
+    adapter = get_adapter(m.family)
+    experts = tuple(getattr(adapter, "experts", ()))
+    if m.expert is None:
+        root = Path(m.path).expanduser() if m.source == "pretrained" and m.path else None
+        if experts and root is not None and all((root / e).is_dir() for e in experts):
+            raise ValueError(
+                f"model.expert is not set, but model.path={m.path!r} holds the experts {list(experts)}: name the one "
+                f"to train, e.g. model.expert={experts[0]} (each expert gets its own LoRA)"
+            )
+        return
+    if not experts:
+        with_experts = [f for f in available_adapters() if getattr(get_adapter(f), "experts", ())]
+        raise ValueError(
+            f"model.expert={m.expert!r}: family {m.family!r} has no experts (families with experts: {with_experts}); "
+            "leave model.expert null"
+        )
+    _choice("model.expert", m.expert, experts)
+    if c.train.timestep_range is not None:
+        return
+    if m.source == "pretrained":
+        index = Path(m.path).expanduser() / "model_index.json"
+        try:
+            boundary = json.loads(index.read_text()).get("boundary_ratio")
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"model.expert={m.expert!r}: cannot read the pipeline's boundary_ratio from {index} ({e}); set "
+                "train.timestep_range=[lo,hi] for this expert"
+            ) from None
+        if boundary is None:
+            raise ValueError(
+                f"model.expert={m.expert!r}: {index} has no boundary_ratio (not a two-expert pipeline?); set "
+                "train.timestep_range=[lo,hi] for this expert"
+            )
+    else:
+        boundary = adapter.boundary_ratios[m.variant or adapter.default_variant]
+    c.train.timestep_range = [float(boundary), 1.0] if m.expert == experts[0] else [0.0, float(boundary)]
+
+
 def validate(cfg: DictConfig | dict) -> Config:
     """Merge the composed config over the schema (unknown keys and wrong types fail, naming the key) and check
     values; returns a typed, resolved `Config`."""
@@ -273,6 +320,13 @@ def validate(cfg: DictConfig | dict) -> Config:
     _choice("train.loss_weighting", t.loss_weighting, WEIGHTINGS)
     if t.logit_std <= 0:
         raise ValueError(f"train.logit_std={t.logit_std}: expected > 0")
+    if t.timestep_range is not None and not (
+        len(t.timestep_range) == 2 and 0 <= t.timestep_range[0] < t.timestep_range[1] <= 1
+    ):
+        raise ValueError(
+            f"train.timestep_range={t.timestep_range}: expected [lo, hi] noise levels with 0 <= lo < hi <= 1"
+        )
+    _check_expert(c)
 
     check_eval(c.eval)
     for tracker in c.logging.trackers:

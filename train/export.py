@@ -18,7 +18,12 @@ def lora_info(trainer) -> dict:
     return {
         "format": "radial-lora/1",
         "radial_lora_version": radial.__version__,
-        "base_model": {"family": cfg.model.family, "source": cfg.model.source, "path": cfg.model.path},
+        "base_model": {
+            "family": cfg.model.family,
+            "source": cfg.model.source,
+            "path": cfg.model.path,
+            "expert": cfg.model.expert,  # Wan2.2 A14B: the expert this LoRA belongs to
+        },
         "rank": cfg.lora.rank,
         "alpha": cfg.lora.alpha,
         "target_modules": parts.target_modules,
@@ -35,6 +40,7 @@ def lora_info(trainer) -> dict:
             "latent_height": grid.height if grid else None,
             "latent_width": grid.width if grid else None,
             "frames": meta.get("frames") if isinstance(meta, dict) else None,
+            "timestep_range": cfg.train.timestep_range,  # the noise levels trained (null: all)
         },
     }
 

@@ -17,6 +17,8 @@ class FlowMatching:
 
     sampling: logit_normal (SD3), uniform, or mode (SD3's mode sampling with `mode_scale`); then the shift
     t' = shift * t / (1 + (shift - 1) * t) moves mass to high noise, as the models' schedulers do at inference.
+    sigma_range: only noise levels in [lo, hi] are trained (a Wan2.2 A14B expert's share of the schedule), drawn by
+    rejection so that the distribution keeps its shape inside the range.
     """
 
     sampling: str = "logit_normal"
@@ -25,6 +27,7 @@ class FlowMatching:
     mode_scale: float = 1.29
     shift: float = 1.0
     weighting: str = "none"
+    sigma_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -35,9 +38,33 @@ class FlowMatching:
             raise ValueError(f"model.flow_shift must be > 0, got {self.shift}")
         if not self.logit_std > 0:
             raise ValueError(f"train.logit_std must be > 0, got {self.logit_std}")
+        lo, hi = self.sigma_range
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(
+                f"train.timestep_range must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.sigma_range)}"
+            )
 
     def sample_sigmas(self, batch: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Noise levels t in (0, 1) for a batch, drawn on the CPU from `generator` (reproducible on any device)."""
+        """Noise levels t in (0, 1) (inside `sigma_range`) for a batch, drawn on the CPU from `generator`
+        (reproducible on any device)."""
+        sigmas = self._draw(batch, generator)
+        lo, hi = self.sigma_range
+        if (lo, hi) != (0.0, 1.0):
+            kept = sigmas[(sigmas >= lo) & (sigmas <= hi)]
+            for _ in range(1000):
+                if kept.numel() >= batch:
+                    break
+                more = self._draw(max(256, batch), generator)
+                kept = torch.cat([kept, more[(more >= lo) & (more <= hi)]])
+            else:
+                raise ValueError(
+                    f"train.timestep_range={[lo, hi]}: the {self.sampling} distribution (shift {self.shift}) almost "
+                    "never falls there; widen the range or change train.timestep_sampling / model.flow_shift"
+                )
+            sigmas = kept[:batch]
+        return sigmas.to(device)
+
+    def _draw(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         if self.sampling == "logit_normal":
             u = torch.sigmoid(torch.randn(batch, generator=generator) * self.logit_std + self.logit_mean)
         else:
@@ -45,8 +72,7 @@ class FlowMatching:
             if self.sampling == "mode":
                 u = 1 - u - self.mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
         u = u.clamp(1e-5, 1 - 1e-5)
-        sigmas = self.shift * u / (1 + (self.shift - 1) * u)
-        return sigmas.to(device)
+        return self.shift * u / (1 + (self.shift - 1) * u)
 
     def loss_weight(self, sigmas: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weights (SD3's options); ones for `none`."""

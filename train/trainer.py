@@ -102,6 +102,7 @@ class Trainer:
             logit_std=t.logit_std,
             shift=cfg.model.flow_shift,
             weighting=t.loss_weighting,
+            sigma_range=tuple(t.timestep_range or (0.0, 1.0)),
         )
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)

@@ -196,6 +196,9 @@ class Wan22Adapter(WanAdapter):
     }
     default_variant = "t2v-a14b"
     experts = ("transformer", "transformer_2")  # pipeline subfolders: high-noise, low-noise expert
+    # The pipelines' boundary_ratio: the high-noise expert denoises t >= ratio * 1000, the low-noise one the rest
+    # (used when the config names no model.path to read it from).
+    boundary_ratios = {"t2v-a14b": 0.875, "i2v-a14b": 0.9}
 
     def matches(self, transformer) -> bool:
         return False
