@@ -84,6 +84,17 @@ def test_heldout_loss_follows_the_model_and_the_data_root(trainer):
     assert same == before
 
 
+def test_heldout_levels_stay_inside_the_trained_range(trainer):
+    """A run trained on part of the schedule (a Wan2.2 expert) is measured at the levels inside that part only."""
+    import dataclasses
+
+    full = make_validator(trainer).heldout_loss()
+    trainer.flow = dataclasses.replace(trainer.flow, sigma_range=(0.5, 1.0))
+    part = make_validator(trainer).heldout_loss()
+    assert "val/loss_t0.25" in full and "val/loss_t0.25" not in part
+    assert part["val/loss"] == part["val/loss_t0.75"] == full["val/loss_t0.75"]
+
+
 def test_tensorboard_gets_scalars_and_frames(trainer):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -1,9 +1,9 @@
 """Validation during training and the end-of-training evaluation hooks.
 
 Every `eval.validation_every` steps:
-- held-out flow-matching loss at fixed noise levels (`eval.timesteps`, sigma in (0, 1)): the same items, the same
-  noise (seeded per item and level) every time, so the curve moves only with the model; needs no weights beyond
-  the model. Items: the first `eval.num_heldout` of `eval.heldout_root` (prepared latents; set it for a truly
+- held-out flow-matching loss at fixed noise levels (`eval.timesteps`, sigma in (0, 1); those inside the trained
+  `train.timestep_range`): the same items, the same noise (seeded per item and level) every time, so the curve
+  moves only with the model; needs no weights beyond the model. Items: the first `eval.num_heldout` of `eval.heldout_root` (prepared latents; set it for a truly
   held-out set), else of the training data.
 - sample videos from fixed prompts and seeds through the family's diffusers pipeline built around the training
   transformer (LoRA and radial attention as trained; `dense_timesteps` honoured), decoded by the VAE of the data
@@ -165,7 +165,10 @@ class Validator:
         s, t = self.settings, self.trainer
         acc = t.accelerator
         indices = self.heldout_indices()
-        levels = [float(x) for x in s.timesteps]
+        # A run trained on part of the schedule (a Wan2.2 expert, train.timestep_range) is measured on that part.
+        lo, hi = getattr(getattr(t, "flow", None), "sigma_range", (0.0, 1.0))
+        # (position in eval.timesteps, sigma): the noise is seeded by the position, whichever levels are kept.
+        levels = [(j, float(x)) for j, x in enumerate(s.timesteps) if lo <= float(x) <= hi]
         if not indices or not levels:
             return {}
         ds = self.heldout_dataset()
@@ -194,8 +197,9 @@ class Validator:
                         if k not in ("latents", "meta", "cursor")
                     }
                     key = item["meta"]["key"]
-                    for j, sigma in enumerate(levels):
-                        noise = torch.randn(x0.shape, generator=_seeded(t.cfg.seed, "heldout", key, j)).to(acc.device)
+                    for j, (position, sigma) in enumerate(levels):
+                        gen = _seeded(t.cfg.seed, "heldout", key, position)
+                        noise = torch.randn(x0.shape, generator=gen).to(acc.device)
                         sig = torch.full((x0.shape[0],), sigma, device=acc.device)
                         x_t, target = noisy_latents(x0, noise, sig)
                         with acc.autocast():
@@ -208,7 +212,7 @@ class Validator:
             model.train(was_training)
         total = acc.reduce(sums, reduction="sum") if world > 1 else sums
         n = max(float(total[-1]), 1.0)
-        out = {f"val/loss_t{sigma:.2f}": float(total[j]) / n for j, sigma in enumerate(levels)}
+        out = {f"val/loss_t{sigma:.2f}": float(total[j]) / n for j, (_, sigma) in enumerate(levels)}
         out["val/loss"] = sum(out.values()) / len(levels)
         out["val/heldout_items"] = float(total[-1])
         return out
