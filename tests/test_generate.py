@@ -336,3 +336,34 @@ def test_bad_model_folders_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         rgen.main(["--model", str(tmp_path / "flux"), "--prompt", "x", "--out", str(tmp_path)])
     assert "FluxPipeline is not supported" in capsys.readouterr().err
+
+
+def test_an_expert_lora_goes_into_its_expert(tmp_path):
+    """Wan2.2 A14B: a LoRA whose header names transformer_2 (the low-noise expert) is loaded there, and that expert
+    then computes what the trained one did; the high-noise expert is left alone."""
+    import diffusers
+
+    adapter = get_adapter("wan22")
+    trained = adapter.build_tiny(seed=1)
+    config = attach_lora(trained, rank=4, alpha=4, target_modules=adapter.lora_target_modules())
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_B" in name:  # PEFT starts B at zero: make the LoRA change the output
+                param.normal_(0.0, 0.1)
+    info = {"format": "radial-lora/1", "base_model": {"family": "wan22", "expert": "transformer_2"}}
+    file = export_diffusers(trained, diffusers.WanPipeline, tmp_path / "lora", config, info)
+    base = tgen.build_tiny_pipeline("wan", text_encoder=False)
+    components = {**base.components, "transformer_2": adapter.build_tiny(seed=1)}
+    pipe = diffusers.WanPipeline(**components, boundary_ratio=0.875)
+    (record,) = load_loras(pipe, [LoraSpec(str(file), 1.0)])
+    assert record["radial_lora"]["base_model"]["expert"] == "transformer_2"
+    assert getattr(pipe.transformer_2, "peft_config", None) and not getattr(pipe.transformer, "peft_config", None)
+    latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    conds = adapter.make_dummy_conditions(trained, 1)
+    t = torch.tensor([300.0])
+    with torch.no_grad():
+        want = adapter.predict(trained, latents, t, conds)
+        got = adapter.predict(pipe.transformer_2, latents, t, conds)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="trained for the expert 'transformer_2'"):
+        load_loras(tgen.build_tiny_pipeline("wan", text_encoder=False), [LoraSpec(str(file), 1.0)])

@@ -176,6 +176,8 @@ def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, ra
 
     Diffusers converts known non-diffusers layouts itself (e.g. ComfyUI / original Wan keys). A LoRA trained with
     other radial settings (our metadata) gives a warning, not an error: inference settings may differ on purpose.
+    A Wan2.2 A14B expert's LoRA (header `base_model.expert`) is loaded into that expert (transformer_2: the low-noise
+    one); a LoRA without the header goes into `transformer`, as diffusers does.
     """
     if not specs:
         return []
@@ -202,9 +204,17 @@ def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, ra
                     f"{radial.decay_factor}",
                     stacklevel=2,
                 )
-        loaded = getattr(pipe.transformer, "peft_config", None) or {}
+        # A Wan2.2 A14B expert's LoRA (our header names the expert) goes into that expert.
+        expert = (info.get("base_model") or {}).get("expert") or "transformer"
+        target = getattr(pipe, expert, None)
+        if target is None:
+            raise ValueError(
+                f"--lora {spec.path}: trained for the expert {expert!r}, which this {type(pipe).__name__} does not have"
+            )
+        loaded = getattr(target, "peft_config", None) or {}
         if name not in loaded:  # a second run on the same pipeline (e.g. --compare-dense) only sets the scales
-            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
+            into_second = {"load_into_transformer_2": True} if expert == "transformer_2" else {}
+            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name, **into_second)
         names.append(name)
         scales.append(float(spec.scale))
         records.append(
