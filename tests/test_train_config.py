@@ -89,6 +89,8 @@ def test_bad_expert_settings_name_their_key(tmp_path):
         validate(compose_config(["model=wan22", f"model.path={folder}", "model.expert=transformer"]))
     with pytest.raises(ValueError, match="train.timestep_range"):
         validate(compose_config(["train.timestep_range=[0.9,0.1]"]))
+    with pytest.raises(ValueError, match="model.variant='nope'.*train.timestep_range"):
+        validate(compose_config(["model.family=wan22", "+model.expert=transformer", "model.variant=nope"]))
     for expert in ("transformer", "transformer_2"):  # a pipeline folder with both experts: which one to train?
         (folder / expert).mkdir()
     with pytest.raises(ValueError, match=r"model.expert is not set.*model.expert=transformer"):

@@ -240,7 +240,13 @@ def _check_expert(c: Config) -> None:
                 "train.timestep_range=[lo,hi] for this expert"
             )
     else:
-        boundary = adapter.boundary_ratios[m.variant or adapter.default_variant]
+        variant = m.variant or adapter.default_variant
+        boundary = adapter.boundary_ratios.get(variant)
+        if boundary is None:
+            raise ValueError(
+                f"model.variant={variant!r}: no expert boundary known for it (known: {sorted(adapter.boundary_ratios)}); "
+                "set train.timestep_range=[lo,hi]"
+            )
     c.train.timestep_range = [float(boundary), 1.0] if m.expert == experts[0] else [0.0, float(boundary)]
 
 
