@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in args.cases:
-        for backend in ("dense", "reference" if args.smoke else "triton"):
+        for backend in ("dense", _radial_backend(args)):
             try:
                 rows.append(run_case(case, backend, args))
             except torch.cuda.OutOfMemoryError as err:
@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
                 _reset_memory()
             if int(os.environ.get("RANK", "0")) == 0:  # after every row, so a run cut short keeps what it measured
                 print(write_results(rows, args), flush=True)
+
+
+def _radial_backend(args) -> str:
+    return "reference" if args.smoke else "triton"  # the smoke run has no GPU for triton
 
 
 def write_results(rows: list[dict], args) -> str:
@@ -247,7 +251,7 @@ def write_results(rows: list[dict], args) -> str:
     ]
     by = {(r["case"], r["backend"]): r for r in rows}
     for case in dict.fromkeys(r["case"] for r in rows):
-        d, r = by.get((case, "dense"), {}), by.get((case, "reference" if args.smoke else "triton"), {})
+        d, r = by.get((case, "dense"), {}), by.get((case, _radial_backend(args)), {})
         if "step_s" not in d or "step_s" not in r:
             lines.append(f"| {case} | | | {d.get('error', '')} | {r.get('error', '')} | | | | | |")
             continue

@@ -320,18 +320,14 @@ def validate(cfg: DictConfig | dict) -> Config:
     _choice("train.on_nan", t.on_nan, ("skip", "stop"))
     _at_least("train.max_nan_skips", t.max_nan_skips, 1)
     _at_least("train.log_every", t.log_every, 1)
-    from train.flow import SAMPLINGS, WEIGHTINGS
+    from train.flow import SAMPLINGS, WEIGHTINGS, FlowMatching
 
     _choice("train.timestep_sampling", t.timestep_sampling, SAMPLINGS)
     _choice("train.loss_weighting", t.loss_weighting, WEIGHTINGS)
     if t.logit_std <= 0:
         raise ValueError(f"train.logit_std={t.logit_std}: expected > 0")
-    if t.timestep_range is not None and not (
-        len(t.timestep_range) == 2 and 0 <= t.timestep_range[0] < t.timestep_range[1] <= 1
-    ):
-        raise ValueError(
-            f"train.timestep_range={t.timestep_range}: expected [lo, hi] noise levels with 0 <= lo < hi <= 1"
-        )
+    if t.timestep_range is not None:
+        FlowMatching(sigma_range=tuple(t.timestep_range))  # its check, naming train.timestep_range
     _check_expert(c)
 
     check_eval(c.eval)

@@ -38,11 +38,9 @@ class FlowMatching:
             raise ValueError(f"model.flow_shift must be > 0, got {self.shift}")
         if not self.logit_std > 0:
             raise ValueError(f"train.logit_std must be > 0, got {self.logit_std}")
-        lo, hi = self.sigma_range
-        if not 0 <= lo < hi <= 1:
-            raise ValueError(
-                f"train.timestep_range must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.sigma_range)}"
-            )
+        r = self.sigma_range
+        if len(r) != 2 or not 0 <= r[0] < r[1] <= 1:
+            raise ValueError(f"train.timestep_range must be [lo, hi] with 0 <= lo < hi <= 1, got {list(r)}")
 
     def sample_sigmas(self, batch: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
         """Noise levels t in (0, 1) (inside `sigma_range`) for a batch, drawn on the CPU from `generator`

@@ -166,7 +166,7 @@ class Validator:
         acc = t.accelerator
         indices = self.heldout_indices()
         # A run trained on part of the schedule (a Wan2.2 expert, train.timestep_range) is measured on that part.
-        lo, hi = getattr(getattr(t, "flow", None), "sigma_range", (0.0, 1.0))
+        lo, hi = t.flow.sigma_range
         # (position in eval.timesteps, sigma): the noise is seeded by the position, whichever levels are kept.
         levels = [(j, float(x)) for j, x in enumerate(s.timesteps) if lo <= float(x) <= hi]
         if not indices or not levels:
@@ -175,8 +175,8 @@ class Validator:
         world = acc.num_processes
         # Items are shared out by data-parallel rank: the ranks of a sequence-parallel group run the same item
         # together, and only the group's first rank counts it (its loss is the full item's on every group rank).
-        rank, ranks = getattr(t, "dp_rank", acc.process_index), getattr(t, "dp_world", world)
-        counts_here = getattr(getattr(t, "sp", None), "rank", 0) == 0
+        rank, ranks = t.dp_rank, t.dp_world
+        counts_here = t.sp is None or t.sp.rank == 0
         per_rank = math.ceil(len(indices) / ranks)  # every rank runs as many forwards (collectives stay in step)
         mine = [indices[(rank * per_rank + k) % len(indices)] for k in range(per_rank)]
         real = [counts_here and rank * per_rank + k < len(indices) for k in range(per_rank)]
