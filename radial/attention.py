@@ -35,6 +35,12 @@ def _flex(query, key, value, plan, key_padding_mask):
     return flex_attention_backend(query, key, value, plan, key_padding_mask)
 
 
+def _fa4(query, key, value, plan, key_padding_mask):
+    from radial.kernels.fa4 import fa4_attention
+
+    return fa4_attention(query, key, value, plan, key_padding_mask)
+
+
 def _flashinfer(query, key, value, plan, key_padding_mask):
     from radial.kernels.flashinfer import flashinfer_attention
 
@@ -45,18 +51,36 @@ def _flashinfer(query, key, value, plan, key_padding_mask):
 BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
     "reference": _reference,
     "dense": _dense,
+    "fa4": _fa4,
     "triton": _triton,
     "flex": _flex,
     "flashinfer": _flashinfer,
 }
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """`auto` is triton on CUDA and reference elsewhere; any other name must be a known backend."""
+def resolve_backend(backend: str, device: torch.device, block_size: int = 128) -> str:
+    """The backend that runs: `auto` is fa4 on CUDA 9.x with flash-attn-4 installed (128-token blocks, not in a
+    deterministic run), triton elsewhere on CUDA, reference off CUDA; an explicit `fa4` that cannot run this block
+    size or a deterministic run resolves to triton. The choice is logged once."""
+    from radial.kernels import fa4
+
+    device = torch.device(device)
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "reference"
+        if device.type != "cuda":
+            return "reference"
+        why = fa4.auto_reason(device, block_size)
+        if why is not None:
+            fa4.log_once(f"attention backend auto -> triton: {why}")
+            return "triton"
+        fa4.log_once("attention backend auto -> fa4 (flash-attn-4 block-sparse)")
+        return "fa4"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
+    if backend == "fa4" and device.type == "cuda":
+        why = fa4.unsupported_reason(block_size)
+        if why is not None:
+            fa4.log_once(f"attention backend fa4 -> triton: {why}")
+            return "triton"
     return backend
 
 
@@ -92,5 +116,5 @@ def radial_attention(
 ) -> torch.Tensor:
     """Radial attention over [B, S, H, D] tensors (S = video tokens, then text); key_padding_mask True = attend."""
     _check_inputs(query, key, value, plan, key_padding_mask)
-    name = resolve_backend(backend, query.device)
+    name = resolve_backend(backend, query.device, plan.block_size)
     return get_backend(name)(query, key, value, plan, key_padding_mask)

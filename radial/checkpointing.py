@@ -17,7 +17,8 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 @functools.cache
 def saved_ops() -> frozenset:
-    """Attention ops whose outputs are saved: our Triton forward and torch's SDPA kernels (dense layers)."""
+    """Attention ops whose outputs are saved: our Triton and flash-attn-4 forwards and torch's SDPA kernels."""
+    import radial.kernels.fa4  # noqa: F401 - registers torch.ops.radial.fa4_attn_fwd
     import radial.kernels.triton  # noqa: F401 - registers torch.ops.radial.sparse_attn_fwd
 
     aten = torch.ops.aten
@@ -29,6 +30,7 @@ def saved_ops() -> frozenset:
     )
     ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
     ops.add(torch.ops.radial.sparse_attn_fwd.default)
+    ops.add(torch.ops.radial.fa4_attn_fwd.default)
     return frozenset(ops)
 
 

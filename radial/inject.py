@@ -176,11 +176,12 @@ def inject(
 ) -> RadialHandle:
     """Put radial attention into `transformer` (family detected from its class unless named) and return the handle.
 
-    backend: "auto" (triton on CUDA, reference elsewhere), "triton", "flex", "flashinfer", "reference", "dense".
+    backend: "auto" (fa4 on Hopper with flash-attn-4 installed, else triton on CUDA, reference elsewhere), "fa4",
+        "triton", "flex", "flashinfer", "reference", "dense".
     dense_layers: the first k attention layers run dense (the paper trained with 2).
     dense_timesteps: the first t sampling steps run dense (inference; tell the handle the step, see module doc).
     block_size, decay_factor, sink, decay_adjacent: the radial mask options (`radial.mask.MaskOptions`).
-    Dense layers and steps use the "dense" backend (SDPA) with the same key padding.
+    Dense layers and steps use the "dense" backend (flash-attn-4 dense or SDPA) with the same key padding.
     """
     from radial.models import detect_adapter, get_adapter
 

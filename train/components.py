@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import radial
+from radial.attention import resolve_backend
 from radial.checkpointing import attention_saving_checkpoint
 from radial.lora import attach_lora
 from radial.models import ModelAdapter, get_adapter
@@ -26,6 +27,7 @@ class ModelParts:
     handle: Any  # radial.RadialHandle
     lora_config: Any  # peft.LoraConfig
     target_modules: Any
+    backend: str = "reference"  # the attention backend that runs (`auto` resolved for the device)
 
 
 def build_transformer(cfg: Config, adapter: ModelAdapter, device: torch.device) -> torch.nn.Module:
@@ -59,10 +61,13 @@ def build_model(
             storage_dtype=getattr(torch, cfg.model.storage_dtype), compute_dtype=DTYPES[cfg.model.dtype]
         )
     a = cfg.attention
+    if a.deterministic:  # before the backend is resolved: `auto` then picks a deterministic kernel
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    backend = resolve_backend(a.backend, device, a.block_size)
     handle = radial.inject(
         transformer,
         family=cfg.model.family,
-        backend=a.backend,
+        backend=backend,
         decay_factor=a.decay_factor,
         dense_layers=a.dense_layers,
         dense_timesteps=a.dense_timesteps,
@@ -81,7 +86,7 @@ def build_model(
         saving = attention_saving_checkpoint if cfg.train.save_attention else None
         transformer.enable_gradient_checkpointing(saving)
     transformer.train()
-    return ModelParts(adapter, transformer, handle, lora_config, targets)
+    return ModelParts(adapter, transformer, handle, lora_config, targets, backend)
 
 
 def synthetic_latents(cfg: Config, main_process: bool) -> Path:

@@ -19,7 +19,7 @@ SOURCES = ("tiny", "full", "pretrained")
 DTYPES = ("float32", "bfloat16", "float16")
 STORAGE_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 PRECISIONS = ("no", "fp16", "bf16")
-BACKENDS = ("auto", "triton", "flex", "reference", "dense", "flashinfer")
+BACKENDS = ("auto", "fa4", "triton", "flex", "reference", "dense", "flashinfer")
 TRACKERS = ("tensorboard", "wandb")
 
 
@@ -45,6 +45,8 @@ class AttentionConfig:
     block_size: int = 128
     sink: bool | None = None
     decay_adjacent: bool = False
+    # torch.use_deterministic_algorithms for the run; `auto` then picks triton (fa4's backward is not deterministic)
+    deterministic: bool = False
 
 
 @dataclass
@@ -281,6 +283,11 @@ def validate(cfg: DictConfig | dict) -> Config:
 
     a = c.attention
     _choice("attention.backend", a.backend, BACKENDS)
+    if a.deterministic and a.backend in ("fa4", "flex", "flashinfer"):
+        raise ValueError(
+            f"attention.deterministic=true with attention.backend={a.backend}: expected auto, triton, reference or "
+            "dense (the deterministic backends)"
+        )
     if a.block_size not in (16, 32, 64, 128):
         raise ValueError(f"attention.block_size={a.block_size}: expected 16, 32, 64 or 128 (128 on GPU)")
     if a.decay_factor <= 0:

@@ -28,6 +28,7 @@ def lora_info(trainer) -> dict:
         "alpha": cfg.lora.alpha,
         "target_modules": parts.target_modules,
         "radial": {
+            "backend": parts.backend,  # `auto` resolved: the kernel the LoRA was trained with
             "decay_factor": cfg.attention.decay_factor,
             "dense_layers": cfg.attention.dense_layers,
             "block_size": cfg.attention.block_size,

@@ -117,6 +117,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # the same LoRA initialisation on every rank, whatever the wrapper
             torch.manual_seed(cfg.seed)
             self.parts = build_model(cfg, acc.device, self.out / "base_transformer" if acc.is_main_process else None)
+        acc.print(f"attention backend: {self.parts.backend} (attention.backend={cfg.attention.backend})")
         self.sp = init_sequence_parallel(sp_degree, acc.device)
         self.sp_handle = enable_sequence_parallel(self.parts.handle, self.sp) if self.sp is not None else None
         self.dataset, self.sampler, loader = build_data(

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from radial.attention import resolve_backend
 from radial.generation.embeds import PromptEmbeds
 from radial.generation.pipeline import pipeline_family, set_scheduler_shift
 from radial.generation.settings import ClipSpec
@@ -96,7 +97,8 @@ def attention_summary(handles, clip: ClipSpec) -> dict[str, Any]:
         return {"radial": False, "effective_density": 1.0}
     h = hs[0]
     plan, grid, cfg = h.last_plan, h.last_grid, h.config
-    out: dict[str, Any] = {"radial": True, "backend": cfg.backend, "layers": h.num_layers}
+    backend = cfg.backend if plan is None else resolve_backend(cfg.backend, plan.device, plan.block_size)
+    out: dict[str, Any] = {"radial": True, "backend": backend, "layers": h.num_layers}
     if grid is not None:
         out["latent_grid"] = [grid.frames, grid.height, grid.width]
         out["video_tokens"] = grid.video_tokens

@@ -12,7 +12,7 @@ from typing import Any
 
 from radial.geometry import LatentGeometry
 
-ATTENTION_BACKENDS = ("auto", "triton", "flex", "flashinfer", "reference", "dense")
+ATTENTION_BACKENDS = ("auto", "fa4", "triton", "flex", "flashinfer", "reference", "dense")
 
 
 @dataclass(frozen=True)
