@@ -1,35 +1,53 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels, then run the named steps; logs and results land in $OUT.
 #   bash benchmarks/gpu_run.sh models-tests "train-step wan1x wan2x wan4x" ...
-# Steps: models-tests (tests/gpu/test_models_gpu.py), attention-tests (tests/gpu/test_attention_gpu.py),
-# "train-step ARGS..." (benchmarks/train_step.py ARGS, results in $OUT/step1), "train-step-sp K ARGS..." (the same
-# under torchrun on K GPUs with --sp K, results in $OUT/spK-N for the N-th such step). Wheels: .whl/ (diffusers, hydra-core, omegaconf, antlr4; the
-# GPU image has torch, triton, accelerate, peft, transformers, safetensors).
+# Steps: models-tests (tests/gpu/test_models_gpu.py), attention-tests (tests/gpu/test_attention_gpu.py), fa4-tests
+# (tests/gpu/test_fa4_gpu.py), "attention-bench ARGS..." (benchmarks/attention.py ARGS, results in $OUT/attention),
+# "train-step ARGS..." (benchmarks/train_step.py ARGS, results in $OUT/stepN for the N-th step), "train-step-sp K
+# ARGS..." (the same under torchrun on K GPUs with --sp K, results in $OUT/spK-N), "generate-bench ARGS..."
+# (benchmarks/generate.py ARGS, results in $OUT/generateN). Each step logs to $OUT/<step>-N.log. Wheels: .whl/ (diffusers, hydra-core, omegaconf, antlr4;
+# the GPU image has torch, triton, accelerate, peft, transformers, safetensors).
+# flash-attn-4 (optional) travels in two parts (../shared/gpu/fa4_wheels.sh), in two calls on one machine:
+#   bash benchmarks/gpu_run.sh fa4-stage            # call 1, with .whl_fa4_1/: copies part 1 to /tmp/fa4_stage only
+#   bash benchmarks/gpu_run.sh fa4-tests ...        # call 2, with .whl_fa4_2/: joins, checks, installs, then the steps
 set -uo pipefail
+if [ "${1:-}" = fa4-stage ]; then
+  mkdir -p /tmp/fa4_stage && cp .whl_fa4_1/* /tmp/fa4_stage/ && ls -l /tmp/fa4_stage && exit 0
+  echo "fa4-stage: copying .whl_fa4_1/* to /tmp/fa4_stage failed"; exit 1
+fi
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+. "$(dirname "$0")/fa4_install.sh"
+fa4_install | tee "$OUT/fa4_install.txt"
+fa4_path=$(grep -q "^fa4: installed" "$OUT/fa4_install.txt" && echo /tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
   ${WHEELS:-.whl}/diffusers-*.whl ${WHEELS:-.whl}/hydra_core-*.whl ${WHEELS:-.whl}/omegaconf-*.whl ${WHEELS:-.whl}/antlr4*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=${fa4_path}/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 python3 -c "import torch, triton, diffusers, peft, accelerate; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)" | tee -a "$OUT/card.txt"
+cat "$OUT/fa4_install.txt" >> "$OUT/card.txt"
 status=0
 n=0
 for step in "$@"; do
   set -- $step
   name=$1; shift
+  n=$((n + 1))
+  log="$OUT/${name//-/_}-$n.log"
   case $name in
-    models-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_models_gpu.py >"$OUT/models_tests.log" 2>&1 ;;
-    attention-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_attention_gpu.py >"$OUT/attention_tests.log" 2>&1 ;;
-    train-step) python3 benchmarks/train_step.py --out "$OUT/step1" "$@" >"$OUT/train_step.log" 2>&1 ;;
-    train-step-sp) k=$1; shift; n=$((n + 1))
+    models-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_models_gpu.py >"$log" 2>&1 ;;
+    attention-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_attention_gpu.py >"$log" 2>&1 ;;
+    fa4-tests) python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_fa4_gpu.py >"$log" 2>&1 ;;
+    attention-bench) python3 benchmarks/attention.py --out "$OUT/attention" "$@" >"$log" 2>&1 ;;
+    train-step) python3 benchmarks/train_step.py --out "$OUT/step$n" "$@" >"$log" 2>&1 ;;
+    train-step-sp) k=$1; shift
       torchrun --standalone --nproc_per_node "$k" benchmarks/train_step.py --sp "$k" --out "$OUT/sp$k-$n" "$@" \
-        >"$OUT/train_step_sp$k-$n.log" 2>&1 ;;
-    *) echo "unknown step $name" >"$OUT/error.log"; false ;;
+        >"$log" 2>&1 ;;
+    generate-bench) python3 benchmarks/generate.py --out "$OUT/generate$n" "$@" >"$log" 2>&1 ;;
+    *) echo "unknown step $name" >"$log"; false ;;
   esac
   rc=$?
   echo "== $name $*: exit $rc"
-  tail -n 25 "$OUT"/*"${name%%-*}"*.log 2>/dev/null | grep -v -e "^$" -e USDT | tail -n 25
+  grep -v -e "^$" -e USDT "$log" 2>/dev/null | tail -n 25
   [ $rc = 0 ] || status=1
 done
 exit $status
