@@ -1,11 +1,13 @@
-"""Radial attention kernels vs dense cuDNN SDPA on the official masks (H100, bf16, head dim 128).
+"""Radial attention kernels vs dense attention on the official masks (Hopper, bf16, head dim 128).
 
     python benchmarks/attention.py                      # all cases, all backends -> results/attention.{json,md}
     python benchmarks/attention.py --cases wan4x --explore   # sweep Triton tile configs on one case
 
-Per case: block density, ideal speed-up (1/token density), forward and forward+backward time of each backend and
-its speed-up over dense SDPA (cuDNN), the share of the ideal reached, and the achieved TFLOP/s (FLOPs of the kept
-token pairs: forward 4*pairs*D per head, backward 2.5x that).
+Per case: block density, ideal speed-up (1/token density), forward and forward+backward time of each backend, its
+speed-up over dense cuDNN SDPA and over the fastest dense kernel of the run (cuDNN or flash-attn-4's dense kernel,
+`fa4-dense`), the share of the ideal reached against each, and the achieved TFLOP/s (FLOPs of the kept token pairs:
+forward 4*pairs*D per head, backward 2.5x that). Backends: dense-cudnn (alias dense), fa4-dense, triton, fa4, flex,
+flashinfer, and the Triton variants below.
 """
 
 from __future__ import annotations
@@ -72,9 +74,18 @@ TRITON_VARIANTS = {
 }
 
 
+# Dense kernels (no sparsity): the baselines. `dense` is the old name of dense-cudnn.
+DENSE = ("dense", "dense-cudnn", "fa4-dense")
+SPARSE = ("triton", "fa4", "flex", "flashinfer")
+
+
 def make_fns(name, plan):
-    if name == "dense":
+    if name in ("dense", "dense-cudnn"):
         return lambda q, k, v: dense_sdpa(q, k, v)
+    if name == "fa4-dense":
+        from radial.kernels import fa4
+
+        return lambda q, k, v: fa4.dense(q, k, v)
     backend = "triton" if name in TRITON_VARIANTS else name
     return lambda q, k, v: radial.radial_attention(q, k, v, plan, backend=backend)
 
@@ -95,6 +106,32 @@ def measure(fn, q, k, v, do, backward=True):
 
 def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def add_speedups(row: dict, backends: list[str], ideal: float) -> None:
+    """Speed-ups of each sparse backend over cuDNN (`_speedup`, `_pct_ideal`) and over the fastest dense kernel of the
+    run (`_speedup_best`, `_pct_ideal_best`); row["fastest_dense"] names that kernel per pass."""
+    cudnn = next((row[n] for n in ("dense-cudnn", "dense") if n in row and "error" not in row[n]), None)
+    dense_ok = [n for n in backends if n in DENSE and "error" not in row[n]]
+    row["fastest_dense"] = {}
+    for key in ("fwd", "fwdbwd"):
+        timed_dense = [n for n in dense_ok if f"{key}_ms" in row[n]]
+        if timed_dense:
+            row["fastest_dense"][key] = min(timed_dense, key=lambda n: row[n][f"{key}_ms"])
+    for name in backends:
+        r = row[name]
+        if name in DENSE or "error" in r:
+            continue
+        for key in ("fwd", "fwdbwd"):
+            if f"{key}_ms" not in r:
+                continue
+            if cudnn is not None and f"{key}_ms" in cudnn:
+                r[f"{key}_speedup"] = cudnn[f"{key}_ms"] / r[f"{key}_ms"]
+                r[f"{key}_pct_ideal"] = 100 * r[f"{key}_speedup"] / ideal
+            best = row["fastest_dense"].get(key)
+            if best is not None:
+                r[f"{key}_speedup_best"] = row[best][f"{key}_ms"] / r[f"{key}_ms"]
+                r[f"{key}_pct_ideal_best"] = 100 * r[f"{key}_speedup_best"] / ideal
 
 
 def run_case(case, backends, args, log):
@@ -130,7 +167,7 @@ def run_case(case, backends, args, log):
             fn = make_fns(name, plan)
             tc.set_config_override(*TRITON_VARIANTS.get(name, (None, None)))
             res = measure(fn, q, k, v, do, backward=(name != "flashinfer"))
-            flops = dense_fwd_flops if name == "dense" else fwd_flops
+            flops = dense_fwd_flops if name in DENSE else fwd_flops
             res["fwd_tflops"] = flops / (res["fwd_ms"] * 1e-3) / 1e12
             if "fwdbwd_ms" in res:
                 res["fwdbwd_tflops"] = 3.5 * flops / (res["fwdbwd_ms"] * 1e-3) / 1e12
@@ -141,15 +178,7 @@ def run_case(case, backends, args, log):
             tc.set_config_override()
         log(f"{case} {name}: {row[name]}")
         torch.cuda.empty_cache()
-    dense = row.get("dense", {})
-    for name in backends:
-        r = row[name]
-        if name == "dense" or "error" in r or "error" in dense:
-            continue
-        for key in ("fwd", "fwdbwd"):
-            if f"{key}_ms" in r:
-                r[f"{key}_speedup"] = dense[f"{key}_ms"] / r[f"{key}_ms"]
-                r[f"{key}_pct_ideal"] = 100 * r[f"{key}_speedup"] / plan.stats.ideal_speedup
+    add_speedups(row, backends, plan.stats.ideal_speedup)
     if not args.no_check:
         # Cross-check every backend against triton on this case (all bf16; triton itself is checked against the fp32
         # reference in tests/gpu): catches a wrong fast path at full size. Variants: their dQ against triton's.
@@ -161,6 +190,11 @@ def run_case(case, backends, args, log):
                 if name in ("flex", "flashinfer") and "error" not in row[name]:
                     with torch.no_grad():
                         check[f"{name}_out_rel"] = rel(make_fns(name, plan)(q, k, v), want)
+            if "fa4" in backends and "error" not in row["fa4"]:
+                dq_triton = torch.autograd.grad(make_fns("triton", plan)(q, k, v), q, do)[0]
+                out = make_fns("fa4", plan)(q, k, v)
+                check["fa4_out_rel"] = rel(out, want)
+                check["fa4_dq_rel"] = rel(torch.autograd.grad(out, q, do)[0], dq_triton)
             variants = [n for n in backends if n in TRITON_VARIANTS and "error" not in row[n]]
             if variants:
                 dq_want = torch.autograd.grad(make_fns("triton", plan)(q, k, v), q, do)[0]
@@ -292,15 +326,17 @@ def variants_table(rows, cell):
 def markdown(rows, meta):
     lines = [
         f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}, flashinfer {meta['flashinfer']}, "
-        f"{meta['date']}. bf16, head dim 128, batch 1, official masks (block 128). Times are medians of CUDA-event "
-        "timings after a warm-up; speed-ups are over dense SDPA (cuDNN) on the same inputs; % ideal = speed-up / "
-        "(1 / token density). triton = the default (deterministic backward).",
+        f"flash-attn-4 {meta.get('fa4', 'not installed')}, {meta['date']}. bf16, head dim 128, batch 1, official "
+        "masks (block 128). Times are medians of CUDA-event timings after a warm-up. Each sparse cell: ms (speed-up "
+        "over cuDNN SDPA, % of the ideal 1 / token density; speed-up over the fastest dense kernel of the run, % "
+        "ideal). triton = the default (deterministic backward).",
         "",
-        "| case | tokens | heads | density | ideal | dense fwd / fwd+bwd ms | triton fwd ms (x, % ideal) "
-        "| triton fwd+bwd ms (x, % ideal) | flex fwd ms (x) "
-        "| flex fwd+bwd ms (x, % ideal) | flashinfer fwd ms (x, % ideal) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    sparse = [n for n in SPARSE if any(n in r for r in rows)]
+    dense = [n for n in DENSE if any(n in r for r in rows)]
+    head = ["case", "tokens", "heads", "density", "ideal"] + [f"{n} fwd / fwd+bwd ms" for n in dense]
+    head += [f"{n} {p}" for n in sparse for p in ("fwd", "fwd+bwd")]
+    lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
 
     def cell(r, key, pct=True):
         if not r or "error" in r:
@@ -308,24 +344,41 @@ def markdown(rows, meta):
         if f"{key}_ms" not in r:
             return "-"
         s = f"{r[f'{key}_ms']:.1f}"
-        if f"{key}_speedup" in r:
-            s += f" ({r[f'{key}_speedup']:.2f}x"
-            s += f", {r[f'{key}_pct_ideal']:.0f}%)" if pct else ")"
-        return s
+        parts = []
+        for suffix in ("", "_best"):
+            if f"{key}_speedup{suffix}" in r:
+                x = f"{r[f'{key}_speedup{suffix}']:.2f}x"
+                parts.append(x + (f", {r[f'{key}_pct_ideal{suffix}']:.0f}%" if pct else ""))
+        return s + (f" ({'; '.join(parts)})" if parts else "")
+
+    def dense_cell(d):
+        if not d or "error" in d:
+            return "n/a"
+        return f"{d['fwd_ms']:.1f} / " + (f"{d['fwdbwd_ms']:.1f}" if "fwdbwd_ms" in d else "-")
 
     for r in rows:
-        d = r.get("dense", {})
-        dense = "n/a" if "error" in d or not d else f"{d['fwd_ms']:.1f} / {d['fwdbwd_ms']:.1f}"
-        lines.append(
-            f"| {r['case']} | {r['seq_len']} | {r['heads']} | {r['token_density']:.3f} | {r['ideal_speedup']:.2f} "
-            f"| {dense} | {cell(r.get('triton'), 'fwd')} | {cell(r.get('triton'), 'fwdbwd')} "
-            f"| {cell(r.get('flex'), 'fwd', False)} | {cell(r.get('flex'), 'fwdbwd')} "
-            f"| {cell(r.get('flashinfer'), 'fwd')} |"
-        )
+        cells = [
+            r["case"],
+            str(r["seq_len"]),
+            str(r["heads"]),
+            f"{r['token_density']:.3f}",
+            f"{r['ideal_speedup']:.2f}",
+        ]
+        cells += [dense_cell(r.get(n)) for n in dense]
+        cells += [cell(r.get(n), p) for n in sparse for p in ("fwd", "fwdbwd")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Fastest dense kernel per case (fwd / fwd+bwd): "
+        + "; ".join(
+            f"{r['case']} {r.get('fastest_dense', {}).get('fwd', 'n/a')} / {r.get('fastest_dense', {}).get('fwdbwd', 'n/a')}"
+            for r in rows
+        ),
+    ]
     if any(n in r for r in rows for n in TRITON_VARIANTS):
         lines += variants_table(rows, cell)
     lines += ["", "Achieved TFLOP/s (kept-pair FLOPs, backward counted 2.5x forward; dense: all pairs):", ""]
-    names = [n for n in ("dense", "triton", *TRITON_VARIANTS, "flex", "flashinfer") if any(n in r for r in rows)]
+    names = [n for n in (*DENSE, "triton", "fa4", *TRITON_VARIANTS, "flex", "flashinfer") if any(n in r for r in rows)]
     lines += ["| case | " + " | ".join(f"{n} fwd / fwd+bwd" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
     for r in rows:
 
@@ -352,7 +405,7 @@ def markdown(rows, meta):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="wan1x,wan2x,wan4x,hun4x")
-    ap.add_argument("--backends", default="dense,triton,flex,flashinfer")
+    ap.add_argument("--backends", default="dense-cudnn,fa4-dense,triton,fa4,flex,flashinfer")
     ap.add_argument("--heads", type=int, default=0, help="override the head count of every case")
     ap.add_argument("--explore", action="store_true", help="sweep Triton tile configs instead of the table")
     ap.add_argument("--no-check", action="store_true", help="skip the per-case cross-check against triton")
@@ -375,7 +428,16 @@ def main():
         fi_version = "not installed"
     import triton
 
+    try:
+        import importlib.metadata
+
+        import flash_attn.cute.interface  # noqa: F401
+
+        fa4_version = importlib.metadata.version("flash-attn-4")
+    except Exception:
+        fa4_version = "not installed"
     meta = {
+        "fa4": fa4_version,
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "triton": triton.__version__,

@@ -74,3 +74,25 @@ def test_train_step_scale_recovers_per_block_costs(tmp_path):
     fit_y = train_step_scale.fit_case([row for row in rows if row["case"] == "y"])
     assert not fit_y["fitted_overhead"] and fit_y["overhead_s"] == 0.0
     assert abs(fit_y["dense_block_s"] - 2.0) < 1e-9 and abs(fit_y["radial_block_s"] - 0.5) < 1e-9
+
+
+def test_attention_speedups_against_cudnn_and_the_fastest_dense():
+    """benchmarks/attention.py: % of ideal against cuDNN and against the fastest dense kernel (made-up times)."""
+    from benchmarks import attention as bench
+
+    row = {
+        "case": "x", "seq_len": 1000, "heads": 2, "token_density": 0.25, "ideal_speedup": 4.0,
+        "dense-cudnn": {"fwd_ms": 10.0, "fwdbwd_ms": 40.0},
+        "fa4-dense": {"fwd_ms": 8.0, "fwdbwd_ms": 44.0},
+        "fa4": {"fwd_ms": 2.5, "fwdbwd_ms": 10.0},
+        "flex": {"error": "ImportError: x"},
+    }  # fmt: skip
+    names = ["dense-cudnn", "fa4-dense", "fa4", "flex"]
+    bench.add_speedups(row, names, 4.0)
+    assert row["fastest_dense"] == {"fwd": "fa4-dense", "fwdbwd": "dense-cudnn"}
+    fa4 = row["fa4"]
+    assert fa4["fwd_speedup"] == 4.0 and fa4["fwd_pct_ideal"] == 100.0
+    assert fa4["fwd_speedup_best"] == 3.2 and fa4["fwd_pct_ideal_best"] == 80.0
+    assert fa4["fwdbwd_speedup_best"] == 4.0 and "fwd_speedup" not in row["flex"]
+    md = bench.markdown([row], {"device": "d", "torch": "t", "triton": "t", "flashinfer": "-", "date": "today"})
+    assert "| 2.5 (4.00x, 100%; 3.20x, 80%) |" in md and "x fa4-dense / dense-cudnn" in md
