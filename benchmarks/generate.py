@@ -4,17 +4,19 @@ The generator's own path (radial.generation: WanPipeline, prompt embeddings, `ge
 the radial handle driven by the pipeline callback), the same seed for every mode, so the outputs are comparable:
 
     dense          stock diffusers attention (SDPA: flash / cuDNN), no injection
-    radial         radial attention, --backend (triton), every layer and step sparse
+    dense-fa4      every layer through our dense backend on flash-attn-4's dense kernel (RADIAL_DENSE_KERNEL=fa4)
+    radial         radial attention, --backends (triton; e.g. triton fa4), every layer and step sparse
     radial-dense   radial with the first --dense-layers layers and the first --dense-timesteps steps dense
                    (the paper's inference recipe, scaled to the short schedule)
 
     python benchmarks/generate.py --out $OUT                   # 480x832, 321 frames = 81 latent frames, 6 steps
     python benchmarks/generate.py --out $OUT --steps 8 --decode none --modes dense radial
+    python benchmarks/generate.py --out $OUT --decode none --modes dense dense-fa4 radial --backends triton fa4
     python benchmarks/generate.py --smoke --device cpu --out /tmp/x   # tiny models: a CPU check of the script
 
 Reported per mode: first step (includes kernel compilation), mean of the other steps, denoising total, an estimate
 without compilation (mean step x steps), peak CUDA memory, mask and effective attention density; against dense:
-speed-up, latent relative error and, with --decode tiny, PSNR / SSIM per frame of the decoded videos.
+speed-up (and against the fastest dense mode of the run), latent relative error and, with --decode tiny, PSNR / SSIM per frame of the decoded videos.
 
 No text encoder (random prompt embeddings, 512 x 4096) and guidance 1 (no CFG: one transformer pass per step; real
 sampling with CFG doubles every step time equally). --decode tiny decodes with a tiny random Wan VAE of the real
@@ -37,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-MODES = ("dense", "radial", "radial-dense")
+MODES = ("dense", "dense-fa4", "radial", "radial-dense")
+DENSE_MODES = ("dense", "dense-fa4")
 
 
 def _pipeline(args, device: str):
@@ -82,14 +85,16 @@ def _embeds(pipe, args):
     return PromptEmbeds(tensors, prompt="random embeddings (benchmark)", source="random")
 
 
-def _settings(mode: str, args):
+def _settings(mode: str, args, backend: str | None):
     from radial.generation import RadialSettings
 
     if mode == "dense":
         return RadialSettings(enabled=False)
+    if mode == "dense-fa4":
+        return RadialSettings(backend="dense", block_size=args.block_size)
     dense = mode == "radial-dense"
     return RadialSettings(
-        backend=args.backend,
+        backend=backend,
         block_size=args.block_size,
         decay_factor=args.decay_factor,
         dense_layers=args.dense_layers if dense else 0,
@@ -112,28 +117,37 @@ def run(args) -> dict:
         seed=args.seed,
         fps=16,
     )
+    from radial.kernels.dense import DENSE_KERNEL_ENV
+
     rows, outputs = [], {}
-    for mode in args.modes:
-        settings = _settings(mode, args)
+    runs = [(m, None) if m in DENSE_MODES else (m, b) for m in args.modes for b in args.backends]
+    for mode, backend in dict.fromkeys(runs):
+        settings = _settings(mode, args, backend)
+        label = f"{mode} {backend}" if backend is not None and len(args.backends) > 1 else mode
+        os.environ[DENSE_KERNEL_ENV] = "fa4" if mode == "dense-fa4" else "auto"
         handles = apply_radial(pipe, settings, "wan")
         print(
-            f"[{mode}] generating {clip.frames} frames at {clip.height}x{clip.width}, {clip.num_inference_steps} steps",
+            f"[{label}] generating {clip.frames} frames at {clip.height}x{clip.width}, {clip.num_inference_steps} steps",
             flush=True,
         )
         try:
             result = generate(pipe, clip, embeds=embeds, handles=handles, decode=args.decode != "none", family="wan")
         except torch.cuda.OutOfMemoryError:
-            rows.append({"mode": mode, "error": "OOM"})
+            rows.append({"mode": label, "error": "OOM"})
+            continue
+        except Exception as err:  # e.g. dense-fa4 without flash-attn-4: the other modes still run
+            rows.append({"mode": label, "error": f"{type(err).__name__}: {str(err)[:200]}"})
             continue
         finally:
+            os.environ.pop(DENSE_KERNEL_ENV, None)
             if handles is not None:
                 handles.remove()
         steps = result.step_times_s
         rest = steps[1:] or steps
         mean_step = sum(rest) / len(rest)
         row = {
-            "mode": mode,
-            "backend": settings.backend if settings.enabled else "sdpa (stock)",
+            "mode": label,
+            "backend": (result.attention.get("backend") or settings.backend) if settings.enabled else "sdpa (stock)",
             "dense_layers": settings.dense_layers,
             "dense_timesteps": settings.dense_timesteps,
             "mask_density": result.attention.get("mask_token_density", 1.0),
@@ -151,9 +165,9 @@ def run(args) -> dict:
             "finite": bool(torch.isfinite(result.latents).all()),
         }
         rows.append(row)
-        outputs[mode] = result
+        outputs[label] = result
         print(
-            f"[{mode}] mean step {mean_step:.3f} s, first {steps[0]:.3f} s, peak {row['peak_memory_gb']:.1f} GB",
+            f"[{label}] mean step {mean_step:.3f} s, first {steps[0]:.3f} s, peak {row['peak_memory_gb']:.1f} GB",
             flush=True,
         )
         gc.collect()
@@ -177,8 +191,13 @@ def _compare(rows: list[dict], outputs: dict, device: str) -> None:
     from train.eval.metrics import compare_videos
 
     ref = outputs.get("dense")
+    dense_rows = [r for r in rows if r["mode"] in DENSE_MODES and "mean_step_s" in r]
+    fastest = min(dense_rows, key=lambda r: r["mean_step_s"]) if dense_rows else None
     for row in rows:
         result = outputs.get(row["mode"])
+        if fastest is not None and result is not None and row is not fastest:
+            row["speedup_vs_fastest_dense"] = fastest["mean_step_s"] / row["mean_step_s"]
+            row["fastest_dense"] = fastest["mode"]
         if ref is None or result is None or row["mode"] == "dense":
             continue
         row["speedup_steady"] = next(r["mean_step_s"] for r in rows if r["mode"] == "dense") / row["mean_step_s"]
@@ -209,18 +228,19 @@ def table(report: dict) -> str:
         f"decode {report['decode']}, seed {report['seed']}, {report['date']}",
         "",
         "| mode | backend | dense layers / steps | density mask / effective | first step s | mean step s | denoise s "
-        "| steady s | speed-up (steady) | peak GB | latent rel. err | PSNR dB | SSIM |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| steady s | speed-up (steady) | vs fastest dense | peak GB | latent rel. err | PSNR dB | SSIM |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         if "error" in r:
-            lines.append(f"| {r['mode']} | {r['error']} |" + " |" * 11)
+            lines.append(f"| {r['mode']} | {r['error']} |" + " |" * 12)
             continue
         lines.append(
             f"| {r['mode']} | {r['backend']} | {r['dense_layers']} / {r['dense_timesteps']} "
             f"| {r['mask_density']:.3f} / {r['effective_density']:.3f} | {r['first_step_s']:.2f} "
             f"| {r['mean_step_s']:.3f} | {r['denoise_s']:.2f} | {r['denoise_steady_s']:.2f} "
-            f"| {_fmt(r.get('speedup_steady'), '.2f')} | {r['peak_memory_gb']:.1f} "
+            f"| {_fmt(r.get('speedup_steady'), '.2f')} | {_fmt(r.get('speedup_vs_fastest_dense'), '.2f')} "
+            f"| {r['peak_memory_gb']:.1f} "
             f"| {_fmt(r.get('latent_rel_error'), '.4f')} | {_fmt(r.get('psnr_mean'), '.2f')} "
             f"| {_fmt(r.get('ssim_mean'), '.4f')} |"
         )
@@ -230,7 +250,7 @@ def table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=None, help="results folder (default $OUT, else benchmarks/results)")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--modes", nargs="+", default=["dense", "radial", "radial-dense"], choices=MODES)
     p.add_argument("--variant", default="t2v-1.3b")
     p.add_argument("--frames", type=int, default=321, help="pixel frames (321 = 81 latent frames = 4x)")
     p.add_argument("--height", type=int, default=480)
@@ -239,7 +259,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--guidance", type=float, default=1.0, help="> 1 adds CFG (two passes per step)")
     p.add_argument("--shift", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="triton")
+    p.add_argument("--backend", default="triton", help="the radial backend (one)")
+    p.add_argument(
+        "--backends", nargs="+", default=None, help="radial backends timed one after another (default --backend)"
+    )
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--decay-factor", type=float, default=1.0)
     p.add_argument("--dense-layers", type=int, default=1, help="radial-dense: first k layers dense")
@@ -253,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.block_size = 16
         if args.backend == "triton" and (args.device == "cpu" or not torch.cuda.is_available()):
             args.backend = "reference"
+    args.backends = args.backends or [args.backend]
     if args.dense_timesteps is None:
         args.dense_timesteps = max(1, round(args.steps / 4))
     out = args.out or Path(os.environ.get("OUT") or "benchmarks/results")

@@ -1,4 +1,4 @@
-"""End-to-end LoRA training step at long lengths: radial (triton) against dense (cuDNN SDPA) in the same run.
+"""End-to-end LoRA training step at long lengths: radial backends against dense kernels in the same run.
 
 The step is the trainer's own: `train.components.build_model` (radial attention injected, PEFT LoRA rank 128 on
 q/k/v/o, gradient checkpointing, fp32 LoRA parameters), Accelerate bf16 autocast, `train.step.flow_matching_loss`,
@@ -6,6 +6,12 @@ backward, AdamW step. Full-size architectures with random weights (speed does no
 
     python benchmarks/train_step.py --out $OUT [--cases wan1x wan2x wan4x hun4x] [--steps 2]
     torchrun --standalone --nproc_per_node 2 benchmarks/train_step.py --sp 2 --cases hun4x --out $OUT/sp2
+    python benchmarks/train_step.py --out $OUT --cases wan4x --backends dense-cudnn dense-fa4 triton fa4 fa4+plain
+
+`--backends`: dense kernels `dense-cudnn` (torch SDPA), `dense-fa4` (flash-attn-4's dense kernel), `dense` (the dense
+backend's own choice); radial backends `triton`, `fa4`, `auto`, `flex`; a `+plain` suffix runs that entry with plain
+block checkpointing instead of `--save-attention`. Speed-ups are over the fastest dense entry of the run and over
+dense-cudnn when it ran.
 
 HunyuanVideo-13B cases build `--hun-double` double-stream and `--hun-single` single-stream blocks (the real model
 has 20 + 40); the table reports them as measured and the per-layer scaling is stated beside it.
@@ -25,9 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from radial.kernels.dense import DENSE_KERNEL_ENV  # noqa: E402
+
+# Dense entries of --backends: name -> RADIAL_DENSE_KERNEL
+DENSE_ENTRIES = {"dense": "auto", "dense-cudnn": "sdpa", "dense-fa4": "fa4"}
+
 # Kernel names counted as attention: torch's SDPA kernels and ours (radial/kernels/triton_*.py).
 ATTENTION_KERNEL_HINTS = ("attn", "fmha", "flash", "cudnn", "sdpa", "_fwd_kernel", "_dkdv_kernel", "_dq_kernel")
-ATTENTION_KERNEL_HINTS += ("_preprocess_kernel",)
+ATTENTION_KERNEL_HINTS += ("_preprocess_kernel", "flashattention", "fmha")  # flash-attn-4's CuTe kernels
 
 CASES = {
     # name: (family, latent frames, latent height, latent width)
@@ -60,12 +71,20 @@ def _config(family: str, backend: str, dense_layers: int, save_attention: bool):
     )
 
 
-def _build(case: str, backend: str, args, device) -> tuple:
+def _entry(entry: str, args) -> tuple[str, bool]:
+    """(attention.backend, save_attention) of a --backends entry."""
+    name, plain = (entry[: -len("+plain")], True) if entry.endswith("+plain") else (entry, False)
+    backend = "dense" if name in DENSE_ENTRIES else name
+    return backend, args.save_attention and not plain
+
+
+def _build(case: str, entry: str, args, device) -> tuple:
     from radial.models import get_adapter
     from train.components import build_model
 
     family, frames, h, w = CASES[case]
-    cfg = _config(family, backend, args.dense_layers if backend != "dense" else 0, args.save_attention)
+    backend, save_attention = _entry(entry, args)
+    cfg = _config(family, backend, args.dense_layers if backend != "dense" else 0, save_attention)
     adapter = get_adapter(family)
     device = torch.device(device)
     if args.smoke:  # CPU check of this script: tiny model, tiny latents, the same code path
@@ -119,6 +138,21 @@ def _attention_share(prof) -> tuple[float, float, dict[str, float]]:
 
 
 def run_case(case: str, backend: str, args) -> dict:
+    """One --backends entry on one case; dense entries pick the dense kernel (RADIAL_DENSE_KERNEL) for the run."""
+    name = backend.removesuffix("+plain")
+    kernel = DENSE_ENTRIES.get(name, "auto")  # radial entries: their dense layers use the dense backend's choice
+    previous = os.environ.get(DENSE_KERNEL_ENV)
+    os.environ[DENSE_KERNEL_ENV] = kernel
+    try:
+        return _run_case(case, backend, args)
+    finally:
+        if previous is None:
+            os.environ.pop(DENSE_KERNEL_ENV, None)
+        else:
+            os.environ[DENSE_KERNEL_ENV] = previous
+
+
+def _run_case(case: str, backend: str, args) -> dict:
     from accelerate import Accelerator
 
     from radial.parallel import enable as enable_sequence_parallel
@@ -170,6 +204,8 @@ def run_case(case: str, backend: str, args) -> dict:
     result = {
         "case": case,
         "backend": backend,
+        "attention_backend": parts.backend,  # `auto` resolved, or the fallback that ran
+        "save_attention": cfg.train.save_attention,
         "sp": args.sp,
         "gpus": acc.num_processes,
         "tokens": grid.video_tokens,
@@ -182,7 +218,7 @@ def run_case(case: str, backend: str, args) -> dict:
         "profiled_ms": total_ms,
         "attention_share": attn_ms / total_ms if total_ms else float("nan"),
         "attention_kernels_ms": kernels,
-        "density": plan.stats.block_density if plan is not None and backend != "dense" else 1.0,
+        "density": plan.stats.block_density if plan is not None and not _is_dense(backend) else 1.0,
         "loss": losses[-1],
     }
     if sp_handle is not None:
@@ -213,11 +249,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--smoke", action="store_true", help="tiny models on --device (a CPU check of the script)")
     p.add_argument("--sp", type=int, default=1, help="Ulysses group size; launch with torchrun --nproc_per_node K")
+    p.add_argument("--backends", nargs="+", default=None, help="default: dense and triton (see the module doc)")
     args = p.parse_args(argv)
+    args.backends = args.backends or ["dense", _radial_backend(args)]
+    for entry in args.backends:
+        name = entry.removesuffix("+plain")
+        if name not in DENSE_ENTRIES and name not in ("triton", "fa4", "auto", "flex", "reference"):
+            p.error(f"--backends {entry!r}: expected {sorted(DENSE_ENTRIES)} or triton, fa4, auto, flex (+plain)")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in args.cases:
-        for backend in ("dense", _radial_backend(args)):
+        for backend in args.backends:
             try:
                 rows.append(run_case(case, backend, args))
             except torch.cuda.OutOfMemoryError as err:
@@ -230,6 +272,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _radial_backend(args) -> str:
     return "reference" if args.smoke else "triton"  # the smoke run has no GPU for triton
+
+
+def _is_dense(entry: str) -> bool:
+    return entry.removesuffix("+plain") in DENSE_ENTRIES
 
 
 def write_results(rows: list[dict], args) -> str:
@@ -245,24 +291,30 @@ def write_results(rows: list[dict], args) -> str:
     }
     (args.out / "train_step.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
-        "| case | tokens | layers | dense step s | radial step s | speed-up | radial tokens/s | dense / radial peak GB "
-        "| attention share dense / radial | density |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| case | tokens | layers | backend (ran) | checkpointing | step s | speed-up vs fastest dense | vs dense-cudnn "
+        "| tokens/s | peak GB | attention share | density |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by = {(r["case"], r["backend"]): r for r in rows}
     for case in dict.fromkeys(r["case"] for r in rows):
-        d, r = by.get((case, "dense"), {}), by.get((case, _radial_backend(args)), {})
-        if "step_s" not in d or "step_s" not in r:
-            lines.append(f"| {case} | | | {d.get('error', '')} | {r.get('error', '')} | | | | | |")
-            continue
-        lines.append(
-            f"| {case} | {r['tokens']} | {r['layers']} | {d['step_s']:.2f} | {r['step_s']:.2f} | "
-            f"{d['step_s'] / r['step_s']:.2f}x | {r['tokens_per_s']:.0f} | {d['peak_gb']:.1f} / {r['peak_gb']:.1f} | "
-            f"{d['attention_share']:.0%} / {r['attention_share']:.0%} | {r['density']:.3f} |"
-        )
+        here = [r for r in rows if r["case"] == case]
+        dense = [r for r in here if _is_dense(r["backend"]) and "step_s" in r]
+        fastest = min(dense, key=lambda r: r["step_s"]) if dense else None
+        cudnn = next((r for r in dense if r["backend"] == "dense-cudnn"), None)
+        for r in here:
+            if "step_s" not in r:
+                lines.append(f"| {case} | | | {r['backend']} | | {r.get('error', '')} | | | | | | |")
+                continue
+            vs_best = f"{fastest['step_s'] / r['step_s']:.2f}x ({fastest['backend']})" if fastest else ""
+            vs_cudnn = f"{cudnn['step_s'] / r['step_s']:.2f}x" if cudnn else ""
+            ckpt = "save attention" if r.get("save_attention") else "plain"
+            lines.append(
+                f"| {case} | {r['tokens']} | {r['layers']} | {r['backend']} ({r.get('attention_backend', '?')}) "
+                f"| {ckpt} | {r['step_s']:.2f} | {vs_best} | {vs_cudnn} | {r['tokens_per_s']:.0f} "
+                f"| {r['peak_gb']:.1f} | {r['attention_share']:.0%} | {r['density']:.3f} |"
+            )
     table = "\n".join(lines)
     (args.out / "train_step.md").write_text(
-        f"# LoRA training step, radial vs dense (sp={args.sp})\n\n{meta['card']}, torch {meta['torch']}, "
+        f"# LoRA training step, radial vs dense (sp={args.sp}; dense layers run the dense backend's fastest kernel)\n\n{meta['card']}, torch {meta['torch']}, "
         f"triton {meta['triton']}, {meta['date']}; args {meta['args']}\n\n{table}\n"
     )
     return table

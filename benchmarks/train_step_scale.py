@@ -18,17 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
+DENSE_ENTRIES = ("dense", "dense-cudnn", "dense-fa4")  # benchmarks/train_step.py's dense --backends entries
 
-def load_rows(paths: list[Path]) -> list[dict]:
-    """Rows with a step time, each tagged with how many of its blocks ran dense."""
+
+def load_rows(paths: list[Path], backends: list[str] | None = None) -> list[dict]:
+    """Rows with a step time (of the given --backends entries, e.g. one dense kernel and one radial backend; all
+    when None), each tagged with how many of its blocks ran dense."""
     rows = []
     for path in paths:
         data = json.loads(path.read_text())
         dense_layers = int(data["meta"]["args"]["dense_layers"])
         for row in data["rows"]:
-            if "step_s" not in row:
+            if "step_s" not in row or (backends is not None and row["backend"] not in backends):
                 continue
-            n_dense = row["layers"] if row["backend"] == "dense" else min(dense_layers, row["layers"])
+            dense = row["backend"].removesuffix("+plain") in DENSE_ENTRIES
+            n_dense = row["layers"] if dense else min(dense_layers, row["layers"])
             rows.append({**row, "n_dense": n_dense, "n_radial": row["layers"] - n_dense, "file": path.name})
     return rows
 
@@ -70,8 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--layers", type=int, default=60, help="blocks of the whole model (HunyuanVideo: 20 + 40)")
     p.add_argument("--dense", type=int, nargs="+", default=[2, 0], help="dense blocks in the radial model")
+    p.add_argument("--backends", nargs="+", default=None, help="rows to fit, e.g. dense-fa4 fa4 (default: all)")
     args = p.parse_args(argv)
-    rows = load_rows(args.files)
+    rows = load_rows(args.files, args.backends)
     lines = [
         "| case | rows | overhead s | dense block s | radial block s | block speed-up | worst residual "
         + "".join(f"| {args.layers} blocks, {k} dense: dense / radial s (speed-up) " for k in args.dense)
