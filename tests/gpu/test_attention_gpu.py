@@ -104,11 +104,18 @@ def test_triton_empty_rows_and_block64():
     check_backend("triton", plan, 1, 2, 128, torch.bfloat16, 30)
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "fa4"])
 @pytest.mark.parametrize("padded", [0, 150])
-def test_dense_backend_drops_padded_keys(padded):
-    """The dense backend (SDPA on each sample's unpadded keys) against masked SDPA in fp32: values and gradients."""
+def test_dense_backend_drops_padded_keys(padded, kernel, monkeypatch):
+    """The dense backend (SDPA or flash-attn-4's dense kernel on each sample's unpadded keys) against masked SDPA in
+    fp32: values and gradients."""
     import torch.nn.functional as F
 
+    from radial.kernels import fa4
+
+    if kernel == "fa4" and not fa4.dense_usable(torch.empty(1, 1, 1, 128, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip("flash-attn-4's dense kernel does not run here (not installed, or not 9.x/10.x)")
+    monkeypatch.setenv("RADIAL_DENSE_KERNEL", kernel)
     plan = radial.make_plan(**HUN, device="cuda")
     q, k, v, do, kpm = inputs(plan, 2, 2, 128, torch.bfloat16, padded)
     mask = None if kpm is None else kpm[:, None, None, :]
@@ -119,8 +126,8 @@ def test_dense_backend_drops_padded_keys(padded):
     out = radial.radial_attention(q, k, v, plan, backend="dense", key_padding_mask=kpm)
     grads = torch.autograd.grad(out, (q, k, v), do)
     for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), strict=True):
-        assert torch.isfinite(got).all(), f"dense {name}: non-finite elements"
-        assert rel(got, want) < 1e-2, f"dense {name}: relative error {rel(got, want):.3e}"
+        assert torch.isfinite(got).all(), f"dense {kernel} {name}: non-finite elements"
+        assert rel(got, want) < 1e-2, f"dense {kernel} {name}: relative error {rel(got, want):.3e}"
 
 
 @pytest.mark.parametrize("padded", [0, 120])

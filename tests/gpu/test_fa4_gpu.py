@@ -1,8 +1,9 @@
-"""GPU checks of the fa4 backend (flash-attn-4 block-sparse) and of the dense backend's flash-attn-4 kernel.
+"""GPU checks of the fa4 backend (flash-attn-4 block-sparse).
 
 Forward and gradients against the fp32 reference on Wan and HunyuanVideo layouts with odd lengths and padded text,
 `auto` selection, the deterministic and block-64 fallbacks, torch.compile (fullgraph) over the op, and the
-attention-saving checkpoint policy keeping its output. Skipped without CUDA or without flash_attn.cute.
+attention-saving checkpoint policy keeping its output. Skipped without CUDA or without flash_attn.cute. The dense
+backend's flash-attn-4 kernel is checked in test_attention_gpu.py (test_dense_backend_drops_padded_keys).
 """
 
 from __future__ import annotations
@@ -113,26 +114,6 @@ def test_save_attention_keeps_the_fa4_output(monkeypatch):
         kwargs = {} if checkpoint is attention_saving_checkpoint else {"use_reentrant": False}
         checkpoint(block, q, **kwargs).backward(do)
         assert len(calls) == forwards, (checkpoint, len(calls))
-
-
-@pytest.mark.parametrize("padded", [0, 150])
-def test_dense_fa4_kernel(monkeypatch, padded):
-    """The dense backend on flash-attn-4's kernel against masked SDPA in fp32: values and gradients."""
-    import torch.nn.functional as F
-
-    monkeypatch.setenv("RADIAL_DENSE_KERNEL", "fa4")
-    plan = radial.make_plan(**HUN, device="cuda")
-    q, k, v, do, kpm = inputs(plan, 2, 2, 128, torch.bfloat16, padded)
-    mask = None if kpm is None else kpm[:, None, None, :]
-    q32, k32, v32 = (t.detach().float().transpose(1, 2).requires_grad_() for t in (q, k, v))
-    ref = F.scaled_dot_product_attention(q32, k32, v32, attn_mask=mask).transpose(1, 2)
-    ref_grads = [g.transpose(1, 2) for g in torch.autograd.grad(ref, (q32, k32, v32), do.float())]
-    poison_allocator()
-    out = radial.radial_attention(q, k, v, plan, backend="dense", key_padding_mask=kpm)
-    grads = torch.autograd.grad(out, (q, k, v), do)
-    for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), strict=True):
-        assert torch.isfinite(got).all(), f"dense fa4 {name}: non-finite elements"
-        assert rel(got, want) < 1e-2, f"dense fa4 {name}: relative error {rel(got, want):.3e}"
 
 
 def test_hunyuan_4x_plan_forward():
