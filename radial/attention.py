@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -72,7 +73,7 @@ def resolve_backend(backend: str, device: torch.device, block_size: int = 128) -
         if why is not None:
             fa4.log_once(f"attention backend auto -> triton: {why}")
             return "triton"
-        fa4.log_once("attention backend auto -> fa4 (flash-attn-4 block-sparse)")
+        fa4.log_once("attention backend auto -> fa4 (flash-attn-4 block-sparse)", logging.INFO)
         return "fa4"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")

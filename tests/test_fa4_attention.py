@@ -368,3 +368,19 @@ def test_blocks_cut_to_a_sample_keep_the_boundary_block_last(fake):
         row = idx[r, : cnt[r]].tolist()
         assert row == sorted(row) and all(j < n for j in row) and row[-1] == n - 1
     assert math.isclose(float(cnt.sum()), float(mask[:, :5].sum()))
+
+
+def test_head_group_views_as_ulysses_passes_them(fake):
+    """Ulysses SP calls the backend on the full sequence with a head group: non-contiguous views, gathered padding."""
+    plan = radial.make_plan(4, 100, text_tokens=150, model="hunyuan")
+    (q, k, v), do = _inputs(plan, 2, heads=4)
+    kpm = torch.ones(2, plan.seq_len, dtype=torch.bool)
+    kpm[1, -70:] = False
+    group = [t[:, :, 2:4] for t in (q, k, v)]  # rank 1 of sp=2: heads 2-3, a strided view
+    assert not group[0].is_contiguous()
+    out = radial.radial_attention(*group, plan, backend="fa4", key_padding_mask=kpm)
+    ref = reference_attention(*group, plan, kpm)
+    grads = torch.autograd.grad(out, (q, k, v), do[:, :, 2:4])
+    ref_grads = torch.autograd.grad(ref, (q, k, v), do[:, :, 2:4])
+    assert _rel(out, ref) < 1e-2 and all(_rel(g, r) < 1e-2 for g, r in zip(grads, ref_grads, strict=True))
+    assert all(float(g[:, :, :2].abs().max()) == 0 for g in grads)  # the other rank's heads get no gradient

@@ -43,11 +43,11 @@ _REQUIRE_CUDA = True  # the CPU tests run this module against a fake flash_attn.
 _logged: set[str] = set()
 
 
-def log_once(message: str) -> None:
-    """Log a fallback or a choice once per process (each attention call would repeat it)."""
+def log_once(message: str, level: int = logging.WARNING) -> None:
+    """Log a fallback (a warning) or a choice (info) once per process (each attention call would repeat it)."""
     if not torch.compiler.is_compiling() and message not in _logged:
         _logged.add(message)
-        log.warning(message)
+        log.log(level, message)
 
 
 _import_error: list[str | None] = []  # [] = not tried yet; a plain global (not functools.cache) for torch.compile
