@@ -147,6 +147,11 @@ def test_flashinfer_forward(padded):
 def test_flashinfer_hunyuan_4x_plan():
     """HunyuanVideo 720p 4x (461k tokens, 1.4M kept blocks): overflowed FlashInfer's default index buffer."""
     pytest.importorskip("flashinfer")
+    check_hunyuan_4x_forward("flashinfer")
+
+
+def check_hunyuan_4x_forward(backend: str) -> None:
+    """HunyuanVideo 720p 4x, one head, 100 padded text keys: `backend`'s forward against triton's."""
     plan = radial.make_plan(128, 3600, text_tokens=256, model="hunyuan", device="cuda")
     q, k, v = (torch.randn(1, plan.seq_len, 1, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     kpm = torch.ones(1, plan.seq_len, dtype=torch.bool, device="cuda")
@@ -154,7 +159,7 @@ def test_flashinfer_hunyuan_4x_plan():
     with torch.no_grad():
         want = radial.radial_attention(q, k, v, plan, backend="triton", key_padding_mask=kpm)
         poison_allocator()
-        got = radial.radial_attention(q, k, v, plan, backend="flashinfer", key_padding_mask=kpm)
+        got = radial.radial_attention(q, k, v, plan, backend=backend, key_padding_mask=kpm)
     assert torch.isfinite(got).all()
     assert rel(got, want) < 1e-2
 

@@ -12,7 +12,14 @@ import logging
 
 import pytest
 import torch
-from test_attention_gpu import HUN, WAN, check_backend, inputs, poison_allocator, rel  # tests/gpu on sys.path
+from test_attention_gpu import (  # tests/gpu is on sys.path under pytest
+    HUN,
+    WAN,
+    check_backend,
+    check_hunyuan_4x_forward,
+    inputs,
+    rel,
+)
 
 import radial
 from radial.kernels import fa4
@@ -118,13 +125,4 @@ def test_save_attention_keeps_the_fa4_output(monkeypatch):
 
 def test_hunyuan_4x_plan_forward():
     """HunyuanVideo 720p 4x (461k tokens, 1.4M kept blocks), one head, padded text: fa4 against triton."""
-    plan = radial.make_plan(128, 3600, text_tokens=256, model="hunyuan", device="cuda")
-    q, k, v = (torch.randn(1, plan.seq_len, 1, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    kpm = torch.ones(1, plan.seq_len, dtype=torch.bool, device="cuda")
-    kpm[0, -100:] = False
-    with torch.no_grad():
-        want = radial.radial_attention(q, k, v, plan, backend="triton", key_padding_mask=kpm)
-        poison_allocator()
-        got = radial.radial_attention(q, k, v, plan, backend="fa4", key_padding_mask=kpm)
-    assert torch.isfinite(got).all()
-    assert rel(got, want) < 1e-2
+    check_hunyuan_4x_forward("fa4")
