@@ -347,6 +347,12 @@ def test_dense_backend_kernel_switch(fake, monkeypatch, padded):
         _check(dense_plan, 2, kpm, backend="dense")
         fwd = [c for c in fake.calls if c["op"] == "fwd"]
         assert len(fwd) == fa4_calls * (2 if padded else 1) and all(c["tensors"] is None for c in fwd)
+    monkeypatch.setenv(dense_mod.DENSE_KERNEL_ENV, "auto")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        assert dense_mod.dense_kernel(torch.empty(1, 1, 1, 32, dtype=torch.bfloat16)) == "sdpa"
+    finally:
+        torch.use_deterministic_algorithms(False)
     monkeypatch.setenv(dense_mod.DENSE_KERNEL_ENV, "cudnn")
     q = torch.randn(1, plan.seq_len, 2, 32, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="RADIAL_DENSE_KERNEL"):

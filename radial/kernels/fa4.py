@@ -103,8 +103,11 @@ def unsupported_reason(block_size: int, dtype: torch.dtype | None = None, head_d
 
 
 def dense_usable(query: torch.Tensor) -> bool:
-    """Whether the dense backend can run flash-attn-4's dense kernel on these tensors (installed, 9.x/10.x, dtype)."""
+    """Whether the dense backend can run flash-attn-4's dense kernel on these tensors: installed, 9.x/10.x, dtype,
+    and not a deterministic run (its dQ is accumulated by atomics)."""
     if _REQUIRE_CUDA and _capability_major(query.device) not in DENSE_MAJORS:
+        return False
+    if torch.are_deterministic_algorithms_enabled():
         return False
     if query.dtype not in (torch.float16, torch.bfloat16) or query.shape[-1] % 16 or query.shape[-1] > 256:
         return False
