@@ -23,6 +23,9 @@ fa4_path=$(grep -q "^fa4: installed" "$OUT/fa4_install.txt" && echo /tmp/site:/t
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
   ${WHEELS:-.whl}/diffusers-*.whl ${WHEELS:-.whl}/hydra_core-*.whl ${WHEELS:-.whl}/omegaconf-*.whl ${WHEELS:-.whl}/antlr4*.whl || exit 1
 export PYTHONPATH=${fa4_path}/tmp/site:$PWD PYTHONUNBUFFERED=1
+# flash-attn-4 JIT-compiles its kernels per process; its on-disk cache (opt-in) lets later steps and calls on the same
+# machine reuse them.
+export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=${FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED:-1}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 python3 -c "import torch, triton, diffusers, peft, accelerate; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)" | tee -a "$OUT/card.txt"
 cat "$OUT/fa4_install.txt" >> "$OUT/card.txt"
