@@ -173,6 +173,7 @@ def inject(
     block_size: int = 128,
     sink: bool | None = None,
     decay_adjacent: bool = False,
+    window_frames: int = 0,
 ) -> RadialHandle:
     """Put radial attention into `transformer` (family detected from its class unless named) and return the handle.
 
@@ -181,6 +182,7 @@ def inject(
     dense_layers: the first k attention layers run dense (the paper trained with 2).
     dense_timesteps: the first t sampling steps run dense (inference; tell the handle the step, see module doc).
     block_size, decay_factor, sink, decay_adjacent: the radial mask options (`radial.mask.MaskOptions`).
+    window_frames > 0: a temporal sliding-window mask of that many frames each side instead (a sparse baseline).
     Dense layers and steps use the "dense" backend (flash-attn-4 dense or SDPA) with the same key padding.
     """
     from radial.models import detect_adapter, get_adapter
@@ -202,6 +204,7 @@ def inject(
         block_size=block_size,
         sink=sink,
         decay_adjacent=decay_adjacent,
+        window_frames=window_frames,
     )
     state = InjectionState(config, adapter.mask_model)
     stocks = [_get_processor(attn) for attn in layers]

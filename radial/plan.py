@@ -9,6 +9,7 @@ import torch
 
 from radial.mask import MaskOptions, MaskStats, mask_stats, radial_block_mask_numpy
 from radial.mask.build import check_layout
+from radial.mask.window import window_block_mask_numpy
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +104,8 @@ def _canonical_device(device: torch.device | str | None) -> torch.device:
 
 @functools.lru_cache(maxsize=64)
 def _cached_plan(num_frames: int, tpf: int, text: int, options: MaskOptions, device: torch.device) -> RadialPlan:
-    mask = torch.from_numpy(radial_block_mask_numpy(num_frames, tpf, options, text)).to(device)
+    build = window_block_mask_numpy if options.window_frames else radial_block_mask_numpy
+    mask = torch.from_numpy(build(num_frames, tpf, options, text)).to(device)
     return plan_from_mask(mask, num_frames, tpf, text, options)
 
 
@@ -117,12 +119,20 @@ def make_plan(
     model: str = "wan",
     sink: bool | None = None,
     decay_adjacent: bool = False,
+    window_frames: int = 0,
     device: torch.device | str | None = None,
 ) -> RadialPlan:
-    """The radial plan for a layout, built once per (layout, options, device) and reused by every layer and step."""
+    """The radial plan for a layout, built once per (layout, options, device) and reused by every layer and step.
+
+    `window_frames` > 0 builds the temporal-window baseline instead (radial.mask.window), e.g. for comparisons."""
     check_layout(num_frames, tokens_per_frame, text_tokens)
     options = MaskOptions.create(
-        block_size=block_size, decay_factor=decay_factor, model=model, sink=sink, decay_adjacent=decay_adjacent
+        block_size=block_size,
+        decay_factor=decay_factor,
+        model=model,
+        sink=sink,
+        decay_adjacent=decay_adjacent,
+        window_frames=window_frames,
     )
     return _cached_plan(int(num_frames), int(tokens_per_frame), int(text_tokens), options, _canonical_device(device))
 

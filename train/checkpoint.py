@@ -18,6 +18,7 @@ import torch
 PREFIX = "checkpoint-"
 DONE = "checkpoint.json"
 LORA_FILE = "lora_adapter.safetensors"
+FULL_FILE = "transformer.safetensors"  # train.mode=full: every weight
 
 
 class TrainState:
@@ -60,7 +61,8 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
 
 
 class CheckpointManager:
-    """Save and load training state under `root` with an accelerator; LoRA-only model weights."""
+    """Save and load training state under `root` with an accelerator; the model weights are the trainable ones
+    (`weights_file`: the LoRA, or the whole transformer in train.mode=full), written by `save_lora`."""
 
     def __init__(
         self,
@@ -71,6 +73,7 @@ class CheckpointManager:
         load_lora: Callable[[Path], None],
         save_kwargs: dict | None = None,
         load_kwargs: dict | None = None,
+        weights_file: str = LORA_FILE,
     ) -> None:
         """`save_kwargs` / `load_kwargs` go to Accelerate's save_state / load_state (DeepSpeed's save_checkpoint /
         load_checkpoint: exclude_frozen_parameters, load_module_strict)."""
@@ -80,6 +83,7 @@ class CheckpointManager:
         self.root = Path(root)
         self.keep_last = keep_last
         self._save_lora, self._load_lora = save_lora, load_lora
+        self.weights_file = weights_file
         self._save_kwargs, self._load_kwargs = dict(save_kwargs or {}), dict(load_kwargs or {})
         accelerator.register_save_state_pre_hook(self._on_save)
         accelerator.register_load_state_pre_hook(self._on_load)
@@ -87,12 +91,12 @@ class CheckpointManager:
     def _on_save(self, models: list, weights: list, output_dir: str) -> None:
         # Replace full model weights by the adapter: Accelerate saves whatever remains in `weights`.
         if self.accelerator.is_main_process:
-            self._save_lora(Path(output_dir) / LORA_FILE)
+            self._save_lora(Path(output_dir) / self.weights_file)
         while weights:
             weights.pop()
 
     def _on_load(self, models: list, input_dir: str) -> None:
-        self._load_lora(Path(input_dir) / LORA_FILE)
+        self._load_lora(Path(input_dir) / self.weights_file)
         while models:
             models.pop()
 

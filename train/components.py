@@ -25,7 +25,7 @@ class ModelParts:
     adapter: ModelAdapter
     transformer: torch.nn.Module
     handle: Any  # radial.RadialHandle
-    lora_config: Any  # peft.LoraConfig
+    lora_config: Any  # peft.LoraConfig (None in train.mode=full)
     target_modules: Any
     backend: str = "reference"  # the attention backend that runs (`auto` resolved for the device)
 
@@ -47,6 +47,7 @@ def build_model(
 ) -> ModelParts:
     """Transformer + radial attention + PEFT LoRA (trainable parameters in fp32), ready for Accelerate.
 
+    train.mode=full: no LoRA; every parameter is trainable and kept in fp32.
     `transformer` replaces the one `model.*` describes (benchmarks build reduced full-size models themselves).
     """
     adapter = get_adapter(cfg.model.family)
@@ -74,11 +75,17 @@ def build_model(
         block_size=a.block_size,
         sink=a.sink,
         decay_adjacent=a.decay_adjacent,
+        window_frames=a.window_frames,
     )
-    targets = cfg.lora.target_modules or adapter.lora_target_modules(cfg.lora.projections, text=cfg.lora.text)
-    lora_config = attach_lora(
-        transformer, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=targets
-    )
+    if cfg.train.mode == "full":  # every weight trains; no adapter
+        targets = lora_config = None
+        transformer.requires_grad_(True)
+    else:
+        targets = cfg.lora.target_modules or adapter.lora_target_modules(cfg.lora.projections, text=cfg.lora.text)
+        lora_config = attach_lora(
+            transformer, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=targets
+        )
+    # Trainable weights are fp32 masters (autocast computes in bf16); frozen ones keep model.dtype.
     for p in transformer.parameters():
         if p.requires_grad:
             p.data = p.data.float()

@@ -21,6 +21,7 @@ STORAGE_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 PRECISIONS = ("no", "fp16", "bf16")
 BACKENDS = ("auto", "fa4", "triton", "flex", "reference", "dense", "flashinfer")
 TRACKERS = ("tensorboard", "wandb")
+MODES = ("lora", "full")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class AttentionConfig:
     decay_adjacent: bool = False
     # torch.use_deterministic_algorithms for the run; `auto` then picks triton (fa4's backward is not deterministic)
     deterministic: bool = False
+    window_frames: int = 0  # > 0: a temporal sliding-window mask (a sparse baseline) instead of radial
 
 
 @dataclass
@@ -88,6 +90,7 @@ class OptimConfig:
 
 @dataclass
 class TrainSection:
+    mode: str = "lora"  # lora | full (every transformer parameter trained, exported with save_pretrained)
     max_steps: int = 1000
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "bf16"
@@ -105,6 +108,12 @@ class TrainSection:
     loss_weighting: str = "none"
     timestep_range: list[float] | None = None
     export_comfy: bool = True
+    # Early end (checkpoint and export as at max_steps): after this many validations without the held-out loss
+    # improving by early_stop_min_delta (relative) over its best (0 = off; needs eval.validation_every) ...
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.01
+    # ... or once this many seconds of training have passed (0 = no limit).
+    time_limit_s: float = 0.0
 
 
 @dataclass
@@ -294,6 +303,7 @@ def validate(cfg: DictConfig | dict) -> Config:
         raise ValueError(f"attention.decay_factor={a.decay_factor}: expected > 0")
     _at_least("attention.dense_layers", a.dense_layers, 0)
     _at_least("attention.dense_timesteps", a.dense_timesteps, 0)
+    _at_least("attention.window_frames", a.window_frames, 0)
 
     _choice("data.kind", c.data.kind, ("synthetic", "latents"))
     _at_least("data.batch_size", c.data.batch_size, 1)
@@ -319,6 +329,7 @@ def validate(cfg: DictConfig | dict) -> Config:
         raise ValueError(f"optim.max_grad_norm={c.optim.max_grad_norm}: expected >= 0 (0 = no clipping)")
 
     t = c.train
+    _choice("train.mode", t.mode, MODES)
     _at_least("train.max_steps", t.max_steps, 1)
     _at_least("train.gradient_accumulation_steps", t.gradient_accumulation_steps, 1)
     _choice("train.mixed_precision", t.mixed_precision, PRECISIONS)
@@ -327,6 +338,15 @@ def validate(cfg: DictConfig | dict) -> Config:
     _choice("train.on_nan", t.on_nan, ("skip", "stop"))
     _at_least("train.max_nan_skips", t.max_nan_skips, 1)
     _at_least("train.log_every", t.log_every, 1)
+    _at_least("train.early_stop_patience", t.early_stop_patience, 0)
+    _at_least("train.early_stop_min_delta", t.early_stop_min_delta, 0.0)
+    _at_least("train.time_limit_s", t.time_limit_s, 0.0)
+    if t.early_stop_patience and not c.eval.validation_every:
+        raise ValueError(
+            f"train.early_stop_patience={t.early_stop_patience} needs validations: set eval.validation_every > 0"
+        )
+    if t.mode == "full" and c.model.storage_dtype is not None:
+        raise ValueError("model.storage_dtype stores frozen weights; train.mode=full has none: leave it null")
     from train.flow import SAMPLINGS, WEIGHTINGS, FlowMatching
 
     _choice("train.timestep_sampling", t.timestep_sampling, SAMPLINGS)

@@ -71,19 +71,38 @@ def save_loss_curve(losses: list[tuple[int, float]], path: Path) -> Path:
     return path
 
 
+def export_full(trainer, folder: Path, info: dict) -> Path:
+    """train.mode=full: the whole transformer in diffusers format (`save_pretrained`: config.json + safetensors,
+    loadable by its class's `from_pretrained`, so usable as `model.path` of a later run), with how it was trained
+    beside it in radial_training.json."""
+    transformer = trainer._unwrapped()
+    transformer.save_pretrained(folder, safe_serialization=True)
+    (folder / "radial_training.json").write_text(json.dumps(info, indent=1))
+    return folder
+
+
 def export_run(trainer) -> dict:
-    """Write lora/ (diffusers), the ComfyUI file, loss_curve.png and mask.png under the run; returns their paths."""
+    """Write lora/ (diffusers), the ComfyUI file, loss_curve.png and mask.png under the run; returns their paths.
+
+    train.mode=full writes transformer/ (the whole model, diffusers format) instead of the LoRA files."""
     import diffusers
 
     cfg, parts, out = trainer.cfg, trainer.parts, trainer.out
     transformer = trainer._unwrapped()
     info = lora_info(trainer)
     written = {}
-    pipeline_class = getattr(diffusers, parts.adapter.pipeline_class_name)
-    written["lora_diffusers"] = str(
-        export_diffusers(transformer, pipeline_class, out / "lora", parts.lora_config, info)
-    )
-    if cfg.train.export_comfy and parts.adapter.comfy_rules():
+    if cfg.train.mode == "full":
+        info = {k: v for k, v in info.items() if k not in ("rank", "alpha", "target_modules")}
+        info["mode"] = "full"
+        written["transformer"] = str(export_full(trainer, out / "transformer", info))
+    else:
+        pipeline_class = getattr(diffusers, parts.adapter.pipeline_class_name)
+        written["lora_diffusers"] = str(
+            export_diffusers(transformer, pipeline_class, out / "lora", parts.lora_config, info)
+        )
+    if cfg.train.mode == "full":
+        pass
+    elif cfg.train.export_comfy and parts.adapter.comfy_rules():
         scale = cfg.lora.alpha / cfg.lora.rank
         sd = parts.adapter.comfy_lora_state_dict(lora_state_dict(transformer), transformer, scale)
         written["lora_comfy"] = str(export_comfy(sd, out / "lora" / "comfyui_lora.safetensors", info))

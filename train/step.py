@@ -17,6 +17,12 @@ def conditions_of(batch: Mapping[str, Any], device: torch.device) -> dict[str, A
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k not in BATCH_ONLY}
 
 
+def input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype the model's inputs are given in: that of its frozen weights (model.dtype), fp32 when every weight
+    trains (train.mode=full keeps fp32 masters; autocast computes in bf16)."""
+    return next((p.dtype for p in model.parameters() if not p.requires_grad), torch.float32)
+
+
 def flow_matching_loss(
     adapter,
     model: torch.nn.Module,

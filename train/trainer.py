@@ -20,12 +20,12 @@ from data import data_parallel_rank
 from radial.lora import load_lora_state_dict, lora_state_dict
 from radial.parallel import enable as enable_sequence_parallel
 from radial.parallel import init_sequence_parallel, sequence_parallel_groups
-from train.checkpoint import CheckpointManager, TrainState, resolve_resume
+from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState, resolve_resume
 from train.components import build_data, build_model, synthetic_latents
 from train.config import Config
 from train.flow import FlowMatching
 from train.signals import StopFlag
-from train.step import conditions_of, flow_matching_loss
+from train.step import conditions_of, flow_matching_loss, input_dtype
 
 
 class NonFiniteLoss(RuntimeError):
@@ -95,6 +95,11 @@ class Trainer:
                 "GPUs set ACCELERATE_USE_CPU=1 (or `accelerate launch --cpu`) so that the processes train together"
             )
         self._configure_deepspeed()
+        self.full = t.mode == "full"
+        if self.full and acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            raise ValueError(
+                f"train.mode=full runs on one process or DDP (launch/multi_gpu.yaml), not {acc.distributed_type.value}"
+            )
         set_seed(cfg.seed, device_specific=True)
         self.flow = FlowMatching(
             sampling=t.timestep_sampling,
@@ -149,6 +154,7 @@ class Trainer:
             # DeepSpeed writes its own model file: only the trainable (LoRA) weights, so checkpoints stay LoRA-sized.
             save_kwargs={"exclude_frozen_parameters": True} if deepspeed else None,
             load_kwargs={"load_module_strict": False} if deepspeed else None,
+            weights_file=FULL_FILE if self.full else LORA_FILE,
         )
         self._lora_snapshot: dict | None = None
         from train.eval.validation import Validator
@@ -225,6 +231,9 @@ class Trainer:
     def _save_lora(self, path: Path) -> None:
         from safetensors.torch import save_file
 
+        if self.full:  # every weight (fp32 masters): exact resume
+            save_file({k: v.detach().cpu().contiguous() for k, v in self._unwrapped().state_dict().items()}, str(path))
+            return
         state = self._lora_snapshot
         if state is None:
             state = {k: v.cpu() for k, v in lora_state_dict(self._unwrapped()).items()}
@@ -233,6 +242,9 @@ class Trainer:
     def _load_lora(self, path: Path) -> None:  # on every rank
         from safetensors.torch import load_file
 
+        if self.full:
+            self._unwrapped().load_state_dict(load_file(str(path)), strict=True)
+            return
         if self.accelerator.distributed_type == DistributedType.FSDP:
             return  # Accelerate's FSDP checkpoint holds the (sharded) model state, LoRA included; it is loaded already
         with self._full_lora(modifier_rank=0):
@@ -243,7 +255,7 @@ class Trainer:
         acc, parts = self.accelerator, self.parts
         x0 = batch["latents"].to(acc.device)
         gen = step_generator(self.cfg.seed, step, micro, self.dp_rank)
-        model_dtype = next(p.dtype for p in self.model.parameters() if not p.requires_grad)
+        model_dtype = input_dtype(self.model)
         conditions = conditions_of(batch, acc.device)
         if acc.distributed_type == DistributedType.DEEPSPEED:  # no autocast under DeepSpeed: inputs in model dtype
             conditions = {k: _to_dtype(v, model_dtype) for k, v in conditions.items()}
@@ -269,7 +281,9 @@ class Trainer:
             init = {"wandb": {"mode": cfg.logging.wandb_mode, "name": cfg.logging.run_name}}
             acc.init_trackers(cfg.logging.project, config=_flatten(flat), init_kwargs=init)
         bar = tqdm(total=t.max_steps, initial=self.state.step, disable=not acc.is_local_main_process, desc="train")
-        nan_streak, stopped_by = 0, None
+        nan_streak, stopped_by, ended_early = 0, None, None
+        self._best_val, self._stale = math.inf, 0
+        fit_started = time.perf_counter()
         with StopFlag() as stop:
             while self.state.step < t.max_steps:
                 step = self.state.step
@@ -310,7 +324,10 @@ class Trainer:
                     self._log(step + 1, loss_value, grad_norm, elapsed, tokens)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
-                self.validator.maybe_run(step + 1)
+                ended_early = self._ended_early(self.validator.maybe_run(step + 1), fit_started)
+                if ended_early:
+                    acc.print(f"step {step + 1}: {ended_early}; ending the run here")
+                    break
                 if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.max_steps:
                     self._save_checkpoint(step + 1)
                 if self._all_ranks(stop.requested):
@@ -318,7 +335,12 @@ class Trainer:
                     break
         bar.close()
         final = self._save_checkpoint(self.state.step)
-        summary = {"step": self.state.step, "checkpoint": str(final), "stopped_by": stopped_by}
+        summary = {
+            "step": self.state.step,
+            "checkpoint": str(final),
+            "stopped_by": stopped_by,
+            "ended_early": ended_early,
+        }
         if stopped_by:
             acc.print(f"stopped by {stopped_by} at step {self.state.step}; resume with train.resume=latest")
         else:
@@ -331,6 +353,30 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         return summary
+
+    def _ended_early(self, metrics: dict | None, started: float) -> str | None:
+        """Why the run ends before train.max_steps (the held-out loss stopped improving, or train.time_limit_s has
+        passed), decided alike on every rank; None to go on."""
+        t = self.cfg.train
+        if not (t.early_stop_patience or t.time_limit_s):
+            return None
+        reason = None
+        if metrics and t.early_stop_patience and "val/loss" in metrics:
+            loss = metrics["val/loss"]
+            if loss < self._best_val * (1 - t.early_stop_min_delta):
+                self._best_val, self._stale = loss, 0
+            else:
+                self._best_val, self._stale = min(self._best_val, loss), self._stale + 1
+            if self._stale >= t.early_stop_patience:
+                reason = (
+                    f"held-out loss plateaued ({self._stale} validations without a "
+                    f"{t.early_stop_min_delta:.1%} gain on {self._best_val:.4f})"
+                )
+        if reason is None and t.time_limit_s and time.perf_counter() - started >= t.time_limit_s:
+            reason = f"train.time_limit_s={t.time_limit_s:g} reached"
+        if not self._all_ranks(reason is not None):
+            return None
+        return reason or "another rank ended the run early"
 
     def _log(self, step: int, loss: float, grad_norm, elapsed: float, tokens: int) -> None:
         acc = self.accelerator

@@ -17,6 +17,8 @@ class MaskOptions:
     decay_factor: float = 1.0
     sink: bool = True
     decay_adjacent: bool = False
+    # > 0: not radial but the temporal-window baseline (key frames within this distance, plus the sink frame)
+    window_frames: int = 0
 
     @classmethod
     def create(
@@ -27,6 +29,7 @@ class MaskOptions:
         model: str = "wan",
         sink: bool | None = None,
         decay_adjacent: bool = False,
+        window_frames: int = 0,
     ) -> MaskOptions:
         """Validate user values (errors name the argument) and resolve the model's default sink."""
         if model not in MODEL_SINK:
@@ -43,5 +46,7 @@ class MaskOptions:
             raise ValueError(f"sink must be true, false or unset (model default), got {sink!r}")
         if not isinstance(decay_adjacent, bool):
             raise ValueError(f"decay_adjacent must be true or false, got {decay_adjacent!r}")
+        if not isinstance(window_frames, int) or isinstance(window_frames, bool) or window_frames < 0:
+            raise ValueError(f"window_frames must be an integer >= 0 (0 = radial), got {window_frames!r}")
         resolved = MODEL_SINK[model] if sink is None else sink
-        return cls(block_size, float(decay_factor), resolved, decay_adjacent)
+        return cls(block_size, float(decay_factor), resolved, decay_adjacent, window_frames)

@@ -65,6 +65,7 @@ class RadialConfig:
     block_size: int = 128
     sink: bool | None = None
     decay_adjacent: bool = False
+    window_frames: int = 0  # > 0: the temporal-window baseline mask instead of radial (radial.mask.window)
 
     @classmethod
     def create(cls, *, num_layers: int, mask_model: str, **kwargs) -> RadialConfig:
@@ -87,6 +88,7 @@ class RadialConfig:
             model=mask_model,
             sink=self.sink,
             decay_adjacent=self.decay_adjacent,
+            window_frames=self.window_frames,
         )
 
 
@@ -184,6 +186,7 @@ class InjectionState:
             model=self.mask_model,
             sink=cfg.sink,
             decay_adjacent=cfg.decay_adjacent,
+            window_frames=cfg.window_frames,
             device=query.device,
         )
         dense = record.dense or layer_index < cfg.dense_layers

@@ -42,6 +42,7 @@ import torch
 
 from train.config import EvalConfig, check_eval
 from train.flow import flow_loss, noisy_latents
+from train.step import input_dtype
 
 
 def eval_settings(ev: Any) -> EvalConfig:
@@ -186,7 +187,7 @@ class Validator:
         model.eval()
         try:
             with torch.no_grad():
-                model_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad)
+                model_dtype = input_dtype(model)
                 for index, counts in zip(mine, real, strict=True):
                     item = ds[index]
                     batch = collate([item])
