@@ -109,12 +109,25 @@ class Experiment:
             shutil.rmtree(root, ignore_errors=True)
             self.roots[name] = write_split(root, self.geom, frames, count, seed, name, device=self.device)
         self.phases["data_s"] = time.perf_counter() - t0
-        self.log(f"data: {', '.join(f'{k} {v[1]} x {v[0]} frames' for k, v in splits.items())} "
-                 f"in {self.phases['data_s']:.1f}s")  # fmt: skip
+        self.log(
+            f"data: {', '.join(f'{k} {v[1]} x {v[0]} frames' for k, v in splits.items())} "
+            f"in {self.phases['data_s']:.1f}s"
+        )
 
     # -- trainer plumbing ---------------------------------------------------------------------------------------
-    def overrides(self, run: str, *, seed: int, steps: int, model_path: Path, attention: str, data: str,
-                  heldout: str, validate_every: int, full: bool = False) -> list[str]:  # fmt: skip
+    def overrides(
+        self,
+        run: str,
+        *,
+        seed: int,
+        steps: int,
+        model_path: Path,
+        attention: str,
+        data: str,
+        heldout: str,
+        validate_every: int,
+        full: bool = False,
+    ) -> list[str]:
         p, a = self.p, self.p["arms"]
         o = [
             "model=tiny_wan",
@@ -157,12 +170,22 @@ class Experiment:
         o += [f"attention.block_size={p['block_size']}"]
         if full:
             b = p["base"]
-            o += ["train.mode=full", f"data.batch_size={b['batch_size']}", f"optim.lr={b['lr']}",
-                  f"optim.warmup_steps={b['warmup']}", f"train.early_stop_patience={b['patience']}",
-                  f"train.early_stop_min_delta={b['min_delta']}"]  # fmt: skip
+            o += [
+                "train.mode=full",
+                f"data.batch_size={b['batch_size']}",
+                f"optim.lr={b['lr']}",
+                f"optim.warmup_steps={b['warmup']}",
+                f"train.early_stop_patience={b['patience']}",
+                f"train.early_stop_min_delta={b['min_delta']}",
+            ]
         else:
-            o += ["data.batch_size=1", f"optim.lr={a['lr']}", f"lora.rank={a['rank']}", f"lora.alpha={a['rank']}",
-                  f"optim.warmup_steps={int(a['warmup_frac'] * steps)}"]  # fmt: skip
+            o += [
+                "data.batch_size=1",
+                f"optim.lr={a['lr']}",
+                f"lora.rank={a['rank']}",
+                f"lora.alpha={a['rank']}",
+                f"optim.warmup_steps={int(a['warmup_frac'] * steps)}",
+            ]
         return o
 
     def trainer(self, overrides: list[str]):
@@ -180,8 +203,11 @@ class Experiment:
         p, b = self.p, self.p["base"]
         init = self.work / "base_init"
         model = get_adapter("wan").build_tiny(seed=0, **p["model"])
-        self.record["model"] = {"class": type(model).__name__, "parameters": sum(x.numel() for x in model.parameters()),
-                                **p["model"]}  # fmt: skip
+        self.record["model"] = {
+            "class": type(model).__name__,
+            "parameters": sum(x.numel() for x in model.parameters()),
+            **p["model"],
+        }
         model.save_pretrained(init)
         del model
         limit = max(10.0, b["budget_share"] * self.left())
@@ -196,10 +222,12 @@ class Experiment:
             validate_every=b["validate_every"],
             full=True,
         )
-        o.append(f"train.time_limit_s={limit:.0f}")  # fmt: skip
+        o.append(f"train.time_limit_s={limit:.0f}")
         trainer = self.trainer(o)
-        self.log(f"base: {self.record['model']['parameters'] / 1e6:.1f}M parameters, full training at L for at most "
-                 f"{limit:.0f}s or until the held-out loss plateaus")  # fmt: skip
+        self.log(
+            f"base: {self.record['model']['parameters'] / 1e6:.1f}M parameters, full training at L for at most "
+            f"{limit:.0f}s or until the held-out loss plateaus"
+        )
         summary = trainer.fit()
         run = trainer.out
         self.base_path = run / "transformer"
@@ -220,8 +248,10 @@ class Experiment:
         p = self.p
         tpf = (p["latent_size"] // 2) ** 2
         radial = make_plan(p["frames_long"], tpf, block_size=p["block_size"], model="wan")
-        windows = {k: make_plan(p["frames_long"], tpf, block_size=p["block_size"], model="wan", window_frames=k)
-                   for k in range(1, p["frames_long"])}  # fmt: skip
+        windows = {
+            k: make_plan(p["frames_long"], tpf, block_size=p["block_size"], model="wan", window_frames=k)
+            for k in range(1, p["frames_long"])
+        }
         k = min(windows, key=lambda k: abs(windows[k].stats.block_density - radial.stats.block_density))
         layers, dense = p["model"]["num_layers"], p["dense_layers"]
         self.record["geometry"] = {
@@ -237,8 +267,10 @@ class Experiment:
             "radial_density_all_layers": (dense + (layers - dense) * radial.stats.block_density) / layers,
         }
         g = self.record["geometry"]
-        self.log(f"geometry: {g['frames_long']} x {tpf} tokens at 4L, radial density {g['radial_density']:.3f}, "
-                 f"window +-{k} frames density {g['window_density']:.3f}")  # fmt: skip
+        self.log(
+            f"geometry: {g['frames_long']} x {tpf} tokens at 4L, radial density {g['radial_density']:.3f}, "
+            f"window +-{k} frames density {g['window_density']:.3f}"
+        )
 
     # -- evaluation of one model -----------------------------------------------------------------------------------
     def evaluate(self, trainer, seed: int) -> dict:
@@ -256,17 +288,33 @@ class Experiment:
         out["loss_base"] = base_val.heldout_loss()["val/loss"]
         model = trainer._unwrapped()
         model.eval()
-        pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=model, vae=None,
-                           scheduler=FlowMatchEulerDiscreteScheduler(shift=p["flow_shift"]))  # fmt: skip
+        pipe = WanPipeline(
+            tokenizer=None,
+            text_encoder=None,
+            transformer=model,
+            vae=None,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=p["flow_shift"]),
+        )
         pipe.set_progress_bar_config(disable=True)
         text = class_text_states(p["text_len"], p["text_dim"])
         scores, clips = [], []
         for cls in range(p["eval"]["samples_per_seed"]):
-            embeds = PromptEmbeds({"prompt_embeds": text[cls][None], "prompt_attention_mask": torch.ones(1, p["text_len"],
-                                  dtype=torch.int64)}, prompt=caption(cls))  # fmt: skip
-            clip = ClipSpec(frames=4 * (p["frames_long"] - 1) + 1, height=8 * p["latent_size"],
-                            width=8 * p["latent_size"], num_inference_steps=p["eval"]["sample_steps"],
-                            guidance_scale=1.0, seed=1000 * seed + cls, max_sequence_length=p["text_len"])  # fmt: skip
+            embeds = PromptEmbeds(
+                {
+                    "prompt_embeds": text[cls][None],
+                    "prompt_attention_mask": torch.ones(1, p["text_len"], dtype=torch.int64),
+                },
+                prompt=caption(cls),
+            )
+            clip = ClipSpec(
+                frames=4 * (p["frames_long"] - 1) + 1,
+                height=8 * p["latent_size"],
+                width=8 * p["latent_size"],
+                num_inference_steps=p["eval"]["sample_steps"],
+                guidance_scale=1.0,
+                seed=1000 * seed + cls,
+                max_sequence_length=p["text_len"],
+            )
             with trainer.accelerator.autocast():
                 result = generate(pipe, clip, embeds=embeds, handles=trainer.parts.handle, decode=False, family="wan")
             latents = result.latents[0]
@@ -281,8 +329,16 @@ class Experiment:
         """Arms (a) and (b): the base with dense or radial attention (LoRA attached, untrained: B = 0)."""
         t0 = time.perf_counter()
         for arm in ("a", "b"):
-            o = self.overrides(f"{arm}", seed=0, steps=1, model_path=self.base_path, attention=ARMS[arm][1],
-                               data="train_long", heldout="heldout_long", validate_every=0)  # fmt: skip
+            o = self.overrides(
+                f"{arm}",
+                seed=0,
+                steps=1,
+                model_path=self.base_path,
+                attention=ARMS[arm][1],
+                data="train_long",
+                heldout="heldout_long",
+                validate_every=0,
+            )
             trainer = self.trainer(o)
             for seed in range(self.seeds):
                 result = self.evaluate(trainer, seed)
@@ -308,7 +364,7 @@ class Experiment:
                 heldout="heldout_long",
                 validate_every=0,
             )
-            s0 = time.perf_counter()  # fmt: skip
+            s0 = time.perf_counter()
             trainer = self.trainer(o)
             setup.append(time.perf_counter() - s0)
             trainer.fit()
@@ -317,8 +373,10 @@ class Experiment:
             del trainer
         self.setup_s = max(setup)
         self.phases["probe_s"] = time.perf_counter() - t0
-        self.log(f"probe: step {', '.join(f'{a} {t * 1000:.0f}ms' for a, t in self.step_s.items())}; "
-                 f"setup {self.setup_s:.1f}s")  # fmt: skip
+        self.log(
+            f"probe: step {', '.join(f'{a} {t * 1000:.0f}ms' for a, t in self.step_s.items())}; "
+            f"setup {self.setup_s:.1f}s"
+        )
 
     def plan_steps(self) -> int:
         a = self.p["arms"]
@@ -334,8 +392,9 @@ class Experiment:
         self.seeds = seeds
         steps = int(min(max(steps, a["min_steps"]), a["max_steps"]))
         self.round_s = per_round_fixed + steps * sum(self.step_s.values())
-        self.log(f"plan: {steps} steps per run, {seeds} seeds, ~{self.round_s:.0f}s per seed round, "
-                 f"{self.left():.0f}s left")  # fmt: skip
+        self.log(
+            f"plan: {steps} steps per run, {seeds} seeds, ~{self.round_s:.0f}s per seed round, {self.left():.0f}s left"
+        )
         return steps
 
     def tuned(self, steps: int) -> None:
@@ -347,9 +406,16 @@ class Experiment:
                 self.log(f"stopping after {seed} seeds: {self.left():.0f}s left, a round takes ~{self.round_s:.0f}s")
                 break
             for arm in ("c", "d", "e"):
-                o = self.overrides(f"{arm}-s{seed}", seed=seed, steps=steps, model_path=self.base_path,
-                                   attention=ARMS[arm][1], data="train_long", heldout="heldout_long",
-                                   validate_every=every)  # fmt: skip
+                o = self.overrides(
+                    f"{arm}-s{seed}",
+                    seed=seed,
+                    steps=steps,
+                    model_path=self.base_path,
+                    attention=ARMS[arm][1],
+                    data="train_long",
+                    heldout="heldout_long",
+                    validate_every=every,
+                )
                 try:
                     trainer = self.trainer(o)
                     r0 = time.perf_counter()
@@ -366,16 +432,19 @@ class Experiment:
                 result = self.evaluate(trainer, seed)
                 result["curve"] = curve
                 self._add(arm, seed, result, cost)
-                self.log(f"{arm} seed {seed}: 4L loss {result['loss_long']:.4f}, track {result['track_rmse']:.2f}, "
-                         f"step {cost['step_s'] * 1000:.0f}ms, {wall:.0f}s")  # fmt: skip
+                self.log(
+                    f"{arm} seed {seed}: 4L loss {result['loss_long']:.4f}, track {result['track_rmse']:.2f}, "
+                    f"step {cost['step_s'] * 1000:.0f}ms, {wall:.0f}s"
+                )
                 del trainer
             done = seed + 1
         self.seeds_done = done
         self.phases["tuned_s"] = time.perf_counter() - t0
 
     def _add(self, arm: str, seed: int, result: dict, cost: dict | None) -> None:
-        entry = self.record["arms"].setdefault(arm, {"label": ARMS[arm][0], "attention": ARMS[arm][1],
-                                                     "tuned": ARMS[arm][2], "seeds": []})  # fmt: skip
+        entry = self.record["arms"].setdefault(
+            arm, {"label": ARMS[arm][0], "attention": ARMS[arm][1], "tuned": ARMS[arm][2], "seeds": []}
+        )
         clip = result.pop("_clip")
         if seed == 0:
             self.frames[arm] = clip
@@ -385,8 +454,9 @@ class Experiment:
         if cost is not None:
             for k, v in cost.items():
                 entry.setdefault(k, []).append(v)
-        self.record["runs"].append({"arm": arm, "seed": seed, **{k: v for k, v in result.items() if k != "curve"},
-                                    **(cost or {})})  # fmt: skip
+        self.record["runs"].append(
+            {"arm": arm, "seed": seed, **{k: v for k, v in result.items() if k != "curve"}, **(cost or {})}
+        )
 
     def reference(self) -> None:
         """The scores of held-out 4L data clips (what a perfect model would get) and the scorer's own error."""
@@ -459,8 +529,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     log = Log(args.out / "extension.log")
-    log(f"extension experiment: {'smoke' if args.smoke else 'full'}, budget {args.budget_minutes} min, "
-        f"backend {args.backend}, work {args.work}")  # fmt: skip
+    log(
+        f"extension experiment: {'smoke' if args.smoke else 'full'}, budget {args.budget_minutes} min, "
+        f"backend {args.backend}, work {args.work}"
+    )
     exp = Experiment(preset, args.work, args.out, args.budget_minutes * 60, args.backend, args.seeds, log)
     try:
         record = exp.run()

@@ -133,7 +133,7 @@ def write_split(
                 "max_len": g.text_len,
                 "mask": "prompt_attention_mask",
             }
-        },  # fmt: skip
+        },
         "encoders": {"family": "wan", "source": "synthetic-latent (benchmarks/extension_data.py)"},
         "latent_sample": "mode",
     }

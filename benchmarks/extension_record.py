@@ -208,8 +208,12 @@ def loss_png(record: dict, path: Path) -> None:
                 hi = [max(col) for col in zip(*values, strict=True)]
                 right.fill_between(steps, lo, hi, color=colours.get(arm), alpha=0.2)
         else:
-            right.axhline(entry["loss_long"][0], ls="--", color="gray" if arm == "a" else "black",
-                          label=f"({arm}) {entry['label']}")  # fmt: skip
+            right.axhline(
+                entry["loss_long"][0],
+                ls="--",
+                color="gray" if arm == "a" else "black",
+                label=f"({arm}) {entry['label']}",
+            )
     right.set_title("arms at 4L (mean over seeds, band: min-max)")
     right.set_xlabel("step")
     right.set_ylabel("held-out loss at 4L")

@@ -50,8 +50,17 @@ def test_clips_follow_the_bounce_physics_and_the_scorer_sees_it():
 
 def _record(loss_d, track_d):
     def arm(label, tuned, loss_base, loss_long, track, step=None):
-        e = {"label": label, "attention": "x", "tuned": tuned, "loss_base": loss_base, "loss_long": loss_long,
-             "track_rmse": track, "identity_cos": [1, 1], "strength_ratio": [1, 1], "flicker": [0.1, 0.1]}  # fmt: skip
+        e = {
+            "label": label,
+            "attention": "x",
+            "tuned": tuned,
+            "loss_base": loss_base,
+            "loss_long": loss_long,
+            "track_rmse": track,
+            "identity_cos": [1, 1],
+            "strength_ratio": [1, 1],
+            "flicker": [0.1, 0.1],
+        }
         if step:
             e.update(step_s=step, train_s=[s * 100 for s in step], peak_memory_gb=[1.0, 1.0])
         return e
@@ -88,8 +97,12 @@ def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
     assert sorted(record["arms"]) == ["a", "b", "c", "d", "e"]
     assert all(record["arms"][a]["seeds"] == [0, 1] for a in "abcde") and not record.get("failed")
     assert sorted(p.name for p in out.iterdir()) == [
-        "extension.json", "extension.log", "extension.md", "extension_frames.png", "extension_loss.png"
-    ]  # fmt: skip
+        "extension.json",
+        "extension.log",
+        "extension.md",
+        "extension_frames.png",
+        "extension_loss.png",
+    ]
     saved = json.loads((out / "extension.json").read_text())
     assert set(saved["verdicts"]) >= {"i", "ii", "iii", "iv"}
     md = (out / "extension.md").read_text()
