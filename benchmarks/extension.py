@@ -225,7 +225,7 @@ class Experiment:
         o.append(f"train.time_limit_s={limit:.0f}")
         trainer = self.trainer(o)
         self.log(
-            f"base: {self.record['model']['parameters'] / 1e6:.1f}M parameters, full training at L for at most "
+            f"base: {self.record['model']['parameters'] / 1e6:.2f}M parameters, full training at L for at most "
             f"{limit:.0f}s or until the held-out loss plateaus"
         )
         summary = trainer.fit()

@@ -156,7 +156,7 @@ def markdown(record: dict, s: dict, v: dict) -> str:
         "",
         "## Setup",
         "",
-        f"- Model: diffusers `{record['model']['class']}`, {record['model']['parameters'] / 1e6:.1f}M parameters "
+        f"- Model: diffusers `{record['model']['class']}`, {record['model']['parameters'] / 1e6:.2f}M parameters "
         f"({record['model']['num_layers']} layers, {record['model']['num_attention_heads']} heads x "
         f"{record['model']['attention_head_dim']}), trained from scratch at L in `train.mode=full`: "
         f"{base['steps']} steps, ended by: {base['ended']}; step {base['cost']['step_s'] * 1000:.0f} ms.",
