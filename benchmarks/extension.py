@@ -5,7 +5,7 @@
 
 1. Data (benchmarks/extension_data.py): latent clips of two bouncing blobs over a panning background, at L and 4L
    latent frames, train and held-out splits (different seeds), written as trainer shards with tracks.json beside.
-2. Base: a WanTransformer3DModel (benchmarks/extension.yaml: ~34M parameters) trained from scratch at L in
+2. Base: a WanTransformer3DModel (benchmarks/extension.yaml: ~36M parameters) trained from scratch at L in
    `train.mode=full`, until its held-out loss plateaus (train.early_stop_patience) or its share of the budget ends.
 3. Arms at 4L, from the exported base, each with the same data, seeds, steps and LR schedule:
    (a) base, dense, untuned; (b) base, radial, untuned; (c) dense LoRA; (d) radial LoRA; (e) LoRA under a temporal
@@ -476,6 +476,7 @@ class Experiment:
 
     def run(self) -> dict:
         self.frames: dict = {}
+        shutil.rmtree(self.work / "runs", ignore_errors=True)  # a rerun must not append to old metrics
         self.data()
         self.geometry()
         self.reference()

@@ -84,3 +84,17 @@ def test_full_mode_config_errors(tmp_path, data_root):
         validate(compose_config([*tiny_overrides(tmp_path, data_root), "train.mode=partial"]))
     with pytest.raises(ValueError, match="eval.validation_every"):
         validate(compose_config([*tiny_overrides(tmp_path, data_root), "train.early_stop_patience=2"]))
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason", "steps"),
+    [
+        (["train.early_stop_patience=1", "train.early_stop_min_delta=0.99"], "plateau", 2),
+        (["train.time_limit_s=1e-6"], "time_limit_s", 1),
+    ],
+)
+def test_a_run_ends_early_on_a_plateau_or_time_limit_and_exports(tmp_path, data_root, extra, reason, steps):
+    evals = ["eval=default", "eval.hooks=[]", "eval.validation_every=1", "eval.num_samples=0", "eval.num_heldout=1"]
+    _, summary = run(tmp_path, data_root, *evals, *extra, steps=6)
+    assert summary["step"] == steps and reason in summary["ended_early"] and summary["stopped_by"] is None
+    assert (tmp_path / "transformer" / "config.json").is_file()
