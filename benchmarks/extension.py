@@ -432,6 +432,7 @@ class Experiment:
                 result = self.evaluate(trainer, seed)
                 result["curve"] = curve
                 self._add(arm, seed, result, cost)
+                self.save_partial()
                 self.log(
                     f"{arm} seed {seed}: 4L loss {result['loss_long']:.4f}, track {result['track_rmse']:.2f}, "
                     f"step {cost['step_s'] * 1000:.0f}ms, {wall:.0f}s"
@@ -458,6 +459,26 @@ class Experiment:
             {"arm": arm, "seed": seed, **{k: v for k, v in result.items() if k != "curve"}, **(cost or {})}
         )
 
+    def save_partial(self) -> None:
+        """What is measured so far, as JSON in --out: something comes back even if the run is cut short."""
+        data = {**self.record, "partial": True, "elapsed_s": time.perf_counter() - self.started}
+        (self.out / "extension.json").write_text(json.dumps(data, indent=1, default=str))
+
+    def trim_untuned(self) -> None:
+        """The untuned arms keep the seeds that the tuned arms reached (the same seeds for every arm)."""
+        for arm in ("a", "b"):
+            entry = self.record["arms"].get(arm)
+            if not entry:
+                continue
+            keep = [i for i, s in enumerate(entry["seeds"]) if s < self.seeds_done]
+            for k, v in entry.items():
+                if isinstance(v, list) and len(v) == len(entry["seeds"]) and k != "seeds":
+                    entry[k] = [v[i] for i in keep]
+            entry["seeds"] = [entry["seeds"][i] for i in keep]
+        self.record["runs"] = [
+            r for r in self.record["runs"] if r["arm"] not in ("a", "b") or r["seed"] < self.seeds_done
+        ]
+
     def reference(self) -> None:
         """The scores of held-out 4L data clips (what a perfect model would get) and the scorer's own error."""
         from data import LatentDataset
@@ -481,11 +502,14 @@ class Experiment:
         self.geometry()
         self.reference()
         self.base()
+        self.save_partial()
         self.untuned()
+        self.save_partial()
         self.probe()
         steps = self.plan_steps()
         self.record["steps_per_run"] = steps
         self.tuned(steps)
+        self.trim_untuned()
         self.record["seeds"] = self.seeds_done
         self.record["phases_s"] = self.phases
         self.record["total_s"] = time.perf_counter() - self.started

@@ -6,7 +6,8 @@ colour identity over the clip, temporal flicker (see benchmarks/extension_data.p
   over start and velocity per axis); `track_rmse` is the fit's RMS residual in latent pixels (0 = perfect physics).
 - identity: cosine between the blob's 8-channel colour vector averaged over the first and the last quarter of the
   clip (1 = the same colour), and `strength_ratio`: the blob's peak response in the last quarter over the first
-  (1 = it neither fades nor grows).
+  (1 = it neither fades nor grows); `purity_q4`: in the last quarter, the caption colours' peak response over itself
+  plus the peak response of the palette colour the caption does not name (1 = only the right blobs; noise ~0.5).
 - flicker: mean absolute frame-to-frame change of the background channels (the data's own value is the reference:
   a smoothly panning background changes a little every frame).
 """
@@ -17,7 +18,7 @@ import math
 
 import torch
 
-from benchmarks.extension_data import BG_CHANNELS, BLOB_CHANNELS, palette, reflect
+from benchmarks.extension_data import BG_CHANNELS, BLOB_CHANNELS, COLOURS, palette, reflect
 
 
 def blob_track(latents: torch.Tensor, colour: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,10 +75,14 @@ def score_clip(latents: torch.Tensor, colours: list[int]) -> dict[str, float]:
         ratio.append(float(peak[-q:].mean() / peak[:q].mean().clamp(min=1e-6)))
     bg = latents[BG_CHANNELS].float()
     flicker = float((bg[:, 1:] - bg[:, :-1]).abs().mean())
+    named = sum(float(blob_track(latents, c)[1][-q:].clamp(min=0).mean()) for c in colours) / len(colours)
+    absent = [c for c in range(len(COLOURS)) if c not in colours]
+    other = max((float(blob_track(latents, c)[1][-q:].clamp(min=0).mean()) for c in absent), default=0.0)
     return {
         "track_rmse": sum(rmse) / len(rmse),
         "identity_cos": sum(cos) / len(cos),
         "strength_ratio": sum(ratio) / len(ratio),
+        "purity_q4": named / max(named + other, 1e-8),
         "flicker": flicker,
     }
 

@@ -42,10 +42,11 @@ def test_clips_follow_the_bounce_physics_and_the_scorer_sees_it():
     assert track.min() >= 0 and track.max() <= 15
     assert torch.equal(reflect(torch.tensor([-1.0, 16.0, 31.0]), 0.0, 15.0), torch.tensor([1.0, 14.0, 1.0]))
     good = score_clip(clip, truth["colours"])
-    assert good["track_rmse"] < 0.5 and good["identity_cos"] > 0.99
+    assert good["track_rmse"] < 0.5 and good["identity_cos"] > 0.99 and good["purity_q4"] > 0.95
     assert track_error(clip, truth["colours"], truth["tracks"]) < 0.5
     noise = score_clip(torch.randn(16, 40, 16, 16, generator=torch.Generator().manual_seed(1)), truth["colours"])
     assert noise["track_rmse"] > 5 * good["track_rmse"] and noise["flicker"] > 10 * good["flicker"]
+    assert noise["purity_q4"] < 0.75
 
 
 def _record(loss_d, track_d):
