@@ -537,6 +537,20 @@ def _cost(run: Path) -> dict:
     }
 
 
+def set_value(preset: dict, item: str) -> None:
+    """Apply one `KEY=VALUE` (dotted key, YAML value) to the preset; an unknown key is an error naming it."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. arms.rank=128")
+    node, parts = preset, key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise ValueError(f"--set {item!r}: no key {'.'.join(parts[: i + 1])!r} in {PRESETS.name}")
+        if i < len(parts) - 1:
+            node = node[part]
+    node[parts[-1]] = yaml.safe_load(text)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="the record: md, json, PNGs, log (at most 5 files)")
@@ -545,18 +559,30 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (the test suite runs this)")
     ap.add_argument("--backend", default="auto", help="attention.backend of the sparse arms (auto, triton, ...)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per tuned arm (default: the preset's)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset value (benchmarks/extension.yaml), e.g. --set arms.rank=128 --set dense_layers=2",
+    )
     args = ap.parse_args(argv)
     if args.budget_minutes <= 0:
         ap.error(f"--budget-minutes={args.budget_minutes}: expected > 0")
     if args.seeds is not None and args.seeds < 1:
         ap.error(f"--seeds={args.seeds}: expected >= 1")
     preset = yaml.safe_load(PRESETS.read_text())["smoke" if args.smoke else "full"]
+    for item in args.set:
+        try:
+            set_value(preset, item)
+        except ValueError as e:
+            ap.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     log = Log(args.out / "extension.log")
     log(
         f"extension experiment: {'smoke' if args.smoke else 'full'}, budget {args.budget_minutes} min, "
-        f"backend {args.backend}, work {args.work}"
+        f"backend {args.backend}, work {args.work}, preset overrides {args.set or 'none'}"
     )
     exp = Experiment(preset, args.work, args.out, args.budget_minutes * 60, args.backend, args.seeds, log)
     try:

@@ -90,6 +90,19 @@ def test_verdicts_follow_the_numbers():
     assert not verdicts(r, summarise(r))["ii"]["answer"]
 
 
+def test_preset_overrides_name_unknown_keys():
+    from benchmarks.extension import set_value
+
+    preset = {"arms": {"rank": 64}, "dense_layers": 1}
+    set_value(preset, "arms.rank=128")
+    set_value(preset, "dense_layers=2")
+    assert preset == {"arms": {"rank": 128}, "dense_layers": 2}
+    with pytest.raises(ValueError, match="arms.rnak"):
+        set_value(preset, "arms.rnak=3")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        set_value(preset, "arms.rank")
+
+
 def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
     from benchmarks.extension import main
 
