@@ -164,6 +164,7 @@ class Experiment:
                 "attention=radial",
                 f"attention.backend={self.backend}",
                 f"attention.dense_layers={p['dense_layers']}",
+                f"attention.decay_factor={p['decay_factor']}",
             ]
             if attention == "window":
                 o += [f"attention.window_frames={self.record['geometry']['window_frames']}"]
@@ -247,7 +248,9 @@ class Experiment:
 
         p = self.p
         tpf = (p["latent_size"] // 2) ** 2
-        radial = make_plan(p["frames_long"], tpf, block_size=p["block_size"], model="wan")
+        radial = make_plan(
+            p["frames_long"], tpf, block_size=p["block_size"], model="wan", decay_factor=p["decay_factor"]
+        )
         windows = {
             k: make_plan(p["frames_long"], tpf, block_size=p["block_size"], model="wan", window_frames=k)
             for k in range(1, p["frames_long"])
@@ -261,6 +264,7 @@ class Experiment:
             "tokens_long": p["frames_long"] * tpf,
             "block_size": p["block_size"],
             "radial_density": radial.stats.block_density,
+            "decay_factor": p["decay_factor"],
             "window_frames": k,
             "window_density": windows[k].stats.block_density,
             "dense_layers": dense,
