@@ -50,17 +50,18 @@ ARMS = {  # name: (label, attention, tuned)
 
 
 class Log:
-    """Prints and appends to the run log (kept in --out)."""
+    """Prints and appends to the run log (kept in --out; None: print only)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = path
         self.started = time.perf_counter()
 
     def __call__(self, msg: str) -> None:
         line = f"[{time.perf_counter() - self.started:7.1f}s] {msg}"
         print(line, flush=True)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
 
 
 def _reset_accelerate() -> None:
@@ -562,6 +563,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget-minutes", type=float, default=9.0, help="wall-clock for everything (the phases fit)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (the test suite runs this)")
     ap.add_argument("--backend", default="auto", help="attention.backend of the sparse arms (auto, triton, ...)")
+    ap.add_argument(
+        "--no-log-file", action="store_true", help="print the log only (when stdout is captured; one file fewer)"
+    )
     ap.add_argument("--seeds", type=int, default=None, help="seeds per tuned arm (default: the preset's)")
     ap.add_argument(
         "--set",
@@ -583,7 +587,7 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    log = Log(args.out / "extension.log")
+    log = Log(None if args.no_log_file else args.out / "extension.log")
     log(
         f"extension experiment: {'smoke' if args.smoke else 'full'}, budget {args.budget_minutes} min, "
         f"backend {args.backend}, work {args.work}, preset overrides {args.set or 'none'}"
