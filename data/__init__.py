@@ -8,7 +8,7 @@ Run from the repository root:
     python -m data.prepare --model wan --pretrained /models/Wan2.1-T2V-1.3B-Diffusers --input videos/ \\
         --out latents/wan_2x --length 2x            # 161 frames at 16 fps, 480x832 / 832x480 / 624x624 buckets
     accelerate launch -m data.prepare ...           # one process per GPU (or --workers N on one machine)
-    python -m data.shards check latents/wan_2x [--full]     # validate as the dataset does
+    python -m data.shards check latents/wan_2x [--full]     # validate as the dataset does, values too
 
 The trainer's side
 ------------------

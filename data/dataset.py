@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Sampler
 
 from data.encoders.base import TextField
 from data.shards import ShardError, dtype_name, load_index, verify_shards
+from radial.errors import DataError
 from radial.geometry import geometry
 
 BucketKey = tuple[int, int, int]  # (frames, height, width) in pixels
@@ -214,6 +215,14 @@ class LatentDataset(Dataset):
             f = self._handles[shard] = safe_open(str(self._shard_paths[shard]), framework="pt")
         return f
 
+    def _check_finite(self, tensor: torch.Tensor, i: int, name: str) -> None:
+        """NaN / inf in an item is an error where it is first read (a NaN loss would only skip steps silently)."""
+        if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            raise ShardError(
+                f"shard {self._shard_paths[self._shard_of[i]]}: item {self.records[i]['key']!r}: {name} contain NaN "
+                "or inf (check every item with `python -m data.shards check ROOT`; prepare the item again)"
+            )
+
     def bucket_of(self, index: int) -> BucketKey:
         r = self.records[index]
         return (r["frames"], r["height"], r["width"])
@@ -229,9 +238,11 @@ class LatentDataset(Dataset):
                 f"shard {self._shard_paths[self._shard_of[i]]}: item {r['key']!r}: latents {list(latents.shape)}, "
                 f"expected {r['latent_shape']} (the file changed after the dataset was opened)"
             )
+        self._check_finite(latents, i, "latents")
         sample: dict[str, Any] = {"latents": latents}
         for name, field in self.text_fields.items():
             t = f.get_tensor(r["tensors"][name])
+            self._check_finite(t, i, name)
             if field.pooled:
                 sample[name] = t
                 continue
@@ -325,9 +336,10 @@ class BucketBatchSampler(Sampler):
         if drop_last:
             small = {k: len(v) for k, v in self.buckets.items() if len(v) < gbs}
             if len(small) == len(self.buckets):
-                raise ValueError(
+                raise DataError(
                     f"no bucket holds a full global batch of {gbs} (batch_size {batch_size} x {world_size} ranks); "
-                    f"bucket sizes {small}; lower batch_size or use drop_last=False"
+                    f"bucket sizes {small}; lower batch_size, or set drop_last=False (the trainer: data.drop_last=false) to "
+                    "fill batches up with repeated items"
                 )
             if small:
                 warnings.warn(

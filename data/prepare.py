@@ -34,7 +34,6 @@ import torch
 from data.shards import (
     FORMAT_VERSION,
     INDEX_FILE,
-    ShardError,
     ShardWriter,
     atomic_write_json,
     build_index,
@@ -57,6 +56,7 @@ from data.video import (
     read_clips,
     to_pixels,
 )
+from radial.errors import USER_ERRORS, cli_errors
 from radial.geometry import geometry
 
 SETTINGS_FILE = "prepare.json"
@@ -601,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-column", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-checksum", dest="checksum", action="store_false")
+    p.add_argument("--debug", action="store_true", help="full tracebacks for errors (also RADIAL_DEBUG=1)")
     return p
 
 
@@ -609,11 +610,11 @@ def main(argv: Sequence[str] | None = None) -> PrepareSummary:
     kwargs = vars(args)
     if kwargs["buckets"]:
         kwargs["buckets"] = [b for b in kwargs["buckets"].split(",") if b]
-    cfg = PrepareConfig(**kwargs, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
-    try:
+    debug = kwargs.pop("debug")
+    # Argument values and paths are checked by PrepareConfig / prepare with ValueError / FileNotFoundError too.
+    with cli_errors(debug, expected=(*USER_ERRORS, ValueError, FileNotFoundError)):
+        cfg = PrepareConfig(**kwargs, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
         summary = prepare(cfg)
-    except (ValueError, FileNotFoundError, ShardError) as e:
-        raise SystemExit(f"error: {e}") from None
     if not cfg.progress and summary.rank == 0:  # prepare() printed it already otherwise
         print(summary.format())
     return summary

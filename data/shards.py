@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from radial.errors import DataError, cli_errors
 from radial.geometry import LatentGeometry, geometry
 
 FORMAT = "radial-latents"
@@ -82,7 +83,7 @@ RECORD_KEYS = (
 )
 
 
-class ShardError(ValueError):
+class ShardError(DataError):
     """A dataset, index or shard that is not what it should be; the message names the file and the field."""
 
 
@@ -224,6 +225,11 @@ def read_shard(path: str | Path) -> Shard:
     path = Path(path)
     if not path.is_file():
         raise ShardError(f"shard {path}: file is missing")
+    try:  # safetensors reports an unreadable file as a missing one: ask the OS first
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise ShardError(f"shard {path}: permission denied (the file exists but this user cannot read it)") from None
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -478,6 +484,8 @@ def load_index(root: str | Path, model: str) -> dict:
         raise ShardError(f"dataset {root}: no {INDEX_FILE}{hint if shard_paths(root) else ''}")
     try:
         index = json.loads(path.read_text())
+    except PermissionError:
+        raise ShardError(f"index {path}: permission denied (the file exists but this user cannot read it)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardError(
             f"index {path}: not valid JSON ({e}); rebuild it with `python -m data.shards reindex`"
@@ -512,9 +520,9 @@ def load_index(root: str | Path, model: str) -> dict:
     return index
 
 
-def verify_shards(root: str | Path, index: dict, full: bool = False) -> None:
+def verify_shards(root: str | Path, index: dict, full: bool = False, values: bool = False) -> None:
     """Each shard of the index: present, the recorded size, the same header and items, tensors of the recorded
-    shapes and dtypes; `full` also checks sha256 and that values are finite."""
+    shapes and dtypes; `values` also reads every tensor and refuses NaN / inf; `full` does that and checks sha256."""
     root = Path(root)
     by_shard: dict[int, list[dict]] = {}
     for record in index["items"]:
@@ -540,7 +548,7 @@ def verify_shards(root: str | Path, index: dict, full: bool = False) -> None:
         listed = [{k: v for k, v in r.items() if k != "shard"} for r in by_shard.get(i, [])]
         if shard.records != listed:
             raise ShardError(f"shard {path}: its items differ from those {root / INDEX_FILE} lists for it")
-        check_shard_tensors(shard, full=full)
+        check_shard_tensors(shard, full=full or values)
         if full:
             if "sha256" not in entry:
                 raise ShardError(f"shard {path}: the index has no sha256 to verify against")
@@ -568,14 +576,16 @@ def _describe(index: dict) -> str:
 def main(argv: Iterable[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m data.shards", description="Inspect, verify or re-index a dataset.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("check", help="validate a dataset as LatentDataset does at open")
+    c = sub.add_parser("check", help="validate a dataset as LatentDataset does, and every value (finite)")
     c.add_argument("root")
     c.add_argument("--model", help="expected model family (default: the index's)")
-    c.add_argument("--full", action="store_true", help="also verify sha256 checksums and finite values")
+    c.add_argument("--full", action="store_true", help="also verify sha256 checksums")
+    c.add_argument("--quick", action="store_true", help="headers and shapes only: do not read the values (NaN / inf)")
     r = sub.add_parser("reindex", help="rebuild index.json from the shards")
     r.add_argument("root")
+    p.add_argument("--debug", action="store_true", help="full tracebacks for errors (also RADIAL_DEBUG=1)")
     args = p.parse_args(list(argv) if argv is not None else None)
-    try:
+    with cli_errors(args.debug):
         if args.cmd == "reindex":
             index = build_index(args.root)
         else:
@@ -586,11 +596,9 @@ def main(argv: Iterable[str] | None = None) -> None:
                 except (OSError, json.JSONDecodeError, AttributeError):
                     model = None
             index = load_index(args.root, model or "?")
-            verify_shards(args.root, index, full=args.full)
+            verify_shards(args.root, index, full=args.full, values=not args.quick)
         print(_describe(index))
         print("ok")
-    except ShardError as e:
-        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -25,9 +25,13 @@ from pathlib import Path
 
 import torch
 
+from radial.errors import USER_ERRORS, cli_errors
 from radial.generation.embeds import load_prompt_embeds
 from radial.generation.pipeline import (
     apply_radial,
+    check_lora_specs,
+    check_pipeline_folder,
+    family_of_folder,
     load_loras,
     load_pipeline,
     lora_metadata,
@@ -97,6 +101,7 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     out.add_argument("--name", default=None, help="file name stem (default: FAMILY_FRAMESf_ATTENTION)")
     out.add_argument("--no-decode", action="store_true", help="skip the VAE: latents and sidecar only")
     out.add_argument("--no-latents", action="store_true", help="don't save the final latents")
+    out.add_argument("--debug", action="store_true", help="full tracebacks for errors (also RADIAL_DEBUG=1)")
     return p
 
 
@@ -136,6 +141,9 @@ def _device(args) -> str:
 
 def load_from_args(args: argparse.Namespace):
     """The pipeline named by --model (text encoders skipped with --no-text-encoder or embeddings only)."""
+    # The LoRA files and the folders are checked before minutes of loading.
+    check_pipeline_folder(args.model)
+    check_lora_specs([LoraSpec.parse(s) for s in args.lora], args.family or family_of_folder(args.model))
     text = not (args.no_text_encoder or (args.prompt_embeds and not args.prompt))
     offload = getattr(args, "offload", "none") == "model"
     pipe = load_pipeline(
@@ -243,14 +251,13 @@ def main(argv: Sequence[str] | None = None, *, parser=None, build_pipeline: Call
     """CLI entry; `build_pipeline(args) -> (pipe, source)` replaces loading --model (train.generate's tiny path)."""
     parser = parser or build_parser()
     args = parser.parse_args(argv)
-    try:
+    # Option values are checked with ValueError by the settings dataclasses too: all are one-line errors here.
+    with cli_errors(args.debug, expected=(*USER_ERRORS, ValueError, FileNotFoundError)):
         if build_pipeline is not None:
             pipe, source = build_pipeline(args)
         else:
             pipe, source = load_from_args(args), args.model
         records = run(args, pipe, source=source)
-    except (ValueError, FileNotFoundError) as e:
-        parser.exit(2, f"error: {e}\n")
     summary = Path(args.out) / "generate_summary.json"
     summary.write_text(json.dumps(records, indent=1, default=str))
     return records

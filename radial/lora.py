@@ -19,6 +19,8 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from radial.files import fsync_dir, fsync_file, share_like_umask
+
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "radial_lora"
 
@@ -70,7 +72,10 @@ def load_lora_state_dict(transformer: torch.nn.Module, state_dict: Mapping[str, 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    fsync_file(tmp)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+    share_like_umask(path)  # safetensors writes 0600; a LoRA is meant to be shared
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

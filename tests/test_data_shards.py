@@ -4,17 +4,20 @@ import hashlib
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
+from torch.utils.data import DataLoader
 
 from data import Expect, LatentDataset, ShardError
 from data.prepare import PrepareConfig, prepare
 from data.shards import build_index
 from data.shards import main as shards_main
 from data.synthetic import make_synthetic_videos
+from radial.errors import one_line
 
 
 @pytest.fixture(scope="module")
@@ -351,5 +354,61 @@ def test_reindex_rebuilds_and_refuses_mixed_shards(dataset, tmp_path, capsys):
     _rewrite_shard(root, other_encoders, sync_index=False)
     with pytest.raises(ShardError, match=r"shard \S+: header differs from \S+ in encoders; one dataset folder"):
         build_index(root)
-    with pytest.raises(SystemExit, match="error: shard .*: (header differs from the index in encoders|\\d+ bytes)"):
+    with pytest.raises(SystemExit) as exit_:
         shards_main(["check", str(root)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert re.match(r"error: shard .*: (header differs from the index in encoders|\d+ bytes)", err)
+
+
+def test_non_finite_values_fail_where_first_read_and_in_check(dataset, tmp_path, capsys):
+    """NaN / inf pass the header checks; reading the item refuses them (naming shard and item), so does `check`."""
+    root = tmp_path / "ds"
+    shutil.copytree(dataset, root)
+
+    def poison(metadata, tensors):
+        tensors["0/latents"][0, 0, 0, 0] = float("nan")
+        tensors["1/prompt_embeds"][0, 0] = float("inf")
+
+    _rewrite_shard(root, poison)
+    records = json.loads(safe_open(str(_shard(root)), framework="pt").metadata()["items"])
+    ds = LatentDataset(root, model="wan")
+    index = {r["key"]: i for i, r in enumerate(ds.records)}
+    for j, name in ((0, "latents"), (1, "prompt_embeds")):
+        key = records[j]["key"]
+        with pytest.raises(ShardError, match=rf"shard \S+: item {re.escape(repr(key))}: {name} contain NaN or inf"):
+            ds[index[key]]
+    # Through a loader worker the message arrives wrapped in the worker's traceback; the CLIs print its last line.
+    loader = DataLoader(ds, sampler=[index[records[0]["key"]]], num_workers=1, collate_fn=lambda x: x)
+    with pytest.raises(ShardError) as err:
+        next(iter(loader))
+    assert re.fullmatch(r"shard \S+: item '[^']+': latents contain NaN or inf .*", one_line(err.value))
+    with pytest.raises(SystemExit) as exit_:
+        shards_main(["check", str(root)])
+    out = capsys.readouterr()
+    assert exit_.value.code == 2 and "contain" not in out.out
+    assert re.fullmatch(r"error: shard \S+: item '[^']+': latents: contains NaN or inf\n", out.err)
+    shards_main(["check", str(root), "--quick"])  # headers and shapes only
+    assert capsys.readouterr().out.strip().endswith("ok")
+
+
+def test_unreadable_files_say_permission_denied(dataset, tmp_path, monkeypatch):
+    """(Simulated: the tests run as root, which reads everything.)"""
+    root = tmp_path / "ds"
+    shutil.copytree(dataset, root)
+    real_open, real_read = open, Path.read_text
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(
+        "builtins.open", lambda p, *a, **k: denied(p) if str(p).endswith(".safetensors") else real_open(p, *a, **k)
+    )
+    with pytest.raises(ShardError, match=r"shard \S+\.safetensors: permission denied"):
+        LatentDataset(root, model="wan")
+    monkeypatch.setattr("builtins.open", real_open)
+    monkeypatch.setattr(
+        Path, "read_text", lambda p, *a, **k: denied(p) if p.name == "index.json" else real_read(p, *a, **k)
+    )
+    with pytest.raises(ShardError, match=r"index \S+index.json: permission denied"):
+        LatentDataset(root, model="wan")

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import train.generate as tgen
+from radial.errors import LoraFileError
 from radial.generation import (
     ClipSpec,
     LoraSpec,
@@ -21,6 +22,7 @@ from radial.generation import (
     load_prompt_embeds,
     save_prompt_embeds,
 )
+from radial.generation.pipeline import check_lora_file
 from radial.geometry import geometry
 from radial.lora import attach_lora, export_diffusers
 from radial.models import get_adapter
@@ -367,3 +369,68 @@ def test_an_expert_lora_goes_into_its_expert(tmp_path):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="trained for the expert 'transformer_2'"):
         load_loras(tgen.build_tiny_pipeline("wan", text_encoder=False), [LoraSpec(str(file), 1.0)])
+
+
+# -- failure paths: LoRA files and folders are checked before anything loads ----------------------------------------
+def _one_line_error(capsys, argv, module=None):
+    import radial.generate as rgen
+
+    capsys.readouterr()  # what came before (progress bars of saving the tiny folder)
+    with pytest.raises(SystemExit) as exit_:
+        (module or rgen).main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_damaged_lora_files_are_one_line_errors_naming_the_file(tmp_path, lora_run, capsys):
+    folder = tgen.save_tiny_pipeline(tmp_path / "tiny_wan", "wan")
+    good = lora_run[1][0].read_bytes()
+    cases = {
+        "truncated.safetensors": good[: len(good) // 2],
+        "random.safetensors": bytes(
+            torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()
+        ),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        argv = ["--model", str(folder), "--lora", str(tmp_path / name), "--prompt", "x", "--out", str(tmp_path)]
+        err = _one_line_error(capsys, argv)
+        assert f"{tmp_path / name} is not a readable safetensors file, corrupt or truncated" in err
+        with pytest.raises(LoraFileError, match=name):  # train.generate --tiny: the same check at load time
+            load_loras(tgen.build_tiny_pipeline("wan", text_encoder=False), [LoraSpec(str(tmp_path / name))])
+
+
+def test_lora_family_and_rank_are_checked_against_the_header(tmp_path, lora_run, capsys):
+    from safetensors.torch import save_file
+
+    from radial.lora import read_metadata
+
+    root, loras = lora_run
+    folder = tgen.save_tiny_pipeline(tmp_path / "tiny_hunyuan", "hunyuan")
+    argv = ["--model", str(folder), "--lora", str(loras[0]), "--prompt", "x", "--out", str(tmp_path)]
+    err = _one_line_error(capsys, argv)
+    assert f"{loras[0]} was trained for family 'wan', the pipeline is 'hunyuan'" in err
+    # Rank: the header says 4, the tensors say otherwise (the file was edited after export).
+    tensors = {k: (v[:2] if "lora_A" in k else v[:, :2]).contiguous() for k, v in load_file(str(loras[0])).items()}
+    meta = {"radial_lora": json.dumps(read_metadata(loras[0]))}
+    save_file(tensors, str(tmp_path / "rank.safetensors"), metadata=meta)
+    with pytest.raises(LoraFileError, match=r"rank\.safetensors: its header says rank 4, but \d+ of \d+ .*rank 2"):
+        check_lora_file(tmp_path / "rank.safetensors", "--lora rank.safetensors", "wan")
+    # A foreign LoRA (no header of ours) whose layers are not in this family's transformer.
+    foreign = {"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 32)}
+    foreign["transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight"] = torch.zeros(32, 4)
+    save_file(foreign, str(tmp_path / "foreign.safetensors"))
+    pipe = tgen.build_tiny_pipeline("wan", transformer=root / "base_transformer", text_encoder=False)
+    with pytest.raises(LoraFileError, match=r"foreign\.safetensors does not fit the wan transformer"):
+        load_loras(pipe, [LoraSpec(str(tmp_path / "foreign.safetensors"))])
+
+
+def test_missing_transformer_folder_is_a_local_path_error(tmp_path, capsys):
+    import train.generate as tgen_cli
+
+    folder = tgen.save_tiny_pipeline(tmp_path / "tiny_wan", "wan")
+    argv = ["--model", str(folder), "--transformer", "/missing/folder", "--prompt", "x", "--out", str(tmp_path)]
+    assert "error: --transformer /missing/folder: no such folder" in _one_line_error(capsys, argv)
+    argv = ["--tiny", "wan", "--transformer", "./missing", "--prompt", "x", "--out", str(tmp_path)]
+    assert "error: --transformer ./missing: no such folder" in _one_line_error(capsys, argv, tgen_cli)

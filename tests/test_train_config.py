@@ -3,8 +3,9 @@
 import json
 
 import pytest
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+from omegaconf.errors import MissingMandatoryValue
 
+from radial.errors import ConfigError
 from tests.trainer_helpers import compose_config
 from train.config import validate
 
@@ -33,8 +34,12 @@ def test_default_config_is_valid():
         ("parallel.sp_degree=0", ValueError, "parallel.sp_degree"),
         ("eval.hooks=[nosuchhook]", ValueError, "eval.hooks"),
         ("+eval.timesteps=[0.5,1.5]", ValueError, "eval.timesteps"),
-        ("+train.typo_key=1", ConfigKeyError, "typo_key"),
-        ("train.max_steps=many", ValidationError, "train.max_steps"),
+        ("+train.typo_key=1", ConfigError, "typo_key"),
+        ("attention.decay_factor=nan", ConfigError, r"attention.decay_factor=nan: expected a finite number"),
+        ("optim.lr=inf", ConfigError, r"optim.lr=inf"),
+        ("attention.dense_layers=99", ConfigError, r"attention.dense_layers=99: .* has 2 attention layers"),
+        ("optim.scheduler=bogus", ConfigError, r"optim.scheduler=.bogus.: expected one of"),
+        ("train.max_steps=many", ConfigError, "train.max_steps"),
     ],
 )
 def test_bad_values_name_their_key(override, error, match):

@@ -7,13 +7,19 @@ sampler position); a save hook replaces the transformer's full weights by its Lo
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+
+from radial.errors import CheckpointError, MissingPathError
+from radial.files import fsync_dir, fsync_tree, share_like_umask
 
 PREFIX = "checkpoint-"
 DONE = "checkpoint.json"
@@ -27,13 +33,15 @@ class TrainState:
     def __init__(self) -> None:
         self.step = 0
         self.losses: list[tuple[int, float]] = []
+        self.skipped = 0  # steps skipped for a non-finite loss
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "losses": list(self.losses)}
+        return {"step": self.step, "losses": list(self.losses), "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         self.losses = [tuple(x) for x in state["losses"]]
+        self.skipped = int(state.get("skipped", sum(1 for _, v in self.losses if v != v)))  # older: NaN losses
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -44,20 +52,85 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
+def verify_checkpoint(path: Path) -> str | None:
+    """What is wrong with a checkpoint (None when it reads back): its marker, every file it recorded at the recorded
+    size, and every tensor file readable (safetensors opened and read, torch pickles loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    marker = path / DONE
+    try:
+        done = json.loads(marker.read_text())
+        int(done["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{marker}: unreadable ({type(e).__name__}: {e})"
+    for name, size in (done.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{file}: missing"
+        if file.stat().st_size != size:
+            return f"{file}: {file.stat().st_size} bytes, {size} when it was written (truncated or overwritten)"
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != DONE):
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():  # noqa: SIM118 - safe_open has no items()
+                        f.get_tensor(key)
+            elif file.suffix in (".bin", ".pkl", ".pt", ".pth"):
+                torch.load(file, map_location="cpu", weights_only=False)  # our own file, as Accelerate loads it
+        except Exception as e:  # any failure to read back means the checkpoint cannot be resumed from
+            reason = " ".join(str(e).split())[:200]
+            return f"{file}: unreadable, corrupt or truncated ({type(e).__name__}: {reason})"
+    return None
+
+
 def resolve_resume(resume: str | None, root: Path) -> Path | None:
-    """`train.resume`: empty -> None; `latest` -> newest complete checkpoint (None if there is none); else a path."""
+    """`train.resume`: empty -> None; `latest` -> the newest checkpoint that reads back (older ones are tried in turn,
+    with a warning naming what was wrong; None if there are none); else that path, which must read back."""
     if resume in (None, "", "none", "null"):
         return None
     if resume == "latest":
         found = list_checkpoints(root)
-        return found[-1] if found else None
+        problems = []
+        for path in reversed(found):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                if problems:
+                    warnings.warn(
+                        f"train.resume=latest: skipped {len(problems)} newer checkpoint(s) that do not read back "
+                        f"({'; '.join(problems)}); resuming from {path}",
+                        stacklevel=2,
+                    )
+                return path
+            problems.append(problem)
+        if problems:
+            raise CheckpointError(
+                f"train.resume=latest: no checkpoint under {root} reads back ({'; '.join(problems)}); remove them "
+                "or set train.resume= to start over"
+            )
+        return None
     path = Path(resume)
     if not (path / DONE).is_file():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"train.resume={resume!r}: not a complete checkpoint directory (expected {path / DONE}); "
             f"complete ones under {root}: {[p.name for p in list_checkpoints(root)]}"
         )
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"train.resume={resume!r}: {problem}")
     return path
+
+
+def _disk_full(error: BaseException) -> bool:
+    text = str(error)
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or any(
+        marker in text for marker in ("No space left", "StorageFull", "file write failed", "ENOSPC")
+    )
+
+
+def _newest_file(folder: Path) -> Path | None:
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
 
 
 class CheckpointManager:
@@ -109,13 +182,33 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp), **self._save_kwargs)
-        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp), **self._save_kwargs)
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+                done = {"step": step, "time": time.time(), "torch": torch.__version__, "files": files}
+                (tmp / DONE).write_text(json.dumps(done))
+                for p in tmp.rglob("*"):
+                    share_like_umask(p)  # safetensors writes 0600
+                fsync_tree(tmp)  # the data is on disk before the rename makes the checkpoint count as complete
+                if final.exists():
+                    shutil.rmtree(final)
+                tmp.rename(final)
+                fsync_dir(self.root)
+        except (OSError, RuntimeError, SafetensorError) as e:
+            if not (_disk_full(e) or isinstance(e, PermissionError)):
+                raise
+            file = getattr(e, "filename", None) or _newest_file(tmp) or tmp
+            shutil.rmtree(tmp, ignore_errors=True)  # frees the space; the complete checkpoints stay
+            kept = [p.name for p in list_checkpoints(self.root)]
+            what = "permission denied" if isinstance(e, PermissionError) else "no space left on device"
+            free = shutil.disk_usage(self.root).free / 2**20 if self.root.is_dir() else float("nan")
+            raise CheckpointError(
+                f"checkpoint at step {step}: {what} while writing {file} ({free:.0f} MiB free under {self.root}); "
+                f"earlier checkpoints are kept: {kept or 'none'}"
+            ) from e
         if acc.is_main_process:
-            (tmp / DONE).write_text(json.dumps({"step": step, "time": time.time(), "torch": torch.__version__}))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
             for old in list_checkpoints(self.root)[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()

@@ -16,6 +16,7 @@ from radial.checkpointing import attention_saving_checkpoint
 from radial.lora import attach_lora
 from radial.models import ModelAdapter, get_adapter
 from train.config import Config
+from train.signals import ignore_stop_signals
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -127,9 +128,20 @@ def build_data(cfg: Config, parts: ModelParts, rank: int, world_size: int, laten
     dataset = LatentDataset(latents_root, model=cfg.model.family, expect=expect)
     dp_rank, dp_world = data_parallel_rank(rank, world_size, cfg.parallel.sp_degree)
     sampler = BucketBatchSampler(
-        dataset, cfg.data.batch_size, cfg.seed, rank=dp_rank, world_size=dp_world, shuffle=cfg.data.shuffle
+        dataset,
+        cfg.data.batch_size,
+        cfg.seed,
+        rank=dp_rank,
+        world_size=dp_world,
+        shuffle=cfg.data.shuffle,
+        drop_last=cfg.data.drop_last,
     )
     loader = DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers, pin_memory=False
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        pin_memory=False,
+        worker_init_fn=ignore_stop_signals if cfg.data.num_workers else None,
     )
     return dataset, sampler, loader

@@ -7,12 +7,15 @@ that types cannot express (ranges, choices, paths) and names the key in every er
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from radial.errors import ConfigError, MissingPathError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SOURCES = ("tiny", "full", "pretrained")
@@ -58,6 +61,8 @@ class DataConfig:
     batch_size: int = 1
     num_workers: int = 0
     shuffle: bool = True
+    # a bucket's incomplete last batch: dropped (True), or filled up with items of the bucket repeated (False)
+    drop_last: bool = True
     # synthetic only: videos generated, then prepared with the tiny encoders of the model family
     num_videos: int = 8
     frames: int = 33
@@ -180,14 +185,68 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides or []))
 
 
+class MissingValue(ConfigError, MissingMandatoryValue):
+    """Required config values left at `???` (also an OmegaConf MissingMandatoryValue, as callers caught before)."""
+
+
+def _check_finite(section, prefix: str = "") -> None:
+    """No NaN or inf anywhere in the config (a comparison with NaN is always False, so range checks miss it)."""
+    items = (
+        section.items() if isinstance(section, dict) else ((f.name, getattr(section, f.name)) for f in fields(section))
+    )
+    for name, value in items:
+        key = f"{prefix}{name}"
+        if is_dataclass(value) or isinstance(value, dict):
+            _check_finite(value, key + ".")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{key}[{i}]={v}: expected a finite number")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value}: expected a finite number")
+
+
+def _attention_layer_count(c: Config) -> int | None:
+    """How many attention layers the configured transformer has, from its config alone (built on the meta device:
+    no weights are read or allocated); None when model.path has no readable transformer config (the loader's
+    check names what is missing)."""
+    from accelerate import init_empty_weights
+
+    from radial.models import get_adapter
+
+    m = c.model
+    adapter = get_adapter(m.family)
+    if m.source == "tiny":
+        config = dict(adapter.tiny_config)
+    elif m.source == "full":
+        variant = m.variant or adapter.default_variant
+        _choice("model.variant", variant, sorted(adapter.variants))
+        config = dict(adapter.variants[variant])
+    else:
+        root = Path(m.path).expanduser()
+        candidates = [root / m.expert] if m.expert else [root, root / "transformer"]
+        folder = next((f for f in candidates if (f / "config.json").is_file()), None)
+        try:
+            config = adapter.transformer_class.load_config(str(folder)) if folder is not None else None
+        except (OSError, ValueError):
+            config = None
+        if config is None:
+            return None
+    with init_empty_weights(include_buffers=True):
+        model = adapter.transformer_class.from_config(config) if m.source == "pretrained" else None
+        if model is None:
+            model = adapter.transformer_class(**config)
+    return len(adapter.attention_layers(model))
+
+
 def _choice(key: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+        raise ConfigError(f"{key}={value!r}: expected one of {list(choices)}")
 
 
 def _at_least(key: str, value, least) -> None:
     if value < least:
-        raise ValueError(f"{key}={value!r}: expected >= {least}")
+        raise ConfigError(f"{key}={value!r}: expected >= {least}")
 
 
 def check_eval(ev: EvalConfig) -> None:
@@ -197,17 +256,17 @@ def check_eval(ev: EvalConfig) -> None:
     _at_least("eval.num_samples", ev.num_samples, 0)
     _at_least("eval.num_inference_steps", ev.num_inference_steps, 1)
     if not all(0 < float(x) < 1 for x in ev.timesteps):
-        raise ValueError(f"eval.timesteps={ev.timesteps}: expected noise levels in (0, 1)")
+        raise ConfigError(f"eval.timesteps={ev.timesteps}: expected noise levels in (0, 1)")
     from train.eval.hooks import available_hooks
 
     for hook in ev.hooks:
         if ":" not in hook and hook not in available_hooks():
-            raise ValueError(f"eval.hooks: unknown hook {hook!r}; known: {available_hooks()} (or 'module:Class')")
+            raise ConfigError(f"eval.hooks: unknown hook {hook!r}; known: {available_hooks()} (or 'module:Class')")
     if ev.heldout_root and not Path(ev.heldout_root).expanduser().is_dir():
-        raise FileNotFoundError(f"eval.heldout_root={ev.heldout_root}: no such folder (prepared latents)")
+        raise MissingPathError(f"eval.heldout_root={ev.heldout_root}: no such folder (prepared latents)")
     for path in ev.prompt_embeds:
         if not Path(path).expanduser().is_file():
-            raise FileNotFoundError(f"eval.prompt_embeds: {path} does not exist")
+            raise MissingPathError(f"eval.prompt_embeds: {path} does not exist")
 
 
 def _check_expert(c: Config) -> None:
@@ -222,14 +281,14 @@ def _check_expert(c: Config) -> None:
     if m.expert is None:
         root = Path(m.path).expanduser() if m.source == "pretrained" and m.path else None
         if experts and root is not None and all((root / e).is_dir() for e in experts):
-            raise ValueError(
+            raise ConfigError(
                 f"model.expert is not set, but model.path={m.path!r} holds the experts {list(experts)}: name the one "
                 f"to train, e.g. model.expert={experts[0]} (each expert gets its own LoRA)"
             )
         return
     if not experts:
         with_experts = [f for f in available_adapters() if getattr(get_adapter(f), "experts", ())]
-        raise ValueError(
+        raise ConfigError(
             f"model.expert={m.expert!r}: family {m.family!r} has no experts (families with experts: {with_experts}); "
             "leave model.expert null"
         )
@@ -241,12 +300,12 @@ def _check_expert(c: Config) -> None:
         try:
             boundary = json.loads(index.read_text()).get("boundary_ratio")
         except (OSError, ValueError) as e:
-            raise ValueError(
+            raise ConfigError(
                 f"model.expert={m.expert!r}: cannot read the pipeline's boundary_ratio from {index} ({e}); set "
                 "train.timestep_range=[lo,hi] for this expert"
             ) from None
         if boundary is None:
-            raise ValueError(
+            raise ConfigError(
                 f"model.expert={m.expert!r}: {index} has no boundary_ratio (not a two-expert pipeline?); set "
                 "train.timestep_range=[lo,hi] for this expert"
             )
@@ -254,7 +313,7 @@ def _check_expert(c: Config) -> None:
         variant = m.variant or adapter.default_variant
         boundary = adapter.boundary_ratios.get(variant)
         if boundary is None:
-            raise ValueError(
+            raise ConfigError(
                 f"model.variant={variant!r}: no expert boundary known for it (known: {sorted(adapter.boundary_ratios)}); "
                 "set train.timestep_range=[lo,hi]"
             )
@@ -270,10 +329,16 @@ def validate(cfg: DictConfig | dict) -> Config:
     missing = sorted(OmegaConf.missing_keys(raw))
     if missing:
         hint = " ".join(f"{k}=..." for k in missing)
-        raise MissingMandatoryValue(f"missing required config value(s): {', '.join(missing)}; set them, e.g. {hint}")
-    merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
-    OmegaConf.resolve(merged)
-    c: Config = OmegaConf.to_object(merged)
+        raise MissingValue(f"missing required config value(s): {', '.join(missing)}; set them, e.g. {hint}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        OmegaConf.resolve(merged)
+        c: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:  # unknown key, wrong type, bad interpolation: one line naming the key
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{key}: {first}" if key and key not in first else first) from None
+    _check_finite(c)
 
     from radial.models import available_adapters
 
@@ -284,11 +349,11 @@ def validate(cfg: DictConfig | dict) -> Config:
         _choice("model.storage_dtype", c.model.storage_dtype, STORAGE_DTYPES)
     if c.model.source == "pretrained":
         if not c.model.path:
-            raise ValueError("model.path is required with model.source=pretrained: a local diffusers folder")
+            raise ConfigError("model.path is required with model.source=pretrained: a local diffusers folder")
         if not Path(c.model.path).expanduser().exists():
-            raise FileNotFoundError(f"model.path={c.model.path!r} does not exist (a local diffusers folder)")
+            raise MissingPathError(f"model.path={c.model.path!r} does not exist (a local diffusers folder)")
     if c.model.flow_shift <= 0:
-        raise ValueError(f"model.flow_shift={c.model.flow_shift}: expected > 0")
+        raise ConfigError(f"model.flow_shift={c.model.flow_shift}: expected > 0")
 
     a = c.attention
     _choice("attention.backend", a.backend, BACKENDS)
@@ -298,9 +363,9 @@ def validate(cfg: DictConfig | dict) -> Config:
             "dense (the deterministic backends)"
         )
     if a.block_size not in (16, 32, 64, 128):
-        raise ValueError(f"attention.block_size={a.block_size}: expected 16, 32, 64 or 128 (128 on GPU)")
+        raise ConfigError(f"attention.block_size={a.block_size}: expected 16, 32, 64 or 128 (128 on GPU)")
     if a.decay_factor <= 0:
-        raise ValueError(f"attention.decay_factor={a.decay_factor}: expected > 0")
+        raise ConfigError(f"attention.decay_factor={a.decay_factor}: expected > 0")
     _at_least("attention.dense_layers", a.dense_layers, 0)
     _at_least("attention.dense_timesteps", a.dense_timesteps, 0)
     _at_least("attention.window_frames", a.window_frames, 0)
@@ -312,21 +377,24 @@ def validate(cfg: DictConfig | dict) -> Config:
 
     _at_least("lora.rank", c.lora.rank, 1)
     if c.lora.alpha <= 0:
-        raise ValueError(f"lora.alpha={c.lora.alpha}: expected > 0")
+        raise ConfigError(f"lora.alpha={c.lora.alpha}: expected > 0")
     if not 0 <= c.lora.dropout < 1:
-        raise ValueError(f"lora.dropout={c.lora.dropout}: expected in [0, 1)")
+        raise ConfigError(f"lora.dropout={c.lora.dropout}: expected in [0, 1)")
     bad = sorted(set(c.lora.projections) - set("qkvo"))
     if bad or not c.lora.projections:
-        raise ValueError(f"lora.projections={c.lora.projections}: expected a non-empty subset of [q, k, v, o]")
+        raise ConfigError(f"lora.projections={c.lora.projections}: expected a non-empty subset of [q, k, v, o]")
 
     _choice("optim.name", c.optim.name, ("adamw",))
     if not c.optim.lr > 0:
-        raise ValueError(f"optim.lr={c.optim.lr}: expected > 0")
+        raise ConfigError(f"optim.lr={c.optim.lr}: expected > 0")
     if len(c.optim.betas) != 2 or not all(0 <= b < 1 for b in c.optim.betas):
-        raise ValueError(f"optim.betas={c.optim.betas}: expected two numbers in [0, 1)")
+        raise ConfigError(f"optim.betas={c.optim.betas}: expected two numbers in [0, 1)")
     _at_least("optim.warmup_steps", c.optim.warmup_steps, 0)
+    from diffusers.optimization import SchedulerType
+
+    _choice("optim.scheduler", c.optim.scheduler, [t.value for t in SchedulerType])
     if c.optim.max_grad_norm < 0:
-        raise ValueError(f"optim.max_grad_norm={c.optim.max_grad_norm}: expected >= 0 (0 = no clipping)")
+        raise ConfigError(f"optim.max_grad_norm={c.optim.max_grad_norm}: expected >= 0 (0 = no clipping)")
 
     t = c.train
     _choice("train.mode", t.mode, MODES)
@@ -352,10 +420,17 @@ def validate(cfg: DictConfig | dict) -> Config:
     _choice("train.timestep_sampling", t.timestep_sampling, SAMPLINGS)
     _choice("train.loss_weighting", t.loss_weighting, WEIGHTINGS)
     if t.logit_std <= 0:
-        raise ValueError(f"train.logit_std={t.logit_std}: expected > 0")
+        raise ConfigError(f"train.logit_std={t.logit_std}: expected > 0")
     if t.timestep_range is not None:
         FlowMatching(sigma_range=tuple(t.timestep_range))  # its check, naming train.timestep_range
     _check_expert(c)
+    layers = _attention_layer_count(c) if a.dense_layers > 0 else None
+    if layers is not None and a.dense_layers > layers:
+        raise ConfigError(
+            f"attention.dense_layers={a.dense_layers}: the {c.model.family} transformer "
+            f"({c.model.source}{'' if c.model.variant is None else ' ' + c.model.variant}) has {layers} attention "
+            f"layers; expected at most {layers}"
+        )
 
     check_eval(c.eval)
     for tracker in c.logging.trackers:

@@ -8,6 +8,7 @@ from pathlib import Path
 import radial
 from radial.lora import export_comfy, export_diffusers, lora_state_dict
 from radial.mask.plot import frame_block_edges, save_mask_png
+from train.records import json_safe
 
 
 def lora_info(trainer) -> dict:
@@ -118,5 +119,6 @@ def export_run(trainer) -> dict:
         written["mask"] = str(save_mask_png(mask, out / "mask.png", title=title, frame_edges=edges))
     if (out / "base_transformer").is_dir():
         written["base_transformer"] = str(out / "base_transformer")
-    (out / "run_summary.json").write_text(json.dumps({"info": info, "files": written, "losses": trainer.state.losses}))
+    summary = {"info": info, "files": written, "losses": trainer.state.losses}
+    (out / "run_summary.json").write_text(json.dumps(json_safe(summary), allow_nan=False))
     return written

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
+from radial.errors import USER_ERRORS, cli_errors
 from radial.generate import DTYPES, add_arguments, load_from_args, run
+from radial.generation.pipeline import check_local_folder
 
 TINY_DEFAULTS = {"frames": 17, "height": 64, "width": 64, "steps": 4, "block_size": 16, "guidance_scale": 1.0}
 
@@ -54,7 +56,8 @@ def build_tiny_pipeline(
     if transformer is None:
         transformer = adapter.build_tiny(seed=seed, dtype=dtype)
     elif not isinstance(transformer, torch.nn.Module):
-        transformer = adapter.transformer_class.from_pretrained(str(transformer), torch_dtype=dtype)
+        folder = check_local_folder(transformer, "--transformer", "a local diffusers transformer folder")
+        transformer = adapter.transformer_class.from_pretrained(str(folder), torch_dtype=dtype)
     enc = load_encoders(family if family != "wan22" else "wan", tiny=True, seed=seed)
     components = {name: getattr(enc, name) for name in enc.components}
     if not text_encoder:
@@ -148,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         path = save_tiny_pipeline(args.save_tiny, args.tiny, seed=args.tiny_seed, transformer=args.transformer)
         print(f"tiny {args.tiny} pipeline written to {path}")
         return {"saved": str(path)}
-    try:
+    # Option values are checked with ValueError by the settings dataclasses too: all are one-line errors here.
+    with cli_errors(args.debug, expected=(*USER_ERRORS, ValueError, FileNotFoundError)):
         if args.tiny:
             _tiny_defaults(args, argv)
             text = not (args.no_text_encoder or (args.prompt_embeds and not args.prompt))
@@ -174,8 +178,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             result["dense"] = dense
             names = [(a["name"], b["name"]) for a, b in zip(records, dense, strict=True)]
             result["comparisons"] = compare_pairs(kept, kept_dense, names, Path(args.out))
-    except (ValueError, FileNotFoundError) as e:
-        parser.exit(2, f"error: {e}\n")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "generate_summary.json").write_text(json.dumps(result, indent=1, default=str))
     return result

@@ -16,11 +16,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from radial.errors import cli_errors  # noqa: E402
 from train.config import validate  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    # Our errors (config, data, checkpoint, LoRA, paths) as one line and exit 2, inside the task function: Hydra
+    # would print its own "Error executing job" and the traceback (RADIAL_DEBUG=1 / HYDRA_FULL_ERROR=1 keep it).
+    with cli_errors():
+        run(cfg)
+
+
+def run(cfg: DictConfig) -> None:
+    """Validate, train, and print where the outputs are."""
     from train.trainer import Trainer
 
     config = validate(cfg)

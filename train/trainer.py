@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from data import data_parallel_rank
+from radial.errors import CheckpointError, TrainingError
 from radial.lora import load_lora_state_dict, lora_state_dict
 from radial.parallel import enable as enable_sequence_parallel
 from radial.parallel import init_sequence_parallel, sequence_parallel_groups
@@ -24,11 +25,15 @@ from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState
 from train.components import build_data, build_model, synthetic_latents
 from train.config import Config
 from train.flow import FlowMatching
+from train.records import json_safe
 from train.signals import StopFlag
 from train.step import conditions_of, flow_matching_loss, input_dtype
 
+#: a finished run with more than this share of its steps skipped (non-finite loss) fails instead of exporting
+MAX_SKIPPED_SHARE = 0.5
 
-class NonFiniteLoss(RuntimeError):
+
+class NonFiniteLoss(TrainingError):
     """Raised when losses stay NaN / inf (train.on_nan=stop, or more than train.max_nan_skips in a row)."""
 
 
@@ -272,7 +277,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train to train.max_steps (or until a stop signal), checkpointing and exporting; returns a summary."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
-        resume = resolve_resume(t.resume, self.out / "checkpoints")
+        resume = self._resolve_resume()
         if resume is not None:
             self.checkpoints.load(resume)
             acc.print(f"resumed from {resume} at step {self.state.step}")
@@ -305,6 +310,7 @@ class Trainer:
                 if bad:
                     self.optimizer.zero_grad(set_to_none=True)
                     nan_streak += 1
+                    self.state.skipped += 1
                     msg = f"step {step}: non-finite loss"
                     if t.on_nan == "stop" or nan_streak > t.max_nan_skips:
                         raise NonFiniteLoss(f"{msg}; stopping (train.on_nan={t.on_nan}, {nan_streak} in a row)")
@@ -341,6 +347,8 @@ class Trainer:
             "stopped_by": stopped_by,
             "ended_early": ended_early,
         }
+        if not stopped_by:
+            self._check_skipped(final)
         if stopped_by:
             acc.print(f"stopped by {stopped_by} at step {self.state.step}; resume with train.resume=latest")
         else:
@@ -378,6 +386,37 @@ class Trainer:
             return None
         return reason or "another rank ended the run early"
 
+    def _resolve_resume(self):
+        """train.resume on the main process (it reads the checkpoints back once), shared with every rank; an error
+        is raised on every rank, so that none waits for the others."""
+        from accelerate.utils import broadcast_object_list
+
+        acc = self.accelerator
+        answer: list = [None, None]
+        if acc.is_main_process:
+            try:
+                path = resolve_resume(self.cfg.train.resume, self.out / "checkpoints")
+                answer = [None if path is None else str(path), None]
+            except (CheckpointError, FileNotFoundError) as e:
+                answer = [None, e]
+        if acc.num_processes > 1:
+            broadcast_object_list(answer, from_process=0)
+        if answer[1] is not None:
+            raise answer[1]
+        return None if answer[0] is None else Path(answer[0])
+
+    def _check_skipped(self, final: Path) -> None:
+        """A run whose steps were mostly skipped (non-finite losses) does not export: its LoRA would claim steps
+        it did not train. More than MAX_SKIPPED_SHARE of all steps (resumed ones included) is too many."""
+        skipped, steps = self.state.skipped, self.state.step
+        if steps and skipped > MAX_SKIPPED_SHARE * steps:
+            what = "all" if skipped == steps else f"{skipped}"
+            raise TrainingError(
+                f"{what} of {steps} steps were skipped for a non-finite loss (more than {MAX_SKIPPED_SHARE:.0%}: "
+                f"the LoRA would claim {steps} steps it did not train), so nothing was exported; check the data "
+                f"(`python -m data.shards check ROOT`) or lower optim.lr; the last checkpoint is {final}"
+            )
+
     def _log(self, step: int, loss: float, grad_norm, elapsed: float, tokens: int) -> None:
         acc = self.accelerator
         plan = self.parts.handle.last_plan
@@ -396,7 +435,7 @@ class Trainer:
         acc.log(logs, step=step)
         if acc.is_main_process:  # machine-readable beside the trackers (benchmarks read it)
             with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, **logs}) + "\n")
+                f.write(json.dumps(json_safe({"step": step, **logs}), allow_nan=False) + "\n")
 
 
 def _to_dtype(value, dtype: torch.dtype):

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from radial.errors import ConfigError, LoraFileError, MissingPathError
 from radial.generation.settings import LoraSpec, RadialSettings
 
 #: diffusers pipeline class -> model family (Wan2.2 A14B: a WanPipeline with transformer_2; TI2V: 48 channels).
@@ -115,6 +116,7 @@ def load_pipeline(
     if not text_encoder:
         overrides.update({k: None for k in TEXT_COMPONENTS if k in index})
     if transformer_path is not None:
+        check_local_folder(transformer_path, "--transformer", "a local diffusers transformer folder (config.json)")
         cls_name = index["transformer"][1]
         overrides["transformer"] = getattr(diffusers, cls_name).from_pretrained(
             str(transformer_path), torch_dtype=dtype
@@ -157,18 +159,87 @@ def _lora_file(spec: LoraSpec) -> Path:
     return p
 
 
-def lora_metadata(path: Path) -> dict:
-    """Our training metadata from a LoRA header ({} for other LoRAs); read without importing train/."""
+def looks_like_path(text: str | Path) -> bool:
+    """Whether an option value is meant as a local path (absolute, ./, ../, ~, or existing), not a Hub repo id."""
+    text = str(text)
+    return Path(text).is_absolute() or text.startswith(("./", "../", "~", ".\\", "..\\")) or Path(text).exists()
+
+
+def check_local_folder(path: str | Path, option: str, what: str) -> Path:
+    """A local folder given by `option` (generation loads local folders only: no Hub lookup, no network)."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        kind = "no such folder" if looks_like_path(path) else "no such local folder (Hub repo ids are not looked up)"
+        raise MissingPathError(f"{option} {path}: {kind}; expected {what}")
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {path}: is a file; expected {what}")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{option} {path}: no config.json; expected {what}")
+    return folder
+
+
+def family_of_folder(path: str | Path) -> str | None:
+    """The model family of a local pipeline folder from its model_index.json (None when it cannot be told)."""
+    try:
+        index = json.loads((Path(path).expanduser() / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    family = PIPELINE_FAMILIES.get(index.get("_class_name"))
+    if family == "wan" and (index.get("transformer_2") or [None])[0] is not None:
+        return "wan22"
+    return family
+
+
+def _same_family(a: str, b: str) -> bool:
+    return a == b or (a.startswith("wan") and b.startswith("wan"))
+
+
+def check_lora_file(file: Path, option: str, family: str | None = None) -> dict:
+    """Read a LoRA file's header before anything is loaded: a readable safetensors file, trained for `family` (our
+    header), with the rank its header claims; returns our metadata ({} for other LoRAs)."""
     from safetensors import safe_open
 
-    if path.suffix != ".safetensors":
+    if file.suffix != ".safetensors":
         return {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
     try:
-        return json.loads(meta["radial_lora"]) if "radial_lora" in meta else {}
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except PermissionError as e:
+        raise LoraFileError(f"{option}: {file}: permission denied ({e})") from None
+    except Exception as e:  # safetensors raises its own error type for every malformed file
+        raise LoraFileError(
+            f"{option}: {file} is not a readable safetensors file, corrupt or truncated ({' '.join(str(e).split())})"
+        ) from None
+    try:
+        info = json.loads(meta["radial_lora"]) if "radial_lora" in meta else {}
     except ValueError:
-        return {}
+        info = {}
+    base = (info.get("base_model") or {}).get("family")
+    if family is not None and base is not None and not _same_family(base, family):
+        raise LoraFileError(f"{option}: {file} was trained for family {base!r}, the pipeline is {family!r}")
+    rank = info.get("rank")
+    if rank is not None:
+        down = {k: v[0] for k, v in shapes.items() if k.endswith(("lora_A.weight", "lora_down.weight")) and v}
+        wrong = {k: r for k, r in down.items() if r != rank}
+        if wrong:
+            key, got = next(iter(wrong.items()))
+            raise LoraFileError(
+                f"{option}: {file}: its header says rank {rank}, but {len(wrong)} of {len(down)} down-projections "
+                f"have another (e.g. {key}: rank {got}); the file was altered after export"
+            )
+    return info
+
+
+def lora_metadata(path: Path) -> dict:
+    """Our training metadata from a LoRA header ({} for other LoRAs); read without importing train/."""
+    return check_lora_file(Path(path), "--lora")
+
+
+def check_lora_specs(specs: Sequence[LoraSpec], family: str | None = None) -> None:
+    """Every LoRA file exists and reads back (and fits `family` when known), before any model is loaded."""
+    for spec in specs:
+        check_lora_file(_lora_file(spec), f"--lora {spec.path}", family)
 
 
 def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, radial: RadialSettings | None = None):
@@ -188,10 +259,7 @@ def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, ra
         name = spec.adapter_name(i)
         if name in names:
             raise ValueError(f"two LoRAs are named {name!r}; give distinct names (PATH:SCALE:NAME)")
-        info = lora_metadata(file)
-        base = (info.get("base_model") or {}).get("family")
-        if base is not None and base != family and not (base.startswith("wan") and family.startswith("wan")):
-            raise ValueError(f"--lora {spec.path}: trained for family {base!r}, the pipeline is {family!r}")
+        info = check_lora_file(file, f"--lora {spec.path}", family)
         trained = info.get("radial") or {}
         if radial is not None and trained:
             if not radial.enabled:
@@ -214,7 +282,15 @@ def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, ra
         loaded = getattr(target, "peft_config", None) or {}
         if name not in loaded:  # a second run on the same pipeline (e.g. --compare-dense) only sets the scales
             into_second = {"load_into_transformer_2": True} if expert == "transformer_2" else {}
-            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name, **into_second)
+            try:
+                pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name, **into_second)
+            except ValueError as e:  # PEFT / diffusers: no layer of the file matches the transformer
+                if "not found" not in str(e) and "target modules" not in str(e).lower():
+                    raise
+                raise LoraFileError(
+                    f"--lora {spec.path}: {file} does not fit the {family} transformer ({type(target).__name__}): "
+                    f"a LoRA for another model family? ({' '.join(str(e).split())[:300]})"
+                ) from None
         names.append(name)
         scales.append(float(spec.scale))
         records.append(

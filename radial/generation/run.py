@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from radial.attention import resolve_backend
+from radial.files import share_like_umask
 from radial.generation.embeds import PromptEmbeds
 from radial.generation.pipeline import pipeline_family, set_scheduler_shift
 from radial.generation.settings import ClipSpec
@@ -308,6 +309,7 @@ def save_result(result: GenerationResult, out_dir: str | Path, name: str, sideca
     if save_latents:
         path = out_dir / f"{name}.latents.safetensors"
         save_file({"latents": result.latents.contiguous()}, str(path))
+        share_like_umask(path)  # safetensors writes 0600
         files["latents"] = str(path)
     sidecar = {**sidecar, "files": {**files, "sidecar": str(out_dir / f"{name}.json")}}
     tmp = out_dir / f"{name}.json.part"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from radial.errors import USER_ERRORS, cli_errors
 from radial.geometry import GEOMETRY, geometry
 from radial.mask.build import check_layout, radial_block_mask_numpy
 from radial.mask.options import MaskOptions
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/mask", help="output path stem: writes STEM.png (and STEM.npy)")
     p.add_argument("--npy", action="store_true", help="also write the mask as a .npy bool array")
     p.add_argument("--no-png", action="store_true", help="skip the picture")
+    p.add_argument("--debug", action="store_true", help="full tracebacks for errors (also RADIAL_DEBUG=1)")
     return p
 
 
@@ -55,7 +57,8 @@ def _layout(args: argparse.Namespace) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+    # The layout and option checks raise ValueError naming the option: one-line errors, exit 2.
+    with cli_errors(args.debug, expected=(*USER_ERRORS, ValueError)):
         frames, tpf = _layout(args)
         check_layout(frames, tpf, args.text_tokens)
         opts = MaskOptions.create(
@@ -65,9 +68,6 @@ def main(argv: list[str] | None = None) -> int:
             sink=args.sink,
             decay_adjacent=args.decay_adjacent,
         )
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     start = time.perf_counter()
     mask = radial_block_mask_numpy(frames, tpf, opts, args.text_tokens)
     elapsed = time.perf_counter() - start

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from radial.comfy import ComfyRule, to_comfy
+from radial.errors import ConfigError
 from radial.geometry import LatentGeometry, geometry
 from radial.models.context import InjectionState, LatentGrid, RadialProcessor
 
@@ -48,7 +49,7 @@ PATH_KEY = "model.path"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 
-class ModelPathError(ValueError):
+class ModelPathError(ConfigError):
     """A bad `model.path`: missing, not a diffusers folder, the wrong class, or without weights."""
 
 

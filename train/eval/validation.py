@@ -42,6 +42,7 @@ import torch
 
 from train.config import EvalConfig, check_eval
 from train.flow import flow_loss, noisy_latents
+from train.records import json_safe
 from train.step import input_dtype
 
 
@@ -108,7 +109,7 @@ class Validator:
         acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
         if acc.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
+            (folder / "metrics.json").write_text(json.dumps(json_safe({"step": step, **metrics}), indent=1))
             self._log_media(records, step)
         self.history.append({"step": step, **metrics})
         acc.wait_for_everyone()
