@@ -121,11 +121,20 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
     return path
 
 
-def _disk_full(error: BaseException) -> bool:
-    text = str(error)
-    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or any(
-        marker in text for marker in ("No space left", "StorageFull", "file write failed", "ENOSPC")
-    )
+#: a write that failed with less than this free is taken for a full disk (torch.save's C++ writer reports ENOSPC as
+#: "iostream error" or "unexpected pos", without errno)
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(marker in str(error) for marker in ("No space left", "StorageFull", "Disk quota")):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
 
 
 def _newest_file(folder: Path) -> Path | None:
@@ -197,7 +206,7 @@ class CheckpointManager:
                 tmp.rename(final)
                 fsync_dir(self.root)
         except (OSError, RuntimeError, SafetensorError) as e:
-            if not (_disk_full(e) or isinstance(e, PermissionError)):
+            if not (isinstance(e, PermissionError) or _disk_full(e, self.root)):
                 raise
             file = getattr(e, "filename", None) or _newest_file(tmp) or tmp
             shutil.rmtree(tmp, ignore_errors=True)  # frees the space; the complete checkpoints stay

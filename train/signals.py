@@ -1,23 +1,63 @@
 """Graceful stop on SIGTERM / SIGUSR1 (SLURM preemption): the loop saves a checkpoint and exits cleanly.
 
-SLURM (and `kill -TERM -<pgid>`) signals every process of the job step, data-loader workers included. The workers
-ignore the stop signals (`ignore_stop_signals`, their worker_init_fn): if one died, the loader would fail the run
-before the main process could save. The main process owns the shutdown and stops the workers itself.
+SLURM (and `kill -TERM -<pgid>`) signals every process of the job step, data-loader workers included. If a worker
+died, the loader would fail the run before the main process could save, so the workers leave the stop signals to
+the main process: the loader's iterator is created (the workers forked) with the signals blocked
+(`stop_signals_blocked`), so that none is lost or kills a worker before its worker_init_fn (`ignore_stop_signals`)
+has decided. One SIGTERM still ends a worker: its parent's (as PyTorch's own worker handler does): multiprocessing
+stops daemonic workers with SIGTERM when the trainer exits, and a worker deaf to that would keep it waiting forever.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import threading
+from collections.abc import Iterator
 
 SIGNALS = ("SIGTERM", "SIGUSR1")
 
 
+def _stop_signals() -> set[signal.Signals]:
+    return {getattr(signal, name) for name in SIGNALS if hasattr(signal, name)}
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block SIGTERM / SIGUSR1 in this thread for the block (processes forked inside start with them blocked); a
+    signal that arrives meanwhile is delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """DataLoader worker_init_fn: this process ignores SIGTERM / SIGUSR1 (the main process decides when to stop)."""
-    for name in SIGNALS:
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            signal.signal(sig, signal.SIG_IGN)
+    """DataLoader worker_init_fn: this process ignores SIGUSR1, and SIGTERM unless its parent sent it."""
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # also discards one that is pending
+    if not hasattr(signal, "sigwaitinfo"):  # no sender pid to tell them apart (not Linux): ignore them all
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    # SIGTERM stays blocked (forked so by `stop_signals_blocked`; blocked again here for other callers) and pending
+    # until a thread takes it and looks at who sent it. Threads started later in this worker inherit the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    if hasattr(signal, "SIGUSR1"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+    parent = os.getppid()
+    threading.Thread(target=_exit_on_sigterm_from, args=(parent,), name="sigterm-from-parent", daemon=True).start()
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent:
+            os._exit(0)  # the trainer stops its workers
 
 
 class StopFlag:

@@ -26,7 +26,7 @@ from train.components import build_data, build_model, synthetic_latents
 from train.config import Config
 from train.flow import FlowMatching
 from train.records import json_safe
-from train.signals import StopFlag
+from train.signals import StopFlag, stop_signals_blocked
 from train.step import conditions_of, flow_matching_loss, input_dtype
 
 #: a finished run with more than this share of its steps skipped (non-finite loss) fails instead of exporting
@@ -48,12 +48,17 @@ class DataCursor:
     def next(self) -> dict:
         while True:
             if self._iter is None:
-                self._iter = iter(self.loader)
+                with stop_signals_blocked():  # loader workers start deaf to SLURM's signals (train.signals)
+                    self._iter = iter(self.loader)
             try:
                 self._last = next(self._iter)
                 return self._last
             except StopIteration:
                 self._iter = None
+
+    def close(self) -> None:
+        """Let go of the loader's iterator, which stops its worker processes (the next `next` starts new ones)."""
+        self._iter = None
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict(after=self._last) if self._last is not None else self.sampler.state_dict()
@@ -289,7 +294,7 @@ class Trainer:
         nan_streak, stopped_by, ended_early = 0, None, None
         self._best_val, self._stale = math.inf, 0
         fit_started = time.perf_counter()
-        with StopFlag() as stop:
+        with StopFlag() as stop, contextlib.closing(self.cursor):  # the loader workers stop with the loop
             while self.state.step < t.max_steps:
                 step = self.state.step
                 started = time.perf_counter()

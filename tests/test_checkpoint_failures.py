@@ -1,0 +1,128 @@
+"""Checkpoints that go wrong: damaged files on resume (fallback to an older good one, or a one-line error), fsync
+before the rename, modes that follow the umask, and a disk that fills up during the write."""
+
+import os
+import shutil
+import subprocess
+import uuid
+import warnings
+
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+import train.checkpoint as ckpt
+from radial.errors import CheckpointError
+from radial.lora import export_comfy
+from train.checkpoint import CheckpointManager, list_checkpoints, resolve_resume, verify_checkpoint
+
+
+class Blob:
+    """A registered checkpoint object of a chosen size (to fill a small disk)."""
+
+    def __init__(self, numel: int = 4) -> None:
+        self.value = torch.arange(numel, dtype=torch.float32)
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+def manager(root, blob=None):
+    """A CheckpointManager over a CPU Accelerator with a small model and optimizer (Accelerate's real files)."""
+    acc = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    model, optimizer = acc.prepare(model, optimizer)
+    acc.register_for_checkpointing(blob or Blob())
+
+    def save_lora(path):
+        save_file({"lora_A": model.weight.detach().clone()}, str(path))
+
+    def load_lora(path):
+        load_file(str(path))
+
+    return CheckpointManager(acc, root, keep_last=3, save_lora=save_lora, load_lora=load_lora)
+
+
+def test_resume_latest_skips_damaged_newer_checkpoints(tmp_path):
+    m = manager(tmp_path)
+    good, lora_bad, optim_bad = (m.save(s) for s in (1, 2, 3))
+    assert verify_checkpoint(good) is None and resolve_resume("latest", tmp_path) == optim_bad
+    lora = lora_bad / ckpt.LORA_FILE
+    lora.write_bytes(lora.read_bytes()[:-10])  # truncated
+    optimizer = optim_bad / "optimizer.bin"
+    optimizer.write_bytes(os.urandom(optimizer.stat().st_size))  # same size, random bytes
+    with pytest.warns(UserWarning, match=r"skipped 2 newer checkpoint\(s\)") as caught:
+        assert resolve_resume("latest", tmp_path) == good
+    message = str(caught[0].message)
+    assert f"{optimizer}: unreadable, corrupt or truncated" in message and str(lora) in message
+    # An explicit path to a damaged checkpoint: one error naming the file.
+    with pytest.raises(CheckpointError, match=rf"train.resume=.*: {optimizer}: unreadable, corrupt or truncated"):
+        resolve_resume(str(optim_bad), tmp_path)
+    (good / "random_states_0.pkl").unlink()
+    with pytest.raises(CheckpointError, match=r"no checkpoint under .* reads back .*random_states_0.pkl: missing"):
+        resolve_resume("latest", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_resume("latest", tmp_path / "none") is None  # no checkpoints at all: a fresh start
+
+
+def test_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    seen = []
+
+    def record(folder):
+        seen.append((folder.name, (folder / ckpt.DONE).is_file(), (tmp_path / "checkpoint-00000001").exists()))
+
+    monkeypatch.setattr(ckpt, "fsync_tree", record)
+    manager(tmp_path).save(1)
+    assert seen == [(".tmp-checkpoint-00000001", True, False)]  # the whole folder, marker included, not yet renamed
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o007, 0o660)])
+def test_outputs_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        final = manager(tmp_path).save(1)
+        lora = export_comfy({"a.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "lora" / "comfy.safetensors", {})
+    finally:
+        os.umask(old)
+    files = [p for p in final.rglob("*") if p.is_file()] + [lora]
+    assert ckpt.LORA_FILE in {p.name for p in files}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only: mounting needs it)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: a handle left open must not keep it
+
+
+def test_disk_full_names_the_file_and_keeps_earlier_checkpoints(small_disk):
+    blob = Blob()
+    m = manager(small_disk / "checkpoints", blob)
+    first = m.save(1)
+    blob.value = torch.zeros(512 * 1024)  # 2 MiB: more than the disk holds
+    with pytest.raises(CheckpointError) as err:
+        m.save(2)
+    message = str(err.value)
+    assert "checkpoint at step 2: no space left on device while writing " in message
+    assert f"{small_disk}/checkpoints/.tmp-checkpoint-00000002/" in message
+    assert "earlier checkpoints are kept: ['checkpoint-00000001']" in message
+    assert list_checkpoints(small_disk / "checkpoints") == [first] and verify_checkpoint(first) is None
+    assert not (small_disk / "checkpoints" / ".tmp-checkpoint-00000002").exists()  # the space is given back
