@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import train.step as step_mod
+from radial.errors import TrainingError
 from radial.lora import read_metadata
 from tests.trainer_helpers import compose_config, tiny_overrides
 from train.config import validate
@@ -175,3 +176,18 @@ def test_wan22_expert_trains_only_its_noise_levels(tmp_path, monkeypatch):
     assert len(drawn) == 3 and all((s < 0.875).all() for s in drawn)
     info = read_metadata(out / "lora" / "pytorch_lora_weights.safetensors")
     assert info["base_model"]["expert"] == "transformer_2" and info["training"]["timestep_range"] == [0.0, 0.875]
+
+
+def test_a_run_of_skipped_steps_fails_instead_of_exporting(tmp_path, data_root, monkeypatch):
+    """Every loss NaN: no LoRA claiming 3 trained steps; the logs stay strict JSON (null for the unknown loss)."""
+    real = step_mod.flow_loss
+    monkeypatch.setattr(step_mod, "flow_loss", lambda *args: real(*args) * float("nan"))
+    with pytest.raises(TrainingError, match=r"all of 3 steps were skipped .*more than 50%.*nothing was exported"):
+        run(tmp_path, data_root, "train.max_nan_skips=10", steps=3)
+    assert not (tmp_path / "lora").exists() and (tmp_path / "checkpoints" / "checkpoint-00000003").is_dir()
+
+    def not_json(constant):
+        raise AssertionError(f"metrics.jsonl holds {constant}, which is not JSON")
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line, parse_constant=not_json)["loss"] for line in lines] == [None, None, None]
