@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -277,14 +278,17 @@ def test_cli_and_early_errors(videos, tmp_path, capsys):
     )  # fmt: skip
     assert len(summary.written) == 6
     assert "prepare: 6 items written" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="pretrained_path=.*nowhere: no such folder"):
-        prep.main(["--model", "wan", "--pretrained", str(tmp_path / "nowhere"), "--input", str(videos), "--out", "x"])
-    with pytest.raises(SystemExit, match="frames must be k\\*4\\+1"):
-        prep.main(["--model", "wan", "--tiny", "--input", str(videos), "--out", "x", "--length", "20"])
-    with pytest.raises(SystemExit, match="height and width must be positive multiples of 16"):
-        prep.main(["--model", "wan", "--tiny", "--input", str(videos), "--out", "x", "--buckets", "60x64"])
-    with pytest.raises(SystemExit, match="input .*missing: no such folder or manifest"):
-        prep.main(["--model", "wan", "--tiny", "--input", str(tmp_path / "missing"), "--out", "x"])
+    cases = [
+        (["--pretrained", str(tmp_path / "nowhere")], "pretrained_path=.*nowhere: no such folder"),
+        (["--tiny", "--length", "20"], "frames must be k\\*4\\+1"),
+        (["--tiny", "--buckets", "60x64"], "height and width must be positive multiples of 16"),
+        (["--tiny", "--input", str(tmp_path / "missing")], "input .*missing: no such folder or manifest"),
+    ]
+    for args, match in cases:  # one line on stderr, exit status 2
+        with pytest.raises(SystemExit) as exit_:
+            prep.main(["--model", "wan", "--input", str(videos), "--out", "x", *args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and re.fullmatch(f"error: .*{match}.*\\n", err), err
 
 
 @pytest.mark.slow

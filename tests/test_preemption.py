@@ -10,9 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from tests.trainer_helpers import tiny_overrides
+import pytest
+
+from tests.trainer_helpers import compose_config, tiny_overrides
 from train.checkpoint import list_checkpoints, verify_checkpoint
+from train.config import validate
 from train.signals import ignore_stop_signals
+from train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,3 +91,41 @@ def test_a_loader_worker_ignores_stop_signals_except_its_parents_sigterm():
     worker.terminate()
     worker.join(10)
     assert worker.exitcode == 0
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stop_together_when_one_rank_is_signalled(tmp_path):
+    """SIGTERM to rank 1 alone (2 processes, gloo on CPU): the stop flag is all-reduced every step, so both ranks
+    stop after the same step, save one checkpoint together and exit 0."""
+    out, data = tmp_path / "run", tmp_path / "data"
+    Trainer(validate(compose_config(tiny_overrides(tmp_path / "prep", data, steps=1))))  # prepare the data once
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), ACCELERATE_USE_CPU="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train/lora.py"]
+    cmd += [*tiny_overrides(out, data, steps=1000), "train.checkpoint_every=0"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while _steps_logged(out / "metrics.jsonl") < 2:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the ranks did not log 2 steps in time"
+            time.sleep(0.2)
+        ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        rank1 = next(
+            p
+            for p in ranks
+            if "LOCAL_RANK=1" in Path(f"/proc/{p}/environ").read_bytes().decode(errors="replace").replace("\0", " ")
+        )
+        os.kill(int(rank1), signal.SIGTERM)
+        log, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log[-3000:]
+    assert "stopped by a signal on another rank" in log or "stopped by SIGTERM" in log
+    (final,) = list_checkpoints(out / "checkpoints")
+    step = json.loads((final / "checkpoint.json").read_text())["step"]
+    assert step == _steps_logged(out / "metrics.jsonl") and verify_checkpoint(final) is None
+    assert not (out / "lora").exists()

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from train.records import json_safe
+
 STATUSES = ("ok", "skipped", "failed")
 SKIP_EXIT_CODE = 3  # a runner script exits with this (and a result file) when its tool or weights are missing
 _REGISTRY: dict[str, type[EvalHook]] = {}
@@ -181,7 +183,7 @@ def run_hooks(
         results[name] = result.as_dict()
         note = f": {result.message.splitlines()[0]}" if result.message else ""
         log(f"eval hook {name}: {result.status} ({result.seconds:.1f} s){note}")
-    (out_dir / "hooks.json").write_text(json.dumps(results, indent=1, default=str))
+    (out_dir / "hooks.json").write_text(json.dumps(json_safe(results), indent=1, default=str))
     return results
 
 
