@@ -99,6 +99,7 @@ class TrainSection:
     checkpoint_every: int = 250
     keep_last: int = 3
     resume: str | None = None
+    overwrite: bool = False  # replace a previous run in output_dir (otherwise refused unless resuming)
     on_nan: str = "skip"
     max_nan_skips: int = 20
     log_every: int = 1
@@ -167,7 +168,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    output_dir: str = "outputs/demo"
+    output_dir: str = "outputs/run"
     seed: int = 0
 
 
@@ -268,6 +269,14 @@ def validate(cfg: DictConfig | dict) -> Config:
     raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
     # Before the merge: merging "???" over a schema default keeps the default.
     missing = sorted(OmegaConf.missing_keys(raw))
+    if "model.path" in missing:
+        from radial.hub import download_hint
+
+        family = OmegaConf.select(raw, "model.family", default=None)
+        raise MissingMandatoryValue(
+            f"model.path is not set: model family {family!r} loads pretrained weights from a local diffusers folder "
+            f"or a Hub id in the Hugging Face cache; {download_hint(family)}"
+        )
     if missing:
         hint = " ".join(f"{k}=..." for k in missing)
         raise MissingMandatoryValue(f"missing required config value(s): {', '.join(missing)}; set them, e.g. {hint}")
@@ -283,10 +292,12 @@ def validate(cfg: DictConfig | dict) -> Config:
     if c.model.storage_dtype is not None:
         _choice("model.storage_dtype", c.model.storage_dtype, STORAGE_DTYPES)
     if c.model.source == "pretrained":
+        from radial.hub import download_hint, resolve_model_path
+
         if not c.model.path:
-            raise ValueError("model.path is required with model.source=pretrained: a local diffusers folder")
-        if not Path(c.model.path).expanduser().exists():
-            raise FileNotFoundError(f"model.path={c.model.path!r} does not exist (a local diffusers folder)")
+            raise ValueError(f"model.path is required with model.source=pretrained; {download_hint(c.model.family)}")
+        # A Hub id becomes its cached snapshot folder here, so everything downstream reads a local folder.
+        c.model.path = str(resolve_model_path(c.model.path, key="model.path", family=c.model.family))
     if c.model.flow_shift <= 0:
         raise ValueError(f"model.flow_shift={c.model.flow_shift}: expected > 0")
 

@@ -24,6 +24,7 @@ from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState
 from train.components import build_data, build_model, synthetic_latents
 from train.config import Config
 from train.flow import FlowMatching
+from train.run_dir import clear_previous_run
 from train.signals import StopFlag
 from train.step import conditions_of, flow_matching_loss, input_dtype
 
@@ -110,6 +111,10 @@ class Trainer:
             sigma_range=tuple(t.timestep_range or (0.0, 1.0)),
         )
         if acc.is_main_process:
+            if t.overwrite and not t.resume:
+                removed = clear_previous_run(self.out)
+                if removed:
+                    acc.print(f"train.overwrite=true: removed the previous run's {', '.join(removed)} in {self.out}")
             self.out.mkdir(parents=True, exist_ok=True)
         latents_root = (
             synthetic_latents(cfg, acc.is_main_process) if cfg.data.kind == "synthetic" else Path(cfg.data.root)
@@ -256,9 +261,7 @@ class Trainer:
         x0 = batch["latents"].to(acc.device)
         gen = step_generator(self.cfg.seed, step, micro, self.dp_rank)
         model_dtype = input_dtype(self.model)
-        conditions = conditions_of(batch, acc.device)
-        if acc.distributed_type == DistributedType.DEEPSPEED:  # no autocast under DeepSpeed: inputs in model dtype
-            conditions = {k: _to_dtype(v, model_dtype) for k, v in conditions.items()}
+        conditions = conditions_of(batch, acc.device, model_dtype)
         with acc.autocast():
             loss = flow_matching_loss(parts.adapter, self.model, self.flow, x0, conditions, gen, model_dtype)
         tokens = x0.shape[0] * parts.handle.last_grid.video_tokens if parts.handle.last_grid is not None else 0
@@ -397,10 +400,6 @@ class Trainer:
         if acc.is_main_process:  # machine-readable beside the trackers (benchmarks read it)
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **logs}) + "\n")
-
-
-def _to_dtype(value, dtype: torch.dtype):
-    return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
