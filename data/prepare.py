@@ -32,10 +32,12 @@ from pathlib import Path
 import torch
 
 from data.shards import (
+    EMPTY_PROMPT_FILE,
     FORMAT_VERSION,
     INDEX_FILE,
     ShardError,
     ShardWriter,
+    atomic_write_bytes,
     atomic_write_json,
     build_index,
     dtype_name,
@@ -402,6 +404,12 @@ def _run_rank(cfg, units, rank, world, device, expected_header, on_unit, show_pr
             f"out {cfg.out}: its shards were written with other encoders or settings (differs in {', '.join(diff)}); "
             "use another --out, or the same model folder and settings to resume"
         )
+    empty = Path(cfg.out) / EMPTY_PROMPT_FILE
+    if rank == 0 and not empty.is_file():
+        from safetensors.torch import save
+
+        states = {n: t.to(_torch_dtype(cfg.text_dtype)) for n, t in enc.encode_text([""])[0].items()}
+        atomic_write_bytes(empty, save(states))
     stamp = time.strftime("%Y%m%d%H%M%S") + f"{os.getpid() % 10000:04d}"
     writer = ShardWriter(cfg.out, header, cfg.items_per_shard, prefix=f"{stamp}-r{rank:03d}")
     report = RankReport()

@@ -57,6 +57,16 @@ def test_readme_path_runs_as_written(tmp_path, monkeypatch):
                 [sys.executable, str(ROOT / argv[1]), *argv[2:]], env=env, capture_output=True, text=True
             )
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            # The run summary comes before the model is built (the tiny base is saved while building it).
+            summary = proc.stdout[: proc.stdout.index("done: step")]
+            for line in (
+                "model:      wan WanTransformer3DModel",
+                "data:       4 items in 1 bucket(s) (33f 64x64: 4)",
+                "attention:  radial, backend reference",
+                "output_dir: outputs/tiny_run",
+                "memory:     ~",
+            ):
+                assert line in summary, proc.stdout[-3000:]  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     prepared = tmp_path / "outputs/syn_latents"

@@ -152,3 +152,17 @@ def test_readme_sampling_example_is_valid():
     overrides = [a for a in shlex.split(line.rstrip("\\")) if "=" in a and not re.match(r"^--", a)]
     cfg = validate(compose_config(overrides))
     assert cfg.eval.prompts and cfg.eval.validation_every > 0
+
+
+def test_hydra_help_has_a_description_and_examples():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "train" / "lora.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Radial LoRA: fine-tune a video diffusion transformer")
+    assert "Examples:" in proc.stdout and "train.resume=latest" in proc.stdout and "model: hunyuan" in proc.stdout

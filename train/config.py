@@ -52,9 +52,21 @@ class AttentionConfig:
 
 
 @dataclass
+class DatasetEntry:
+    """One prepared dataset of a mixture (data.datasets): its folder and how often its items are drawn per epoch."""
+
+    root: str = ""
+    repeats: int = 1
+
+
+@dataclass
 class DataConfig:
     kind: str = "synthetic"
     root: str = "${output_dir}/data"
+    # several prepared datasets instead of data.root (data=latents): [{root: ..., repeats: k}, ...]
+    datasets: list[DatasetEntry] = field(default_factory=list)
+    # probability of training a draw on the empty prompt's text states (classifier-free guidance), seeded per draw
+    caption_dropout: float = 0.0
     batch_size: int = 1
     num_workers: int = 0
     shuffle: bool = True
@@ -269,6 +281,10 @@ def validate(cfg: DictConfig | dict) -> Config:
     raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
     # Before the merge: merging "???" over a schema default keeps the default.
     missing = sorted(OmegaConf.missing_keys(raw))
+    if "data.root" in missing and OmegaConf.select(raw, "data.datasets", default=None):
+        missing.remove("data.root")  # data.datasets names the roots
+        raw = raw.copy()
+        OmegaConf.update(raw, "data.root", "")
     if "model.path" in missing:
         from radial.hub import download_hint
 
@@ -320,6 +336,14 @@ def validate(cfg: DictConfig | dict) -> Config:
     _at_least("data.batch_size", c.data.batch_size, 1)
     _at_least("data.num_workers", c.data.num_workers, 0)
     _at_least("data.num_videos", c.data.num_videos, 1)
+    if not 0.0 <= c.data.caption_dropout < 1.0:
+        raise ValueError(f"data.caption_dropout={c.data.caption_dropout}: expected a probability in [0, 1)")
+    for i, entry in enumerate(c.data.datasets):
+        if c.data.kind != "latents":
+            raise ValueError(f"data.datasets needs data=latents (data.kind={c.data.kind!r})")
+        if not str(entry.root).strip():
+            raise ValueError(f"data.datasets[{i}].root is not set: a folder prepared by python -m data.prepare")
+        _at_least(f"data.datasets[{i}].repeats", entry.repeats, 1)
 
     _at_least("lora.rank", c.lora.rank, 1)
     if c.lora.alpha <= 0:

@@ -21,7 +21,7 @@ from radial.lora import load_lora_state_dict, lora_state_dict
 from radial.parallel import enable as enable_sequence_parallel
 from radial.parallel import init_sequence_parallel, sequence_parallel_groups
 from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState, resolve_resume
-from train.components import build_data, build_model, synthetic_latents
+from train.components import build_data, build_model, dataset_roots, synthetic_latents
 from train.config import Config
 from train.flow import FlowMatching
 from train.run_dir import clear_previous_run
@@ -120,6 +120,10 @@ class Trainer:
             synthetic_latents(cfg, acc.is_main_process) if cfg.data.kind == "synthetic" else Path(cfg.data.root)
         )
         acc.wait_for_everyone()
+        if acc.is_main_process:  # before the model is built: what will run, where, roughly how big
+            from train.summary import run_summary
+
+            print(run_summary(cfg, dataset_roots(cfg, latents_root), acc.device), flush=True)
         # Ulysses sequence parallelism (parallel.sp_degree > 1): groups of consecutive ranks share one sample.
         sp_degree = cfg.parallel.sp_degree
         sequence_parallel_groups(acc.num_processes, sp_degree)  # the error names parallel.sp_degree
