@@ -7,6 +7,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationEr
 
 from tests.trainer_helpers import compose_config
 from train.config import validate
+from train.run_dir import check_output_dir
 
 
 def test_default_config_is_valid():
@@ -99,23 +100,29 @@ def test_bad_expert_settings_name_their_key(tmp_path):
 
 def test_output_dir_holding_another_run_is_refused(tmp_path):
     from train.run_dir import clear_previous_run
+    from train.trainer import Trainer
 
     out = tmp_path / "run"
     (out / ".hydra").mkdir(parents=True)  # Hydra's own folder and an empty checkpoints/ are not a run
     (out / "checkpoints").mkdir()
-    validate(compose_config([f"output_dir={out}"]))
     (out / "metrics.jsonl").write_text("{}\n")
     (out / "checkpoints" / "checkpoint-00000002").mkdir()
     (out / "data").mkdir()
     with pytest.raises(FileExistsError) as e:
-        validate(compose_config([f"output_dir={out}"]))
+        Trainer(validate(compose_config([f"output_dir={out}"])))  # refused before anything is built
     message = str(e.value)
     assert f"output_dir={str(out)!r}" in message and "train.resume=latest" in message
     assert "train.overwrite=true" in message and "checkpoints, metrics.jsonl" in message
-    validate(compose_config([f"output_dir={out}", "train.resume=latest"]))
-    validate(compose_config([f"output_dir={out}", "train.overwrite=true"]))
     assert clear_previous_run(out) == ["checkpoints", "metrics.jsonl"]
     assert sorted(p.name for p in out.iterdir()) == [".hydra", "data"]  # the synthetic data cache is kept
+    (out / "checkpoints").mkdir()
+    check_output_dir(out, None, False)  # an empty checkpoints/ folder is no run
+    (out / "lora").mkdir()
+    (out / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    check_output_dir(out, "latest", False)
+    check_output_dir(out, None, True)
+    with pytest.raises(FileExistsError, match="lora"):
+        check_output_dir(out, None, False)
 
 
 def test_missing_model_path_says_what_to_download():

@@ -6,6 +6,7 @@ that types cannot express (ranges, choices, paths) and names the key in every er
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,7 +284,7 @@ def validate(cfg: DictConfig | dict) -> Config:
     missing = sorted(OmegaConf.missing_keys(raw))
     if "data.root" in missing and OmegaConf.select(raw, "data.datasets", default=None):
         missing.remove("data.root")  # data.datasets names the roots
-        raw = raw.copy()
+        raw = copy.deepcopy(raw)
         OmegaConf.update(raw, "data.root", "")
     if "model.path" in missing:
         from radial.hub import download_hint

@@ -11,7 +11,16 @@ import shutil
 from pathlib import Path
 
 #: what a training run writes into output_dir (the evidence that a folder holds a run), removed by overwrite
-RUN_FILES = ("checkpoints", "metrics.jsonl", "run_summary.json", "lora", "logs", "loss_curve.png", "mask.png")
+RUN_FILES = (
+    "checkpoints",
+    "metrics.jsonl",
+    "run_summary.json",
+    "lora",
+    "logs",
+    "validation",
+    "loss_curve.png",
+    "mask.png",
+)
 
 
 def previous_run(out: str | Path) -> list[str]:

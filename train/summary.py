@@ -118,7 +118,7 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
         found = list_checkpoints(Path(cfg.output_dir) / "checkpoints")
         resume = f"latest: {found[-1]}" if found else "latest: none yet, starting fresh"
     else:
-        resume = t.resume or "none (fresh start)" + (", overwriting the previous run" if t.overwrite else "")
+        resume = t.resume or ("none, fresh start" + ("; train.overwrite=true" if t.overwrite else ""))
     lines.append(f"output_dir: {cfg.output_dir} (resume: {resume})")
     weight_bytes = base_params * BYTES[m.storage_dtype or m.dtype]
     lora_bytes = lora_params * (4 + 4 + 8)  # fp32 weights, gradients, AdamW moments

@@ -24,7 +24,7 @@ from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState
 from train.components import build_data, build_model, dataset_roots, synthetic_latents
 from train.config import Config
 from train.flow import FlowMatching
-from train.run_dir import clear_previous_run
+from train.run_dir import check_output_dir, clear_previous_run
 from train.signals import StopFlag
 from train.step import conditions_of, flow_matching_loss, input_dtype
 
@@ -82,6 +82,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         t = cfg.train
+        check_output_dir(self.out, t.resume, t.overwrite)  # on every rank, before any rank writes
         self.accelerator = Accelerator(
             mixed_precision=t.mixed_precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
