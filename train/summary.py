@@ -84,7 +84,9 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
         f"model:      {m.family} {adapter.class_name} ({source}), {_count(base_params)} parameters in {m.dtype}"
         + (f", stored in {m.storage_dtype}" if m.storage_dtype else ""),
         f"LoRA:       rank {cfg.lora.rank} on {','.join(cfg.lora.projections)} of {len(names) or '?'} modules "
-        f"({_count(lora_params)} trainable)" + ("" if not cfg.lora.target_modules else f" [{targets}]"),
+        f"({_count(lora_params)} trainable)" + ("" if not cfg.lora.target_modules else f" [{targets}]")
+        if t.mode != "full"
+        else f"full:       every parameter trains ({_count(base_params)}, fp32 masters; train.mode=full)",
     ]
     data_lines, largest, items = _data_lines(cfg, *datasets)
     lines += data_lines
@@ -97,7 +99,10 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
     layers = len(adapter.attention_layers(model))
     backend = resolve_backend(a.backend, device)
     density = ""
-    if largest is not None:
+    kind = "dense (stock attention)" if a.backend == "dense" else "radial"
+    if a.window_frames:
+        kind = f"temporal window of {a.window_frames} frames"
+    if largest is not None and kind == "radial":
         g = adapter.geometry
         frames, tokens = g.latent_frames(largest[0]), g.tokens_per_frame(largest[1], largest[2])
         mask = radial.radial_block_mask(
@@ -110,7 +115,7 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
         )
     dense = min(a.dense_layers, layers)
     lines.append(
-        f"attention:  radial, backend {backend}" + (" (auto)" if a.backend == "auto" else "")
+        f"attention:  {kind}, backend {backend}" + (" (auto)" if a.backend == "auto" else "")
         + f"{density}; {dense} of {layers} layers dense"
         + (f", first {a.dense_timesteps} timesteps dense" if a.dense_timesteps else "")
     )  # fmt: skip
@@ -121,9 +126,11 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
         resume = t.resume or ("none, fresh start" + ("; train.overwrite=true" if t.overwrite else ""))
     lines.append(f"output_dir: {cfg.output_dir} (resume: {resume})")
     weight_bytes = base_params * BYTES[m.storage_dtype or m.dtype]
+    if t.mode == "full":  # every parameter in fp32 with its gradient and AdamW moments
+        weight_bytes, lora_params = 0, base_params
     lora_bytes = lora_params * (4 + 4 + 8)  # fp32 weights, gradients, AdamW moments
     lines.append(
-        f"memory:     ~{_size(weight_bytes + lora_bytes)} per process for base weights and LoRA + AdamW "
+        f"memory:     ~{_size(weight_bytes + lora_bytes)} per process for weights, gradients and AdamW "
         f"state, plus activations (gradient checkpointing {'on' if t.gradient_checkpointing else 'off'})"
     )
     return "\n".join(lines)
