@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/python train/lora.py output_dir=outputs/demo
+	$(BIN)/python train/lora.py output_dir=outputs/demo train.overwrite=true
 	$(BIN)/python -m radial.mask --model wan --height 480 --width 832 --frames 321 --out outputs/demo/wan_480p_4x_mask
 
 lint: $(STAMP)

@@ -106,6 +106,9 @@ class LatentDataset(Dataset):
         expect: Expect | dict | None = None,
         verify: str = "header",
         frames: Sequence[int] | None = None,
+        repeats: Sequence[int] | None = None,
+        caption_dropout: float = 0.0,
+        seed: int = 0,
     ):
         self.model = model
         self.geometry = geometry(model)
@@ -116,6 +119,13 @@ class LatentDataset(Dataset):
         if not roots:
             raise ValueError("LatentDataset: no dataset root given")
         self.roots = roots
+        repeats = [1] * len(roots) if repeats is None else [int(r) for r in repeats]
+        if len(repeats) != len(roots) or min(repeats) < 1:
+            raise ValueError(f"repeats={repeats}: expected one integer >= 1 per dataset root ({len(roots)})")
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout={caption_dropout}: expected a probability in [0, 1)")
+        self.caption_dropout, self.seed = float(caption_dropout), int(seed)
+        self._repeat_of: list[int] = []
         self.header: dict | None = None
         self.records: list[dict] = []
         self._shard_paths: list[Path] = []
@@ -134,6 +144,7 @@ class LatentDataset(Dataset):
             for record in index["items"]:
                 self.records.append({k: v for k, v in record.items() if k != "shard"})
                 self._shard_of.append(base + record["shard"])
+                self._repeat_of.append(repeats[roots.index(r)])
         keys = [r["key"] for r in self.records]
         if len(set(keys)) != len(keys):
             dup = next(k for k in keys if keys.count(k) > 1)
@@ -142,17 +153,26 @@ class LatentDataset(Dataset):
             keep = [i for i, r in enumerate(self.records) if r["frames"] in set(frames)]
             self.records = [self.records[i] for i in keep]
             self._shard_of = [self._shard_of[i] for i in keep]
+            self._repeat_of = [self._repeat_of[i] for i in keep]
         if not self.records:
             what = f" with frames in {list(frames)}" if frames is not None else ""
             raise ShardError(f"dataset {', '.join(map(str, roots))}: no items{what}")
         self.text_fields = {n: TextField.from_json(f) for n, f in self.header["text_fields"].items()}
         self.latent_norm: dict = self.header["latent_norm"]
         self._check_expect()
+        self.empty_prompt = self._empty_prompt() if self.caption_dropout > 0 else None
+        # An item of a root with repeats=k stands k times in its bucket: k draws per epoch (musubi-tuner's
+        # num_repeats); the sampler sees the repeated list, so order and resume stay exact.
         self.buckets: dict[BucketKey, list[int]] = {}
         for i, r in enumerate(self.records):
-            self.buckets.setdefault((r["frames"], r["height"], r["width"]), []).append(i)
+            self.buckets.setdefault((r["frames"], r["height"], r["width"]), []).extend([i] * self._repeat_of[i])
         blob = json.dumps(
-            [self.header["model"], [(r["key"], r["frames"], r["height"], r["width"]) for r in self.records]]
+            [
+                self.header["model"],
+                [(r["key"], r["frames"], r["height"], r["width"]) for r in self.records],
+                self._repeat_of,
+                self.caption_dropout,
+            ]
         )
         self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
         self._handles: dict[int, Any] = {}
@@ -194,6 +214,32 @@ class LatentDataset(Dataset):
                     f"{where}: item {r['key']!r} is {r['height']}x{r['width']}, expected one of "
                     f"{[f'{a}x{b}' for a, b in e.resolutions]}"
                 )
+
+    def _empty_prompt(self) -> dict[str, torch.Tensor]:
+        """The family's text states of the empty prompt, written by data.prepare beside the shards; datasets from
+        before that get zero states (one valid token, so that masked attention over the text stays defined)."""
+        from safetensors.torch import load_file
+
+        from data.shards import DTYPES, EMPTY_PROMPT_FILE
+
+        dtype = DTYPES[dtype_name(self.header["text_dtype"])]
+        for root in self.roots:
+            if (root / EMPTY_PROMPT_FILE).is_file():
+                states = load_file(str(root / EMPTY_PROMPT_FILE))
+                missing = sorted(set(self.text_fields) - set(states))
+                if missing:
+                    raise ShardError(f"{root / EMPTY_PROMPT_FILE}: no {', '.join(missing)} (re-run data.prepare)")
+                return {n: states[n].to(dtype) for n in self.text_fields}
+        zeros = {n: torch.zeros(f.dim) if f.pooled else torch.zeros(1, f.dim) for n, f in self.text_fields.items()}
+        return {n: t.to(dtype) for n, t in zeros.items()}
+
+    def drops_caption(self, ref: SampleRef) -> bool:
+        """Whether caption dropout replaces this draw's text by the empty prompt: a pure function of (seed, epoch,
+        batch, item), so the same draws drop on every rank, with any number of loader workers, after a resume."""
+        if self.caption_dropout <= 0:
+            return False
+        digest = hashlib.sha256(f"{self.seed}/caption/{ref.epoch}/{ref.batch}/{int(ref.index)}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") / 2**64 < self.caption_dropout
 
     # ----- reading -----
 
@@ -240,9 +286,11 @@ class LatentDataset(Dataset):
             )
         self._check_finite(latents, i, "latents")
         sample: dict[str, Any] = {"latents": latents}
+        dropped = ref is not None and self.drops_caption(ref)
         for name, field in self.text_fields.items():
-            t = f.get_tensor(r["tensors"][name])
-            self._check_finite(t, i, name)
+            t = self.empty_prompt[name] if dropped else f.get_tensor(r["tensors"][name])
+            if not dropped:
+                self._check_finite(t, i, name)
             if field.pooled:
                 sample[name] = t
                 continue
@@ -263,6 +311,7 @@ class LatentDataset(Dataset):
             "width": r["width"],
             "clip": r["clip"],
             "clip_start": r.get("clip_start"),
+            "caption_dropped": dropped,
         }
         if ref is not None:
             sample["cursor"] = {"epoch": ref.epoch, "batch": ref.batch}

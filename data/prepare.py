@@ -32,9 +32,11 @@ from pathlib import Path
 import torch
 
 from data.shards import (
+    EMPTY_PROMPT_FILE,
     FORMAT_VERSION,
     INDEX_FILE,
     ShardWriter,
+    atomic_write_bytes,
     atomic_write_json,
     build_index,
     dtype_name,
@@ -50,6 +52,7 @@ from data.video import (
     choose_bucket,
     clip_frames,
     default_buckets,
+    longest_clip,
     parse_bucket,
     plan_clips,
     probe,
@@ -109,6 +112,7 @@ class Unit:
 class RankReport:
     written: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    too_short: list[tuple[str, int, int]] = field(default_factory=list)  # (video, frames asked, longest that fits)
     shards: int = 0
     seconds: float = 0.0
 
@@ -123,6 +127,30 @@ class PrepareSummary:
     num_items: int
     seconds: float
     rank: int = 0  # under a distributed launch, only rank 0's summary covers every rank
+    too_short: list[tuple[str, int, int]] = field(default_factory=list)  # (video, frames asked, longest that fits)
+
+    def nothing_written(self, out: str | Path) -> str:
+        """The one-line reason why `out` holds no items (for the error when prepare wrote nothing)."""
+        reasons = []
+        if self.too_short:
+            asked = sorted({f for _, f, _ in self.too_short})
+            videos = sorted({v for v, _, _ in self.too_short})
+            fits = min(n for _, _, n in self.too_short)
+            shown = ", ".join(f"{v} (fits {n})" for v, n in sorted({(v, n) for v, _, n in self.too_short})[:3])
+            more = f" and {len(videos) - 3} more" if len(videos) > 3 else ""
+            hint = f"use --length {fits} (or shorter) or longer videos" if fits > 1 else "use longer videos"
+            reasons.append(
+                f"{len(videos)} video(s) too short for {'/'.join(map(str, asked))} frames: {shown}{more}; {hint}"
+            )
+        other = [(w, r) for w, r in self.skipped if not any(w.startswith(v) for v, _, _ in self.too_short)]
+        if other:  # the most common reason (the text after the file name), with one example
+            tails = [r.rsplit(": ", 1)[-1] for _, r in other]
+            common = max(set(tails), key=tails.count)
+            what, reason = other[tails.index(common)]
+            reasons.append(f"{len(other)} skipped ({tails.count(common)} for: {common}), e.g. {what}: {reason}")
+        if not reasons:
+            reasons.append("the input lists no videos")
+        return f"prepare wrote no items to {out}: " + "; ".join(reasons)
 
     def format(self) -> str:
         lines = [
@@ -154,6 +182,11 @@ def _resolve(cfg: PrepareConfig):
     if cfg.tiny and cfg.pretrained_path:
         raise ValueError("give either --tiny or --pretrained (pretrained_path), not both")
     if not cfg.tiny:
+        if cfg.pretrained_path:  # a Hub id in the Hugging Face cache becomes its snapshot folder
+            from data.encoders.base import PRETRAINED_KEY
+            from radial.hub import resolve_model_path
+
+            cfg.pretrained_path = str(resolve_model_path(cfg.pretrained_path, key=PRETRAINED_KEY, family=cfg.model))
         check_pretrained(cfg.model, cfg.pretrained_path)
     frames = sorted({clip_frames(g, v) for v in cfg.lengths})
     if not frames:
@@ -267,8 +300,11 @@ def _process_unit(enc, cfg, unit: Unit, fps: float, buckets, writer: ShardWriter
         return
     bucket = choose_bucket(info.width, info.height, buckets)
     todo = []  # (key, frames, clip, start)
+    fits = longest_clip(info, fps, geometry(cfg.model).temporal_factor)
     for frames in sorted({f for _, f, _ in unit.keys}):
         wanted = [(k, c) for k, f, c in unit.keys if f == frames]
+        if fits < frames:
+            report.too_short.append((src.rel, frames, fits))
         try:
             starts = plan_clips(info, frames, fps, cfg.clips_per_video, cfg.clip_mode)
         except VideoError as e:
@@ -368,6 +404,12 @@ def _run_rank(cfg, units, rank, world, device, expected_header, on_unit, show_pr
             f"out {cfg.out}: its shards were written with other encoders or settings (differs in {', '.join(diff)}); "
             "use another --out, or the same model folder and settings to resume"
         )
+    empty = Path(cfg.out) / EMPTY_PROMPT_FILE
+    if rank == 0 and not empty.is_file():
+        from safetensors.torch import save
+
+        states = {n: t.to(_torch_dtype(cfg.text_dtype)) for n, t in enc.encode_text([""])[0].items()}
+        atomic_write_bytes(empty, save(states))
     stamp = time.strftime("%Y%m%d%H%M%S") + f"{os.getpid() % 10000:04d}"
     writer = ShardWriter(cfg.out, header, cfg.items_per_shard, prefix=f"{stamp}-r{rank:03d}")
     report = RankReport()
@@ -497,14 +539,19 @@ def prepare(cfg: PrepareConfig | None = None, **kwargs) -> PrepareSummary:
 
     written = [k for r in reports for k in r.written]
     skipped += [tuple(s) for r in reports for s in r.skipped]
+    too_short = [tuple(s) for r in reports for s in r.too_short]
     index_path, num_items = None, 0
     if any(out.joinpath("shards").glob("*.safetensors")):
         index = build_index(out, checksum=cfg.checksum)
         index_path, num_items = str(out / INDEX_FILE), index["num_items"]
-    summary = PrepareSummary(written, already, skipped, quarantined, index_path, num_items, time.time() - t0)
+    summary = PrepareSummary(
+        written, already, skipped, quarantined, index_path, num_items, time.time() - t0, too_short=too_short
+    )
     atomic_write_json(out / REPORT_FILE, asdict(summary))
     if cfg.progress:
         print(summary.format(), file=sys.stderr)
+    if index_path is None:  # nothing to train on: the next step (shards check, training) would fail less clearly
+        raise ValueError(summary.nothing_written(out))
     return summary
 
 
@@ -577,30 +624,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="folder of videos (+ .txt captions) or a .csv / .jsonl manifest")
     p.add_argument("--out", required=True, help="output dataset folder (resumable)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--pretrained", dest="pretrained_path", help="local diffusers folder of the model")
+    g.add_argument(
+        "--pretrained", dest="pretrained_path", help="the model's diffusers folder, or its Hub id in the HF cache"
+    )
     g.add_argument("--tiny", action="store_true", help="tiny random-init encoders (tests, CPU demo)")
-    p.add_argument("--length", dest="lengths", nargs="+", default=["1x"], help="1x/2x/4x of the base clip or frames")
-    p.add_argument("--fps", type=float, default=None, help="target fps (default: the family's)")
+    p.add_argument(
+        "--length",
+        dest="lengths",
+        nargs="+",
+        default=["1x"],
+        help="clip length(s): 1x/2x/4x of the base model's clip (Wan 81/161/321 frames) or frame counts k*4+1; "
+        "videos shorter than a length are skipped for it",
+    )
+    p.add_argument("--fps", type=float, default=None, help="frame rate clips are sampled at (default: the family's)")
     p.add_argument("--buckets", default=None, help="HxW,HxW,... (default: base resolution, portrait, square)")
-    p.add_argument("--clips-per-video", type=int, default=1)
-    p.add_argument("--clip-mode", choices=CLIP_MODES, default="uniform")
-    p.add_argument("--items-per-shard", type=int, default=32)
-    p.add_argument("--latent-dtype", default="bf16", help="bf16, fp16 or fp32")
-    p.add_argument("--text-dtype", default="bf16", help="bf16, fp16 or fp32")
-    p.add_argument("--latent-sample", choices=("mode", "sample"), default="mode")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--vae-dtype", default="fp32")
-    p.add_argument("--encoder-dtype", default=None)
-    p.add_argument("--vae-tiling", action="store_true")
+    p.add_argument("--clips-per-video", type=int, default=1, help="non-overlapping clips taken from each video")
+    p.add_argument(
+        "--clip-mode",
+        choices=CLIP_MODES,
+        default="uniform",
+        help="uniform: clips spread over the video (one clip: centered); start: back to back from the start",
+    )
+    p.add_argument("--items-per-shard", type=int, default=32, help="clips per safetensors shard file")
+    p.add_argument("--latent-dtype", default="bf16", help="stored latents: bf16, fp16 or fp32")
+    p.add_argument("--text-dtype", default="bf16", help="stored text states: bf16, fp16 or fp32")
+    p.add_argument(
+        "--latent-sample",
+        choices=("mode", "sample"),
+        default="mode",
+        help="mode: the VAE posterior mean; sample: a seeded draw per item",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the tiny encoders and of --latent-sample sample")
+    p.add_argument("--device", default=None, help="encoding device (default: cuda:<rank> if any, else cpu)")
+    p.add_argument("--vae-dtype", default="fp32", help="VAE compute dtype (fp32 avoids NaN latents)")
+    p.add_argument(
+        "--encoder-dtype", default=None, help="text encoder compute dtype (default: bf16 on CUDA, fp32 on CPU)"
+    )
+    p.add_argument("--vae-tiling", action="store_true", help="encode in tiles (less memory for long / large clips)")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (not with accelerate launch)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--limit", type=int, default=None, help="stop after this many new items")
     p.add_argument("--strict-fps", action="store_true", help="skip videos below the target fps")
-    p.add_argument("--path-column", default=None)
-    p.add_argument("--caption-column", default=None)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--no-checksum", dest="checksum", action="store_false")
+    p.add_argument("--path-column", default=None, help="manifest column with the video path (default: path/video/file)")
+    p.add_argument(
+        "--caption-column", default=None, help="manifest column with the caption (default: caption/text/prompt)"
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar and summary")
+    p.add_argument(
+        "--no-checksum", dest="checksum", action="store_false", help="skip the shards' sha256 in the index (faster)"
+    )
     p.add_argument("--debug", action="store_true", help="full tracebacks for errors (also RADIAL_DEBUG=1)")
     return p
 

@@ -44,6 +44,8 @@ SHARD_SUFFIX = ".safetensors"
 TMP_SUFFIX = ".tmp"
 CORRUPT_SUFFIX = ".corrupt"
 
+#: the family's text states of the empty prompt "", written by prepare beside the shards (caption dropout)
+EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "float": "float32", "half": "float16"}
 SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}

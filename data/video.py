@@ -189,6 +189,14 @@ def _demux_duration(path: str | Path, fps: float) -> tuple[float, float]:
     return times[-1] - times[0] + 1.0 / fps, fps
 
 
+def longest_clip(info: VideoInfo, fps: float, temporal_factor: int) -> int:
+    """The most pixel frames (k * temporal_factor + 1) of one clip at `fps` that fit in the video (0: none)."""
+    slack = 0.5 / info.fps
+    last = info.duration - 1.0 / info.fps
+    frames = int(math.floor((last + slack) * fps + 1e-6)) + 1
+    return (frames - 1) // temporal_factor * temporal_factor + 1 if frames >= 1 else 0
+
+
 def plan_clips(info: VideoInfo, frames: int, fps: float, num_clips: int = 1, mode: str = "uniform") -> list[float]:
     """Start times (s) of up to `num_clips` non-overlapping clips of `frames` frames at `fps`.
 

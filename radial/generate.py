@@ -1,18 +1,23 @@
-"""`python -m radial.generate`: videos from a local diffusers pipeline with radial attention and LoRAs.
+"""`python -m radial.generate`: videos with radial attention and LoRAs, from a diffusers pipeline or a tiny one.
 
     python -m radial.generate --model /models/Wan2.1-T2V-1.3B-Diffusers --prompt "a red fox runs through snow" \\
         --length 4x --steps 50 --backend triton --dense-layers 1 --dense-timesteps 12 \\
         --lora outputs/wan_4x/lora:1.0 --lora other_style.safetensors:0.5 --seed 0 1 --out outputs/gen
+    python -m radial.generate --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers ...   # a Hub id already in the HF cache
     python -m radial.generate --model /models/HunyuanVideo --prompt-embeds prompts.safetensors --length 2x ...
+    python -m radial.generate --tiny wan --transformer outputs/demo/base_transformer --lora outputs/demo/lora \\
+        --prompt "a red ball" --compare-dense --out outputs/gen        # + metrics.json and metrics.png
 
 Writes, per prompt and seed, NAME.mp4, NAME.latents.safetensors and NAME.json (the sidecar: prompt, seed, family,
 size, frames, steps, guidance, radial settings and mask density, LoRAs with scales, wall time, per-step time,
-peak memory, versions). `--prompt-embeds FILE` (see radial.generation.embeds) skips loading the text encoders.
-`--attention dense` keeps the stock attention (the baseline; same seeds give the same noise).
+peak memory, versions), and generate_summary.json. `--prompt-embeds FILE` (see radial.generation.embeds) skips
+loading the text encoders. `--attention dense` keeps the stock attention (the baseline; same seeds give the same
+noise); `--compare-dense` generates both and compares them (PSNR / SSIM per frame, latent error, flicker).
 
 Radial settings left unset follow the first LoRA trained by this framework (its header records decay_factor,
-dense_layers, block_size, sink); otherwise the defaults below. Tiny random pipelines for tests and the demo:
-`python -m train.generate --tiny ...` (same options; radial/ does not depend on the repo's data/ or train/).
+dense_layers, block_size, sink); otherwise the defaults below. `--tiny FAMILY` (tiny random-init pipelines of the
+real classes, for tests and the CPU demo), `--save-tiny` and `--compare-dense` use this repository's data/ and
+train/ packages, imported only for those options: the library itself depends on nothing of ours.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -41,6 +46,7 @@ from radial.generation.pipeline import (
 )
 from radial.generation.run import build_sidecar, generate, save_result
 from radial.generation.settings import ATTENTION_BACKENDS, ClipSpec, LoraSpec, RadialSettings, frames_for_length
+from radial.hub import resolve_pipeline_path
 from radial.models import get_adapter
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -51,7 +57,11 @@ RADIAL_DEFAULTS = {"decay_factor": 1.0, "dense_layers": 0, "dense_timesteps": 0,
 
 def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> argparse.ArgumentParser:
     src = p.add_argument_group("model")
-    src.add_argument("--model", required=model_required, help="local diffusers pipeline folder (model_index.json)")
+    src.add_argument(
+        "--model",
+        required=model_required,
+        help="diffusers pipeline: a local folder (model_index.json) or a Hub id already in the Hugging Face cache",
+    )
     src.add_argument("--transformer", help="another transformer folder to use instead of MODEL/transformer")
     src.add_argument("--family", help="model family (default: from the pipeline; 'wan22' for Wan2.2 A14B)")
     src.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="transformer dtype (VAE stays fp32)")
@@ -102,16 +112,24 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     out.add_argument("--no-decode", action="store_true", help="skip the VAE: latents and sidecar only")
     out.add_argument("--no-latents", action="store_true", help="don't save the final latents")
     out.add_argument("--debug", action="store_true", help="full tracebacks for errors (also RADIAL_DEBUG=1)")
+
+    repo = p.add_argument_group("tiny pipelines and comparison (this repository's data/ and train/ packages)")
+    repo.add_argument("--tiny", metavar="FAMILY", help="tiny random-init pipeline of FAMILY (wan, hunyuan, mochi)")
+    repo.add_argument("--tiny-seed", type=int, default=0, help="seed of the tiny components")
+    repo.add_argument("--save-tiny", metavar="DIR", help="write the tiny pipeline as a diffusers folder and exit")
+    repo.add_argument(
+        "--compare-dense", action="store_true", help="also generate with dense attention and compare each pair"
+    )
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m radial.generate") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m radial.generate",
-        description="Generate videos with radial attention and LoRAs from a local diffusers pipeline.",
+        prog=prog,
+        description="Generate videos with radial attention and LoRAs from a diffusers pipeline (or a tiny one).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    return add_arguments(p)
+    return add_arguments(p, model_required=False)
 
 
 def resolve_radial(args: argparse.Namespace, loras: Sequence[LoraSpec]) -> tuple[RadialSettings, str]:
@@ -247,20 +265,66 @@ def run(
             handles.remove()
 
 
-def main(argv: Sequence[str] | None = None, *, parser=None, build_pipeline: Callable | None = None) -> list[dict]:
-    """CLI entry; `build_pipeline(args) -> (pipe, source)` replaces loading --model (train.generate's tiny path)."""
+def _repo_tools(parser: argparse.ArgumentParser):
+    """train.generate (tiny pipelines, comparison), imported only for the options that need the repository."""
+    try:
+        import train.generate as tools
+    except ImportError as e:
+        parser.exit(
+            2,
+            f"error: --tiny, --save-tiny and --compare-dense need this repository's data/ and train/ packages ({e}); "
+            "run from the repository root\n",
+        )
+    return tools
+
+
+def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
+    """CLI entry; returns {"generated": sidecars} (+ "dense" and "comparisons" with --compare-dense)."""
     parser = parser or build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if bool(args.tiny) == bool(args.model):
+        parser.exit(2, "error: give --model (a diffusers pipeline folder or cached Hub id) or --tiny FAMILY\n")
+    if args.save_tiny and not args.tiny:
+        parser.exit(2, "error: --save-tiny needs --tiny FAMILY\n")
+    tools = _repo_tools(parser) if (args.tiny or args.save_tiny or args.compare_dense) else None
     # Option values are checked with ValueError by the settings dataclasses too: all are one-line errors here.
     with cli_errors(args.debug, expected=(*USER_ERRORS, ValueError, FileNotFoundError)):
-        if build_pipeline is not None:
-            pipe, source = build_pipeline(args)
+        if args.save_tiny:
+            path = tools.save_tiny_pipeline(
+                args.save_tiny, args.tiny, seed=args.tiny_seed, transformer=args.transformer
+            )
+            print(f"tiny {args.tiny} pipeline written to {path}")
+            return {"saved": str(path)}
+        if args.tiny:
+            tools.tiny_defaults(args, argv)
+            text = not (args.no_text_encoder or (args.prompt_embeds and not args.prompt))
+            pipe = tools.build_tiny_pipeline(
+                args.tiny,
+                seed=args.tiny_seed,
+                transformer=args.transformer,
+                text_encoder=text,
+                dtype=DTYPES[args.dtype],
+                device=args.device,
+            )
+            source, text_settings = None, pipe._radial_text_settings
+            args.family = args.family or (args.tiny if args.tiny == "wan22" else None)
         else:
-            pipe, source = load_from_args(args), args.model
-        records = run(args, pipe, source=source)
-    summary = Path(args.out) / "generate_summary.json"
-    summary.write_text(json.dumps(records, indent=1, default=str))
-    return records
+            args.model = str(resolve_pipeline_path(args.model))
+            pipe, source, text_settings = load_from_args(args), args.model, None
+        kept: list = []
+        records = run(args, pipe, source=source, text_settings=text_settings, results=kept)
+        result: dict = {"generated": records}
+        if args.compare_dense and args.attention == "radial":
+            args.attention = "dense"
+            kept_dense: list = []
+            dense = run(args, pipe, source=source, text_settings=text_settings, results=kept_dense)
+            result["dense"] = dense
+            names = [(a["name"], b["name"]) for a, b in zip(records, dense, strict=True)]
+            result["comparisons"] = tools.compare_pairs(kept, kept_dense, names, Path(args.out))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "generate_summary.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
 
 
 if __name__ == "__main__":

@@ -235,9 +235,11 @@ def test_limit_and_clips_per_video(videos, tmp_path):
 
 
 def test_strict_fps_skips_slower_sources(videos, tmp_path):
-    summary = prepare(_cfg(videos, tmp_path / "strict", lengths=[17], fps=30, strict_fps=True))
-    assert summary.written == [] and summary.index is None
-    reasons = dict(summary.skipped)
+    with pytest.raises(ValueError, match="prepare wrote no items .* 16 fps is below the target 30 fps"):
+        prepare(_cfg(videos, tmp_path / "strict", lengths=[17], fps=30, strict_fps=True))
+    summary = json.loads((tmp_path / "strict" / prep.REPORT_FILE).read_text())
+    assert summary["written"] == [] and summary["index"] is None
+    reasons = dict(summary["skipped"])
     assert "16 fps is below the target 30 fps" in reasons["videos/synthetic_0002.mov"]
     with pytest.raises(ShardError, match="no index.json"):
         LatentDataset(tmp_path / "strict", model="wan")
@@ -337,3 +339,24 @@ def test_distributed_launch_matches_one_process(videos, prepared, tmp_path):
     dist = _tensors_by_key(LatentDataset(out, model="wan", verify="full"))
     one = _tensors_by_key(LatentDataset(prepared[0], model="wan"))
     assert dist.keys() == one.keys() and all(torch.equal(dist[k], one[k]) for k in one)
+
+
+def test_writing_nothing_is_an_error_naming_the_short_clips(videos, tmp_path, capsys):
+    """Every clip too short for the requested length: exit non-zero, one line naming the videos and what fits."""
+    manifest = tmp_path / "short.jsonl"
+    lines = [json.dumps({"path": str(p), "caption": "x"}) for p in sorted((videos / "videos").glob("synthetic_*"))]
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        prep.main(["--model", "wan", "--tiny", "--input", str(manifest), "--out", str(tmp_path / "o"),
+                   "--length", "4x", "--fps", "16", "--buckets", "64x64", "--no-progress"])  # fmt: skip
+    message = capsys.readouterr().err.strip()  # the CLIs' one-line error: `error: ...` on stderr, exit 2
+    assert exc.value.code == 2 and message.startswith("error: prepare wrote no items to") and "\n" not in message
+    assert "too short for 321 frames" in message and "synthetic_0000" in message
+    assert "use --length 17 (or shorter)" in message  # the shortest video has 17 frames at 16 fps
+    assert not (tmp_path / "o" / "index.json").exists()
+
+
+def test_every_flag_has_help():
+    parser = prep.build_parser()
+    missing = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
+    assert not missing

@@ -15,7 +15,7 @@ from data.shards import ShardWriter, build_index
 BUCKETS = {(17, 32, 32): 11, (33, 32, 32): 7, (17, 32, 64): 5}
 
 
-def make_dataset(root, buckets=BUCKETS, items_per_shard=4):
+def make_dataset(root, buckets=BUCKETS, items_per_shard=4, prefix="item"):
     """A wan-shaped dataset written straight through the shard writer (no videos, no encoders: fast)."""
     text = TextField("prompt_embeds", 8, 16, "prompt_attention_mask")
     header = {
@@ -36,7 +36,7 @@ def make_dataset(root, buckets=BUCKETS, items_per_shard=4):
         for _ in range(count):
             shape = [16, (frames - 1) // 4 + 1, h // 8, w // 8]
             record = {
-                "key": f"item{n:03d}",
+                "key": f"{prefix}{n:03d}",
                 "source": f"v{n}.mp4",
                 "caption": f"caption {n}",
                 "clip": 0,

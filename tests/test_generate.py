@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import radial.generate as rgen
 import train.generate as tgen
 from radial.errors import LoraFileError
 from radial.generation import (
@@ -148,7 +149,7 @@ def test_tiny_wan_from_embeddings_with_loras(tmp_path, lora_run):
     root, loras = lora_run
     embeds = _embeds_file(tmp_path / "p.safetensors")
     out = tmp_path / "out"
-    result = tgen.main(
+    result = rgen.main(
         ["--tiny", "wan", "--transformer", str(root / "base_transformer"), "--prompt-embeds", str(embeds),
          "--lora", f"{root / 'lora0'}:0.8", "--lora", f"{loras[1]}:0.5:second", "--seed", "1", "--out", str(out),
          "--frames", "17", "--height", "64", "--width", "64", "--steps", "2"]
@@ -223,7 +224,7 @@ def test_radial_vs_dense_same_seed_and_compare_report(tmp_path, lora_run):
     root, _ = lora_run
     lora = ["--transformer", str(root / "base_transformer"), "--lora", f"{root / 'lora0'}:0.5"]
     with pytest.warns(UserWarning, match="generating with dense attention"):
-        result = tgen.main(
+        result = rgen.main(
             ["--tiny", "wan", "--prompt", "a red ball", "--compare-dense", "--out", str(out), *SMALL, *lora]
         )
     (radial,), (dense,) = result["generated"], result["dense"]
@@ -236,7 +237,7 @@ def test_radial_vs_dense_same_seed_and_compare_report(tmp_path, lora_run):
     assert len(report["per_frame"]["psnr"]) == 17 and len(report["per_frame"]["latent_rel_error"]) == 5
     assert Path(report["files"]["json"]).is_file() and Path(report["files"]["png"]).is_file()
     # The same seed gives the same noise: a second dense run is bitwise the first.
-    again = tgen.main(
+    again = rgen.main(
         ["--tiny", "wan", "--prompt", "a red ball", "--attention", "dense", "--out", str(out), *SMALL, *lora]
     )
     a = load_file(dense["files"]["latents"])["latents"]
@@ -273,7 +274,7 @@ def test_other_families_from_embeddings(tmp_path, family, extra):
     args += ["--height", "64", "--width", "64", "--steps", "2", "--guidance-scale", "2.0"]
     if family == "hunyuan":
         args += ["--true-cfg-scale", "2.0"]
-    (record,) = tgen.main(args)["generated"]
+    (record,) = rgen.main(args)["generated"]
     assert record["family"] == family and record["attention"]["mask_token_density"] < 1 and record["finite"]
     assert Path(record["files"]["video"]).is_file()
 
@@ -281,7 +282,7 @@ def test_other_families_from_embeddings(tmp_path, family, extra):
 def test_cfg_without_negatives_or_text_encoder_is_a_clear_error(tmp_path, capsys):
     embeds = _embeds_file(tmp_path / "p.safetensors")
     with pytest.raises(SystemExit):
-        tgen.main(
+        rgen.main(
             [
                 "--tiny",
                 "wan",
@@ -299,20 +300,18 @@ def test_cfg_without_negatives_or_text_encoder_is_a_clear_error(tmp_path, capsys
 
 def test_saved_tiny_folder_through_radial_generate(tmp_path):
     """`radial.generate --model DIR` on a saved tiny HunyuanVideo folder: text encoders, template from the folder."""
-    import radial.generate as rgen
-
     folder = tgen.save_tiny_pipeline(tmp_path / "tiny_hunyuan", "hunyuan")
     assert (folder / "model_index.json").is_file() and (folder / "radial_text_settings.json").is_file()
     out = tmp_path / "out"
     records = rgen.main(
         ["--model", str(folder), "--prompt", "a cat", "--prompt", "a dog", "--dtype", "fp32", "--device", "cpu",
          "--block-size", "16", "--guidance-scale", "6", "--out", str(out), *SMALL]
-    )  # fmt: skip
+    )["generated"]  # fmt: skip
     assert [r["name"] for r in records] == ["hunyuan_17f_p0_s0_radial", "hunyuan_17f_p1_s0_radial"]
     assert records[0]["prompt"] == "a cat" and records[0]["pipeline"] == str(folder)
     assert all(r["finite"] for r in records)  # the template's crop keeps the caption tokens (no empty text mask)
     assert torch.isfinite(load_file(records[0]["files"]["latents"])["latents"]).all()
-    assert json.loads((out / "generate_summary.json").read_text())[1]["prompt"] == "a dog"
+    assert json.loads((out / "generate_summary.json").read_text())["generated"][1]["prompt"] == "a dog"
 
 
 def test_radial_generate_needs_nothing_but_radial():
@@ -325,8 +324,6 @@ def test_radial_generate_needs_nothing_but_radial():
 
 
 def test_bad_model_folders_are_clear_errors(tmp_path, capsys):
-    import radial.generate as rgen
-
     with pytest.raises(SystemExit):
         rgen.main(["--model", str(tmp_path / "missing"), "--prompt", "x", "--out", str(tmp_path)])
     assert "no such folder" in capsys.readouterr().err
@@ -427,10 +424,37 @@ def test_lora_family_and_rank_are_checked_against_the_header(tmp_path, lora_run,
 
 
 def test_missing_transformer_folder_is_a_local_path_error(tmp_path, capsys):
-    import train.generate as tgen_cli
-
     folder = tgen.save_tiny_pipeline(tmp_path / "tiny_wan", "wan")
     argv = ["--model", str(folder), "--transformer", "/missing/folder", "--prompt", "x", "--out", str(tmp_path)]
     assert "error: --transformer /missing/folder: no such folder" in _one_line_error(capsys, argv)
     argv = ["--tiny", "wan", "--transformer", "./missing", "--prompt", "x", "--out", str(tmp_path)]
-    assert "error: --transformer ./missing: no such folder" in _one_line_error(capsys, argv, tgen_cli)
+    assert "error: --transformer ./missing: no such folder" in _one_line_error(capsys, argv)
+
+
+def test_train_generate_is_a_deprecated_alias(tmp_path, capsys):
+    out = tmp_path / "out"
+    embeds = _embeds_file(tmp_path / "p.safetensors")
+    result = tgen.main(["--tiny", "wan", "--prompt-embeds", str(embeds), "--out", str(out), *SMALL])
+    assert "deprecated" in capsys.readouterr().err and len(result["generated"]) == 1
+
+
+def test_model_may_be_a_hub_id_in_the_cache(tmp_path, monkeypatch, capsys):
+    """A Hub id resolves offline to its cached snapshot (the cache layout huggingface_hub writes); one not in the
+    cache is a one-line error saying what to download."""
+    cache = tmp_path / "hf" / "hub"
+    repo = cache / "models--someone--tiny-hunyuan"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    tgen.save_tiny_pipeline(repo / "snapshots" / ("0" * 40), "hunyuan")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    args = ["--prompt", "a cat", "--dtype", "fp32", "--device", "cpu", "--block-size", "16", "--no-decode"]
+    (record,) = rgen.main(["--model", "someone/tiny-hunyuan", *args, "--out", str(out), *SMALL])["generated"]
+    assert record["pipeline"].endswith("snapshots/" + "0" * 40) and record["finite"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        rgen.main(["--model", "someone/missing", *args, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert "not in the Hugging Face cache" in err and "huggingface-cli download" in err and "\n" not in err

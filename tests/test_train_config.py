@@ -8,12 +8,13 @@ from omegaconf.errors import MissingMandatoryValue
 from radial.errors import ConfigError
 from tests.trainer_helpers import compose_config
 from train.config import validate
+from train.run_dir import check_output_dir
 
 
 def test_default_config_is_valid():
     cfg = validate(compose_config([]))
     assert cfg.model.family == "wan" and cfg.model.source == "tiny" and cfg.attention.block_size == 16
-    assert cfg.data.root == "outputs/demo/data"
+    assert cfg.data.root == "outputs/run/data"
 
 
 @pytest.mark.parametrize(
@@ -100,3 +101,80 @@ def test_bad_expert_settings_name_their_key(tmp_path):
         (folder / expert).mkdir()
     with pytest.raises(ValueError, match=r"model.expert is not set.*model.expert=transformer"):
         validate(compose_config(["model=wan22", f"model.path={folder}"]))
+
+
+def test_output_dir_holding_another_run_is_refused(tmp_path):
+    from train.run_dir import clear_previous_run
+    from train.trainer import Trainer
+
+    out = tmp_path / "run"
+    (out / ".hydra").mkdir(parents=True)  # Hydra's own folder and an empty checkpoints/ are not a run
+    (out / "checkpoints").mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")
+    (out / "checkpoints" / "checkpoint-00000002").mkdir()
+    (out / "data").mkdir()
+    with pytest.raises(FileExistsError) as e:
+        Trainer(validate(compose_config([f"output_dir={out}"])))  # refused before anything is built
+    message = str(e.value)
+    assert f"output_dir={str(out)!r}" in message and "train.resume=latest" in message
+    assert "train.overwrite=true" in message and "checkpoints, metrics.jsonl" in message
+    assert clear_previous_run(out) == ["checkpoints", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".hydra", "data"]  # the synthetic data cache is kept
+    (out / "checkpoints").mkdir()
+    check_output_dir(out, None, False)  # an empty checkpoints/ folder is no run
+    (out / "lora").mkdir()
+    (out / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    check_output_dir(out, "latest", False)
+    check_output_dir(out, None, True)
+    with pytest.raises(FileExistsError, match="lora"):
+        check_output_dir(out, None, False)
+
+
+def test_missing_model_path_says_what_to_download():
+    with pytest.raises(MissingMandatoryValue) as e:
+        validate(compose_config(["model=hunyuan"]))
+    message = str(e.value).splitlines()[0]
+    assert "model.path is not set" in message and "hunyuanvideo-community/HunyuanVideo" in message
+    assert "transformer/" in message and "model_index.json" in message
+
+
+def test_model_path_hub_id_resolves_from_the_cache(tmp_path, monkeypatch):
+    from radial.models import get_adapter
+
+    snapshot = tmp_path / "models--org--tiny-wan" / "snapshots" / ("a" * 40)
+    get_adapter("wan").build_tiny(seed=0).save_pretrained(snapshot / "transformer")
+    (tmp_path / "models--org--tiny-wan" / "refs").mkdir()
+    (tmp_path / "models--org--tiny-wan" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = validate(compose_config(["model=wan", "model.path=org/tiny-wan", f"output_dir={tmp_path / 'o'}"]))
+    assert cfg.model.path == str(snapshot)
+    with pytest.raises(FileNotFoundError, match="model.path=org/other: .*not in the Hugging Face cache"):
+        validate(compose_config(["model=wan", "model.path=org/other"]))
+
+
+def test_readme_sampling_example_is_valid():
+    """The README's `eval=default eval.prompts=[...]` example composes and validates."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if "eval=default" in ln and "train/lora.py" in ln)
+    overrides = [a for a in shlex.split(line.rstrip("\\")) if "=" in a and not re.match(r"^--", a)]
+    cfg = validate(compose_config(overrides))
+    assert cfg.eval.prompts and cfg.eval.validation_every > 0
+
+
+def test_hydra_help_has_a_description_and_examples():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "train" / "lora.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Radial LoRA: fine-tune a video diffusion transformer")
+    assert "Examples:" in proc.stdout and "train.resume=latest" in proc.stdout and "model: hunyuan" in proc.stdout

@@ -191,3 +191,23 @@ def test_a_run_of_skipped_steps_fails_instead_of_exporting(tmp_path, data_root, 
 
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line, parse_constant=not_json)["loss"] for line in lines] == [None, None, None]
+
+
+def test_dataset_mixture_with_caption_dropout_trains_and_resumes(straight, tmp_path, data_root):
+    """data.datasets with repeats and data.caption_dropout: the prepared empty-prompt states are used, and a resumed
+    run follows the uninterrupted one exactly."""
+    latents = data_root / "latents"
+    assert (latents / "empty_prompt.safetensors").is_file()
+    mix = ["data=latents", "data.num_workers=0", f"data.datasets=[{{root:{latents},repeats:2}}]"]
+    mix += ["data.caption_dropout=0.5"]
+
+    def run_mix(out, *extra, steps):
+        base = [o for o in tiny_overrides(out, data_root, steps=steps) if not o.startswith("data.")]
+        t = Trainer(validate(compose_config([*base, *mix, *extra])))
+        return t, t.fit()
+
+    trainer, summary = run_mix(tmp_path / "a", steps=4)
+    assert summary["step"] == 4 and len(trainer.sampler) == 2 * len(trainer.dataset)
+    run_mix(tmp_path / "b", steps=2)
+    run_mix(tmp_path / "b", "train.resume=latest", steps=4)
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")

@@ -3,6 +3,7 @@ and the data (synthetic demo data prepared on first use, or prepared latents).""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,20 +105,41 @@ def synthetic_latents(cfg: Config, main_process: bool) -> Path:
 
     root = Path(cfg.data.root)
     videos, latents = root / "videos", root / "latents"
+    d = cfg.data
     if main_process:
-        if not (videos / "manifest.jsonl").is_file():
+        started = time.perf_counter()
+        if (videos / "manifest.jsonl").is_file():
+            print(f"data 1/2: reusing the synthetic videos in {videos}", flush=True)
+        else:
+            print(f"data 1/2: making {d.num_videos} synthetic videos ({d.frames} frames, {d.height}x{d.width}) in "
+                  f"{videos} ...", flush=True)  # fmt: skip
             make_synthetic_videos(
-                videos, num=cfg.data.num_videos, frames=cfg.data.frames, fps=cfg.data.fps,
-                sizes=((cfg.data.height, cfg.data.width),), seed=cfg.seed,
-            )  # fmt: skip
-        prepare(
+                videos, num=d.num_videos, frames=d.frames, fps=d.fps, sizes=((d.height, d.width),), seed=cfg.seed
+            )
+            print(f"data 1/2: done in {time.perf_counter() - started:.1f} s", flush=True)
+        started = time.perf_counter()
+        print(f"data 2/2: encoding them with the tiny {cfg.model.family} VAE and text encoder into {latents} "
+              "(already encoded items are reused) ...", flush=True)  # fmt: skip
+        summary = prepare(
             PrepareConfig(
                 model=cfg.model.family, input=str(videos / "manifest.jsonl"), out=str(latents), tiny=True,
-                lengths=(cfg.data.frames,), fps=cfg.data.fps, buckets=(f"{cfg.data.height}x{cfg.data.width}",),
+                lengths=(d.frames,), fps=d.fps, buckets=(f"{d.height}x{d.width}",),
                 seed=cfg.seed, progress=False, latent_dtype="fp32", text_dtype="fp32",
             )
         )  # fmt: skip
+        print(
+            f"data 2/2: {len(summary.written)} encoded, {len(summary.already_done)} reused "
+            f"in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
     return latents
+
+
+def dataset_roots(cfg: Config, latents_root: Path) -> tuple[list[Path], list[int]]:
+    """The prepared datasets to train on and their repeats: data.datasets, else the one at `latents_root`."""
+    if cfg.data.datasets:
+        return [Path(d.root).expanduser() for d in cfg.data.datasets], [d.repeats for d in cfg.data.datasets]
+    return [Path(latents_root)], [1]
 
 
 def build_data(cfg: Config, parts: ModelParts, rank: int, world_size: int, latents_root: Path):
@@ -125,7 +147,15 @@ def build_data(cfg: Config, parts: ModelParts, rank: int, world_size: int, laten
     from data import BucketBatchSampler, Expect, LatentDataset, collate, data_parallel_rank
 
     expect = Expect.from_transformer_config(cfg.model.family, parts.transformer.config)
-    dataset = LatentDataset(latents_root, model=cfg.model.family, expect=expect)
+    roots, repeats = dataset_roots(cfg, latents_root)
+    dataset = LatentDataset(
+        roots,
+        model=cfg.model.family,
+        expect=expect,
+        repeats=repeats,
+        caption_dropout=cfg.data.caption_dropout,
+        seed=cfg.seed,
+    )
     dp_rank, dp_world = data_parallel_rank(rank, world_size, cfg.parallel.sp_degree)
     sampler = BucketBatchSampler(
         dataset,

@@ -6,6 +6,7 @@ that types cannot express (ranges, choices, paths) and names the key in every er
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -55,9 +56,21 @@ class AttentionConfig:
 
 
 @dataclass
+class DatasetEntry:
+    """One prepared dataset of a mixture (data.datasets): its folder and how often its items are drawn per epoch."""
+
+    root: str = ""
+    repeats: int = 1
+
+
+@dataclass
 class DataConfig:
     kind: str = "synthetic"
     root: str = "${output_dir}/data"
+    # several prepared datasets instead of data.root (data=latents): [{root: ..., repeats: k}, ...]
+    datasets: list[DatasetEntry] = field(default_factory=list)
+    # probability of training a draw on the empty prompt's text states (classifier-free guidance), seeded per draw
+    caption_dropout: float = 0.0
     batch_size: int = 1
     num_workers: int = 0
     shuffle: bool = True
@@ -104,6 +117,7 @@ class TrainSection:
     checkpoint_every: int = 250
     keep_last: int = 3
     resume: str | None = None
+    overwrite: bool = False  # replace a previous run in output_dir (otherwise refused unless resuming)
     on_nan: str = "skip"
     max_nan_skips: int = 20
     log_every: int = 1
@@ -172,7 +186,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    output_dir: str = "outputs/demo"
+    output_dir: str = "outputs/run"
     seed: int = 0
 
 
@@ -327,6 +341,18 @@ def validate(cfg: DictConfig | dict) -> Config:
     raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
     # Before the merge: merging "???" over a schema default keeps the default.
     missing = sorted(OmegaConf.missing_keys(raw))
+    if "data.root" in missing and OmegaConf.select(raw, "data.datasets", default=None):
+        missing.remove("data.root")  # data.datasets names the roots
+        raw = copy.deepcopy(raw)
+        OmegaConf.update(raw, "data.root", "")
+    if "model.path" in missing:
+        from radial.hub import download_hint
+
+        family = OmegaConf.select(raw, "model.family", default=None)
+        raise MissingValue(
+            f"model.path is not set: model family {family!r} loads pretrained weights from a local diffusers folder "
+            f"or a Hub id in the Hugging Face cache; {download_hint(family)}"
+        )
     if missing:
         hint = " ".join(f"{k}=..." for k in missing)
         raise MissingValue(f"missing required config value(s): {', '.join(missing)}; set them, e.g. {hint}")
@@ -348,17 +374,19 @@ def validate(cfg: DictConfig | dict) -> Config:
     if c.model.storage_dtype is not None:
         _choice("model.storage_dtype", c.model.storage_dtype, STORAGE_DTYPES)
     if c.model.source == "pretrained":
+        from radial.hub import download_hint, resolve_model_path
+
         if not c.model.path:
-            raise ConfigError("model.path is required with model.source=pretrained: a local diffusers folder")
-        if not Path(c.model.path).expanduser().exists():
-            raise MissingPathError(f"model.path={c.model.path!r} does not exist (a local diffusers folder)")
+            raise ConfigError(f"model.path is required with model.source=pretrained; {download_hint(c.model.family)}")
+        # A Hub id becomes its cached snapshot folder here, so everything downstream reads a local folder.
+        c.model.path = str(resolve_model_path(c.model.path, key="model.path", family=c.model.family))
     if c.model.flow_shift <= 0:
         raise ConfigError(f"model.flow_shift={c.model.flow_shift}: expected > 0")
 
     a = c.attention
     _choice("attention.backend", a.backend, BACKENDS)
     if a.deterministic and a.backend in ("fa4", "flex", "flashinfer"):
-        raise ValueError(
+        raise ConfigError(
             f"attention.deterministic=true with attention.backend={a.backend}: expected auto, triton, reference or "
             "dense (the deterministic backends)"
         )
@@ -374,6 +402,14 @@ def validate(cfg: DictConfig | dict) -> Config:
     _at_least("data.batch_size", c.data.batch_size, 1)
     _at_least("data.num_workers", c.data.num_workers, 0)
     _at_least("data.num_videos", c.data.num_videos, 1)
+    if not 0.0 <= c.data.caption_dropout < 1.0:
+        raise ValueError(f"data.caption_dropout={c.data.caption_dropout}: expected a probability in [0, 1)")
+    for i, entry in enumerate(c.data.datasets):
+        if c.data.kind != "latents":
+            raise ValueError(f"data.datasets needs data=latents (data.kind={c.data.kind!r})")
+        if not str(entry.root).strip():
+            raise ValueError(f"data.datasets[{i}].root is not set: a folder prepared by python -m data.prepare")
+        _at_least(f"data.datasets[{i}].repeats", entry.repeats, 1)
 
     _at_least("lora.rank", c.lora.rank, 1)
     if c.lora.alpha <= 0:

@@ -1,18 +1,8 @@
-"""`python -m train.generate`: `radial.generate` plus tiny random pipelines and a radial-vs-dense comparison.
+"""Tiny random pipelines and the radial-vs-dense comparison behind `python -m radial.generate --tiny / --compare-dense`.
 
-    python -m train.generate --tiny wan --prompt "a red ball" --frames 17 --height 64 --width 64 --steps 4
-    python -m train.generate --tiny wan --transformer outputs/demo/base_transformer --lora outputs/demo/lora \\
-        --prompt "a red ball" --compare-dense --out outputs/gen        # + metrics.json and metrics.png
-    python -m train.generate --model /models/Wan2.1-T2V-1.3B-Diffusers --prompt ... --compare-dense
-
-Same options as `python -m radial.generate` (see there); additions:
-  --tiny FAMILY       a tiny random-init pipeline of the real classes: transformer from radial.models, VAE + text
-                      encoder + tokenizer from data.encoders (seeded, the ones the synthetic demo data used)
-  --compare-dense     after the radial videos, the same prompts and seeds with stock (dense) attention, and per
-                      pair PSNR / SSIM per frame, latent relative error and temporal flicker (train.eval.metrics)
-  --save-tiny DIR     write the tiny pipeline as a diffusers folder (loadable by `radial.generate --model DIR`)
-
-This lives in train/ because tiny components come from data/ (radial/ depends on nothing of ours).
+This lives in train/ because tiny components come from data/ (radial/ depends on nothing of ours); radial.generate
+imports it only for those options. `python -m train.generate ...` is a deprecated alias of `python -m
+radial.generate ...` (same options).
 """
 
 from __future__ import annotations
@@ -25,8 +15,6 @@ from pathlib import Path
 
 import torch
 
-from radial.errors import USER_ERRORS, cli_errors
-from radial.generate import DTYPES, add_arguments, load_from_args, run
 from radial.generation.pipeline import check_local_folder
 
 TINY_DEFAULTS = {"frames": 17, "height": 64, "width": 64, "steps": 4, "block_size": 16, "guidance_scale": 1.0}
@@ -84,22 +72,7 @@ def save_tiny_pipeline(out: str | Path, family: str = "wan", *, seed: int = 0, t
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m train.generate",
-        description="radial.generate with tiny random pipelines (--tiny FAMILY) and --compare-dense.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_arguments(p, model_required=False)
-    extra = p.add_argument_group("train.generate")
-    extra.add_argument("--tiny", metavar="FAMILY", help="tiny random-init pipeline of FAMILY (wan, hunyuan, mochi)")
-    extra.add_argument("--tiny-seed", type=int, default=0, help="seed of the tiny components")
-    extra.add_argument("--save-tiny", metavar="DIR", help="write the tiny pipeline as a diffusers folder and exit")
-    extra.add_argument("--compare-dense", action="store_true", help="also generate with dense attention and compare")
-    return p
-
-
-def _tiny_defaults(args: argparse.Namespace, argv: Sequence[str]) -> None:
+def tiny_defaults(args: argparse.Namespace, argv: Sequence[str]) -> None:
     """Small sizes for --tiny unless given (the tiny models have 16 tokens per frame at 64x64: block 16)."""
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     if args.frames is None and args.length is None:
@@ -140,47 +113,14 @@ def compare_pairs(radial: list, dense: list, names: list[tuple[str, str]], out: 
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    if bool(args.tiny) == bool(args.model):
-        parser.exit(2, "error: give --model DIR (a local diffusers pipeline) or --tiny FAMILY\n")
-    if args.save_tiny:
-        if not args.tiny:
-            parser.exit(2, "error: --save-tiny needs --tiny FAMILY\n")
-        path = save_tiny_pipeline(args.save_tiny, args.tiny, seed=args.tiny_seed, transformer=args.transformer)
-        print(f"tiny {args.tiny} pipeline written to {path}")
-        return {"saved": str(path)}
-    # Option values are checked with ValueError by the settings dataclasses too: all are one-line errors here.
-    with cli_errors(args.debug, expected=(*USER_ERRORS, ValueError, FileNotFoundError)):
-        if args.tiny:
-            _tiny_defaults(args, argv)
-            text = not (args.no_text_encoder or (args.prompt_embeds and not args.prompt))
-            pipe = build_tiny_pipeline(
-                args.tiny,
-                seed=args.tiny_seed,
-                transformer=args.transformer,
-                text_encoder=text,
-                dtype=DTYPES[args.dtype],
-                device=args.device,
-            )
-            source, text_settings = None, pipe._radial_text_settings
-            args.family = args.family or (args.tiny if args.tiny == "wan22" else None)
-        else:
-            pipe, source, text_settings = load_from_args(args), args.model, None
-        kept: list = []
-        records = run(args, pipe, source=source, text_settings=text_settings, results=kept)
-        result: dict = {"generated": records}
-        if args.compare_dense and args.attention == "radial":
-            args.attention = "dense"
-            kept_dense: list = []
-            dense = run(args, pipe, source=source, text_settings=text_settings, results=kept_dense)
-            result["dense"] = dense
-            names = [(a["name"], b["name"]) for a, b in zip(records, dense, strict=True)]
-            result["comparisons"] = compare_pairs(kept, kept_dense, names, Path(args.out))
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "generate_summary.json").write_text(json.dumps(result, indent=1, default=str))
-    return result
+    """Deprecated: `python -m radial.generate` takes the same options."""
+    import radial.generate
+
+    print(
+        "note: `python -m train.generate` is deprecated; use `python -m radial.generate` (same options)",
+        file=sys.stderr,
+    )
+    return radial.generate.main(argv, parser=radial.generate.build_parser("python -m train.generate"))
 
 
 if __name__ == "__main__":

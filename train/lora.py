@@ -2,7 +2,8 @@
 
 Hydra composes configs/ (groups: model, attention, data, lora, optim, train, eval, logging, parallel); every value
 can be overridden on the command line. With no arguments it runs the embedded demo: a tiny Wan transformer on
-synthetic long videos, on the CPU, writing the LoRA, loss curve and mask picture under outputs/demo.
+synthetic long videos, on the CPU, writing the LoRA, loss curve and mask picture under outputs/run (`make demo`:
+outputs/demo). `--help` lists the config groups, keys and examples.
 """
 
 from __future__ import annotations

@@ -12,9 +12,18 @@ from train.flow import FlowMatching, flow_loss, noisy_latents
 BATCH_ONLY = ("latents", "meta", "cursor")
 
 
-def conditions_of(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """The model conditions of a collated batch (text embeddings, masks, ...), on `device`."""
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items() if k not in BATCH_ONLY}
+def conditions_of(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The model conditions of a collated batch (text embeddings, masks, ...), on `device`; floating-point ones in
+    `dtype` (the model's), since prepared text states may be stored in another precision (bf16 by default)."""
+    return {k: _to(v, device, dtype) for k, v in batch.items() if k not in BATCH_ONLY}
+
+
+def _to(value: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
+    if not isinstance(value, torch.Tensor):
+        return value
+    if dtype is not None and value.is_floating_point():
+        return value.to(device, dtype)
+    return value.to(device)
 
 
 def input_dtype(model: torch.nn.Module) -> torch.dtype:

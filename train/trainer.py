@@ -22,10 +22,11 @@ from radial.lora import load_lora_state_dict, lora_state_dict
 from radial.parallel import enable as enable_sequence_parallel
 from radial.parallel import init_sequence_parallel, sequence_parallel_groups
 from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState, resolve_resume
-from train.components import build_data, build_model, synthetic_latents
+from train.components import build_data, build_model, dataset_roots, synthetic_latents
 from train.config import Config
 from train.flow import FlowMatching
 from train.records import json_safe
+from train.run_dir import check_output_dir, clear_previous_run
 from train.signals import StopFlag, stop_signals_blocked
 from train.step import conditions_of, flow_matching_loss, input_dtype
 
@@ -91,6 +92,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         t = cfg.train
+        check_output_dir(self.out, t.resume, t.overwrite)  # on every rank, before any rank writes
         self.accelerator = Accelerator(
             mixed_precision=t.mixed_precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -120,11 +122,19 @@ class Trainer:
             sigma_range=tuple(t.timestep_range or (0.0, 1.0)),
         )
         if acc.is_main_process:
+            if t.overwrite and not t.resume:
+                removed = clear_previous_run(self.out)
+                if removed:
+                    acc.print(f"train.overwrite=true: removed the previous run's {', '.join(removed)} in {self.out}")
             self.out.mkdir(parents=True, exist_ok=True)
         latents_root = (
             synthetic_latents(cfg, acc.is_main_process) if cfg.data.kind == "synthetic" else Path(cfg.data.root)
         )
         acc.wait_for_everyone()
+        if acc.is_main_process:  # before the model is built: what will run, where, roughly how big
+            from train.summary import run_summary
+
+            print(run_summary(cfg, dataset_roots(cfg, latents_root), acc.device), flush=True)
         # Ulysses sequence parallelism (parallel.sp_degree > 1): groups of consecutive ranks share one sample.
         sp_degree = cfg.parallel.sp_degree
         sequence_parallel_groups(acc.num_processes, sp_degree)  # the error names parallel.sp_degree
@@ -266,9 +276,7 @@ class Trainer:
         x0 = batch["latents"].to(acc.device)
         gen = step_generator(self.cfg.seed, step, micro, self.dp_rank)
         model_dtype = input_dtype(self.model)
-        conditions = conditions_of(batch, acc.device)
-        if acc.distributed_type == DistributedType.DEEPSPEED:  # no autocast under DeepSpeed: inputs in model dtype
-            conditions = {k: _to_dtype(v, model_dtype) for k, v in conditions.items()}
+        conditions = conditions_of(batch, acc.device, model_dtype)
         with acc.autocast():
             loss = flow_matching_loss(parts.adapter, self.model, self.flow, x0, conditions, gen, model_dtype)
         tokens = x0.shape[0] * parts.handle.last_grid.video_tokens if parts.handle.last_grid is not None else 0
@@ -441,10 +449,6 @@ class Trainer:
         if acc.is_main_process:  # machine-readable beside the trackers (benchmarks read it)
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(json_safe({"step": step, **logs}), allow_nan=False) + "\n")
-
-
-def _to_dtype(value, dtype: torch.dtype):
-    return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -43,7 +43,7 @@ import torch
 from train.config import EvalConfig, check_eval
 from train.flow import flow_loss, noisy_latents
 from train.records import json_safe
-from train.step import input_dtype
+from train.step import conditions_of, input_dtype
 
 
 def eval_settings(ev: Any) -> EvalConfig:
@@ -193,11 +193,7 @@ class Validator:
                     item = ds[index]
                     batch = collate([item])
                     x0 = batch["latents"].to(acc.device, torch.float32)
-                    conds = {
-                        k: (v.to(acc.device) if isinstance(v, torch.Tensor) else v)
-                        for k, v in batch.items()
-                        if k not in ("latents", "meta", "cursor")
-                    }
+                    conds = conditions_of(batch, acc.device, model_dtype)
                     key = item["meta"]["key"]
                     for j, (position, sigma) in enumerate(levels):
                         gen = _seeded(t.cfg.seed, "heldout", key, position)
