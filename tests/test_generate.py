@@ -458,3 +458,21 @@ def test_model_may_be_a_hub_id_in_the_cache(tmp_path, monkeypatch, capsys):
         rgen.main(["--model", "someone/missing", *args, "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert "not in the Hugging Face cache" in err and "huggingface-cli download" in err and "\n" not in err
+
+
+def test_attention_summary_counts_the_dense_backend_as_dense():
+    """Generating through the dense backend (e.g. flash-attn-4's dense kernel) must not report the plan's density."""
+    from types import SimpleNamespace
+
+    import radial
+    from radial.generation.run import attention_summary
+
+    plan = radial.make_plan(num_frames=8, tokens_per_frame=64, model="wan", block_size=16)
+    clip = ClipSpec(frames=29, height=64, width=64, num_inference_steps=4)
+
+    def handle(backend):
+        config = SimpleNamespace(backend=backend, dense_layers=0, dense_timesteps=0)
+        return SimpleNamespace(last_plan=plan, last_grid=None, config=config, num_layers=2)
+
+    assert attention_summary(handle("reference"), clip)["effective_density"] < 1.0
+    assert attention_summary(handle("dense"), clip)["effective_density"] == 1.0

@@ -103,7 +103,7 @@ def attention_summary(handles, clip: ClipSpec) -> dict[str, Any]:
     if grid is not None:
         out["latent_grid"] = [grid.frames, grid.height, grid.width]
         out["video_tokens"] = grid.video_tokens
-    if plan is None:  # every layer and step ran dense
+    if plan is None or backend == "dense":  # every layer and step ran dense (the dense backend ignores the plan)
         out["effective_density"] = 1.0
         return out
     out.update(
