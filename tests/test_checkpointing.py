@@ -5,7 +5,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import radial
 import radial.kernels.triton  # noqa: F401 - registers torch.ops.radial
-from radial.checkpointing import attention_saving_checkpoint
+from radial.checkpointing import enable_checkpointing
 from radial.lora import attach_lora
 from radial.models import get_adapter
 
@@ -21,7 +21,7 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _step(selective: bool):
+def _step(selective: bool, count: int | None = None):
     torch.manual_seed(0)
     adapter = get_adapter("wan")
     model = adapter.build_tiny(seed=1, num_attention_heads=1, attention_head_dim=64, num_layers=2)
@@ -31,7 +31,7 @@ def _step(selective: bool):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
     model.train()
-    model.enable_gradient_checkpointing(attention_saving_checkpoint if selective else None)
+    enable_checkpointing(model, adapter.blocks(model), save_attention=selective, count=count)
     latents = adapter.make_dummy_latents(model, 1, 4, 16, 16, seed=2)  # 4 frames x 64 tokens
     conds = adapter.make_dummy_conditions(model, 1, text_len=8, seed=3)
     counter = CountOps(torch.ops.radial.sparse_attn_fwd.default)
@@ -48,5 +48,13 @@ def test_attention_runs_once_per_layer_and_gradients_match():
     saved_calls, saved_grads, _ = _step(selective=True)
     assert plain_calls == 2 * layers and saved_calls == layers
     assert plain_grads.keys() == saved_grads.keys() and plain_grads
+    for name in plain_grads:
+        torch.testing.assert_close(saved_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)
+
+
+def test_budget_recomputes_only_checkpointed_blocks_and_keeps_their_attention():
+    plain_calls, plain_grads, layers = _step(selective=False, count=1)
+    saved_calls, saved_grads, _ = _step(selective=True, count=1)
+    assert plain_calls == layers + 1 and saved_calls == layers
     for name in plain_grads:
         torch.testing.assert_close(saved_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)

@@ -41,6 +41,10 @@ def test_default_config_is_valid():
         ("attention.dense_layers=99", ConfigError, r"attention.dense_layers=99: .* has 2 attention layers"),
         ("optim.scheduler=bogus", ConfigError, r"optim.scheduler=.bogus.: expected one of"),
         ("train.max_steps=many", ConfigError, "train.max_steps"),
+        ("train.checkpoint_blocks=3", ConfigError, r"train.checkpoint_blocks=.3.: expected auto, all or .* \[0, 2\]"),
+        ("train.checkpoint_blocks=some", ConfigError, r"train.checkpoint_blocks=.some."),
+        ("train.compile_backend=tvm", ConfigError, "train.compile_backend"),
+        ("train.compile_mode=reduce-overhead", ConfigError, "train.compile_mode"),
     ],
 )
 def test_bad_values_name_their_key(override, error, match):

@@ -13,10 +13,12 @@ from torch.utils.data import DataLoader
 
 import radial
 from radial.attention import resolve_backend
-from radial.checkpointing import attention_saving_checkpoint
+from radial.checkpointing import enable_checkpointing
+from radial.compile import compile_blocks
 from radial.lora import attach_lora
 from radial.models import ModelAdapter, get_adapter
 from train.config import Config
+from train.recompute import RecomputeBudget, parse_checkpoint_blocks
 from train.signals import ignore_stop_signals
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -30,6 +32,7 @@ class ModelParts:
     lora_config: Any  # peft.LoraConfig (None in train.mode=full)
     target_modules: Any
     backend: str = "reference"  # the attention backend that runs (`auto` resolved for the device)
+    recompute: RecomputeBudget | None = None  # train.checkpoint_blocks (None without gradient checkpointing)
 
 
 def build_transformer(cfg: Config, adapter: ModelAdapter, device: torch.device) -> torch.nn.Module:
@@ -91,11 +94,16 @@ def build_model(
     for p in transformer.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    if cfg.train.gradient_checkpointing:
-        saving = attention_saving_checkpoint if cfg.train.save_attention else None
-        transformer.enable_gradient_checkpointing(saving)
+    t = cfg.train
+    blocks = adapter.blocks(transformer)
+    budget = None
+    if t.gradient_checkpointing:
+        enable_checkpointing(transformer, blocks, save_attention=t.save_attention)
+        budget = RecomputeBudget(blocks, parse_checkpoint_blocks(t.checkpoint_blocks, len(blocks)), device)
+    if t.compile:  # after LoRA and checkpointing: the compiled blocks hold the LoRA layers, checkpointing wraps them
+        compile_blocks(blocks, backend=t.compile_backend, mode=t.compile_mode)
     transformer.train()
-    return ModelParts(adapter, transformer, handle, lora_config, targets, backend)
+    return ModelParts(adapter, transformer, handle, lora_config, targets, backend, budget)
 
 
 def synthetic_latents(cfg: Config, main_process: bool) -> Path:

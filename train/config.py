@@ -26,6 +26,8 @@ PRECISIONS = ("no", "fp16", "bf16")
 BACKENDS = ("auto", "fa4", "triton", "flex", "reference", "dense", "flashinfer")
 TRACKERS = ("tensorboard", "wandb")
 MODES = ("lora", "full")
+# torch.compile modes that leave the eager attention calls between graphs alone (no CUDA graphs)
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -114,6 +116,10 @@ class TrainSection:
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = True
     save_attention: bool = True
+    checkpoint_blocks: str = "all"  # auto | all | N: blocks under checkpointing (train/recompute.py)
+    compile: bool = False  # regional torch.compile of the transformer blocks (radial/compile.py)
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
     checkpoint_every: int = 250
     keep_last: int = 3
     resume: str | None = None
@@ -449,6 +455,23 @@ def validate(cfg: DictConfig | dict) -> Config:
         raise ValueError(
             f"train.early_stop_patience={t.early_stop_patience} needs validations: set eval.validation_every > 0"
         )
+    from radial.compile import BACKENDS as COMPILE_BACKENDS
+
+    _choice("train.compile_backend", t.compile_backend, COMPILE_BACKENDS)
+    if t.compile_mode is not None:
+        _choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
+    if str(t.checkpoint_blocks) != "all":
+        if not t.gradient_checkpointing:
+            raise ConfigError(
+                f"train.checkpoint_blocks={t.checkpoint_blocks!r} needs train.gradient_checkpointing=true (leave it all)"
+            )
+        from train.recompute import parse_checkpoint_blocks
+
+        blocks = _attention_layer_count(c) if str(t.checkpoint_blocks) != "auto" else None
+        try:
+            parse_checkpoint_blocks(t.checkpoint_blocks, blocks if blocks is not None else 1 << 30)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if t.mode == "full" and c.model.storage_dtype is not None:
         raise ValueError("model.storage_dtype stores frozen weights; train.mode=full has none: leave it null")
     from train.flow import SAMPLINGS, WEIGHTINGS, FlowMatching

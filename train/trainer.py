@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from data import data_parallel_rank
+from radial.compile import CompileWatch
 from radial.errors import CheckpointError, TrainingError
 from radial.lora import load_lora_state_dict, lora_state_dict
 from radial.parallel import enable as enable_sequence_parallel
@@ -143,6 +144,10 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             self.parts = build_model(cfg, acc.device, self.out / "base_transformer" if acc.is_main_process else None)
         acc.print(f"attention backend: {self.parts.backend} (attention.backend={cfg.attention.backend})")
+        recompute = self.parts.recompute
+        if recompute is not None and recompute.decided:
+            acc.print(recompute.decided)
+        self.compile_watch = CompileWatch() if t.compile else None
         self.sp = init_sequence_parallel(sp_degree, acc.device)
         self.sp_handle = enable_sequence_parallel(self.parts.handle, self.sp) if self.sp is not None else None
         self.dataset, self.sampler, loader = build_data(
@@ -282,6 +287,18 @@ class Trainer:
         tokens = x0.shape[0] * parts.handle.last_grid.video_tokens if parts.handle.last_grid is not None else 0
         return loss, tokens
 
+    def _after_step(self) -> None:
+        """The recompute budget's measurements (train.checkpoint_blocks=auto) and the log of (re)compilations."""
+        acc, recompute = self.accelerator, self.parts.recompute
+        line = recompute.after_step() if recompute is not None else None
+        if line:
+            acc.print(line)
+        grid = self.parts.handle.last_grid
+        if self.compile_watch is not None and grid is not None:
+            line = self.compile_watch.check(f"{grid.frames}x{grid.height}x{grid.width}")
+            if line:
+                acc.print(line)
+
     def _all_ranks(self, flag: bool) -> bool:
         value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
         return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
@@ -336,6 +353,7 @@ class Trainer:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 self.state.step = step + 1
+                self._after_step()
                 loss_value = acc.reduce(torch.stack(losses).mean(), "mean").item() if losses else float("nan")
                 self.state.losses.append((step + 1, loss_value))
                 elapsed = time.perf_counter() - started

@@ -104,6 +104,13 @@ class ModelAdapter:
     def make_processor(self, state: InjectionState, layer_index: int, stock) -> RadialProcessor:
         raise NotImplementedError
 
+    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        """The transformer blocks in execution order, one per attention layer (the module holding it): what
+        diffusers checkpoints one by one and what regional compilation compiles."""
+        names = {id(m): n for n, m in transformer.named_modules()}
+        modules = dict(transformer.named_modules())
+        return [modules[names[id(attn)].rpartition(".")[0]] for attn in self.attention_layers(transformer)]
+
     def patch_size(self, transformer: nn.Module) -> tuple[int, int, int]:
         """(temporal, height, width) patch of the transformer's patch embedding."""
         raise NotImplementedError

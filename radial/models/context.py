@@ -228,6 +228,9 @@ class RadialProcessor:
         self.layer_index = layer_index
         self.stock = stock
 
+    # Outside any compiled graph (radial.compile): the layout lookup, the plan cache and the custom kernels run
+    # eagerly, so the compiler neither guards on the per-forward record nor traces the mask code.
+    @torch.compiler.disable
     def attend(self, query, key, value, *, video_tokens: int, key_padding_mask=None) -> torch.Tensor:
         return self.state.attend(
             self.layer_index, query, key, value, video_tokens=video_tokens, key_padding_mask=key_padding_mask

@@ -1,0 +1,63 @@
+"""The recompute budget: train.checkpoint_blocks picks which blocks run under checkpointing, and they alone do."""
+
+import pytest
+import torch
+
+from tests.trainer_helpers import compose_config
+from train.components import build_model
+from train.config import validate
+from train.recompute import MARGIN, RecomputeBudget, blocks_to_checkpoint, parse_checkpoint_blocks
+
+
+def test_blocks_to_checkpoint_keeps_activations_where_memory_allows():
+    gb = 2**30
+    usable = 100 * gb * (1 - MARGIN)
+    assert blocks_to_checkpoint(30, 100 * gb, peak_all=usable - 10 * gb, per_block=2 * gb) == 25  # 5 fit
+    assert blocks_to_checkpoint(30, 100 * gb, peak_all=usable + gb, per_block=2 * gb) == 30  # none fits
+    assert blocks_to_checkpoint(30, 100 * gb, peak_all=10 * gb, per_block=gb) == 0  # all fit
+    assert blocks_to_checkpoint(30, 100 * gb, peak_all=10 * gb, per_block=0.0) == 0
+
+
+def test_parse_checkpoint_blocks():
+    assert parse_checkpoint_blocks("auto", 4) == "auto" and parse_checkpoint_blocks("ALL", 4) == "all"
+    assert parse_checkpoint_blocks(2, 4) == 2 and parse_checkpoint_blocks("0", 4) == 0
+    for bad in ("5", "-1", "half"):
+        with pytest.raises(ValueError, match=r"train.checkpoint_blocks=.*\[0, 4\]"):
+            parse_checkpoint_blocks(bad, 4)
+
+
+def test_auto_on_cpu_checkpoints_every_block_and_says_so():
+    blocks = [torch.nn.Linear(2, 2) for _ in range(3)]
+    budget = RecomputeBudget(blocks, "auto", torch.device("cpu"))
+    assert budget.count == 3 and "all 3 blocks checkpointed" in budget.decided
+    assert budget.after_step() is None
+
+
+def _block_calls(*overrides: str) -> tuple[list[int], list[int]]:
+    """Forward calls of each block of the tiny Wan (2 blocks) in one training step (2: checkpointed, then
+    recomputed in backward), and the blocks marked checkpointed."""
+    cfg = validate(compose_config([*overrides]))
+    torch.manual_seed(0)
+    parts = build_model(cfg, torch.device("cpu"))
+    blocks = parts.adapter.blocks(parts.transformer)
+    calls = [0] * len(blocks)
+    for i, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    latents = parts.adapter.make_dummy_latents(parts.transformer, 1, 2, 8, 8, seed=1)
+    conds = parts.adapter.make_dummy_conditions(parts.transformer, 1, text_len=4, seed=2)
+    parts.adapter.predict(parts.transformer, latents, torch.tensor([500.0]), conds).square().mean().backward()
+    from radial.checkpointing import checkpointed_blocks
+
+    return calls, checkpointed_blocks(blocks)
+
+
+@pytest.mark.parametrize("setting, want", [("all", [2, 2]), ("1", [1, 2]), ("0", [1, 1])])
+def test_checkpoint_blocks_is_respected(setting, want):
+    calls, checkpointed = _block_calls(f"train.checkpoint_blocks={setting}")
+    assert calls == want
+    assert checkpointed == [i for i, c in enumerate(want) if c == 2]
+
+
+def test_checkpoint_blocks_needs_checkpointing():
+    with pytest.raises(ValueError, match="train.checkpoint_blocks=.1. needs train.gradient_checkpointing=true"):
+        validate(compose_config(["train.gradient_checkpointing=false", "train.checkpoint_blocks=1"]))
