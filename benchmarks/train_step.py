@@ -7,11 +7,13 @@ backward, AdamW step. Full-size architectures with random weights (speed does no
     python benchmarks/train_step.py --out $OUT [--cases wan1x wan2x wan4x hun4x] [--steps 2]
     torchrun --standalone --nproc_per_node 2 benchmarks/train_step.py --sp 2 --cases hun4x --out $OUT/sp2
     python benchmarks/train_step.py --out $OUT --cases wan4x --backends dense-cudnn dense-fa4 triton fa4 fa4+plain
+    python benchmarks/train_step.py --out $OUT --cases wan4x --backends dense-fa4 fa4 --compile --checkpoint-blocks auto
 
 `--backends`: dense kernels `dense-cudnn` (torch SDPA), `dense-fa4` (flash-attn-4's dense kernel), `dense` (the dense
 backend's own choice); radial backends `triton`, `fa4`, `auto`, `flex`; a `+plain` suffix runs that entry with plain
 block checkpointing instead of `--save-attention`. Speed-ups are over the fastest dense entry of the run and over
-dense-cudnn when it ran.
+dense-cudnn when it ran. `--compile` (regional compilation) and `--checkpoint-blocks auto|all|N` (the recompute
+budget) apply to every entry alike; with `auto` each entry decides from its own memory after its warm-up steps.
 
 HunyuanVideo-13B cases build `--hun-double` double-stream and `--hun-single` single-stream blocks (the real model
 has 20 + 40); the table reports them as measured and the per-layer scaling is stated beside it.
@@ -50,7 +52,9 @@ CASES = {
 }
 
 
-def _config(family: str, backend: str, dense_layers: int, save_attention: bool):
+def _config(family: str, backend: str, dense_layers: int, save_attention: bool, step_settings: tuple[str, ...] = ()):
+    """The trainer's config of one entry; `step_settings` (train.compile, train.checkpoint_blocks, ...) are the same
+    for every entry, so the ratios compare attention alone."""
     from train.config import compose, validate
 
     return validate(
@@ -66,6 +70,7 @@ def _config(family: str, backend: str, dense_layers: int, save_attention: bool):
                 f"train.save_attention={str(save_attention).lower()}",
                 "train.mixed_precision=bf16",
                 "logging.trackers=[]",
+                *step_settings,
             ]
         )
     )
@@ -84,7 +89,7 @@ def _build(case: str, entry: str, args, device) -> tuple:
 
     family, frames, h, w = CASES[case]
     backend, save_attention = _entry(entry, args)
-    cfg = _config(family, backend, args.dense_layers if backend != "dense" else 0, save_attention)
+    cfg = _config(family, backend, args.dense_layers if backend != "dense" else 0, save_attention, _settings(args))
     adapter = get_adapter(family)
     device = torch.device(device)
     if args.smoke:  # CPU check of this script: tiny model, tiny latents, the same code path
@@ -100,6 +105,14 @@ def _build(case: str, entry: str, args, device) -> tuple:
     latents = torch.randn(1, adapter.latent_channels(transformer), frames, h, w, generator=gen).to(device)
     conds = adapter.make_dummy_conditions(transformer, 1, latent_shape=latents.shape)
     return cfg, parts, latents, conds
+
+
+def _settings(args) -> tuple[str, ...]:
+    """The training-step settings of issue 17, as trainer overrides, for every entry alike."""
+    out = [f"train.checkpoint_blocks={args.checkpoint_blocks}", f"train.compile={str(args.compile).lower()}"]
+    if args.compile:
+        out.append(f"train.compile_backend={args.compile_backend}")
+    return tuple(out)
 
 
 def _cuda() -> bool:
@@ -155,6 +168,7 @@ def run_case(case: str, backend: str, args) -> dict:
 def _run_case(case: str, backend: str, args) -> dict:
     from accelerate import Accelerator
 
+    from radial.compile import CompileWatch
     from radial.parallel import enable as enable_sequence_parallel
     from radial.parallel import init_sequence_parallel
     from train.flow import FlowMatching
@@ -182,8 +196,14 @@ def _run_case(case: str, backend: str, args) -> dict:
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    for i in range(args.warmup):
+    watch = CompileWatch()
+    # Warm-up: compilation, and train.checkpoint_blocks=auto's two measured steps (it decides after the third).
+    warmup = max(args.warmup, 3) if parts.recompute is not None and parts.recompute.auto else args.warmup
+    for i in range(warmup):
         step(i)
+        for line in (parts.recompute.after_step() if parts.recompute is not None else None, watch.check(case)):
+            if line and acc.is_main_process:
+                print(f"{case} {backend}: {line}", flush=True)
     _sync()
     _reset_memory()
     times, losses = [], []
@@ -206,6 +226,10 @@ def _run_case(case: str, backend: str, args) -> dict:
         "backend": backend,
         "attention_backend": parts.backend,  # `auto` resolved, or the fallback that ran
         "save_attention": cfg.train.save_attention,
+        "compile": cfg.train.compile,
+        "checkpointed_blocks": parts.recompute.count if parts.recompute is not None else 0,
+        "blocks": len(parts.adapter.blocks(parts.transformer)),
+        "compiled_while_timed": watch.check(case) is not None,  # a recompile inside the timed steps
         "sp": args.sp,
         "gpus": acc.num_processes,
         "tokens": grid.video_tokens,
@@ -247,6 +271,13 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="keep attention outputs through checkpointing (train.save_attention, the trainer's default)",
     )
+    p.add_argument(
+        "--checkpoint-blocks",
+        default="all",
+        help="train.checkpoint_blocks for every entry: auto (from free CUDA memory), all, or a number of blocks",
+    )
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="train.compile, every entry")
+    p.add_argument("--compile-backend", default="inductor", help="train.compile_backend (smoke runs: eager)")
     p.add_argument("--smoke", action="store_true", help="tiny models on --device (a CPU check of the script)")
     p.add_argument("--sp", type=int, default=1, help="Ulysses group size; launch with torchrun --nproc_per_node K")
     p.add_argument("--backends", nargs="+", default=None, help="default: dense and triton (see the module doc)")
@@ -307,6 +338,8 @@ def write_results(rows: list[dict], args) -> str:
             vs_best = f"{fastest['step_s'] / r['step_s']:.2f}x ({fastest['backend']})" if fastest else ""
             vs_cudnn = f"{cudnn['step_s'] / r['step_s']:.2f}x" if cudnn else ""
             ckpt = "save attention" if r.get("save_attention") else "plain"
+            if "checkpointed_blocks" in r:
+                ckpt += f", {r['checkpointed_blocks']}/{r['blocks']} blocks" + (", compiled" if r["compile"] else "")
             lines.append(
                 f"| {case} | {r['tokens']} | {r['layers']} | {r['backend']} ({r.get('attention_backend', '?')}) "
                 f"| {ckpt} | {r['step_s']:.2f} | {vs_best} | {vs_cudnn} | {r['tokens_per_s']:.0f} "
