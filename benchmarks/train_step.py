@@ -7,13 +7,13 @@ backward, AdamW step. Full-size architectures with random weights (speed does no
     python benchmarks/train_step.py --out $OUT [--cases wan1x wan2x wan4x hun4x] [--steps 2]
     torchrun --standalone --nproc_per_node 2 benchmarks/train_step.py --sp 2 --cases hun4x --out $OUT/sp2
     python benchmarks/train_step.py --out $OUT --cases wan4x --backends dense-cudnn dense-fa4 triton fa4 fa4+plain
-    python benchmarks/train_step.py --out $OUT --cases wan4x --backends dense-fa4 fa4 --compile --checkpoint-blocks auto
+    python benchmarks/train_step.py --out $OUT --cases wan4x --backends dense-fa4 fa4 --compile --checkpoint-blocks auto --fuse-qkv
 
 `--backends`: dense kernels `dense-cudnn` (torch SDPA), `dense-fa4` (flash-attn-4's dense kernel), `dense` (the dense
 backend's own choice); radial backends `triton`, `fa4`, `auto`, `flex`; a `+plain` suffix runs that entry with plain
 block checkpointing instead of `--save-attention`. Speed-ups are over the fastest dense entry of the run and over
-dense-cudnn when it ran. `--compile` (regional compilation) and `--checkpoint-blocks auto|all|N` (the recompute
-budget) apply to every entry alike; with `auto` each entry decides from its own memory after its warm-up steps.
+dense-cudnn when it ran. `--compile` (regional compilation), `--checkpoint-blocks auto|all|N` (the recompute
+budget) and `--fuse-qkv` apply to every entry alike; with `auto` each entry decides from its own memory after its warm-up steps.
 
 HunyuanVideo-13B cases build `--hun-double` double-stream and `--hun-single` single-stream blocks (the real model
 has 20 + 40); the table reports them as measured and the per-layer scaling is stated beside it.
@@ -110,6 +110,7 @@ def _build(case: str, entry: str, args, device) -> tuple:
 def _settings(args) -> tuple[str, ...]:
     """The training-step settings of issue 17, as trainer overrides, for every entry alike."""
     out = [f"train.checkpoint_blocks={args.checkpoint_blocks}", f"train.compile={str(args.compile).lower()}"]
+    out.append(f"train.fuse_qkv={str(args.fuse_qkv).lower()}")
     if args.compile:
         out.append(f"train.compile_backend={args.compile_backend}")
     return tuple(out)
@@ -227,6 +228,7 @@ def _run_case(case: str, backend: str, args) -> dict:
         "attention_backend": parts.backend,  # `auto` resolved, or the fallback that ran
         "save_attention": cfg.train.save_attention,
         "compile": cfg.train.compile,
+        "fuse_qkv": cfg.train.fuse_qkv,
         "checkpointed_blocks": parts.recompute.count if parts.recompute is not None else 0,
         "blocks": len(parts.adapter.blocks(parts.transformer)),
         "compiled_while_timed": watch.check(case) is not None,  # a recompile inside the timed steps
@@ -277,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
         help="train.checkpoint_blocks for every entry: auto (from free CUDA memory), all, or a number of blocks",
     )
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="train.compile, every entry")
+    p.add_argument(
+        "--fuse-qkv", action=argparse.BooleanOptionalAction, default=False, help="train.fuse_qkv, every entry"
+    )
     p.add_argument("--compile-backend", default="inductor", help="train.compile_backend (smoke runs: eager)")
     p.add_argument("--smoke", action="store_true", help="tiny models on --device (a CPU check of the script)")
     p.add_argument("--sp", type=int, default=1, help="Ulysses group size; launch with torchrun --nproc_per_node K")
@@ -340,6 +345,7 @@ def write_results(rows: list[dict], args) -> str:
             ckpt = "save attention" if r.get("save_attention") else "plain"
             if "checkpointed_blocks" in r:
                 ckpt += f", {r['checkpointed_blocks']}/{r['blocks']} blocks" + (", compiled" if r["compile"] else "")
+                ckpt += ", fused qkv" if r.get("fuse_qkv") else ""
             lines.append(
                 f"| {case} | {r['tokens']} | {r['layers']} | {r['backend']} ({r.get('attention_backend', '?')}) "
                 f"| {ckpt} | {r['step_s']:.2f} | {vs_best} | {vs_cudnn} | {r['tokens_per_s']:.0f} "

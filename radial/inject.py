@@ -174,6 +174,7 @@ def inject(
     sink: bool | None = None,
     decay_adjacent: bool = False,
     window_frames: int = 0,
+    fuse_qkv: bool = False,
 ) -> RadialHandle:
     """Put radial attention into `transformer` (family detected from its class unless named) and return the handle.
 
@@ -183,6 +184,7 @@ def inject(
     dense_timesteps: the first t sampling steps run dense (inference; tell the handle the step, see module doc).
     block_size, decay_factor, sink, decay_adjacent: the radial mask options (`radial.mask.MaskOptions`).
     window_frames > 0: a temporal sliding-window mask of that many frames each side instead (a sparse baseline).
+    fuse_qkv: the q, k, v projections (and their LoRA) of the radial layers as one matmul each (`radial.fused`).
     Dense layers and steps use the "dense" backend (flash-attn-4 dense or SDPA) with the same key padding.
     """
     from radial.models import detect_adapter, get_adapter
@@ -205,6 +207,7 @@ def inject(
         sink=sink,
         decay_adjacent=decay_adjacent,
         window_frames=window_frames,
+        fuse_qkv=fuse_qkv,
     )
     state = InjectionState(config, adapter.mask_model)
     stocks = [_get_processor(attn) for attn in layers]

@@ -15,11 +15,12 @@ def test_train_step_smoke(tmp_path):
 
 def test_train_step_settings_apply_to_both_arms(tmp_path):
     args = ["--smoke", "--device", "cpu", "--cases", "wan1x", "--steps", "1", "--out", str(tmp_path)]
-    train_step.main([*args, "--compile", "--compile-backend", "eager", "--checkpoint-blocks", "1"])
+    train_step.main([*args, "--compile", "--compile-backend", "eager", "--checkpoint-blocks", "1", "--fuse-qkv"])
     rows = json.loads((tmp_path / "train_step.json").read_text())["rows"]
     assert {r["backend"] for r in rows} == {"dense", "reference"}
     assert all(r["compile"] and r["checkpointed_blocks"] == 1 and r["blocks"] == 2 for r in rows)
-    assert "1/2 blocks, compiled" in (tmp_path / "train_step.md").read_text()
+    assert all(r["fuse_qkv"] for r in rows)
+    assert "1/2 blocks, compiled, fused qkv" in (tmp_path / "train_step.md").read_text()
 
 
 def test_train_step_sequence_parallel_smoke(tmp_path):

@@ -81,6 +81,7 @@ def build_model(
         sink=a.sink,
         decay_adjacent=a.decay_adjacent,
         window_frames=a.window_frames,
+        fuse_qkv=cfg.train.fuse_qkv,
     )
     if cfg.train.mode == "full":  # every weight trains; no adapter
         targets = lora_config = None

@@ -120,6 +120,7 @@ class TrainSection:
     compile: bool = False  # regional torch.compile of the transformer blocks (radial/compile.py)
     compile_backend: str = "inductor"
     compile_mode: str | None = None
+    fuse_qkv: bool = False  # q, k, v projections with their LoRA as one matmul each (radial/fused.py)
     checkpoint_every: int = 250
     keep_last: int = 3
     resume: str | None = None

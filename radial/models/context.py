@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from radial.attention import BACKENDS, radial_attention
+from radial.fused import fused_linears
 from radial.mask import MaskOptions
 from radial.plan import RadialPlan, make_plan
 
@@ -66,6 +67,7 @@ class RadialConfig:
     sink: bool | None = None
     decay_adjacent: bool = False
     window_frames: int = 0  # > 0: the temporal-window baseline mask instead of radial (radial.mask.window)
+    fuse_qkv: bool = False  # q, k, v projections (and their LoRA) as one matmul each (radial.fused)
 
     @classmethod
     def create(cls, *, num_layers: int, mask_model: str, **kwargs) -> RadialConfig:
@@ -78,6 +80,8 @@ class RadialConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if config.dense_layers > num_layers:
             raise ValueError(f"dense_layers={config.dense_layers} exceeds the model's {num_layers} attention layers")
+        if not isinstance(config.fuse_qkv, bool):
+            raise ValueError(f"fuse_qkv must be true or false, got {config.fuse_qkv!r}")
         config.mask_options(mask_model)  # validates block_size, decay_factor, sink, decay_adjacent
         return config
 
@@ -240,17 +244,21 @@ class RadialProcessor:
         return f"{type(self).__name__}(layer={self.layer_index}, backend={self.state.config.backend!r})"
 
 
-def project_qkv(attn, states: torch.Tensor, added: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def project_qkv(
+    attn, states: torch.Tensor, added: bool = False, fuse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Query, key, value [B, S, heads, head_dim] of a diffusers Attention, QK-normed where the block has the norms.
 
-    `added` takes the text-stream projections of joint-attention blocks (add_q_proj, ..., norm_added_q / _k).
+    `added` takes the text-stream projections of joint-attention blocks (add_q_proj, ..., norm_added_q / _k);
+    `fuse` computes the three projections as one (`radial.fused.fused_linears`).
     """
     if added:
         projections = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
         norm_q, norm_k = attn.norm_added_q, attn.norm_added_k
     else:
         projections, norm_q, norm_k = (attn.to_q, attn.to_k, attn.to_v), attn.norm_q, attn.norm_k
-    query, key, value = (proj(states).unflatten(2, (attn.heads, -1)) for proj in projections)
+    outs = fused_linears(projections, states) if fuse else [proj(states) for proj in projections]
+    query, key, value = (out.unflatten(2, (attn.heads, -1)) for out in outs)
     if norm_q is not None:
         query = norm_q(query)
     if norm_k is not None:

@@ -17,6 +17,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 from radial.comfy import ComfyRule
+from radial.fused import fused_linears
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
 
@@ -46,7 +47,10 @@ class WanRadialProcessor(RadialProcessor):
         if encoder_hidden_states is not None or attention_mask is not None or attn.is_cross_attention:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        if self.state.config.fuse_qkv:
+            query, key, value = fused_linears((attn.to_q, attn.to_k, attn.to_v), hidden_states)
+        else:
+            query, key, value = _get_qkv_projections(attn, hidden_states, None)
         query = attn.norm_q(query)
         key = attn.norm_k(key)
         query = query.unflatten(2, (attn.heads, -1))
