@@ -31,14 +31,18 @@ def _lora_parts(layer: nn.Module) -> tuple[nn.Linear, tuple | None] | None:
     name = active[0]
     if name in getattr(layer, "lora_variant", {}) or not isinstance(layer.lora_dropout[name], nn.Identity):
         return None
-    if getattr(layer, "lora_bias", {}).get(name, False):
+    if getattr(layer, "lora_bias", {}).get(name, False) or _has_hooks(layer.lora_A[name], layer.lora_B[name]):
         return None
     return base, (layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name])
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    # diffusers' layerwise casting (model.storage_dtype) and other hooks change what the weights mean at call time
-    return bool(module._forward_pre_hooks or module._forward_hooks or getattr(module, "_diffusers_hook", None))
+def _has_hooks(*modules: nn.Module) -> bool:
+    # What a hook does at call time the fused matmul would skip: diffusers' layerwise casting (model.storage_dtype),
+    # DeepSpeed ZeRO-3 gathering the weights, Accelerate's offloading.
+    return any(
+        m._forward_pre_hooks or m._forward_hooks or getattr(m, "_diffusers_hook", None) or hasattr(m, "_hf_hook")
+        for m in modules
+    )
 
 
 def fused_linears(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:

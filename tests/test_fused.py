@@ -40,10 +40,15 @@ def test_fused_linears_equal_the_separate_layers(projections):
             torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
 
 
-def test_layers_it_cannot_fuse_exactly_run_unfused():
-    _, model = _lora_model("wan", dropout=0.5)  # one dropout mask per layer: fusing would change the draws
+@pytest.mark.parametrize("why", ["dropout", "hooked weights"])
+def test_layers_it_cannot_fuse_exactly_run_unfused(why):
+    # dropout: one mask per layer, fusing would change the draws; a hook on the base layer (layerwise casting,
+    # ZeRO-3 gathering) would be skipped by the fused matmul
+    _, model = _lora_model("wan", dropout=0.5 if why == "dropout" else 0.0)
     attn = model.blocks[0].attn1
     layers = (attn.to_q, attn.to_k, attn.to_v)
+    if why == "hooked weights":
+        attn.to_k.base_layer.register_forward_pre_hook(lambda *_: None)
     calls = []
     for layer in layers:
         layer.register_forward_hook(lambda m, *_: calls.append(m))

@@ -61,3 +61,16 @@ def test_checkpoint_blocks_is_respected(setting, want):
 def test_checkpoint_blocks_needs_checkpointing():
     with pytest.raises(ValueError, match="train.checkpoint_blocks=.1. needs train.gradient_checkpointing=true"):
         validate(compose_config(["train.gradient_checkpointing=false", "train.checkpoint_blocks=1"]))
+
+
+def test_trainer_logs_the_budget_and_the_compilation(tmp_path, capsys):
+    from tests.trainer_helpers import tiny_overrides
+    from train.trainer import Trainer
+
+    extra = ["train.checkpoint_blocks=auto", "train.compile=true", "train.compile_backend=eager"]
+    cfg = validate(compose_config([*tiny_overrides(tmp_path / "run", tmp_path / "data", steps=2), *extra]))
+    torch._dynamo.reset()
+    assert Trainer(cfg).fit()["step"] == 2
+    out = capsys.readouterr().out
+    assert out.count("train.checkpoint_blocks=auto: all 2 blocks checkpointed") == 1
+    assert out.count("compile: ") == 1 and "graphs compiled for layout 5x4x4" in out
