@@ -176,6 +176,8 @@ def _run_case(case: str, backend: str, args) -> dict:
     from train.step import flow_matching_loss
 
     _reset_memory()
+    if args.compile:  # each entry compiles its own graphs (its warm-up), none inherited from the entry before
+        torch._dynamo.reset()
     acc = Accelerator(mixed_precision="bf16")
     device = acc.device if acc.num_processes > 1 else torch.device(args.device)
     cfg, parts, latents, conds = _build(case, backend, args, device)

@@ -8,6 +8,7 @@ only) is enough to count recompiles.
 import torch
 
 from radial.compile import CompileWatch, compile_blocks, graph_count
+from radial.models import get_adapter
 from tests.trainer_helpers import compose_config
 from train.components import build_model
 from train.config import validate
@@ -15,21 +16,28 @@ from train.flow import FlowMatching
 from train.step import flow_matching_loss, input_dtype
 
 
-def _step(compile_backend: str | None):
+def compiled_step(
+    compile_backend: str | None, *extra: str, device: str = "cpu", frames: int = 3, size: int = 8, **tiny
+):
+    """Loss and gradients of one bf16-autocast LoRA step of a tiny Wan built by the trainer's `build_model` (with
+    `extra` overrides; `tiny`: the tiny config's overrides), compiled with `compile_backend` (None: eager)."""
     torch._dynamo.reset()
-    overrides = ["train.save_attention=true", "train.mixed_precision=bf16"]
+    overrides = ["train.save_attention=true", "train.mixed_precision=bf16", *extra]
     if compile_backend:
         overrides += ["train.compile=true", f"train.compile_backend={compile_backend}"]
     cfg = validate(compose_config(overrides))
     torch.manual_seed(0)
-    parts = build_model(cfg, torch.device("cpu"))
+    dev = torch.device(device)
+    transformer = get_adapter("wan").build_tiny(seed=cfg.seed, device=dev, **tiny) if tiny else None
+    parts = build_model(cfg, dev, transformer=transformer)
     model = parts.transformer
     for name, p in model.named_parameters():
         if "lora_B" in name:  # PEFT starts B at zero: give the LoRA path a gradient into A as well
-            torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(len(name)))
-    latents = parts.adapter.make_dummy_latents(model, 1, 3, 8, 8, seed=1)
-    conds = parts.adapter.make_dummy_conditions(model, 1, text_len=4, seed=2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad():
+                p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    latents = parts.adapter.make_dummy_latents(model, 1, frames, size, size, seed=1).to(dev)
+    conds = {k: v.to(dev) for k, v in parts.adapter.make_dummy_conditions(model, 1, text_len=4, seed=2).items()}
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
         loss = flow_matching_loss(
             parts.adapter, model, FlowMatching(), latents, conds, torch.Generator().manual_seed(3), input_dtype(model)
         )
@@ -39,8 +47,8 @@ def _step(compile_backend: str | None):
 
 
 def test_compiled_blocks_give_the_eager_loss_and_gradients():
-    eager_loss, eager_grads = _step(None)
-    loss, grads = _step("aot_eager")
+    eager_loss, eager_grads = compiled_step(None)
+    loss, grads = compiled_step("aot_eager")
     assert graph_count() > 0  # the blocks did run compiled
     torch.testing.assert_close(loss, eager_loss, rtol=1e-3, atol=1e-4)
     assert grads.keys() == eager_grads.keys() and any("lora_A" in n for n in grads)
@@ -49,8 +57,6 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients():
 
 
 def test_recompiles_are_logged_and_bounded_across_layouts():
-    from radial.models import get_adapter
-
     torch._dynamo.reset()
     adapter = get_adapter("wan")
     model = adapter.build_tiny(seed=0)
