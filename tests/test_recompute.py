@@ -74,3 +74,23 @@ def test_trainer_logs_the_budget_and_the_compilation(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("train.checkpoint_blocks=auto: all 2 blocks checkpointed") == 1
     assert out.count("compile: ") == 1 and "graphs compiled for layout 5x4x4" in out
+
+
+def test_auto_measures_three_steps_then_decides_once(monkeypatch):
+    gb = 2**30
+    peaks = iter([30 * gb, 20 * gb, 24 * gb])  # step 1 (compilation), all checkpointed, one block fewer
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: next(peaks))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * gb, 80 * gb))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 40 * gb)
+    blocks = [torch.nn.Linear(2, 2) for _ in range(30)]
+    budget = RecomputeBudget(blocks, "auto", torch.device("cuda"))
+    from radial.checkpointing import checkpointed_blocks
+
+    assert budget.after_step() is None and len(checkpointed_blocks(blocks)) == 30
+    assert budget.after_step() is None and checkpointed_blocks(blocks) == list(range(1, 30))  # the probe
+    line = budget.after_step()
+    kept = int((100 * gb * (1 - MARGIN) - 20 * gb) // (4 * gb))  # usable 60 + 40 GB, 4 GB a block
+    assert line.startswith(f"train.checkpoint_blocks=auto: {30 - kept} of 30 blocks checkpointed")
+    assert checkpointed_blocks(blocks) == list(range(kept, 30)) and budget.count == 30 - kept
+    assert budget.after_step() is None and budget.count == 30 - kept  # decided once
