@@ -74,6 +74,7 @@ def test_trainer_logs_the_budget_and_the_compilation(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("train.checkpoint_blocks=auto: all 2 blocks checkpointed") == 1
     assert out.count("compile: ") == 1 and "graphs compiled for layout 5x4x4" in out
+    assert "(gradient checkpointing on, auto blocks); blocks compiled (eager)" in out  # the run summary
 
 
 def test_auto_measures_three_steps_then_decides_once(monkeypatch):

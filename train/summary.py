@@ -130,8 +130,11 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
     if t.mode == "full":  # every parameter in fp32 with its gradient and AdamW moments
         weight_bytes, lora_params = 0, base_params
     lora_bytes = lora_params * (4 + 4 + 8)  # fp32 weights, gradients, AdamW moments
+    ckpt = f"on, {t.checkpoint_blocks} blocks" if t.gradient_checkpointing else "off"
     lines.append(
         f"memory:     ~{_size(weight_bytes + lora_bytes)} per process for weights, gradients and AdamW "
-        f"state, plus activations (gradient checkpointing {'on' if t.gradient_checkpointing else 'off'})"
+        f"state, plus activations (gradient checkpointing {ckpt})"
+        + (f"; blocks compiled ({t.compile_backend})" if t.compile else "")
+        + ("; fused q/k/v" if t.fuse_qkv else "")
     )
     return "\n".join(lines)
