@@ -238,8 +238,10 @@ class FamilyEncoders:
                 entry = {"class": type(obj).__name__, "config": config_digest(obj.config)}
                 if self.source.startswith("tiny"):
                     entry["weights"] = weights_digest(obj)
-            else:
+            elif hasattr(obj, "get_vocab"):
                 entry = {"class": type(obj).__name__, "vocab": len(obj), "digest": tokenizer_digest(obj)}
+            else:  # an image processor: its settings
+                entry = {"class": type(obj).__name__, "config": config_digest(obj.to_dict())}
             ident[name] = entry
         return ident
 

@@ -22,8 +22,14 @@ from radial.errors import ConfigError, LoraFileError, MissingPathError
 from radial.generation.settings import LoraSpec, RadialSettings
 
 #: diffusers pipeline class -> model family (Wan2.2 A14B: a WanPipeline with transformer_2; TI2V: 48 channels).
-#: Text-to-video only: image-conditioned pipelines (Wan I2V) need an image argument the generator does not take yet.
-PIPELINE_FAMILIES = {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan", "MochiPipeline": "mochi"}
+PIPELINE_FAMILIES = {
+    "WanPipeline": "wan",
+    "WanImageToVideoPipeline": "wan",
+    "HunyuanVideoPipeline": "hunyuan",
+    "MochiPipeline": "mochi",
+}
+#: pipelines that generate from a first frame (`image=`, the generator's --image)
+IMAGE_PIPELINES = ("WanImageToVideoPipeline",)
 TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 #: written beside tiny / custom encoders by data.encoders (FamilyEncoders.save_pretrained): text length, template
 TEXT_SETTINGS_FILE = "radial_text_settings.json"
