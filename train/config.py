@@ -232,7 +232,7 @@ def _attention_layer_count(c: Config) -> int | None:
     adapter = get_adapter(m.family)
     if m.source == "tiny":
         if m.variant is not None:
-            _choice("model.variant", m.variant, sorted(adapter.tiny_variants))
+            _choice("model.variant", m.variant, sorted({*adapter.tiny_variants, *adapter.variants}))
         config = adapter.tiny_config_of(m.variant)
     elif m.source == "full":
         variant = m.variant or adapter.default_variant

@@ -171,13 +171,14 @@ class ModelAdapter:
 
     # -- building -----------------------------------------------------------------------------------------------
     def tiny_config_of(self, variant: str | None = None) -> dict[str, Any]:
-        """The tiny config, or that of the tiny variant `variant` (ValueError naming the known ones)."""
-        if variant is None:
+        """The tiny config, or that of the tiny variant `variant`; a full-size variant's name keeps the tiny default
+        (it still selects e.g. the Wan2.2 expert boundary); anything else is a ValueError naming the known ones."""
+        if variant in self.tiny_variants:
+            return dict(self.tiny_variants[variant])
+        if variant is None or variant in self.variants:
             return dict(self.tiny_config)
-        if variant not in self.tiny_variants:
-            known = sorted(self.tiny_variants) or ["none"]
-            raise ValueError(f"tiny variant must be one of {known} for {self.family}, got {variant!r}")
-        return dict(self.tiny_variants[variant])
+        known = sorted({*self.tiny_variants, *self.variants})
+        raise ValueError(f"variant must be one of {known} for a tiny {self.family} model, got {variant!r}")
 
     def build_tiny(
         self, *, seed: int = 0, dtype=torch.float32, device="cpu", variant: str | None = None, **overrides
