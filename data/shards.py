@@ -119,9 +119,8 @@ def make_header(encoders, latent_dtype: str, text_dtype: str, latent_sample: str
         "encoders": encoders.identity(),
         "latent_sample": latent_sample,
     }
-    image_fields = getattr(encoders, "image_fields", {})
-    if image_fields:  # image-to-video datasets only: text-to-video headers stay as they were
-        header["image_fields"] = image_fields
+    if encoders.image_fields:  # image-to-video datasets only: text-to-video headers stay as they were
+        header["image_fields"] = encoders.image_fields
     return header
 
 

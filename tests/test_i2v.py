@@ -20,18 +20,11 @@ from data.shards import ShardError
 from data.synthetic import make_synthetic_videos
 from radial.models import get_adapter
 from radial.models.wan import pad_text_for_image
+from tests.test_generate import one_thread  # noqa: F401 (autouse: one torch thread)
 from tests.test_models_parity import BLOCK, _token_mask, oracle_sdpa
 from tests.trainer_helpers import compose_config, tiny_overrides
 from train.config import validate
 from train.trainer import Trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _prepare(videos, out, image: bool):

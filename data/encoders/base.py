@@ -135,6 +135,11 @@ class FamilyEncoders:
     def latent_norm(self) -> dict:
         raise NotImplementedError
 
+    @property
+    def image_fields(self) -> dict[str, list[int]]:
+        """The image-to-video conditioning these encoders write (see WanEncoders); {} for text-to-video."""
+        return {}
+
     def _encode_text(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
         raise NotImplementedError
 
