@@ -103,7 +103,8 @@ class LatentDataset(Dataset):
     that, reads cannot meet a wrong shape. `frames` keeps only items of those pixel frame counts.
 
     Items: {"latents": [C, F, H, W], "prompt_embeds": [L, D], "prompt_attention_mask": [L] bool,
-    "pooled_prompt_embeds": [Dp] (hunyuan), "meta": {...}} (+ "cursor" when indexed by a SampleRef).
+    "pooled_prompt_embeds": [Dp] (hunyuan), "image_latents": [4 + C, F, H, W] and "image_embeds": [N, Di]
+    (image-to-video datasets), "meta": {...}} (+ "cursor" when indexed by a SampleRef).
     """
 
     def __init__(

@@ -316,6 +316,12 @@ class Validator:
         from radial.models import get_adapter
 
         cfg, s = self.trainer.cfg, self.settings
+        c = self.trainer.parts.transformer.config
+        if self.family in ("wan", "wan22") and c.in_channels != c.out_channels:  # sampling failures are reported
+            raise ValueError(
+                "validation samples of image-to-video models need a first frame, which eval does not take yet; the "
+                "held-out loss runs (generate with `python -m radial.generate --image` instead)"
+            )
         device = self.trainer.accelerator.device
         source = self._data_encoder_source()
         if s.vae_path is None and source.startswith("tiny"):
