@@ -379,7 +379,7 @@ def _process_unit(enc, cfg, unit: Unit, fps: float, buckets, writer: ShardWriter
             tensors.update({n: t.to(_torch_dtype(cfg.text_dtype)) for n, t in text.items()})
             for name, t in encoded.items():  # image conditioning: latents in the latent dtype, states in the text one
                 if name != "latents":
-                    tensors[name] = t.to(_torch_dtype(cfg.latent_dtype if name == "image_latents" else cfg.text_dtype))
+                    tensors[name] = t.to(_torch_dtype(cfg.text_dtype if name == "image_embeds" else cfg.latent_dtype))
             writer.add(record, tensors)
             report.written.append(key)
 
@@ -647,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="image",
         action="store_true",
         help="image-to-video conditioning from each clip's first frame, as the I2V pipeline computes it (wan: "
-        "Wan2.1 I2V's CLIP image states and first-frame latent with its mask; wan22: Wan2.2 A14B I2V, latent only)",
+        "Wan2.1 I2V's CLIP image states and first-frame latent with its mask; wan22: Wan2.2 A14B I2V, latent only; "
+        "wan22_ti2v: the clean first latent frame and its per-token mask)",
     )
     p.add_argument(
         "--length",

@@ -61,7 +61,7 @@ TEXT_FIELDS = {
     "mochi": ("prompt_embeds",),
 }
 #: the optional image conditioning an image-to-video dataset's header lists under "image_fields"
-IMAGE_FIELDS = ("image_latents", "image_embeds")
+IMAGE_FIELDS = ("image_latents", "image_embeds", "first_frame_mask")
 HEADER_KEYS = (
     "model",
     "latent_channels",
@@ -307,16 +307,19 @@ def check_header(header: dict, model: str, where: str) -> None:
 
 def _check_image_fields(fields, g: LatentGeometry, where: str) -> None:
     """The optional image conditioning of an image-to-video dataset: image_latents [4 + C channels] and, for Wan2.1
-    I2V, image_embeds [tokens, dim]."""
+    I2V, image_embeds [tokens, dim]; Wan2.2 TI2V: image_latents [C, 1 frame] and first_frame_mask [1 channel]."""
     if fields is None:
         return
     ok = isinstance(fields, dict) and set(fields) <= set(IMAGE_FIELDS) and "image_latents" in fields
     ok = ok and all(isinstance(v, list) and all(isinstance(n, int) and n > 0 for n in v) for v in fields.values())
     if not ok:
         raise ShardError(f"{where}: image_fields must name image_latents [channels] (and image_embeds [tokens, dim])")
-    want = g.latent_channels + 4
-    if fields["image_latents"] != [want]:
-        raise ShardError(f"{where}: image_latents have {fields['image_latents']} channels, expected [{want}]")
+    ti2v = g.family == "wan22_ti2v"
+    want = [g.latent_channels, 1] if ti2v else [g.latent_channels + 4]
+    if fields["image_latents"] != want:
+        raise ShardError(f"{where}: image_latents lead with {fields['image_latents']}, expected {want}")
+    if ti2v and fields.get("first_frame_mask") != [1]:
+        raise ShardError(f"{where}: Wan2.2 TI2V image conditioning needs first_frame_mask [1]")
     if "image_embeds" in fields and len(fields["image_embeds"]) != 2:
         raise ShardError(f"{where}: image_embeds must be [tokens, dim], got {fields['image_embeds']}")
 
@@ -369,10 +372,10 @@ def expected_tensor_shapes(record: dict, header: dict) -> dict[str, tuple[list[i
         else:
             shapes[name] = ([record["text_lens"][name], field["dim"]], header["text_dtype"])
     for name, dims in header.get("image_fields", {}).items():
-        if name == "image_latents":
-            shapes[name] = ([*dims, *record["latent_shape"][1:]], header["latent_dtype"])
-        else:
+        if name == "image_embeds":
             shapes[name] = (list(dims), header["text_dtype"])
+        else:  # latent-grid fields: their leading dims, then the latents' own
+            shapes[name] = ([*dims, *record["latent_shape"][len(dims) :]], header["latent_dtype"])
     return shapes
 
 

@@ -171,6 +171,7 @@ def load_from_args(args: argparse.Namespace):
         dtype=DTYPES[args.dtype],
         device=None if offload else _device(args),
         transformer_path=args.transformer,
+        image=args.image is not None,
     )
     if offload:
         pipe.enable_model_cpu_offload(device=_device(args))

@@ -86,8 +86,9 @@ def load_encoders(
     return enc
 
 
-#: families whose image-to-video models prepare can condition (Wan2.1 I2V with CLIP states, Wan2.2 A14B I2V without)
-IMAGE_FAMILIES = ("wan", "wan22")
+#: families whose image-to-video models prepare can condition (Wan2.1 I2V with CLIP states, Wan2.2 A14B I2V without;
+#: Wan2.2 TI2V-5B: a clean first latent frame)
+IMAGE_FAMILIES = ("wan", "wan22", "wan22_ti2v")
 
 
 def check_image_family(family: str, image: bool) -> None:

@@ -110,6 +110,8 @@ class WanEncoders(T5FamilyEncoders):
         or the whole shape (image_embeds: tokens, dim); {} for text-to-video encoders."""
         if not self.image_conditioning:
             return {}
+        if self.family == "wan22_ti2v":  # the clean first latent frame and the per-token mask (0 where clean)
+            return {"image_latents": [self.geometry.latent_channels, 1], "first_frame_mask": [1]}
         fields = {"image_latents": [I2V_MASK_CHANNELS + self.geometry.latent_channels]}
         if self.image_encoder is not None:
             c = self.image_encoder.config
@@ -123,6 +125,12 @@ class WanEncoders(T5FamilyEncoders):
         encoder's penultimate hidden states). `clip`: pixels [3, F, H, W] in [-1, 1]; `image`: that first frame as
         the PIL image a user would give the pipeline."""
         _, frames, h, w = clip.shape
+        if self.family == "wan22_ti2v":  # expand_timesteps: the first frame alone, encoded; 0 in the mask there
+            latent = self.encode_video(clip[:, :1].unsqueeze(0))[0]
+            _, f, lh, lw = self.latent_shape(frames, h, w)
+            mask = torch.ones(1, f, lh, lw)
+            mask[:, 0] = 0
+            return {"image_latents": latent, "first_frame_mask": mask}
         condition = torch.cat([clip[:, :1], clip.new_zeros(3, frames - 1, h, w)], dim=1)
         latent = self.encode_video(condition.unsqueeze(0))[0]
         f, lh, lw = latent.shape[1:]

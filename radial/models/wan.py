@@ -178,15 +178,18 @@ class WanAdapter(ModelAdapter):
             cond["image_embeds"] = self._randn((batch, self.image_tokens, cfg.image_dim), gen, transformer)
         return cond
 
+    def _hidden(self, latents: torch.Tensor, conditions: Mapping[str, Any]) -> torch.Tensor:
+        if conditions.get("image_latents") is None:
+            return latents
+        # WanImageToVideoPipeline's order: noisy latents, then the 4 mask and 16 first-frame latent channels.
+        return torch.cat([latents, conditions["image_latents"].to(latents.dtype)], dim=1)
+
     def _model_timestep(self, transformer, latents, t, conditions) -> torch.Tensor:
         return t
 
     def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
         t = self._timesteps(timestep, latents)
-        hidden = latents
-        if conditions.get("image_latents") is not None:
-            # WanImageToVideoPipeline's order: noisy latents, then the 4 mask and 16 first-frame latent channels.
-            hidden = torch.cat([latents, conditions["image_latents"].to(latents.dtype)], dim=1)
+        hidden = self._hidden(latents, conditions)
         text = conditions["prompt_embeds"]
         if conditions.get("image_embeds") is not None and transformer.config.added_kv_proj_dim is not None:
             text = pad_text_for_image(text)
@@ -242,6 +245,15 @@ class Wan22TI2VAdapter(WanAdapter):
 
     def matches(self, transformer) -> bool:
         return ModelAdapter.matches(self, transformer) and self.latent_channels(transformer) == 48
+
+    def _hidden(self, latents: torch.Tensor, conditions: Mapping[str, Any]) -> torch.Tensor:
+        # WanImageToVideoPipeline with expand_timesteps: the clean first-frame latent where the mask is 0 (no
+        # channel concatenation), the noisy latents elsewhere.
+        mask = conditions.get("first_frame_mask")
+        if mask is None or conditions.get("image_latents") is None:
+            return latents
+        mask = mask.to(latents.dtype)
+        return (1 - mask) * conditions["image_latents"].to(latents.dtype) + mask * latents
 
     def _model_timestep(self, transformer, latents, t, conditions) -> torch.Tensor:
         # The pipeline's expand_timesteps: one timestep per token, t where noised and 0 on clean conditioning.

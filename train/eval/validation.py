@@ -203,7 +203,8 @@ class Validator:
                         with acc.autocast():
                             pred = t.parts.adapter.predict(model, x_t.to(model_dtype), sig * 1000, conds)
                         if counts:
-                            sums[j] += flow_loss(pred, target, torch.ones_like(sig)).double()
+                            mask = conds.get("first_frame_mask")  # as the training loss: clean latents excluded
+                            sums[j] += flow_loss(pred, target, torch.ones_like(sig), mask).double()
                     if counts:
                         sums[-1] += 1
         finally:
