@@ -69,8 +69,9 @@ class Expect:
         text_dim = c.get("text_dim") or c.get("text_embed_dim")
         pooled = c.get("pooled_projection_dim") if model == "hunyuan" else None
         image = {}
-        if model in ("wan", "wan22"):  # in_channels = noisy latents + image conditioning (Wan I2V: 16 + 20)
-            image = {"image_channels": c["in_channels"] - c["out_channels"], "image_dim": c.get("image_dim") or 0}
+        if model in ("wan", "wan22") and c.get("in_channels"):  # in_channels = noisy latents + image conditioning
+            extra_channels = c["in_channels"] - (c.get("out_channels") or c["in_channels"])  # Wan I2V: 36 - 16
+            image = {"image_channels": extra_channels, "image_dim": c.get("image_dim") or 0}
         return cls(latent_channels=channels, text_dim=text_dim, pooled_dim=pooled, **image, **extra)
 
 

@@ -126,7 +126,7 @@ def test_text_and_image_datasets_are_refused_by_the_other_kind_of_model(datasets
 
 
 def test_prepare_refuses_image_conditioning_for_other_families(tmp_path):
-    with pytest.raises(ValueError, match="supported for models wan, wan22, not 'mochi'"):
+    with pytest.raises(ValueError, match="supported for models wan, wan22, wan22_ti2v, not 'mochi'"):
         prepare(PrepareConfig(model="mochi", input=str(tmp_path), out=str(tmp_path / "o"), tiny=True, image=True))
 
 
