@@ -266,3 +266,32 @@ def test_ti2v_first_frame_conditioning_trains_and_generates(tmp_path):
     record = rgen.main(argv)["generated"][0]
     assert record["family"] == "wan22_ti2v" and record["image"] == str(first) and record["finite"]
     assert record["latent_shape"] == [1, 48, 5, 4, 4]
+
+
+def test_wan22_a14b_i2v_conditions_on_latents_only(tmp_path):
+    """Wan2.2 A14B I2V: prepare writes the mask + first-frame latent without CLIP states; the dataset fits the tiny
+    I2V expert (in_channels 36, no image_dim) and its prediction equals the stock call of the I2V pipeline."""
+    make_synthetic_videos(tmp_path / "videos", num=1, frames=17, fps=16, sizes=((64, 64),), seed=0)
+    cfg = PrepareConfig(
+        model="wan22", input=str(tmp_path / "videos" / "manifest.jsonl"), out=str(tmp_path / "lat"), tiny=True,
+        image=True, lengths=(17,), fps=16, buckets=("64x64",), progress=False, latent_dtype="fp32", text_dtype="fp32",
+    )  # fmt: skip
+    prepare(cfg)
+    adapter = get_adapter("wan22")
+    model = adapter.build_tiny(variant="i2v")
+    assert model.config.image_dim is None and model.config.in_channels == 36
+    ds = LatentDataset(tmp_path / "lat", "wan22", expect=Expect.from_transformer_config("wan22", model.config))
+    batch = collate([ds[0]])
+    assert "image_embeds" not in batch and batch["image_latents"].shape == (1, 20, 5, 8, 8)
+    conds = {k: batch[k] for k in ("prompt_embeds", "image_latents")}
+    x, t = torch.randn(batch["latents"].shape), torch.tensor([400.0])
+    with torch.no_grad():
+        stock = model(
+            hidden_states=torch.cat([x, conds["image_latents"]], dim=1),
+            timestep=t,
+            encoder_hidden_states=conds["prompt_embeds"],
+            return_dict=False,
+        )[0]
+        with radial.inject(model, backend="dense", block_size=BLOCK):
+            ours = adapter.predict(model, x, t, conds)
+    assert (ours - stock).abs().max().item() < 1e-5

@@ -216,6 +216,7 @@ class Wan22Adapter(WanAdapter):
         "i2v-a14b": {**_WAN_14B, "in_channels": 36},
     }
     default_variant = "t2v-a14b"
+    tiny_variants = {"i2v": {**_WAN_TINY, "in_channels": 36}}  # Wan2.2 A14B I2V: latent conditioning, no CLIP
     experts = ("transformer", "transformer_2")  # pipeline subfolders: high-noise, low-noise expert
     # The pipelines' boundary_ratio: the high-noise expert denoises t >= ratio * 1000, the low-noise one the rest
     # (used when the config names no model.path to read it from).
