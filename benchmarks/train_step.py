@@ -8,6 +8,7 @@ backward, AdamW step. Full-size architectures with random weights (speed does no
     torchrun --standalone --nproc_per_node 2 benchmarks/train_step.py --sp 2 --cases hun4x --out $OUT/sp2
     python benchmarks/train_step.py --out $OUT --cases wan4x --backends dense-cudnn dense-fa4 triton fa4 fa4+plain
     python benchmarks/train_step.py --out $OUT --cases wan4x --backends dense-fa4 fa4 --compile --checkpoint-blocks auto --fuse-qkv
+    python benchmarks/train_step.py --out $OUT --cases wan_i2v4x --backends fa4 triton --warmup 1 --steps 1   # I2V-14B
 
 `--backends`: dense kernels `dense-cudnn` (torch SDPA), `dense-fa4` (flash-attn-4's dense kernel), `dense` (the dense
 backend's own choice); radial backends `triton`, `fa4`, `auto`, `flex`; a `+plain` suffix runs that entry with plain
@@ -49,7 +50,10 @@ CASES = {
     "wan4x": ("wan", 81, 60, 104),
     "hun2x": ("hunyuan", 65, 90, 160),
     "hun4x": ("hunyuan", 129, 90, 160),
+    "wan_i2v4x": ("wan", 81, 60, 104),  # Wan2.1 I2V-14B 480p at 4x: image states and mask + first-frame channels
 }
+# Cases of another architecture than the family's default: case -> (full-size variant, tiny variant for --smoke)
+VARIANTS = {"wan_i2v4x": ("i2v-14b", "i2v")}
 
 
 def _config(family: str, backend: str, dense_layers: int, save_attention: bool, step_settings: tuple[str, ...] = ()):
@@ -92,12 +96,13 @@ def _build(case: str, entry: str, args, device) -> tuple:
     cfg = _config(family, backend, args.dense_layers if backend != "dense" else 0, save_attention, _settings(args))
     adapter = get_adapter(family)
     device = torch.device(device)
+    full_variant, tiny_variant = VARIANTS.get(case, (None, None))
     if args.smoke:  # CPU check of this script: tiny model, tiny latents, the same code path
-        transformer = adapter.build_tiny(device=device)
+        transformer = adapter.build_tiny(device=device, variant=tiny_variant)
         frames, h, w = 3, 8, 8
     else:
         overrides = {"num_layers": args.hun_double, "num_single_layers": args.hun_single} if family == "hunyuan" else {}
-        transformer = adapter.build_full(dtype=torch.bfloat16, device=device, **overrides)
+        transformer = adapter.build_full(full_variant, dtype=torch.bfloat16, device=device, **overrides)
     with torch.random.fork_rng(devices=[]):  # the same LoRA initialisation on every rank (sequence parallelism)
         torch.manual_seed(0)
         parts = build_model(cfg, device, transformer=transformer)

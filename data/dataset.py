@@ -38,6 +38,10 @@ class Expect:
     latent_norm: str | None = None  # normalisation convention: "wan", "hunyuan", "mochi"
     frames: tuple[int, ...] | None = None  # every item must have one of these pixel frame counts
     resolutions: tuple[tuple[int, int], ...] | None = None  # every item must have one of these (height, width)
+    # Image-to-video: the channels of image_latents the transformer concatenates to its input (0: a text-to-video
+    # model) and the image_embeds dim it reads (0: none).
+    image_channels: int | None = None
+    image_dim: int | None = None
 
     @classmethod
     def coerce(cls, value: Expect | dict | None) -> Expect:
@@ -64,7 +68,11 @@ class Expect:
         channels = c.get("out_channels") or c.get("in_channels")
         text_dim = c.get("text_dim") or c.get("text_embed_dim")
         pooled = c.get("pooled_projection_dim") if model == "hunyuan" else None
-        return cls(latent_channels=channels, text_dim=text_dim, pooled_dim=pooled, **extra)
+        image = {}
+        if model in ("wan", "wan22") and c.get("in_channels"):  # in_channels = noisy latents + image conditioning
+            extra_channels = c["in_channels"] - (c.get("out_channels") or c["in_channels"])  # Wan I2V: 36 - 16
+            image = {"image_channels": extra_channels, "image_dim": c.get("image_dim") or 0}
+        return cls(latent_channels=channels, text_dim=text_dim, pooled_dim=pooled, **image, **extra)
 
 
 class SampleRef(NamedTuple):
@@ -96,7 +104,8 @@ class LatentDataset(Dataset):
     that, reads cannot meet a wrong shape. `frames` keeps only items of those pixel frame counts.
 
     Items: {"latents": [C, F, H, W], "prompt_embeds": [L, D], "prompt_attention_mask": [L] bool,
-    "pooled_prompt_embeds": [Dp] (hunyuan), "meta": {...}} (+ "cursor" when indexed by a SampleRef).
+    "pooled_prompt_embeds": [Dp] (hunyuan), "image_latents": [4 + C, F, H, W] and "image_embeds": [N, Di]
+    (image-to-video datasets), "meta": {...}} (+ "cursor" when indexed by a SampleRef).
     """
 
     def __init__(
@@ -159,6 +168,7 @@ class LatentDataset(Dataset):
             raise ShardError(f"dataset {', '.join(map(str, roots))}: no items{what}")
         self.text_fields = {n: TextField.from_json(f) for n, f in self.header["text_fields"].items()}
         self.latent_norm: dict = self.header["latent_norm"]
+        self.image_fields: list[str] = sorted(self.header.get("image_fields", {}))
         self._check_expect()
         self.empty_prompt = self._empty_prompt() if self.caption_dropout > 0 else None
         # An item of a root with repeats=k stands k times in its bucket: k draws per epoch (musubi-tuner's
@@ -204,6 +214,7 @@ class LatentDataset(Dataset):
                 raise ShardError(
                     f"{where}: pooled_prompt_embeds have dim {pooled.dim}, the transformer expects {e.pooled_dim}"
                 )
+        self._check_image(where)
         for r in self.records:
             if e.frames is not None and r["frames"] not in e.frames:
                 raise ShardError(
@@ -214,6 +225,31 @@ class LatentDataset(Dataset):
                     f"{where}: item {r['key']!r} is {r['height']}x{r['width']}, expected one of "
                     f"{[f'{a}x{b}' for a, b in e.resolutions]}"
                 )
+
+    def _check_image(self, where: str) -> None:
+        """A text-to-video dataset given to an image-to-video model, or the reverse, or other image states."""
+        e, fields = self.expect, self.header.get("image_fields", {})
+        channels = fields.get("image_latents", [0])[0]
+        if e.image_channels is not None and channels != e.image_channels:
+            if not channels:
+                raise ShardError(
+                    f"{where}: prepared for text-to-video (no image conditioning), the transformer is image-to-video "
+                    f"({e.image_channels} conditioning channels); prepare it with --i2v"
+                )
+            if not e.image_channels:
+                raise ShardError(
+                    f"{where}: prepared for image-to-video (--i2v), the transformer is text-to-video; use an I2V "
+                    "model or a dataset prepared without --i2v"
+                )
+            raise ShardError(
+                f"{where}: image_latents have {channels} channels, the transformer expects {e.image_channels}"
+            )
+        dim = fields.get("image_embeds", [0, 0])[1]
+        if e.image_dim is not None and dim != e.image_dim:
+            raise ShardError(
+                f"{where}: image_embeds have dim {dim or 'none'}, the transformer expects {e.image_dim or 'none'} "
+                "(Wan2.1 I2V reads CLIP image states, Wan2.2 I2V none)"
+            )
 
     def _empty_prompt(self) -> dict[str, torch.Tensor]:
         """The family's text states of the empty prompt, written by data.prepare beside the shards; datasets from
@@ -300,6 +336,9 @@ class LatentDataset(Dataset):
             mask = torch.zeros(field.max_len, dtype=torch.bool)
             mask[:n] = True
             sample[name], sample[field.mask] = padded, mask
+        for name in self.image_fields:  # the first frame's conditioning: kept under caption dropout
+            sample[name] = f.get_tensor(r["tensors"][name])
+            self._check_finite(sample[name], i, name)
         sample["meta"] = {
             "index": i,
             "key": r["key"],

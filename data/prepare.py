@@ -75,6 +75,7 @@ class PrepareConfig:
     out: str
     pretrained_path: str | None = None  # local diffusers folder (vae/, text_encoder/, tokenizer/ ...)
     tiny: bool = False  # tiny random-init encoders of the real classes (tests, CPU demo)
+    image: bool = False  # image-to-video conditioning from each clip's first frame (Wan2.1 / Wan2.2 I2V)
     lengths: Sequence[str | int] = ("1x",)  # "1x", "2x", "4x" of the base clip, or frame counts (k*t+1)
     fps: float | None = None  # target frame rate; default: the family's
     buckets: Sequence[str] | None = None  # "HxW"; default: base resolution, its portrait twin, a square
@@ -176,9 +177,10 @@ def item_key(rel: str, frames: int, clip: int) -> str:
 def _resolve(cfg: PrepareConfig):
     """Validate everything cheap before any heavy work; returns (frames list, fps, buckets)."""
     g = geometry(cfg.model)
-    from data.encoders import check_pretrained, encoder_class
+    from data.encoders import check_image_family, check_pretrained, encoder_class
 
     encoder_class(cfg.model)
+    check_image_family(cfg.model, cfg.image)
     if cfg.tiny and cfg.pretrained_path:
         raise ValueError("give either --tiny or --pretrained (pretrained_path), not both")
     if not cfg.tiny:
@@ -222,6 +224,7 @@ def _settings(cfg: PrepareConfig, fps: float) -> dict:
         "text_dtype": dtype_name(cfg.text_dtype),
         "latent_sample": cfg.latent_sample,
         "clip_mode": cfg.clip_mode,
+        "image": cfg.image,
     }
 
 
@@ -267,6 +270,7 @@ def _load(cfg: PrepareConfig, device: str):
         vae_dtype=_torch_dtype(cfg.vae_dtype),
         text_dtype=_torch_dtype(cfg.encoder_dtype) if cfg.encoder_dtype else None,
         seed=cfg.seed,
+        image=cfg.image,
     )
     if cfg.vae_tiling:
         enc.enable_vae_tiling()
@@ -278,13 +282,19 @@ def _item_generator(cfg: PrepareConfig, key: str) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _encode_clip(enc, cfg: PrepareConfig, clip, key: str) -> torch.Tensor:
-    """uint8 [F, H, W, 3] -> normalized latents [C, f, h, w] (float32)."""
-    pixels = to_pixels(clip).unsqueeze(0)
+def _encode_clip(enc, cfg: PrepareConfig, clip, key: str) -> dict[str, torch.Tensor]:
+    """uint8 [F, H, W, 3] -> {"latents": normalized [C, f, h, w]} (float32), and with image conditioning what the
+    I2V pipeline computes from the first frame (see WanEncoders.encode_image_conditioning)."""
+    pixels = to_pixels(clip)
     gen = _item_generator(cfg, key) if cfg.latent_sample == "sample" else None
     if gen is not None and enc.device.type != "cpu":
         gen = torch.Generator(device=enc.device).manual_seed(gen.initial_seed())
-    return enc.encode_video(pixels, sample=cfg.latent_sample == "sample", generator=gen)[0]
+    out = {"latents": enc.encode_video(pixels.unsqueeze(0), sample=cfg.latent_sample == "sample", generator=gen)[0]}
+    if enc.image_fields:
+        from PIL import Image
+
+        out.update(enc.encode_image_conditioning(pixels, Image.fromarray(clip[0])))
+    return out
 
 
 def _process_unit(enc, cfg, unit: Unit, fps: float, buckets, writer: ShardWriter, report: RankReport, budget):
@@ -339,13 +349,14 @@ def _process_unit(enc, cfg, unit: Unit, fps: float, buckets, writer: ShardWriter
             text = enc.encode_text([src.caption])[0]
         for (key, frames_, clip_idx, start), clip in zip(group, clips, strict=True):
             try:
-                latents = _encode_clip(enc, cfg, clip, key)
+                encoded = _encode_clip(enc, cfg, clip, key)
             except torch.OutOfMemoryError:
                 report.skipped.append((key, "out of memory while encoding (try --vae-tiling or smaller buckets)"))
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            if not bool(torch.isfinite(latents).all()):
+            latents = encoded["latents"]
+            if not all(bool(torch.isfinite(t).all()) for t in encoded.values()):
                 report.skipped.append((key, "the VAE produced NaN/inf latents (try --vae-dtype fp32)"))
                 continue
             record = {
@@ -366,6 +377,9 @@ def _process_unit(enc, cfg, unit: Unit, fps: float, buckets, writer: ShardWriter
             }
             tensors = {"latents": latents.to(_torch_dtype(cfg.latent_dtype))}
             tensors.update({n: t.to(_torch_dtype(cfg.text_dtype)) for n, t in text.items()})
+            for name, t in encoded.items():  # image conditioning: latents in the latent dtype, states in the text one
+                if name != "latents":
+                    tensors[name] = t.to(_torch_dtype(cfg.text_dtype if name == "image_embeds" else cfg.latent_dtype))
             writer.add(record, tensors)
             report.written.append(key)
 
@@ -628,6 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained", dest="pretrained_path", help="the model's diffusers folder, or its Hub id in the HF cache"
     )
     g.add_argument("--tiny", action="store_true", help="tiny random-init encoders (tests, CPU demo)")
+    p.add_argument(
+        "--i2v",
+        dest="image",
+        action="store_true",
+        help="image-to-video conditioning from each clip's first frame, as the I2V pipeline computes it (wan: "
+        "Wan2.1 I2V's CLIP image states and first-frame latent with its mask; wan22: Wan2.2 A14B I2V, latent only; "
+        "wan22_ti2v: the clean first latent frame and its per-token mask)",
+    )
     p.add_argument(
         "--length",
         dest="lengths",

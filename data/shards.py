@@ -6,15 +6,17 @@ Layout of a prepared dataset (ROOT):
                                      sha256, items), items (per-item metadata, each with its shard number)
     ROOT/shards/<run>-r<rank>-<n>.safetensors
                                      tensors "<j>/latents" [C, F, H, W], "<j>/prompt_embeds" [l, D] (the valid
-                                     tokens only), "<j>/pooled_prompt_embeds" [Dp] (HunyuanVideo); the safetensors
+                                     tokens only), "<j>/pooled_prompt_embeds" [Dp] (HunyuanVideo), image-to-video
+                                     datasets (header "image_fields") "<j>/image_latents" [4 + C, F, H, W] and
+                                     "<j>/image_embeds" [N, Di] (Wan2.1 I2V's CLIP states); the safetensors
                                      metadata repeats format, version, header and the item records, so the index
                                      can always be rebuilt from the shards (`python -m data.shards reindex ROOT`)
     ROOT/prepare.json, ROOT/prepare_report.json   settings and the last run's summary (informational)
 
 The header (identical in every shard of a dataset): model, latent_channels, temporal/spatial factors, latent and
 text dtypes, latent_norm (see data/latents.py), text_fields, encoders (identity of the VAE / text encoders),
-latent_sample ("mode" or "sample"). Item record: key, source, caption, clip, clip_start, frames, fps, height,
-width, source_fps, source_size, source_duration, latent_shape, text_lens, tensors (name -> tensor key).
+latent_sample ("mode" or "sample"), and for image-to-video datasets image_fields. Item record: key, source,
+caption, clip, clip_start, frames, fps, height, width, source_fps, source_size, source_duration, latent_shape, text_lens, tensors (name -> tensor key).
 
 A shard is written to a temporary name, fsynced and renamed, so a shard that has its final name is complete; an
 interrupted prepare leaves only `*.tmp` files, which the next run deletes. There are no pickles anywhere.
@@ -58,6 +60,8 @@ TEXT_FIELDS = {
     "hunyuan": ("prompt_embeds", "pooled_prompt_embeds"),
     "mochi": ("prompt_embeds",),
 }
+#: the optional image conditioning an image-to-video dataset's header lists under "image_fields"
+IMAGE_FIELDS = ("image_latents", "image_embeds", "first_frame_mask")
 HEADER_KEYS = (
     "model",
     "latent_channels",
@@ -103,7 +107,7 @@ def dtype_name(dtype: str | torch.dtype) -> str:
 def make_header(encoders, latent_dtype: str, text_dtype: str, latent_sample: str) -> dict:
     """The dataset header for data written by `encoders` (a data.encoders.FamilyEncoders)."""
     g = encoders.geometry
-    return {
+    header = {
         "model": encoders.family,
         "latent_channels": g.latent_channels,
         "temporal_factor": g.temporal_factor,
@@ -115,6 +119,9 @@ def make_header(encoders, latent_dtype: str, text_dtype: str, latent_sample: str
         "encoders": encoders.identity(),
         "latent_sample": latent_sample,
     }
+    if encoders.image_fields:  # image-to-video datasets only: text-to-video headers stay as they were
+        header["image_fields"] = encoders.image_fields
+    return header
 
 
 # ----- writing -----
@@ -295,6 +302,26 @@ def check_header(header: dict, model: str, where: str) -> None:
             raise ShardError(f"{where}: sequence text field {name} names no mask")
     if header["latent_sample"] not in ("mode", "sample"):
         raise ShardError(f"{where}: latent_sample is {header['latent_sample']!r}, expected 'mode' or 'sample'")
+    _check_image_fields(header.get("image_fields"), g, where)
+
+
+def _check_image_fields(fields, g: LatentGeometry, where: str) -> None:
+    """The optional image conditioning of an image-to-video dataset: image_latents [4 + C channels] and, for Wan2.1
+    I2V, image_embeds [tokens, dim]; Wan2.2 TI2V: image_latents [C, 1 frame] and first_frame_mask [1 channel]."""
+    if fields is None:
+        return
+    ok = isinstance(fields, dict) and set(fields) <= set(IMAGE_FIELDS) and "image_latents" in fields
+    ok = ok and all(isinstance(v, list) and all(isinstance(n, int) and n > 0 for n in v) for v in fields.values())
+    if not ok:
+        raise ShardError(f"{where}: image_fields must name image_latents [channels] (and image_embeds [tokens, dim])")
+    ti2v = g.family == "wan22_ti2v"
+    want = [g.latent_channels, 1] if ti2v else [g.latent_channels + 4]
+    if fields["image_latents"] != want:
+        raise ShardError(f"{where}: image_latents lead with {fields['image_latents']}, expected {want}")
+    if ti2v and fields.get("first_frame_mask") != [1]:
+        raise ShardError(f"{where}: Wan2.2 TI2V image conditioning needs first_frame_mask [1]")
+    if "image_embeds" in fields and len(fields["image_embeds"]) != 2:
+        raise ShardError(f"{where}: image_embeds must be [tokens, dim], got {fields['image_embeds']}")
 
 
 def check_record(record: dict, header: dict, g: LatentGeometry, where: str) -> None:
@@ -323,7 +350,7 @@ def check_record(record: dict, header: dict, g: LatentGeometry, where: str) -> N
             f"(expected {want})"
         )
     tensors = record["tensors"]
-    needed = ["latents", *header["text_fields"]]
+    needed = ["latents", *header["text_fields"], *header.get("image_fields", {})]
     if not isinstance(tensors, dict) or any(n not in tensors for n in needed):
         raise ShardError(
             f"{at}: tensors must name {needed}, got {sorted(tensors) if isinstance(tensors, dict) else tensors}"
@@ -344,6 +371,11 @@ def expected_tensor_shapes(record: dict, header: dict) -> dict[str, tuple[list[i
             shapes[name] = ([field["dim"]], header["text_dtype"])
         else:
             shapes[name] = ([record["text_lens"][name], field["dim"]], header["text_dtype"])
+    for name, dims in header.get("image_fields", {}).items():
+        if name == "image_embeds":
+            shapes[name] = (list(dims), header["text_dtype"])
+        else:  # latent-grid fields: their leading dims, then the latents' own
+            shapes[name] = ([*dims, *record["latent_shape"][len(dims) :]], header["latent_dtype"])
     return shapes
 
 

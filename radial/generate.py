@@ -44,7 +44,7 @@ from radial.generation.pipeline import (
     read_text_settings,
     resolve_prompt_template,
 )
-from radial.generation.run import build_sidecar, generate, save_result
+from radial.generation.run import build_sidecar, generate, load_image, save_result
 from radial.generation.settings import ATTENTION_BACKENDS, ClipSpec, LoraSpec, RadialSettings, frames_for_length
 from radial.hub import resolve_pipeline_path
 from radial.models import get_adapter
@@ -74,6 +74,7 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
 
     what = p.add_argument_group("what to generate")
     what.add_argument("--prompt", action="append", help="text prompt (repeatable)")
+    what.add_argument("--image", default=None, help="first frame for image-to-video pipelines (Wan2.1 I2V)")
     what.add_argument("--prompt-embeds", action="append", help="precomputed embeddings (.safetensors/.pt; repeatable)")
     what.add_argument("--negative-prompt", default=None)
     what.add_argument("--length", default=None, help="1x, 2x, 3x, 4x of the base model's clip (Wan 1x = 81 frames)")
@@ -170,6 +171,7 @@ def load_from_args(args: argparse.Namespace):
         dtype=DTYPES[args.dtype],
         device=None if offload else _device(args),
         transformer_path=args.transformer,
+        image=args.image is not None,
     )
     if offload:
         pipe.enable_model_cpu_offload(device=_device(args))
@@ -200,6 +202,7 @@ def clip_from_args(args, family: str, text_settings: dict) -> ClipSpec:
         fps=args.fps or g.fps,
         negative_prompt=args.negative_prompt,
         max_sequence_length=args.max_sequence_length or text_settings.get("max_sequence_length"),
+        image=args.image,
         extra={"prompt_template": text_settings["prompt_template"]} if "prompt_template" in text_settings else {},
     )
 
@@ -290,6 +293,8 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
     tools = _repo_tools(parser) if (args.tiny or args.save_tiny or args.compare_dense) else None
     # Option values are checked with ValueError by the settings dataclasses too: all are one-line errors here.
     with cli_errors(args.debug, expected=(*USER_ERRORS, ValueError, FileNotFoundError)):
+        if args.image is not None:  # a bad image fails before minutes of loading
+            load_image(args.image)
         if args.save_tiny:
             path = tools.save_tiny_pipeline(
                 args.save_tiny, args.tiny, seed=args.tiny_seed, transformer=args.transformer
@@ -306,6 +311,7 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
                 text_encoder=text,
                 dtype=DTYPES[args.dtype],
                 device=args.device,
+                image=args.image is not None,
             )
             source, text_settings = None, pipe._radial_text_settings
             args.family = args.family or (args.tiny if args.tiny == "wan22" else None)

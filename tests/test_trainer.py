@@ -82,9 +82,9 @@ def test_non_finite_loss_is_skipped_or_stops(tmp_path, data_root, monkeypatch):
     real = step_mod.flow_loss
     calls = {"n": 0}
 
-    def sometimes_nan(pred, target, weights):
+    def sometimes_nan(pred, target, weights, mask=None):
         calls["n"] += 1
-        loss = real(pred, target, weights)
+        loss = real(pred, target, weights, mask)
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(step_mod, "flow_loss", sometimes_nan)

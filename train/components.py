@@ -40,7 +40,7 @@ def build_transformer(cfg: Config, adapter: ModelAdapter, device: torch.device) 
     m = cfg.model
     dtype = DTYPES[m.dtype]
     if m.source == "tiny":
-        return adapter.build_tiny(seed=cfg.seed, dtype=dtype, device=device)
+        return adapter.build_tiny(seed=cfg.seed, dtype=dtype, device=device, variant=m.variant)
     if m.source == "full":
         return adapter.build_full(m.variant, dtype=dtype, device=device, seed=cfg.seed)
     subfolder = None if m.expert is None else m.expert

@@ -238,7 +238,9 @@ def _attention_layer_count(c: Config) -> int | None:
     m = c.model
     adapter = get_adapter(m.family)
     if m.source == "tiny":
-        config = dict(adapter.tiny_config)
+        if m.variant is not None:
+            _choice("model.variant", m.variant, sorted({*adapter.tiny_variants, *adapter.variants}))
+        config = adapter.tiny_config_of(m.variant)
     elif m.source == "full":
         variant = m.variant or adapter.default_variant
         _choice("model.variant", variant, sorted(adapter.variants))

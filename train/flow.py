@@ -88,7 +88,15 @@ def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -
     return (1 - t) * x0 + t * noise, noise - x0
 
 
-def flow_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted mean squared error in fp32, averaged over elements then the batch."""
-    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+def flow_loss(
+    pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weighted mean squared error in fp32, averaged over elements then the batch; with `mask` (broadcast to the
+    latents, 0 on clean conditioning such as Wan2.2 TI2V's first frame) over the masked-in elements only."""
+    err = (pred.float() - target.float()).pow(2)
+    if mask is None:
+        per_sample = err.flatten(1).mean(1)
+    else:
+        m = mask.float().expand_as(err)
+        per_sample = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
     return (per_sample * weights.float()).mean()

@@ -29,11 +29,14 @@ def build_tiny_pipeline(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     shift: float = 3.0,
+    image: bool = False,
 ):
     """A diffusers pipeline of `family` from tiny random-init components (tests, the CPU demo).
 
     `transformer`: a module, a saved folder (e.g. outputs/<run>/base_transformer), or None for
     `adapter.build_tiny(seed=seed)` (what the trainer's tiny model is). Encoders use `seed` as data.prepare does.
+    `image`: the image-to-video pipeline, WanImageToVideoPipeline (wan: the tiny "i2v" transformer and CLIP encoder;
+    wan22_ti2v: expand_timesteps, the clean first latent frame).
     """
     import diffusers
 
@@ -41,22 +44,26 @@ def build_tiny_pipeline(
     from radial.models import get_adapter
 
     adapter = get_adapter(family)
+    if image and family not in ("wan", "wan22_ti2v"):
+        raise ValueError(f"--image: tiny image-to-video pipelines exist for wan and wan22_ti2v, not {family!r}")
     if transformer is None:
-        transformer = adapter.build_tiny(seed=seed, dtype=dtype)
+        transformer = adapter.build_tiny(seed=seed, dtype=dtype, variant="i2v" if image and family == "wan" else None)
     elif not isinstance(transformer, torch.nn.Module):
         folder = check_local_folder(transformer, "--transformer", "a local diffusers transformer folder")
         transformer = adapter.transformer_class.from_pretrained(str(folder), torch_dtype=dtype)
-    enc = load_encoders(family if family != "wan22" else "wan", tiny=True, seed=seed)
+    enc = load_encoders(family if family != "wan22" else "wan", tiny=True, seed=seed, image=image)
     components = {name: getattr(enc, name) for name in enc.components}
     if not text_encoder:
         components = {k: (None if k.startswith(("text_encoder", "tokenizer")) else v) for k, v in components.items()}
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
-    pipe = getattr(diffusers, get_adapter(family).pipeline_class_name)(
-        transformer=transformer, scheduler=scheduler, **components
-    )
+    name = "WanImageToVideoPipeline" if image else get_adapter(family).pipeline_class_name
+    extra = {"expand_timesteps": True} if image and family == "wan22_ti2v" else {}
+    pipe = getattr(diffusers, name)(transformer=transformer, scheduler=scheduler, **components, **extra)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe._radial_text_settings = enc.text_settings()
+    if image and transformer.config.added_kv_proj_dim is not None:  # diffusers splits I2V states at 512 text tokens
+        pipe._radial_text_settings["max_sequence_length"] = 512
     return pipe
 
 

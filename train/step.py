@@ -51,4 +51,6 @@ def flow_matching_loss(
     noise = torch.randn(x0.shape, generator=generator).to(device)
     x_t, target = noisy_latents(x0, noise, sigmas.to(device))
     pred = adapter.predict(model, x_t.to(model_dtype), sigmas.to(device) * 1000, conditions)
-    return flow_loss(pred, target, flow.loss_weight(sigmas).to(device))
+    # Clean conditioning latents (Wan2.2 TI2V's first frame, mask 0) are input, not something to denoise.
+    mask = conditions.get("first_frame_mask")
+    return flow_loss(pred, target, flow.loss_weight(sigmas).to(device), mask)

@@ -33,7 +33,7 @@ def _meta_model(cfg: Config, adapter) -> torch.nn.Module:
 
     m = cfg.model
     if m.source == "tiny":
-        config = dict(adapter.tiny_config)
+        config = adapter.tiny_config_of(m.variant)
     elif m.source == "full":
         config = dict(adapter.variants[m.variant or adapter.default_variant])
     else:

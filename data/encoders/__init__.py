@@ -60,17 +60,63 @@ def load_encoders(
     seed: int = 0,
     tiny_text_dim: int = TINY_TEXT_DIM,
     tiny_pooled_dim: int = TINY_POOLED_DIM,
+    image: bool = False,
 ) -> FamilyEncoders:
-    """The family's encoders: tiny random-init (seeded, identical in every process) or from `pretrained_path`."""
+    """The family's encoders: tiny random-init (seeded, identical in every process) or from `pretrained_path`.
+
+    `image`: also the image conditioning of the family's image-to-video models (Wan2.1 I2V: a CLIP vision encoder).
+    """
     cls = encoder_class(family)
+    check_image_family(family, image)
     if tiny:
         if pretrained_path:
             raise ValueError(f"give either tiny=True or {PRETRAINED_KEY}, not both")
         kwargs = {"text_dim": tiny_text_dim}
         if family == "hunyuan":
             kwargs["pooled_dim"] = tiny_pooled_dim
-        return cls.tiny(family, seed=seed, device=device, **kwargs)
-    return cls.from_pretrained(family, pretrained_path, device=device, vae_dtype=vae_dtype, text_dtype=text_dtype)
+        enc = cls.tiny(family, seed=seed, device=device, **kwargs)
+        if image:
+            from data.encoders.wan import tiny_image_encoder
+
+            enc.with_image_encoder(*(tiny_image_encoder(seed) if family == "wan" else (None, None)))
+        return enc
+    enc = cls.from_pretrained(family, pretrained_path, device=device, vae_dtype=vae_dtype, text_dtype=text_dtype)
+    if image:
+        enc.with_image_encoder(*_pretrained_image_encoder(family, pretrained_path, enc.device))
+    return enc
+
+
+#: families whose image-to-video models prepare can condition (Wan2.1 I2V with CLIP states, Wan2.2 A14B I2V without;
+#: Wan2.2 TI2V-5B: a clean first latent frame)
+IMAGE_FAMILIES = ("wan", "wan22", "wan22_ti2v")
+
+
+def check_image_family(family: str, image: bool) -> None:
+    if image and family not in IMAGE_FAMILIES:
+        raise ValueError(
+            f"image conditioning (--i2v) is supported for models {', '.join(IMAGE_FAMILIES)}, not {family!r}"
+        )
+
+
+def _pretrained_image_encoder(family: str, path, device):
+    """Wan2.1 I2V's image_encoder/ (CLIPVisionModel, fp32 as the pipeline's example) and image_processor/; Wan2.2
+    A14B I2V has none (None, None)."""
+    from pathlib import Path
+
+    import transformers
+
+    root = Path(path).expanduser()
+    if family != "wan":
+        return None, None
+    missing = [s for s in ("image_encoder", "image_processor") if not (root / s).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"{PRETRAINED_KEY}={path}: missing {', '.join(m + '/' for m in missing)}; image conditioning of model wan "
+            "needs a Wan2.1 I2V diffusers folder (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers layout)"
+        )
+    encoder = transformers.CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", dtype=torch.float32)
+    processor = transformers.CLIPImageProcessor.from_pretrained(root, subfolder="image_processor")
+    return encoder.to(device), processor
 
 
 __all__ = [
@@ -79,6 +125,7 @@ __all__ = [
     "TINY_TEXT_DIM",
     "FamilyEncoders",
     "TextField",
+    "check_image_family",
     "check_pretrained",
     "encoder_class",
     "load_encoders",

@@ -135,6 +135,11 @@ class FamilyEncoders:
     def latent_norm(self) -> dict:
         raise NotImplementedError
 
+    @property
+    def image_fields(self) -> dict[str, list[int]]:
+        """The image-to-video conditioning these encoders write (see WanEncoders); {} for text-to-video."""
+        return {}
+
     def _encode_text(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
         raise NotImplementedError
 
@@ -238,8 +243,10 @@ class FamilyEncoders:
                 entry = {"class": type(obj).__name__, "config": config_digest(obj.config)}
                 if self.source.startswith("tiny"):
                     entry["weights"] = weights_digest(obj)
-            else:
+            elif hasattr(obj, "get_vocab"):
                 entry = {"class": type(obj).__name__, "vocab": len(obj), "digest": tokenizer_digest(obj)}
+            else:  # an image processor: its settings
+                entry = {"class": type(obj).__name__, "config": config_digest(obj.to_dict())}
             ident[name] = entry
         return ident
 

@@ -22,8 +22,14 @@ from radial.errors import ConfigError, LoraFileError, MissingPathError
 from radial.generation.settings import LoraSpec, RadialSettings
 
 #: diffusers pipeline class -> model family (Wan2.2 A14B: a WanPipeline with transformer_2; TI2V: 48 channels).
-#: Text-to-video only: image-conditioned pipelines (Wan I2V) need an image argument the generator does not take yet.
-PIPELINE_FAMILIES = {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan", "MochiPipeline": "mochi"}
+PIPELINE_FAMILIES = {
+    "WanPipeline": "wan",
+    "WanImageToVideoPipeline": "wan",
+    "HunyuanVideoPipeline": "hunyuan",
+    "MochiPipeline": "mochi",
+}
+#: pipelines that generate from a first frame (`image=`, the generator's --image)
+IMAGE_PIPELINES = ("WanImageToVideoPipeline",)
 TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 #: written beside tiny / custom encoders by data.encoders (FamilyEncoders.save_pretrained): text length, template
 TEXT_SETTINGS_FILE = "radial_text_settings.json"
@@ -102,11 +108,13 @@ def load_pipeline(
     device: str | torch.device | None = None,
     transformer_path: str | Path | None = None,
     vae_dtype: torch.dtype | None = torch.float32,
+    image: bool = False,
 ):
     """A diffusers pipeline from a local folder, without its text encoders when `text_encoder=False`.
 
     `transformer_path` swaps in another transformer folder (a fine-tuned or saved base transformer). The VAE stays
-    in `vae_dtype` (fp32 by default, as the Wan and HunyuanVideo pipelines recommend).
+    in `vae_dtype` (fp32 by default, as the Wan and HunyuanVideo pipelines recommend). `image`: a WanPipeline folder
+    (Wan2.2 TI2V-5B, A14B) loads as WanImageToVideoPipeline (TI2V's 48-channel model with expand_timesteps).
     """
     import diffusers
 
@@ -121,9 +129,15 @@ def load_pipeline(
         overrides["transformer"] = getattr(diffusers, cls_name).from_pretrained(
             str(transformer_path), torch_dtype=dtype
         )
+    cls = diffusers.DiffusionPipeline
+    if image and index.get("_class_name") == "WanPipeline":
+        cls = diffusers.WanImageToVideoPipeline
+        config = root / "transformer" / "config.json"
+        if config.is_file() and json.loads(config.read_text()).get("in_channels") == 48:
+            overrides["expand_timesteps"] = True
     with warnings.catch_warnings():  # diffusers >= 0.36 prefers dtype=; torch_dtype works on every supported version
         warnings.simplefilter("ignore", FutureWarning)
-        pipe = diffusers.DiffusionPipeline.from_pretrained(str(root), torch_dtype=dtype, **overrides)
+        pipe = cls.from_pretrained(str(root), torch_dtype=dtype, **overrides)
     if vae_dtype is not None and getattr(pipe, "vae", None) is not None:
         pipe.vae.to(vae_dtype)
     if device is not None:

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from radial.attention import resolve_backend
+from radial.errors import ConfigError, MissingPathError
 from radial.files import share_like_umask
 from radial.generation.embeds import PromptEmbeds
-from radial.generation.pipeline import pipeline_family, set_scheduler_shift
+from radial.generation.pipeline import IMAGE_PIPELINES, pipeline_family, set_scheduler_shift
 from radial.generation.settings import ClipSpec
 from radial.generation.video import to_uint8_frames, write_mp4
 
@@ -179,8 +180,44 @@ def call_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None, family: str) 
         kw["prompt"] = clip.prompt
         if cfg or family == "hunyuan":
             kw["negative_prompt"] = clip.negative_prompt
+    image_pipeline = type(pipe).__name__ in IMAGE_PIPELINES
+    if image_pipeline and clip.image is None:
+        raise ValueError(f"{type(pipe).__name__} generates from a first frame: give --image FILE")
+    if clip.image is not None:
+        if not image_pipeline:
+            raise ValueError(
+                f"--image {clip.image}: {type(pipe).__name__} is text-to-video; use an image-to-video model"
+            )
+        kw["image"] = load_image(clip.image)
+        if "prompt" in kw:
+            _ftfy_fallback(pipe)
     kw.update(clip.extra)
     return kw
+
+
+def _ftfy_fallback(pipe) -> None:
+    """diffusers' WanImageToVideoPipeline calls ftfy.fix_text unconditionally (WanPipeline only when ftfy is
+    installed); without ftfy, give its module the no-op WanPipeline then uses, so text prompts work the same."""
+    import sys
+    from types import SimpleNamespace
+
+    module = sys.modules.get(type(pipe).__module__)
+    if module is not None and not hasattr(module, "ftfy"):
+        module.ftfy = SimpleNamespace(fix_text=lambda text: text)
+
+
+def load_image(path: str | Path):
+    """The RGB image of a file for an image-to-video pipeline (its first frame); one-line errors for bad files."""
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise MissingPathError(f"--image {path}: no such file (an image: png, jpg, ...)")
+    try:
+        with Image.open(file) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ConfigError(f"--image {path}: not a readable image ({e})") from None
 
 
 def generate(
@@ -264,6 +301,7 @@ def build_sidecar(result: GenerationResult, *, radial=None, loras=None, pipeline
         "negative_prompt": result.negative_prompt,
         "prompt_embeds": result.embeds_source,
         "seed": c.seed,
+        "image": c.image,
         "family": result.family,
         "pipeline": pipeline,
         "height": c.height,

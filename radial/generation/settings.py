@@ -96,6 +96,7 @@ class ClipSpec:
     guidance_scale_2: float | None = None  # Wan2.2 A14B: guidance of the low-noise expert
     shift: float | None = None  # scheduler flow shift override
     max_sequence_length: int | None = None
+    image: str | None = None  # image-to-video pipelines: the first frame's image file
     extra: dict[str, Any] = field(default_factory=dict)  # passed to the pipeline call as is
 
     def __post_init__(self) -> None:

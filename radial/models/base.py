@@ -62,6 +62,7 @@ class ModelAdapter:
     variants: ClassVar[Mapping[str, Mapping[str, Any]]]  # full-size configs by variant name
     default_variant: ClassVar[str]
     tiny_config: ClassVar[Mapping[str, Any]]
+    tiny_variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {}  # other tiny configs by name (e.g. Wan "i2v")
     text_len: ClassVar[int]  # text tokens of the real pipeline (the padded length)
     # projection letter -> module suffix, for the video (self/joint) attention and for the text-reading projections
     _lora_video: ClassVar[Mapping[str, str]] = {"q": "to_q", "k": "to_k", "v": "to_v", "o": r"to_out\.0"}
@@ -176,12 +177,24 @@ class ModelAdapter:
         return to_comfy(lora_sd, rules, transformer, scale)
 
     # -- building -----------------------------------------------------------------------------------------------
-    def build_tiny(self, *, seed: int = 0, dtype=torch.float32, device="cpu", **overrides) -> nn.Module:
+    def tiny_config_of(self, variant: str | None = None) -> dict[str, Any]:
+        """The tiny config, or that of the tiny variant `variant`; a full-size variant's name keeps the tiny default
+        (it still selects e.g. the Wan2.2 expert boundary); anything else is a ValueError naming the known ones."""
+        if variant in self.tiny_variants:
+            return dict(self.tiny_variants[variant])
+        if variant is None or variant in self.variants:
+            return dict(self.tiny_config)
+        known = sorted({*self.tiny_variants, *self.variants})
+        raise ValueError(f"variant must be one of {known} for a tiny {self.family} model, got {variant!r}")
+
+    def build_tiny(
+        self, *, seed: int = 0, dtype=torch.float32, device="cpu", variant: str | None = None, **overrides
+    ) -> nn.Module:
         """A tiny random-init model of the real class (a few layers, heads and channels) for tests and the demo.
 
         Parameters the class initialises to zero get small random values, so every path carries signal.
         """
-        config = {**self.tiny_config, **overrides}
+        config = {**self.tiny_config_of(variant), **overrides}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = self.transformer_class(**config)

@@ -66,6 +66,18 @@ class WanRadialProcessor(RadialProcessor):
         return attn.to_out[1](out)
 
 
+#: diffusers' WanAttnProcessor takes the last 512 context tokens as text and the ones before as the image states
+I2V_TEXT_LEN = 512
+
+
+def pad_text_for_image(prompt_embeds: torch.Tensor) -> torch.Tensor:
+    """Zero-pad text states [B, L, D] to the 512 tokens Wan I2V splits at (the pipeline zero-pads to 512 too)."""
+    extra = I2V_TEXT_LEN - prompt_embeds.shape[1]
+    if extra < 0:
+        raise ValueError(f"prompt_embeds have {prompt_embeds.shape[1]} tokens; Wan I2V takes at most {I2V_TEXT_LEN}")
+    return torch.nn.functional.pad(prompt_embeds, (0, 0, 0, extra)) if extra else prompt_embeds
+
+
 _WAN_BASE = {
     "patch_size": (1, 2, 2),
     "attention_head_dim": 128,
@@ -123,6 +135,9 @@ class WanAdapter(ModelAdapter):
     }
     default_variant = "t2v-1.3b"
     tiny_config = _WAN_TINY
+    # Tiny image-to-video: 16 noisy + 4 mask + 16 first-frame latent channels, the image states of the tiny CLIP
+    # vision encoder of data/encoders (hidden size TINY_IMAGE_DIM) and the image key/value projections of I2V-14B.
+    tiny_variants = {"i2v": {**_WAN_TINY, "in_channels": 36, "image_dim": 24, "added_kv_proj_dim": 32}}
     image_tokens = 257  # CLIP ViT-H/14 states of Wan2.1 I2V
 
     def comfy_rules(self) -> list[ComfyRule]:
@@ -142,8 +157,9 @@ class WanAdapter(ModelAdapter):
 
     def _lora_alternatives(self, projections: list[str], text: bool) -> list[str]:
         alts = [rf"blocks\.\d+\.attn1\.{self._lora_video[p]}" for p in projections]
-        if text:
+        if text:  # the cross-attention; on I2V models also its image key / value projections (ComfyUI k_img, v_img)
             alts += [rf"blocks\.\d+\.attn2\.{self._lora_video[p]}" for p in projections]
+            alts += [rf"blocks\.\d+\.attn2\.{self._lora_text[p]}" for p in projections if p in "kv"]
         return alts
 
     def make_dummy_conditions(
@@ -162,24 +178,29 @@ class WanAdapter(ModelAdapter):
                 raise ValueError(f"latent_shape is needed for the {extra} image-conditioning channels of this model")
             b, _, f, h, w = latent_shape
             cond["image_latents"] = self._randn((b, extra, f, h, w), gen, transformer)
-        if cfg.image_dim is not None:
-            if cfg.added_kv_proj_dim is not None and text_len != 512:
-                raise ValueError("text_len must be 512 for Wan I2V (diffusers splits image and text states at 512)")
+        if cfg.image_dim is not None:  # predict pads the text to the 512 tokens diffusers splits I2V states at
             cond["image_embeds"] = self._randn((batch, self.image_tokens, cfg.image_dim), gen, transformer)
         return cond
+
+    def _hidden(self, latents: torch.Tensor, conditions: Mapping[str, Any]) -> torch.Tensor:
+        if conditions.get("image_latents") is None:
+            return latents
+        # WanImageToVideoPipeline's order: noisy latents, then the 4 mask and 16 first-frame latent channels.
+        return torch.cat([latents, conditions["image_latents"].to(latents.dtype)], dim=1)
 
     def _model_timestep(self, transformer, latents, t, conditions) -> torch.Tensor:
         return t
 
     def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
         t = self._timesteps(timestep, latents)
-        hidden = latents
-        if conditions.get("image_latents") is not None:
-            hidden = torch.cat([latents, conditions["image_latents"].to(latents.dtype)], dim=1)
+        hidden = self._hidden(latents, conditions)
+        text = conditions["prompt_embeds"]
+        if conditions.get("image_embeds") is not None and transformer.config.added_kv_proj_dim is not None:
+            text = pad_text_for_image(text)
         return transformer(
             hidden_states=hidden,
             timestep=self._model_timestep(transformer, latents, t, conditions),
-            encoder_hidden_states=conditions["prompt_embeds"],
+            encoder_hidden_states=text,
             encoder_hidden_states_image=conditions.get("image_embeds"),
             attention_kwargs=conditions.get("attention_kwargs"),
             return_dict=False,
@@ -199,6 +220,7 @@ class Wan22Adapter(WanAdapter):
         "i2v-a14b": {**_WAN_14B, "in_channels": 36},
     }
     default_variant = "t2v-a14b"
+    tiny_variants = {"i2v": {**_WAN_TINY, "in_channels": 36}}  # Wan2.2 A14B I2V: latent conditioning, no CLIP
     experts = ("transformer", "transformer_2")  # pipeline subfolders: high-noise, low-noise expert
     # The pipelines' boundary_ratio: the high-noise expert denoises t >= ratio * 1000, the low-noise one the rest
     # (used when the config names no model.path to read it from).
@@ -228,6 +250,15 @@ class Wan22TI2VAdapter(WanAdapter):
 
     def matches(self, transformer) -> bool:
         return ModelAdapter.matches(self, transformer) and self.latent_channels(transformer) == 48
+
+    def _hidden(self, latents: torch.Tensor, conditions: Mapping[str, Any]) -> torch.Tensor:
+        # WanImageToVideoPipeline with expand_timesteps: the clean first-frame latent where the mask is 0 (no
+        # channel concatenation), the noisy latents elsewhere.
+        mask = conditions.get("first_frame_mask")
+        if mask is None or conditions.get("image_latents") is None:
+            return latents
+        mask = mask.to(latents.dtype)
+        return (1 - mask) * conditions["image_latents"].to(latents.dtype) + mask * latents
 
     def _model_timestep(self, transformer, latents, t, conditions) -> torch.Tensor:
         # The pipeline's expand_timesteps: one timestep per token, t where noised and 0 on clean conditioning.

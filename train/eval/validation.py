@@ -203,7 +203,8 @@ class Validator:
                         with acc.autocast():
                             pred = t.parts.adapter.predict(model, x_t.to(model_dtype), sig * 1000, conds)
                         if counts:
-                            sums[j] += flow_loss(pred, target, torch.ones_like(sig)).double()
+                            mask = conds.get("first_frame_mask")  # as the training loss: clean latents excluded
+                            sums[j] += flow_loss(pred, target, torch.ones_like(sig), mask).double()
                     if counts:
                         sums[-1] += 1
         finally:
@@ -316,6 +317,12 @@ class Validator:
         from radial.models import get_adapter
 
         cfg, s = self.trainer.cfg, self.settings
+        c = self.trainer.parts.transformer.config
+        if self.family in ("wan", "wan22") and c.in_channels != c.out_channels:  # sampling failures are reported
+            raise ValueError(
+                "validation samples of image-to-video models need a first frame, which eval does not take yet; the "
+                "held-out loss runs (generate with `python -m radial.generate --image` instead)"
+            )
         device = self.trainer.accelerator.device
         source = self._data_encoder_source()
         if s.vae_path is None and source.startswith("tiny"):
