@@ -7,6 +7,7 @@ that types cannot express (ranges, choices, paths) and names the key in every er
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -227,15 +228,13 @@ def _check_finite(section, prefix: str = "") -> None:
             raise ConfigError(f"{key}={value}: expected a finite number")
 
 
-def _attention_layer_count(c: Config) -> int | None:
-    """How many attention layers the configured transformer has, from its config alone (built on the meta device:
-    no weights are read or allocated); None when model.path has no readable transformer config (the loader's
-    check names what is missing)."""
+def meta_transformer(m: ModelConfig):
+    """The configured transformer's structure on the meta device (no weights read or allocated), from its config
+    alone; None when model.path has no readable transformer config (the loader's check names what is missing)."""
     from accelerate import init_empty_weights
 
     from radial.models import get_adapter
 
-    m = c.model
     adapter = get_adapter(m.family)
     if m.source == "tiny":
         if m.variant is not None:
@@ -256,10 +255,17 @@ def _attention_layer_count(c: Config) -> int | None:
         if config is None:
             return None
     with init_empty_weights(include_buffers=True):
-        model = adapter.transformer_class.from_config(config) if m.source == "pretrained" else None
-        if model is None:
-            model = adapter.transformer_class(**config)
-    return len(adapter.attention_layers(model))
+        if m.source == "pretrained":
+            return adapter.transformer_class.from_config(config)
+        return adapter.transformer_class(**config)
+
+
+def _attention_layer_count(c: Config) -> int | None:
+    """How many attention layers the configured transformer has (None: its config is not readable here)."""
+    from radial.models import get_adapter
+
+    model = meta_transformer(c.model)
+    return None if model is None else len(get_adapter(c.model.family).attention_layers(model))
 
 
 def _choice(key: str, value, choices) -> None:
@@ -393,6 +399,8 @@ def validate(cfg: DictConfig | dict) -> Config:
         raise ConfigError(f"model.flow_shift={c.model.flow_shift}: expected > 0")
 
     a = c.attention
+    # The meta build behind the layer count takes seconds for full-size models: at most once per validation.
+    layer_count = functools.cache(lambda: _attention_layer_count(c))
     _choice("attention.backend", a.backend, BACKENDS)
     if a.deterministic and a.backend in ("fa4", "flex", "flashinfer"):
         raise ConfigError(
@@ -470,7 +478,7 @@ def validate(cfg: DictConfig | dict) -> Config:
             )
         from train.recompute import parse_checkpoint_blocks
 
-        blocks = _attention_layer_count(c) if str(t.checkpoint_blocks) != "auto" else None
+        blocks = layer_count() if str(t.checkpoint_blocks) != "auto" else None
         try:
             parse_checkpoint_blocks(t.checkpoint_blocks, blocks if blocks is not None else 1 << 30)
         except ValueError as e:
@@ -486,7 +494,7 @@ def validate(cfg: DictConfig | dict) -> Config:
     if t.timestep_range is not None:
         FlowMatching(sigma_range=tuple(t.timestep_range))  # its check, naming train.timestep_range
     _check_expert(c)
-    layers = _attention_layer_count(c) if a.dense_layers > 0 else None
+    layers = layer_count() if a.dense_layers > 0 else None
     if layers is not None and a.dense_layers > layers:
         raise ConfigError(
             f"attention.dense_layers={a.dense_layers}: the {c.model.family} transformer "

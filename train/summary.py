@@ -7,14 +7,14 @@ from the index, and the attention density comes from the block mask of the large
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import torch
 
 from data.shards import load_index
-from train.config import Config
+from radial.models.base import ModelPathError
+from train.config import Config, meta_transformer
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
@@ -25,22 +25,6 @@ def _count(n: float) -> str:
 
 def _size(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def _meta_model(cfg: Config, adapter) -> torch.nn.Module:
-    """The transformer's structure without memory: config of the tiny / full variant, or model.path's config.json."""
-    from accelerate import init_empty_weights
-
-    m = cfg.model
-    if m.source == "tiny":
-        config = adapter.tiny_config_of(m.variant)
-    elif m.source == "full":
-        config = dict(adapter.variants[m.variant or adapter.default_variant])
-    else:
-        folder = adapter.resolve_pretrained(m.path, m.expert)
-        config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
-    with init_empty_weights(include_buffers=False):
-        return adapter.transformer_class.from_config(config)
 
 
 def _data_lines(cfg: Config, roots: list[Path], repeats: list[int]) -> tuple[list[str], tuple | None, int]:
@@ -70,7 +54,10 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
 
     m, a, t = cfg.model, cfg.attention, cfg.train
     adapter = get_adapter(m.family)
-    model = _meta_model(cfg, adapter)
+    model = meta_transformer(m)
+    if model is None:  # model.path has no readable transformer config: the loader's check says what is missing
+        adapter.resolve_pretrained(m.path, m.expert)
+        raise ModelPathError(f"model.path={m.path}: the transformer's config.json is not readable")
     base_params = sum(p.numel() for p in model.parameters())
     targets = cfg.lora.target_modules or adapter.lora_target_modules(cfg.lora.projections, text=cfg.lora.text)
     modules = dict(model.named_modules())
