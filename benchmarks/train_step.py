@@ -43,6 +43,12 @@ DENSE_ENTRIES = {"dense": "auto", "dense-cudnn": "sdpa", "dense-fa4": "fa4"}
 ATTENTION_KERNEL_HINTS = ("attn", "fmha", "flash", "cudnn", "sdpa", "_fwd_kernel", "_dkdv_kernel", "_dq_kernel")
 ATTENTION_KERNEL_HINTS += ("_preprocess_kernel", "flashattention", "fmha")  # flash-attn-4's CuTe kernels
 
+# The rest of the step by kernel kind: cuBLAS / CUTLASS GEMMs, and inductor's generated Triton kernels.
+OTHER_KERNEL_KINDS = (
+    (("gemm", "nvjet", "xmma", "cublas", "cutlass"), "matmul"),
+    (("triton_",), "triton (fused by inductor)"),
+)
+
 CASES = {
     # name: (family, latent frames, latent height, latent width)
     "wan1x": ("wan", 21, 60, 104),
@@ -141,19 +147,28 @@ def _peak_gb() -> float:
 
 
 def _attention_share(prof) -> tuple[float, float, dict[str, float]]:
-    """Attention and total device time (ms) of a profiled step, and the attention kernels' times (which SDPA ran)."""
+    """Attention and total device time (ms) of a profiled step, and per-kernel times: the four slowest attention
+    kernels (which SDPA ran) and the rest of the step by kind ("other: matmul", "other: triton (fused by inductor)",
+    "other: elementwise and copies")."""
     total = attn = 0.0
     kernels: dict[str, float] = {}
+    rest: dict[str, float] = {}
     for evt in prof.key_averages():
         t = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0.0)
         if _cuda() and not str(getattr(evt, "device_type", "")).endswith("CUDA"):
             continue
         total += t
-        if any(k in evt.key.lower() for k in ATTENTION_KERNEL_HINTS):
+        key = evt.key.lower()
+        if any(k in key for k in ATTENTION_KERNEL_HINTS):
             attn += t
             kernels[evt.key[:80]] = kernels.get(evt.key[:80], 0.0) + t / 1e3
+            continue
+        kind = next(
+            (name for hints, name in OTHER_KERNEL_KINDS if any(h in key for h in hints)), "elementwise and copies"
+        )
+        rest[f"other: {kind}"] = rest.get(f"other: {kind}", 0.0) + t / 1e3
     top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:4])
-    return attn / 1e3, total / 1e3, top
+    return attn / 1e3, total / 1e3, {**top, **rest}
 
 
 def run_case(case: str, backend: str, args) -> dict:
@@ -221,11 +236,14 @@ def _run_case(case: str, backend: str, args) -> dict:
         _sync()
         times.append(time.perf_counter() - start)
     peak = _peak_gb()
-    activity = torch.profiler.ProfilerActivity.CUDA if _cuda() else torch.profiler.ProfilerActivity.CPU
-    with torch.profiler.profile(activities=[activity]) as prof:
-        step(999)
-        _sync()
-    attn_ms, total_ms, kernels = _attention_share(prof)
+    attn_ms = total_ms = float("nan")
+    kernels: dict[str, float] = {}
+    if args.profile:  # one more step under the profiler: the attention share (skip it for long dense steps)
+        activity = torch.profiler.ProfilerActivity.CUDA if _cuda() else torch.profiler.ProfilerActivity.CPU
+        with torch.profiler.profile(activities=[activity]) as prof:
+            step(999)
+            _sync()
+        attn_ms, total_ms, kernels = _attention_share(prof)
     grid = parts.handle.last_grid
     plan = parts.handle.last_plan
     step_s = sorted(times)[len(times) // 2]
@@ -249,7 +267,7 @@ def _run_case(case: str, backend: str, args) -> dict:
         "peak_gb": peak,
         "attention_ms": attn_ms,
         "profiled_ms": total_ms,
-        "attention_share": attn_ms / total_ms if total_ms else float("nan"),
+        "attention_share": attn_ms / total_ms if total_ms and args.profile else float("nan"),
         "attention_kernels_ms": kernels,
         "density": plan.stats.block_density if plan is not None and not _is_dense(backend) else 1.0,
         "loss": losses[-1],
@@ -290,6 +308,12 @@ def main(argv: list[str] | None = None) -> None:
         "--fuse-qkv", action=argparse.BooleanOptionalAction, default=False, help="train.fuse_qkv, every entry"
     )
     p.add_argument("--compile-backend", default="inductor", help="train.compile_backend (smoke runs: eager)")
+    p.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="profile one extra step (attention share)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny models on --device (a CPU check of the script)")
     p.add_argument("--sp", type=int, default=1, help="Ulysses group size; launch with torchrun --nproc_per_node K")
     p.add_argument("--backends", nargs="+", default=None, help="default: dense and triton (see the module doc)")
