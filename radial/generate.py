@@ -74,7 +74,9 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
 
     what = p.add_argument_group("what to generate")
     what.add_argument("--prompt", action="append", help="text prompt (repeatable)")
-    what.add_argument("--image", default=None, help="first frame for image-to-video pipelines (Wan2.1 I2V)")
+    what.add_argument(
+        "--image", default=None, help="first frame for image-to-video pipelines (Wan2.1 I2V, Wan2.2 A14B I2V, TI2V-5B)"
+    )
     what.add_argument("--prompt-embeds", action="append", help="precomputed embeddings (.safetensors/.pt; repeatable)")
     what.add_argument("--negative-prompt", default=None)
     what.add_argument("--length", default=None, help="1x, 2x, 3x, 4x of the base model's clip (Wan 1x = 81 frames)")
@@ -115,7 +117,9 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     out.add_argument("--debug", action="store_true", help="full tracebacks for errors (also RADIAL_DEBUG=1)")
 
     repo = p.add_argument_group("tiny pipelines and comparison (this repository's data/ and train/ packages)")
-    repo.add_argument("--tiny", metavar="FAMILY", help="tiny random-init pipeline of FAMILY (wan, hunyuan, mochi)")
+    repo.add_argument(
+        "--tiny", metavar="FAMILY", help="tiny random-init pipeline of FAMILY (wan, wan22, wan22_ti2v, hunyuan, mochi)"
+    )
     repo.add_argument("--tiny-seed", type=int, default=0, help="seed of the tiny components")
     repo.add_argument("--save-tiny", metavar="DIR", help="write the tiny pipeline as a diffusers folder and exit")
     repo.add_argument(
@@ -297,7 +301,11 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
             load_image(args.image)
         if args.save_tiny:
             path = tools.save_tiny_pipeline(
-                args.save_tiny, args.tiny, seed=args.tiny_seed, transformer=args.transformer
+                args.save_tiny,
+                args.tiny,
+                seed=args.tiny_seed,
+                transformer=args.transformer,
+                image=args.image is not None,
             )
             print(f"tiny {args.tiny} pipeline written to {path}")
             return {"saved": str(path)}

@@ -8,6 +8,7 @@ radial.generate ...` (same options).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from collections.abc import Sequence
@@ -36,28 +37,42 @@ def build_tiny_pipeline(
     `transformer`: a module, a saved folder (e.g. outputs/<run>/base_transformer), or None for
     `adapter.build_tiny(seed=seed)` (what the trainer's tiny model is). Encoders use `seed` as data.prepare does.
     `image`: the image-to-video pipeline, WanImageToVideoPipeline (wan: the tiny "i2v" transformer and CLIP encoder;
-    wan22_ti2v: expand_timesteps, the clean first latent frame).
+    wan22: the tiny "i2v" experts, no CLIP; wan22_ti2v: expand_timesteps, the clean first latent frame).
+    Families with experts (wan22, Wan2.2 A14B) get both, switched at the variant's boundary_ratio; both start from
+    `transformer` (a tiny run trains either expert from that same base), each its own copy so a LoRA goes into one.
     """
     import diffusers
 
-    from data.encoders import load_encoders
+    from data.encoders import IMAGE_FAMILIES, load_encoders
     from radial.models import get_adapter
 
     adapter = get_adapter(family)
-    if image and family not in ("wan", "wan22_ti2v"):
-        raise ValueError(f"--image: tiny image-to-video pipelines exist for wan and wan22_ti2v, not {family!r}")
+    if image and family not in IMAGE_FAMILIES:
+        raise ValueError(
+            f"--image: tiny image-to-video pipelines exist for {', '.join(IMAGE_FAMILIES)}, not {family!r}"
+        )
+    variant = "i2v" if image and "i2v" in adapter.tiny_variants else None
     if transformer is None:
-        transformer = adapter.build_tiny(seed=seed, dtype=dtype, variant="i2v" if image and family == "wan" else None)
+        transformer = adapter.build_tiny(seed=seed, dtype=dtype, variant=variant)
     elif not isinstance(transformer, torch.nn.Module):
         folder = check_local_folder(transformer, "--transformer", "a local diffusers transformer folder")
         transformer = adapter.transformer_class.from_pretrained(str(folder), torch_dtype=dtype)
-    enc = load_encoders(family if family != "wan22" else "wan", tiny=True, seed=seed, image=image)
+    channels = transformer.config.in_channels
+    if image and family != "wan22_ti2v" and channels == adapter.latent_channels(transformer):
+        raise ValueError(
+            f"--image: the {family} transformer is text-to-video (in_channels {channels}); image-to-video needs the "
+            "mask and first-frame channels (a tiny run with model.variant=i2v)"
+        )
+    enc = load_encoders(family, tiny=True, seed=seed, image=image)
     components = {name: getattr(enc, name) for name in enc.components}
     if not text_encoder:
         components = {k: (None if k.startswith(("text_encoder", "tokenizer")) else v) for k, v in components.items()}
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
     name = "WanImageToVideoPipeline" if image else get_adapter(family).pipeline_class_name
-    extra = {"expand_timesteps": True} if image and family == "wan22_ti2v" else {}
+    extra: dict = {"expand_timesteps": True} if image and family == "wan22_ti2v" else {}
+    if getattr(adapter, "experts", ()):
+        extra["transformer_2"] = copy.deepcopy(transformer)
+        extra["boundary_ratio"] = adapter.boundary_ratios[variant or adapter.default_variant]
     pipe = getattr(diffusers, name)(transformer=transformer, scheduler=scheduler, **components, **extra)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -67,12 +82,15 @@ def build_tiny_pipeline(
     return pipe
 
 
-def save_tiny_pipeline(out: str | Path, family: str = "wan", *, seed: int = 0, transformer=None) -> Path:
-    """Write a tiny pipeline as a diffusers folder (with the tiny encoders' text settings beside it)."""
+def save_tiny_pipeline(
+    out: str | Path, family: str = "wan", *, seed: int = 0, transformer=None, image: bool = False
+) -> Path:
+    """Write a tiny pipeline as a diffusers folder (with the tiny encoders' text settings beside it); `image`: the
+    image-to-video pipeline, as build_tiny_pipeline."""
     from radial.generation.pipeline import TEXT_SETTINGS_FILE
 
     out = Path(out)
-    pipe = build_tiny_pipeline(family, seed=seed, transformer=transformer)
+    pipe = build_tiny_pipeline(family, seed=seed, transformer=transformer, image=image)
     pipe.save_pretrained(str(out))
     if pipe._radial_text_settings:
         (out / TEXT_SETTINGS_FILE).write_text(json.dumps(pipe._radial_text_settings, indent=1))

@@ -223,8 +223,8 @@ class Wan22Adapter(WanAdapter):
     tiny_variants = {"i2v": {**_WAN_TINY, "in_channels": 36}}  # Wan2.2 A14B I2V: latent conditioning, no CLIP
     experts = ("transformer", "transformer_2")  # pipeline subfolders: high-noise, low-noise expert
     # The pipelines' boundary_ratio: the high-noise expert denoises t >= ratio * 1000, the low-noise one the rest
-    # (used when the config names no model.path to read it from).
-    boundary_ratios = {"t2v-a14b": 0.875, "i2v-a14b": 0.9}
+    # (used when the config names no model.path to read it from; the tiny "i2v" expert takes I2V-A14B's).
+    boundary_ratios = {"t2v-a14b": 0.875, "i2v-a14b": 0.9, "i2v": 0.9}
 
     def matches(self, transformer) -> bool:
         return False
@@ -247,6 +247,7 @@ class Wan22TI2VAdapter(WanAdapter):
     }
     default_variant = "ti2v-5b"
     tiny_config = {**_WAN_TINY, "in_channels": 48, "out_channels": 48}
+    tiny_variants = {}  # one model for text- and image-to-video (not Wan2.1's channel-concatenating "i2v")
 
     def matches(self, transformer) -> bool:
         return ModelAdapter.matches(self, transformer) and self.latent_channels(transformer) == 48
