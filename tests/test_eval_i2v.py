@@ -85,6 +85,15 @@ def test_i2v_training_samples_from_heldout_first_frames_and_eval_images(i2v_data
     sidecar = json.loads(Path(records[1]["files"]["sidecar"]).read_text())
     assert sidecar["image"] == images[1] and sidecar["image_source"] == "eval.images[1]"
 
+    # A model.path with a scheduler: the I2V pipeline takes that scheduler and the CLIP image encoder.
+    import diffusers
+
+    diffusers.UniPCMultistepScheduler(flow_shift=3.0).save_pretrained(tmp_path / "pipe" / "scheduler")
+    trainer.cfg.model.path = str(tmp_path / "pipe")
+    pipe = Validator(trainer).pipeline()
+    assert isinstance(pipe, diffusers.WanImageToVideoPipeline) and pipe.image_encoder is not None
+    assert isinstance(pipe.scheduler, diffusers.UniPCMultistepScheduler) and pipe.text_encoder is None
+
 
 def test_eval_images_are_checked_before_the_model_loads(i2v_data, tmp_path):
     good = _image(tmp_path / "a.png", 0)
