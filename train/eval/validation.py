@@ -428,9 +428,8 @@ class Validator:
             encoder, processor = load_image_encoder(
                 self.family, source, tiny=self._tiny_seed() is not None, seed=self._tiny_seed() or 0, device=device
             )
-            extra.update(
-                image_encoder=None if encoder is None else encoder.to(device).eval(), image_processor=processor
-            )
+            extra["image_encoder"] = None if encoder is None else encoder.to(device).eval()
+            extra.update({k: processor for k in ("image_processor", "feature_extractor") if k in takes})
         pipe = cls(transformer=self._transformer(), vae=vae, scheduler=scheduler, **extra)
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
