@@ -117,19 +117,26 @@ def test_eval_images_are_checked_before_the_model_loads(i2v_data, tmp_path):
     assert validate(compose_config(_overrides(run, i2v_data, f"eval.images=[{good}]", "eval.prompts=[x]"))).eval.images
 
 
-def test_ti2v_samples_from_the_heldout_first_frame(tmp_path):
-    """Wan2.2 TI2V-5B: samples of held-out items prepared with --i2v go through the expand_timesteps image-to-video
-    pipeline from their clean first latent frame (48-channel VAE)."""
+@pytest.mark.parametrize(
+    ("family", "extra", "shape"),
+    [
+        ("wan22_ti2v", [], [1, 48, 5, 4, 4]),
+        ("wan22", ["model.variant=i2v", "+model.expert=transformer_2"], [1, 16, 5, 8, 8]),
+    ],
+)
+def test_wan22_samples_from_the_heldout_first_frame(tmp_path, family, extra, shape):
+    """Wan2.2: held-out items prepared with --i2v sample through the image-to-video pipeline from their first frame:
+    TI2V-5B with expand_timesteps (the clean first latent frame, 48-channel VAE); an A14B I2V expert without CLIP."""
     make_synthetic_videos(tmp_path / "videos", num=1, frames=17, fps=16, sizes=((64, 64),), seed=0)
-    _prepare(tmp_path / "videos", tmp_path / "lat", True, "wan22_ti2v")
+    _prepare(tmp_path / "videos", tmp_path / "lat", True, family)
     base = [o for o in tiny_overrides(tmp_path / "run", tmp_path / "lat", steps=1) if not o.startswith(SYNTHETIC_KEYS)]
-    trainer = Trainer(
-        validate(compose_config(["data=latents", *base, "model.family=wan22_ti2v", "data.num_workers=0"]))
-    )
+    overrides = ["data=latents", *base, f"model.family={family}", *extra, "data.num_workers=0"]
+    trainer = Trainer(validate(compose_config(overrides)))
     trainer.cfg.eval = SimpleNamespace(**FAST, num_samples=1)
     v = Validator(trainer)
     (record,) = v.sample(tmp_path / "samples", step=0)
     pipe = v.pipeline()
-    assert type(pipe).__name__ == "WanImageToVideoPipeline" and pipe.config.expand_timesteps
+    assert type(pipe).__name__ == "WanImageToVideoPipeline" and pipe.image_encoder is None
+    assert pipe.config.expand_timesteps == (family == "wan22_ti2v")
     assert record["image_source"].startswith("heldout:") and Image.open(record["image"]).size == (64, 64)
-    assert record["finite"] and record["latent_shape"] == [1, 48, 5, 4, 4]
+    assert record["finite"] and record["latent_shape"] == shape
