@@ -27,9 +27,9 @@ from train.config import validate
 from train.trainer import Trainer
 
 
-def _prepare(videos, out, image: bool):
+def _prepare(videos, out, image: bool, model: str = "wan"):
     cfg = PrepareConfig(
-        model="wan", input=str(videos / "manifest.jsonl"), out=str(out), tiny=True, image=image, lengths=(17,),
+        model=model, input=str(videos / "manifest.jsonl"), out=str(out), tiny=True, image=image, lengths=(17,),
         fps=16, buckets=("64x64",), progress=False, latent_dtype="fp32", text_dtype="fp32",
     )  # fmt: skip
     prepare(cfg)
@@ -241,11 +241,7 @@ def test_ti2v_first_frame_conditioning_trains_and_generates(tmp_path):
     assert flow_loss(pred, target, torch.ones(1)).item() > 0.0
 
     make_synthetic_videos(tmp_path / "videos", num=2, frames=17, fps=16, sizes=((64, 64),), seed=0)
-    cfg = PrepareConfig(
-        model="wan22_ti2v", input=str(tmp_path / "videos" / "manifest.jsonl"), out=str(tmp_path / "lat"), tiny=True,
-        image=True, lengths=(17,), fps=16, buckets=("64x64",), progress=False, latent_dtype="fp32", text_dtype="fp32",
-    )  # fmt: skip
-    prepare(cfg)
+    _prepare(tmp_path / "videos", tmp_path / "lat", True, "wan22_ti2v")
     item = LatentDataset(tmp_path / "lat", "wan22_ti2v")[0]
     assert item["image_latents"].shape == (48, 1, 4, 4) and item["first_frame_mask"].shape == (1, 5, 4, 4)
     out = tmp_path / "run"
@@ -272,11 +268,7 @@ def test_wan22_a14b_i2v_conditions_on_latents_only(tmp_path):
     """Wan2.2 A14B I2V: prepare writes the mask + first-frame latent without CLIP states; the dataset fits the tiny
     I2V expert (in_channels 36, no image_dim) and its prediction equals the stock call of the I2V pipeline."""
     make_synthetic_videos(tmp_path / "videos", num=1, frames=17, fps=16, sizes=((64, 64),), seed=0)
-    cfg = PrepareConfig(
-        model="wan22", input=str(tmp_path / "videos" / "manifest.jsonl"), out=str(tmp_path / "lat"), tiny=True,
-        image=True, lengths=(17,), fps=16, buckets=("64x64",), progress=False, latent_dtype="fp32", text_dtype="fp32",
-    )  # fmt: skip
-    prepare(cfg)
+    _prepare(tmp_path / "videos", tmp_path / "lat", True, "wan22")
     adapter = get_adapter("wan22")
     model = adapter.build_tiny(variant="i2v")
     assert model.config.image_dim is None and model.config.in_channels == 36

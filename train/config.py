@@ -155,6 +155,7 @@ class EvalConfig:
     num_samples: int = 1
     prompts: list[str] = field(default_factory=list)
     prompt_embeds: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
     negative_prompt: str = ""
     seeds: list[int] = field(default_factory=lambda: [0])
     num_inference_steps: int = 20
@@ -260,11 +261,10 @@ def meta_transformer(m: ModelConfig):
         return adapter.transformer_class(**config)
 
 
-def _attention_layer_count(c: Config) -> int | None:
-    """How many attention layers the configured transformer has (None: its config is not readable here)."""
+def _attention_layer_count(c: Config, model) -> int | None:
+    """How many attention layers the configured transformer `model` has (None: its config is not readable here)."""
     from radial.models import get_adapter
 
-    model = meta_transformer(c.model)
     return None if model is None else len(get_adapter(c.model.family).attention_layers(model))
 
 
@@ -296,6 +296,50 @@ def check_eval(ev: EvalConfig) -> None:
     for path in ev.prompt_embeds:
         if not Path(path).expanduser().is_file():
             raise MissingPathError(f"eval.prompt_embeds: {path} does not exist")
+    if ev.images:
+        _check_eval_image_files(ev)
+
+
+def _check_eval_image_files(ev: EvalConfig) -> None:
+    """eval.images: readable images, one per validation prompt (those of eval.prompt_embeds, else eval.prompts)."""
+    from radial.generation.embeds import load_prompt_embeds
+    from radial.generation.run import load_image
+
+    for i, path in enumerate(ev.images):
+        load_image(path, f"eval.images[{i}]")
+    if ev.prompt_embeds:
+        key, count = "eval.prompt_embeds", sum(len(load_prompt_embeds(Path(p).expanduser())) for p in ev.prompt_embeds)
+    else:
+        key, count = "eval.prompts", len(ev.prompts)
+    if not count:
+        raise ConfigError(
+            f"eval.images={list(ev.images)}: first frames of eval.prompts (or eval.prompt_embeds), one per prompt, "
+            "but no prompts are given (samples of held-out items take their own first frames: leave eval.images empty)"
+        )
+    if len(ev.images) != count:
+        raise ConfigError(
+            f"eval.images has {len(ev.images)} image(s) for the {count} prompt(s) of {key}: expected one per prompt, "
+            "in the same order"
+        )
+
+
+def check_eval_images(ev: EvalConfig, family: str, transformer_config) -> None:
+    """eval.images against the transformer: first frames for image-to-video models only; an image-to-video model
+    samples eval.prompts / eval.prompt_embeds only with a first frame each."""
+    from radial.models import get_adapter
+
+    takes = get_adapter(family).image_input(transformer_config)
+    if ev.images and takes == "none":
+        raise ConfigError(
+            f"eval.images={list(ev.images)}: the {family} transformer is text-to-video (it takes no first frame); "
+            "leave eval.images empty or train an image-to-video model"
+        )
+    if takes == "required" and not ev.images and (ev.prompts or ev.prompt_embeds):
+        key = "eval.prompt_embeds" if ev.prompt_embeds else "eval.prompts"
+        raise ConfigError(
+            f"{key} is set but eval.images is empty: the {family} transformer is image-to-video; give eval.images, "
+            f"one first frame per prompt, or leave {key} empty to sample held-out items from their own first frames"
+        )
 
 
 def _check_expert(c: Config) -> None:
@@ -400,7 +444,8 @@ def validate(cfg: DictConfig | dict) -> Config:
 
     a = c.attention
     # The meta build behind the layer count takes seconds for full-size models: at most once per validation.
-    layer_count = functools.cache(lambda: _attention_layer_count(c))
+    meta = functools.cache(lambda: meta_transformer(c.model))
+    layer_count = functools.cache(lambda: _attention_layer_count(c, meta()))
     _choice("attention.backend", a.backend, BACKENDS)
     if a.deterministic and a.backend in ("fa4", "flex", "flashinfer"):
         raise ConfigError(
@@ -503,6 +548,9 @@ def validate(cfg: DictConfig | dict) -> Config:
         )
 
     check_eval(c.eval)
+    ev = c.eval
+    if (ev.images or ev.prompts or ev.prompt_embeds) and meta() is not None:
+        check_eval_images(ev, c.model.family, meta().config)
     for tracker in c.logging.trackers:
         _choice("logging.trackers", tracker, TRACKERS)
     _choice("logging.wandb_mode", c.logging.wandb_mode, ("offline", "online", "disabled"))

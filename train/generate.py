@@ -68,8 +68,8 @@ def build_tiny_pipeline(
     if not text_encoder:
         components = {k: (None if k.startswith(("text_encoder", "tokenizer")) else v) for k, v in components.items()}
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
-    name = "WanImageToVideoPipeline" if image else get_adapter(family).pipeline_class_name
-    extra: dict = {"expand_timesteps": True} if image and family == "wan22_ti2v" else {}
+    name = adapter.image_pipeline_class_name if image else adapter.pipeline_class_name
+    extra: dict = dict(adapter.pipeline_config) if image else {}  # the tiny text-to-video pipelines keep their defaults
     if getattr(adapter, "experts", ()):
         extra["transformer_2"] = copy.deepcopy(transformer)
         extra["boundary_ratio"] = adapter.boundary_ratios[variant or adapter.default_variant]

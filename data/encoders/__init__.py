@@ -75,15 +75,24 @@ def load_encoders(
         if family == "hunyuan":
             kwargs["pooled_dim"] = tiny_pooled_dim
         enc = cls.tiny(family, seed=seed, device=device, **kwargs)
-        if image:
-            from data.encoders.wan import tiny_image_encoder
-
-            enc.with_image_encoder(*(tiny_image_encoder(seed) if family == "wan" else (None, None)))
-        return enc
-    enc = cls.from_pretrained(family, pretrained_path, device=device, vae_dtype=vae_dtype, text_dtype=text_dtype)
+    else:
+        enc = cls.from_pretrained(family, pretrained_path, device=device, vae_dtype=vae_dtype, text_dtype=text_dtype)
     if image:
-        enc.with_image_encoder(*_pretrained_image_encoder(family, pretrained_path, enc.device))
+        enc.with_image_encoder(*load_image_encoder(family, pretrained_path, tiny=tiny, seed=seed, device=enc.device))
     return enc
+
+
+def load_image_encoder(
+    family: str, pretrained_path: str | Path | None = None, *, tiny: bool = False, seed: int = 0, device="cpu"
+) -> tuple:
+    """The image encoder and processor of the family's image-to-video pipeline, tiny (seeded as load_encoders) or
+    from `pretrained_path`: Wan2.1 I2V's CLIP vision model; (None, None) where the latents alone condition."""
+    check_image_family(family, True)
+    if tiny:
+        from data.encoders.wan import tiny_image_encoder
+
+        return tiny_image_encoder(seed) if family == "wan" else (None, None)
+    return _pretrained_image_encoder(family, pretrained_path, device)
 
 
 #: families whose image-to-video models prepare can condition (Wan2.1 I2V with CLIP states, Wan2.2 A14B I2V without;
@@ -129,4 +138,5 @@ __all__ = [
     "check_pretrained",
     "encoder_class",
     "load_encoders",
+    "load_image_encoder",
 ]

@@ -28,8 +28,6 @@ PIPELINE_FAMILIES = {
     "HunyuanVideoPipeline": "hunyuan",
     "MochiPipeline": "mochi",
 }
-#: pipelines that generate from a first frame (`image=`, the generator's --image)
-IMAGE_PIPELINES = ("WanImageToVideoPipeline",)
 TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 #: written beside tiny / custom encoders by data.encoders (FamilyEncoders.save_pretrained): text length, template
 TEXT_SETTINGS_FILE = "radial_text_settings.json"
@@ -49,6 +47,14 @@ def pipeline_family(pipe) -> str:
         if transformer is not None and (transformer.config.out_channels or transformer.config.in_channels) == 48:
             return "wan22_ti2v"
     return family
+
+
+def image_pipeline_names() -> set[str]:
+    """The pipeline classes that generate from a first frame (`image=`, the generator's --image): each family
+    adapter's `image_pipeline_class_name`."""
+    from radial.models import available_adapters, get_adapter
+
+    return {get_adapter(f).image_pipeline_class_name for f in available_adapters()} - {None}
 
 
 def read_text_settings(root: str | Path | None) -> dict:

@@ -27,7 +27,7 @@ from radial.attention import resolve_backend
 from radial.errors import ConfigError, MissingPathError
 from radial.files import share_like_umask
 from radial.generation.embeds import PromptEmbeds
-from radial.generation.pipeline import IMAGE_PIPELINES, pipeline_family, set_scheduler_shift
+from radial.generation.pipeline import image_pipeline_names, pipeline_family, set_scheduler_shift
 from radial.generation.settings import ClipSpec
 from radial.generation.video import to_uint8_frames, write_mp4
 
@@ -180,7 +180,7 @@ def call_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None, family: str) 
         kw["prompt"] = clip.prompt
         if cfg or family == "hunyuan":
             kw["negative_prompt"] = clip.negative_prompt
-    image_pipeline = type(pipe).__name__ in IMAGE_PIPELINES
+    image_pipeline = type(pipe).__name__ in image_pipeline_names()
     if image_pipeline and clip.image is None:
         raise ValueError(f"{type(pipe).__name__} generates from a first frame: give --image FILE")
     if clip.image is not None:
@@ -206,18 +206,19 @@ def _ftfy_fallback(pipe) -> None:
         module.ftfy = SimpleNamespace(fix_text=lambda text: text)
 
 
-def load_image(path: str | Path):
-    """The RGB image of a file for an image-to-video pipeline (its first frame); one-line errors for bad files."""
+def load_image(path: str | Path, option: str = "--image"):
+    """The RGB image of a file for an image-to-video pipeline (its first frame); one-line errors for bad files,
+    naming `option` (the option or config key that gave it)."""
     from PIL import Image, UnidentifiedImageError
 
     file = Path(path).expanduser()
     if not file.is_file():
-        raise MissingPathError(f"--image {path}: no such file (an image: png, jpg, ...)")
+        raise MissingPathError(f"{option} {path}: no such file (an image: png, jpg, ...)")
     try:
         with Image.open(file) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as e:
-        raise ConfigError(f"--image {path}: not a readable image ({e})") from None
+        raise ConfigError(f"{option} {path}: not a readable image ({e})") from None
 
 
 def generate(

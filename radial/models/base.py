@@ -176,6 +176,20 @@ class ModelAdapter:
             raise ValueError(f"no ComfyUI / original key mapping is known for family {self.family!r}")
         return to_comfy(lora_sd, rules, transformer, scale)
 
+    # -- sampling -----------------------------------------------------------------------------------------------
+    image_pipeline_class_name: ClassVar[str | None] = None  # diffusers pipeline that generates from a first frame
+    pipeline_config: ClassVar[Mapping[str, Any]] = {}  # the family pipelines' config beyond their components
+
+    def image_input(self, config: Mapping[str, Any]) -> str:
+        """Whether a transformer of this `config` generates from a first frame: "required" (image-to-video),
+        "optional" (text- or image-to-video, Wan2.2 TI2V-5B) or "none" (text-to-video)."""
+        return "none"
+
+    def first_frame_latent(self, item: Mapping[str, Any]) -> torch.Tensor | None:
+        """The normalized VAE latent [C, 1, h, w] of the first frame in a prepared item's image conditioning (decoded
+        for validation samples); None when the item has none or the family does not say where it is."""
+        return None
+
     # -- building -----------------------------------------------------------------------------------------------
     def tiny_config_of(self, variant: str | None = None) -> dict[str, Any]:
         """The tiny config, or that of the tiny variant `variant`; a full-size variant's name keeps the tiny default

@@ -123,6 +123,7 @@ class WanAdapter(ModelAdapter):
     """Wan2.1: self-attention `attn1` of every block is radial; the Wan mask keeps key frame 0 (attention sink)."""
 
     pipeline_class_name = "WanPipeline"
+    image_pipeline_class_name = "WanImageToVideoPipeline"
 
     family = "wan"
     class_name = "WanTransformer3DModel"
@@ -206,6 +207,17 @@ class WanAdapter(ModelAdapter):
             return_dict=False,
         )[0]
 
+    def image_input(self, config: Mapping[str, Any]) -> str:
+        # I2V transformers read the image conditioning as extra input channels (4 mask + 16 first-frame latent).
+        c = dict(config)
+        return "required" if (c.get("out_channels") or c["in_channels"]) != c["in_channels"] else "none"
+
+    def first_frame_latent(self, item: Mapping[str, Any]) -> torch.Tensor | None:
+        # image_latents: [4 mask + C, F, h, w] (I2V; the first latent frame encodes the first pixel frame alone) or
+        # [C, 1, h, w] (TI2V): the latent is the last C channels either way.
+        latents = item.get("image_latents")
+        return None if latents is None else latents[-self.geometry.latent_channels :, :1]
+
 
 class Wan22Adapter(WanAdapter):
     """Wan2.2 A14B: a high-noise and a low-noise expert, each a Wan2.1-14B architecture; inject each one.
@@ -248,6 +260,10 @@ class Wan22TI2VAdapter(WanAdapter):
     default_variant = "ti2v-5b"
     tiny_config = {**_WAN_TINY, "in_channels": 48, "out_channels": 48}
     tiny_variants = {}  # one model for text- and image-to-video (not Wan2.1's channel-concatenating "i2v")
+    pipeline_config = {"expand_timesteps": True}  # Wan2.2-TI2V-5B-Diffusers' model_index.json
+
+    def image_input(self, config: Mapping[str, Any]) -> str:
+        return "optional"  # a clean first latent frame, or none
 
     def matches(self, transformer) -> bool:
         return ModelAdapter.matches(self, transformer) and self.latent_channels(transformer) == 48

@@ -9,7 +9,10 @@ Every `eval.validation_every` steps:
   transformer (LoRA and radial attention as trained; `dense_timesteps` honoured), decoded by the VAE of the data
   (the tiny seeded one for tiny data, else `eval.vae_path` or `model.path`). Prompts: `eval.prompt_embeds` files
   (radial.generation.embeds), else `eval.prompts` (encoded once with the family's text encoders), else the
-  captions and stored embeddings of the first `eval.num_samples` held-out items.
+  captions and stored embeddings of the first `eval.num_samples` held-out items. Image-to-video models (and Wan2.2
+  TI2V-5B given images) sample through the family's image-to-video pipeline from first frames: `eval.images` (one
+  per prompt), else, for held-out items, the first frame of their stored image conditioning, decoded by the VAE
+  (written to <output_dir>/validation/first_frames/); the sidecar's `image` / `image_source` say which.
 Logged through `accelerator.log` (val/loss, val/loss_t0.50 ...; TensorBoard gets a frame strip per sample, wandb
 the mp4); files under <output_dir>/validation/step-XXXXXX/ (mp4 + JSON sidecar per sample, metrics.json).
 
@@ -40,7 +43,7 @@ from typing import Any
 
 import torch
 
-from train.config import EvalConfig, check_eval
+from train.config import EvalConfig, check_eval, check_eval_images
 from train.flow import flow_loss, noisy_latents
 from train.records import json_safe
 from train.step import conditions_of, input_dtype
@@ -73,10 +76,13 @@ class Validator:
         self.trainer = trainer
         self.settings = eval_settings(getattr(trainer.cfg, "eval", None))
         self.family = trainer.cfg.model.family
+        check_eval_images(self.settings, self.family, trainer.parts.transformer.config)
         self._heldout = None
         self._pipe = None
         self._embeds = None
         self._enc = None
+        self._use_images: bool | None = None
+        self._images: list | None = None
         self.history: list[dict] = []
 
     # -- the two calls ----------------------------------------------------------------------------------------------
@@ -228,22 +234,30 @@ class Validator:
 
     def _text_len(self) -> int:
         from radial.models import get_adapter
+        from radial.models.wan import I2V_TEXT_LEN
 
+        if self.family.startswith("wan") and self.trainer.parts.transformer.config.get("added_kv_proj_dim"):
+            return I2V_TEXT_LEN  # Wan2.1 I2V splits its context at the last 512 tokens: text after the image states
         fields = getattr(self.heldout_dataset(), "text_fields", {})
         seq = fields.get("prompt_embeds")
         return seq.max_len if seq is not None and seq.max_len else get_adapter(self.family).text_len
+
+    def _tiny_seed(self) -> int | None:
+        """The seed of the tiny encoders the data was prepared with (None: pretrained encoders)."""
+        source = self._data_encoder_source()
+        if not source.startswith("tiny"):
+            return None
+        return int(source.split("seed=")[1]) if "seed=" in source else self.trainer.cfg.seed
 
     def _encoders(self):
         if self._enc is None:
             from data.encoders import load_encoders
 
-            cfg = self.trainer.cfg
-            source = self._data_encoder_source()
-            if source.startswith("tiny"):
-                seed = int(source.split("seed=")[1]) if "seed=" in source else cfg.seed
-                self._enc = load_encoders(self.family, tiny=True, seed=seed, device=self.trainer.accelerator.device)
+            seed, device = self._tiny_seed(), self.trainer.accelerator.device
+            if seed is not None:
+                self._enc = load_encoders(self.family, tiny=True, seed=seed, device=device)
             else:
-                self._enc = load_encoders(self.family, source, device=self.trainer.accelerator.device)
+                self._enc = load_encoders(self.family, self._data_encoder_source(), device=device)
         return self._enc
 
     def _data_encoder_source(self) -> str:
@@ -259,6 +273,7 @@ class Validator:
         if self._embeds is not None:
             return self._embeds
         from radial.generation import PromptEmbeds, load_prompt_embeds
+        from radial.generation.embeds import _fit_length
 
         s = self.settings
         text_len = self._text_len()
@@ -280,6 +295,9 @@ class Validator:
                     if k in item
                 }
                 tensors["prompt_attention_mask"] = tensors["prompt_attention_mask"].to(torch.int64)
+                tensors["prompt_embeds"], tensors["prompt_attention_mask"] = _fit_length(
+                    tensors["prompt_embeds"], tensors["prompt_attention_mask"], text_len, "prompt_embeds", "held-out"
+                )
                 embeds.append(
                     PromptEmbeds(tensors, prompt=item["meta"]["caption"], source=f"heldout:{item['meta']['key']}")
                 )
@@ -307,22 +325,86 @@ class Validator:
             tensors["pooled_prompt_embeds"] = fields["pooled_prompt_embeds"].float().cpu()[None]
         return PromptEmbeds(tensors, prompt=caption, source="eval.prompts")
 
+    def uses_images(self) -> bool:
+        """Whether the samples generate from first frames: those of eval.images, else (samples of held-out items of
+        an image-to-video model) those in the items' image conditioning. An image-to-video model whose held-out items
+        carry no first frame this family can decode raises (sampling reports it and is skipped; the loss runs)."""
+        if self._use_images is None:
+            from radial.models import get_adapter
+
+            s, adapter = self.settings, get_adapter(self.family)
+            takes = adapter.image_input(self.trainer.parts.transformer.config)
+            if takes == "none" or s.images or s.prompts or s.prompt_embeds:
+                use = bool(s.images)  # check_eval_images refused the other combinations
+            else:
+                indices = self.heldout_indices()[: s.num_samples]
+                ds = self.heldout_dataset()
+                use = bool(indices) and adapter.first_frame_latent(ds[indices[0]]) is not None
+                if not use and takes == "required":
+                    raise ValueError(
+                        f"validation samples of this {self.family} image-to-video model need first frames: the "
+                        f"held-out items carry none that radial can decode for {self.family}; give eval.prompts "
+                        "with eval.images (the held-out loss runs)"
+                    )
+            self._use_images = use
+        return self._use_images
+
+    def first_frames(self) -> list[tuple[str, str] | None]:
+        """Per validation prompt, the first frame it samples from as (image file, where it came from), or None."""
+        if self._images is None:
+            s, n = self.settings, len(self.prompt_embeds())
+            if not self.uses_images():
+                self._images = [None] * n
+            elif s.images:
+                self._images = [(str(Path(p).expanduser()), f"eval.images[{i}]") for i, p in enumerate(s.images)]
+            else:  # the held-out items of prompt_embeds(), in its order
+                self._images = [self._heldout_first_frame(i) for i in self.heldout_indices()[: s.num_samples]]
+        return self._images
+
+    def _heldout_first_frame(self, index: int) -> tuple[str, str]:
+        """Decode a held-out item's first-frame latent with the sampling VAE into a PNG (written by every rank, each
+        atomically: they all read it back)."""
+        from PIL import Image
+
+        from data.latents import denormalize_latents
+        from radial.models import get_adapter
+
+        ds = self.heldout_dataset()
+        item = ds[index]
+        latent = get_adapter(self.family).first_frame_latent(item)
+        vae = self.pipeline().vae
+        raw = denormalize_latents(latent[None].float(), ds.latent_norm, channel_dim=1)
+        with torch.no_grad():
+            pixels = vae.decode(raw.to(vae.device, vae.dtype), return_dict=False)[0][0, :, 0]  # [3, H, W] in [-1, 1]
+        frame = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        key = str(item["meta"]["key"])
+        folder = self.trainer.out / "validation" / "first_frames"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / ("".join(c if c.isalnum() or c in "-_." else "_" for c in key) + ".png")
+        tmp = path.with_name(f"{path.stem}.{self.trainer.accelerator.process_index}.part.png")
+        Image.fromarray(frame).save(tmp)
+        tmp.replace(path)
+        return str(path), f"heldout:{key}"
+
     def pipeline(self):
-        """The family pipeline around the training transformer (no text encoders), built once."""
+        """The family pipeline around the training transformer (no text encoders), built once: its image-to-video
+        pipeline (with the image encoder it needs) when the samples take first frames."""
         if self._pipe is not None:
             return self._pipe
+        import inspect
+
         import diffusers
 
-        from data.encoders import encoder_class
+        from data.encoders import encoder_class, load_image_encoder
+        from radial.generation.pipeline import TEXT_COMPONENTS
         from radial.models import get_adapter
 
         cfg, s = self.trainer.cfg, self.settings
-        c = self.trainer.parts.transformer.config
-        if self.family in ("wan", "wan22") and c.in_channels != c.out_channels:  # sampling failures are reported
-            raise ValueError(
-                "validation samples of image-to-video models need a first frame, which eval does not take yet; the "
-                "held-out loss runs (generate with `python -m radial.generate --image` instead)"
-            )
+        adapter = get_adapter(self.family)
+        image = self.uses_images()
+        pipeline_name = adapter.image_pipeline_class_name if image else adapter.pipeline_class_name
+        if pipeline_name is None:
+            raise ValueError(f"no image-to-video pipeline is known for {self.family} (image_pipeline_class_name)")
         device = self.trainer.accelerator.device
         source = self._data_encoder_source()
         if s.vae_path is None and source.startswith("tiny"):
@@ -338,12 +420,17 @@ class Validator:
             scheduler = getattr(diffusers, name).from_pretrained(str(sched_root.parent), subfolder="scheduler")
         else:
             scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=s.sample_shift or cfg.model.flow_shift)
-        cls = getattr(diffusers, get_adapter(self.family).pipeline_class_name)
-        text = {"text_encoder": None, "tokenizer": None}
-        if self.family == "hunyuan":
-            text.update(text_encoder_2=None, tokenizer_2=None)
-        extra = {"expand_timesteps": True} if self.family == "wan22_ti2v" else {}
-        pipe = cls(transformer=self._transformer(), vae=vae, scheduler=scheduler, **text, **extra)
+        cls = getattr(diffusers, pipeline_name)
+        takes = inspect.signature(cls.__init__).parameters
+        extra = {k: None for k in TEXT_COMPONENTS if k in takes}
+        extra.update(adapter.pipeline_config)
+        if image and "image_encoder" in takes:
+            encoder, processor = load_image_encoder(
+                self.family, source, tiny=self._tiny_seed() is not None, seed=self._tiny_seed() or 0, device=device
+            )
+            extra["image_encoder"] = None if encoder is None else encoder.to(device).eval()
+            extra.update({k: processor for k in ("image_processor", "feature_extractor") if k in takes})
+        pipe = cls(transformer=self._transformer(), vae=vae, scheduler=scheduler, **extra)
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
         return pipe
@@ -380,12 +467,14 @@ class Validator:
         previous_step = handle.state.step if handle is not None else None
         records = []
         try:
-            for i, embeds in enumerate(self.prompt_embeds()):
+            for i, (embeds, image) in enumerate(zip(self.prompt_embeds(), self.first_frames(), strict=True)):
                 for seed in self.settings.seeds:
                     clip = self._clip(seed)
+                    clip.image = None if image is None else image[0]
                     with acc.autocast():
                         result = generate(pipe, clip, embeds=embeds, handles=handle, family=self.family)
                     sidecar = build_sidecar(result, pipeline="training transformer", step=step)
+                    sidecar["image_source"] = None if image is None else image[1]
                     sidecar["radial"] = None if handle is None else asdict(handle.config)
                     name = f"sample_p{i}_s{seed}"
                     if acc.is_main_process:
