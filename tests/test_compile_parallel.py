@@ -1,5 +1,5 @@
 """train.compile (regional compilation, aot_eager on the CPU) under 2 processes (gloo): DDP, Ulysses sequence
-parallelism and DeepSpeed ZeRO-2 / ZeRO-3 give the losses and LoRA of the same training without compilation.
+parallelism (under DDP) and DeepSpeed ZeRO-2 / ZeRO-3 give the losses and LoRA of the same training without compilation.
 
 The eager references are one-process runs that tests/test_parallel_trainer.py and tests/test_parallel_deepspeed.py
 show equal to those modes: the one-process emulation of 2-rank DDP, and the one-process run for sp=2 (under DDP, or
@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_parallel_deepspeed import deepspeed_run
-from tests.test_parallel_trainer import _launch, _overrides, ddp_emulation
+from tests.test_parallel_trainer import _launch, _overrides
 from tests.trainer_helpers import compose_config
 from train.checkpoint import LORA_FILE, list_checkpoints
 from train.config import validate
@@ -50,14 +50,9 @@ def assert_same_run(got: list[float], out, want: list[float], want_lora: dict) -
         torch.testing.assert_close(lora[key], value, rtol=1e-3, atol=1e-5, msg=key)
 
 
-def test_ddp_compiled_matches_eager_emulation(tmp_path, data_root):
-    got = _launch(tmp_path / "ddp", data_root, *COMPILE)
-    want, trainer = ddp_emulation(tmp_path / "emul", data_root)
-    assert_same_run(got, tmp_path / "ddp", want, trainer.lora_state_dict())
-
-
 def test_sequence_parallel_compiled_matches_one_process(tmp_path, data_root, one_process):
-    """sp=2 under DDP: the all-to-alls run in the eager attention call between the compiled graphs."""
+    """sp=2 under DDP (2 processes are wrapped in DDP, so dynamo's DDP optimizer is switched off here as for plain DDP:
+    without that the first compiled step fails); the all-to-alls run in the eager attention call between the graphs."""
     got = _launch(tmp_path / "sp2", data_root, "parallel=sp2", *COMPILE)
     assert_same_run(got, tmp_path / "sp2", *one_process)
 
