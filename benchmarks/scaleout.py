@@ -7,6 +7,7 @@ gradient checkpointing), plus an sp=2 vs sp=1 equality check of loss and LoRA gr
     python benchmarks/scaleout.py --out $OUT --parts ddp zero2 zero3
     python benchmarks/scaleout.py --out $OUT --parts equal sp1 sp2
     python benchmarks/scaleout.py --out $OUT --smoke               # CPU check of this script (tiny model, gloo)
+    python benchmarks/scaleout.py --out $OUT --parts ddp zero2 zero3 sp2 --set train.compile=true   # compiled blocks
     python benchmarks/scaleout.py --out $OUT --wheels .whl/scaleout ...   # first pip-install what is missing
 
 Parts (each a separate launch; a failure is recorded and the others still run):
@@ -228,11 +229,13 @@ def launch_run(name: str, args, data_roots: dict) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / config),
            "--num_processes", str(nproc), "--main_process_port", str(free_port()), "train/lora.py",
-           *_overrides(name, data_roots[length], out, steps, args.smoke, extra)]  # fmt: skip
+           *_overrides(name, data_roots[length], out, steps, args.smoke, [*extra, *args.set])]  # fmt: skip
     log = args.out / "runs" / f"{name}.log"
     rc, wall = _run(cmd, log, _env(args.smoke), args.timeout)
     row = {"run": name, "config": config, "gpus": nproc, "sp": 2 if "parallel=sp2" in extra else 1, "length": length}
     row.update(rc=rc, wall_s=round(wall, 1))
+    if args.set:
+        row["set"] = " ".join(args.set)
     metrics_file = out / "metrics.jsonl"
     metrics = [json.loads(x) for x in metrics_file.read_text().splitlines()] if metrics_file.is_file() else []
     if rc != 0 or len(metrics) < steps:
@@ -438,6 +441,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS + OPTIONAL)
     p.add_argument("--timeout", type=int, default=240, help="seconds per launch")
+    p.add_argument("--set", nargs="+", default=[], help="trainer overrides for every launch (train.compile=true)")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU (gloo): a check of this script")
     p.add_argument("--wheels", type=Path, default=None, help="install missing packages from this wheel folder")
     p.add_argument("--worker-equal", type=Path, default=None, help=argparse.SUPPRESS)

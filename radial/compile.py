@@ -8,6 +8,16 @@ three graphs around an eager attention call: the compiler fuses the norms, modul
 elementwise work, and never guards on the per-forward layout. Gradient checkpointing (ours and diffusers') wraps
 the compiled blocks from outside and keeps working, selective attention saving included.
 
+Under DDP, dynamo's DDP optimizer (made for a whole-model graph: it splits the graph at gradient-bucket boundaries
+so that all-reduce overlaps the backward) is turned off: each block's backward is already its own graph, and the
+split loses the checkpoint tags of the graphs traced under gradient checkpointing (aot_autograd then fails in
+`cleanup_recompute_tags`).
+
+Under DeepSpeed ZeRO-3 the blocks compile and train correctly (tests/test_compile_parallel.py), but ZeRO-3's
+parameter-gathering hooks on every module inside a block break its graph into per-module pieces, so little is fused.
+(Making the blocks ZeRO-3 leaf modules, gathered at once, would keep the graphs whole; with gradient checkpointing
+its backward met a released, empty parameter on the CPU, so it is not done.)
+
 Layout changes (another bucket): the first one recompiles the graphs with dynamic shapes (dynamo's automatic
 dynamic shapes), later ones reuse them; `CompileWatch` counts graphs so that every recompile is logged.
 """
@@ -32,6 +42,17 @@ def compile_blocks(blocks: Sequence[nn.Module], *, backend: str = "inductor", mo
     for block in blocks:
         block.compile(backend=backend, mode=mode)
     return len(blocks)
+
+
+def without_ddp_optimizer() -> str | None:
+    """Turn off dynamo's DDP optimizer (call when compiled blocks run inside DDP); a log line if it was on."""
+    if not torch._dynamo.config.optimize_ddp:
+        return None
+    torch._dynamo.config.optimize_ddp = False
+    return (
+        "compile: dynamo's DDP optimizer off (torch._dynamo.config.optimize_ddp=False): the compiled blocks are "
+        "separate graphs already, and its graph split breaks under gradient checkpointing"
+    )
 
 
 def graph_count() -> int:

@@ -7,7 +7,7 @@ only) is enough to count recompiles.
 
 import torch
 
-from radial.compile import CompileWatch, compile_blocks, graph_count
+from radial.compile import CompileWatch, compile_blocks, graph_count, without_ddp_optimizer
 from radial.models import get_adapter
 from tests.trainer_helpers import compose_config
 from train.components import build_model
@@ -73,3 +73,13 @@ def test_recompiles_are_logged_and_bounded_across_layouts():
     assert lines[1] is None  # the same layout: no new graph
     assert "recompiled" in lines[2] and "recompile_limit" in lines[2]
     assert lines[3:] == [None, None]  # dynamic shapes from the second layout on
+
+
+def test_ddp_optimizer_is_turned_off_with_one_log_line(monkeypatch):
+    """Under DDP the trainer turns dynamo's DDP optimizer off (its graph split fails on checkpointed block graphs;
+    tests/test_compile_parallel.py runs DDP)."""
+    monkeypatch.setattr(torch._dynamo.config, "optimize_ddp", True)
+    line = without_ddp_optimizer()
+    assert line.startswith("compile: ") and "optimize_ddp=False" in line
+    assert torch._dynamo.config.optimize_ddp is False
+    assert without_ddp_optimizer() is None  # already off: nothing to log

@@ -49,10 +49,15 @@ def data_root(tmp_path_factory):
     return root
 
 
-def deepspeed_run(tmp_path: Path, stage: int, out: Path, data_root: Path, *extra: str) -> list[float]:
+def deepspeed_run(
+    tmp_path: Path, stage: int, out: Path, data_root: Path, *extra: str, timeout: int = 240
+) -> list[float]:
     if not hasattr(__import__("accelerate.state").state.PartialState, "_prepare_backend"):
         pytest.skip("this Accelerate has no PartialState._prepare_backend to let DeepSpeed run on the CPU")
-    worker = tmp_path / "deepspeed_cpu.py"
+    # In a folder of its own: the worker's folder is first on the processes' sys.path, where a run directory such as
+    # `z3` would shadow the `z3` solver that torch.compile's symbolic shapes import.
+    worker = tmp_path / "worker" / "deepspeed_cpu.py"
+    worker.parent.mkdir(exist_ok=True)
     worker.write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
     env.update(DS_ACCELERATOR="cpu", ACCELERATE_USE_DEEPSPEED="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
@@ -60,7 +65,9 @@ def deepspeed_run(tmp_path: Path, stage: int, out: Path, data_root: Path, *extra
     env.pop("ACCELERATE_USE_CPU", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
            "train/lora.py", *_overrides(out, data_root, *extra), "train.export_comfy=false"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     log = proc.stdout + proc.stderr
     if proc.returncode != 0 and any(p in log for p in BUILD_PROBLEMS):
         pytest.skip("DeepSpeed's CPU accelerator could not build its ops here")

@@ -73,9 +73,15 @@ def test_ddp_two_processes_match_one_process_emulation(tmp_path, data_root):
     assert list_checkpoints(tmp_path / "ddp" / "checkpoints") and (tmp_path / "ddp" / "lora").is_dir()
     assert _metrics(tmp_path / "ddp")[0]["step"] == 1
 
-    # One process doing what DDP does: rank r's batch (its sampler shard) and noise (data-parallel rank r),
-    # gradients averaged over the two, then one optimizer step.
-    cfg = validate(compose_config(_overrides(tmp_path / "emul", data_root)))
+    want, _ = ddp_emulation(tmp_path / "emul", data_root)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert len(set(want)) == STEPS  # the steps differ: the comparison follows a real trajectory
+
+
+def ddp_emulation(out, data_root) -> tuple[list[float], Trainer]:
+    """One process doing what 2-rank DDP does: rank r's batch (its sampler shard) and noise (data-parallel rank r),
+    gradients averaged over the two, then one optimizer step; the per-step losses and the trainer."""
+    cfg = validate(compose_config(_overrides(out, data_root)))
     trainer = Trainer(cfg)
     cursors = []
     for r in (0, 1):
@@ -94,8 +100,7 @@ def test_ddp_two_processes_match_one_process_emulation(tmp_path, data_root):
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
         want.append(sum(values) / 2)
-    assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
-    assert len(set(want)) == STEPS  # the steps differ: the comparison follows a real trajectory
+    return want, trainer
 
 
 @pytest.mark.parametrize("model", ["tiny_wan", "tiny_hunyuan", "tiny_mochi"])

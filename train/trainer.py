@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from data import data_parallel_rank
-from radial.compile import CompileWatch
+from radial.compile import CompileWatch, without_ddp_optimizer
 from radial.errors import CheckpointError, TrainingError
 from radial.lora import load_lora_state_dict, lora_state_dict
 from radial.parallel import enable as enable_sequence_parallel
@@ -148,6 +148,11 @@ class Trainer:
         if recompute is not None and recompute.decided:
             acc.print(recompute.decided)
         self.compile_watch = CompileWatch() if t.compile else None
+        if t.compile and self._zero3():
+            acc.print(
+                "compile: under ZeRO-3, DeepSpeed's parameter-gathering hooks on the modules inside each block split "
+                "its compiled graph into per-module pieces (correct, little fused; ZeRO-2 and DDP keep whole blocks)"
+            )
         self.sp = init_sequence_parallel(sp_degree, acc.device)
         self.sp_handle = enable_sequence_parallel(self.parts.handle, self.sp) if self.sp is not None else None
         self.dataset, self.sampler, loader = build_data(
@@ -167,6 +172,10 @@ class Trainer:
             num_training_steps=t.max_steps * acc.num_processes,
         )
         self.model, self.optimizer, self.scheduler = acc.prepare(self.parts.transformer, optimizer, scheduler)
+        if t.compile and isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            line = without_ddp_optimizer()
+            if line:
+                acc.print(line)
         self.state = TrainState()
         acc.register_for_checkpointing(self.state, self.cursor)
         deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
