@@ -1,9 +1,8 @@
 """train.compile (regional compilation, aot_eager on the CPU) under 2 processes (gloo): DDP, Ulysses sequence
 parallelism (under DDP) and DeepSpeed ZeRO-2 / ZeRO-3 give the losses and LoRA of the same training without compilation.
 
-The eager references are one-process runs that tests/test_parallel_trainer.py and tests/test_parallel_deepspeed.py
-show equal to those modes: the one-process emulation of 2-rank DDP, and the one-process run for sp=2 (under DDP, or
-under DeepSpeed). Gradient checkpointing (the tiny configs' default) wraps the compiled blocks in every run.
+The eager reference is the one-process run that tests/test_parallel_trainer.py and tests/test_parallel_deepspeed.py
+show equal to sp=2 (under DDP, or under DeepSpeed). Gradient checkpointing (the tiny configs' default) wraps the compiled blocks in every run.
 Slow (two processes compiling on the CPU): about 1-3 minutes a test on a loaded 2-core machine.
 """
 
