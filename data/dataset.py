@@ -72,6 +72,10 @@ class Expect:
         if model in ("wan", "wan22") and c.get("in_channels"):  # in_channels = noisy latents + image conditioning
             extra_channels = c["in_channels"] - (c.get("out_channels") or c["in_channels"])  # Wan I2V: 36 - 16
             image = {"image_channels": extra_channels, "image_dim": c.get("image_dim") or 0}
+        if model == "hunyuan15":  # 65 input channels either way (T2V feeds zeros): the task type tells them apart
+            i2v = c.get("task_type", "i2v") == "i2v"  # diffusers' default
+            image = {"image_channels": c["in_channels"] - channels if i2v else 0}
+            image["image_dim"] = c.get("image_embed_dim", 0) if i2v else 0
         return cls(latent_channels=channels, text_dim=text_dim, pooled_dim=pooled, **image, **extra)
 
 
@@ -248,7 +252,7 @@ class LatentDataset(Dataset):
         if e.image_dim is not None and dim != e.image_dim:
             raise ShardError(
                 f"{where}: image_embeds have dim {dim or 'none'}, the transformer expects {e.image_dim or 'none'} "
-                "(Wan2.1 I2V reads CLIP image states, Wan2.2 I2V none)"
+                "(Wan2.1 I2V reads CLIP image states, Wan2.2 I2V none, HunyuanVideo-1.5 I2V SigLIP states)"
             )
 
     def _empty_prompt(self) -> dict[str, torch.Tensor]:

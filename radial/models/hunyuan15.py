@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
-from radial.geometry import LatentGeometry
+from radial.geometry import LatentGeometry, geometry
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
 from radial.models.hunyuan import append_text_stream, project_out, video_split_plan
 
-GEOMETRY = LatentGeometry("hunyuan15", 4, 16, 32, 1, 1, 121, 480, 848, 24)
+GEOMETRY = geometry("hunyuan15")
 
 
 class HunyuanVideo15RadialProcessor(RadialProcessor):
@@ -84,6 +84,7 @@ class HunyuanVideo15Adapter(ModelAdapter):
     and a mask channel (zeros for text-to-video), as the pipeline does."""
 
     pipeline_class_name = "HunyuanVideo15Pipeline"
+    image_pipeline_class_name = "HunyuanVideo15ImageToVideoPipeline"
 
     family = "hunyuan15"
     class_name = "HunyuanVideo15Transformer3DModel"
@@ -93,6 +94,8 @@ class HunyuanVideo15Adapter(ModelAdapter):
     image_tokens = 729
     variants = {"t2v": {**_HY15, "task_type": "t2v"}, "i2v": {**_HY15, "task_type": "i2v"}}
     default_variant = "t2v"
+    # Tiny: text-to-video by default; "i2v" reads the tiny SigLIP states of data/encoders (TINY_IMAGE_DIM 16). The
+    # pipelines size the image from target_size (64: a 64x64 image stays 64x64).
     tiny_config = {
         **_HY15,
         "num_attention_heads": 2,
@@ -104,11 +107,23 @@ class HunyuanVideo15Adapter(ModelAdapter):
         "text_embed_2_dim": 16,
         "image_embed_dim": 16,
         "rope_axes_dim": (4, 6, 6),
+        "target_size": 64,
+        "task_type": "t2v",
     }
+    tiny_variants = {"i2v": {**tiny_config, "task_type": "i2v"}}
 
     @property
     def geometry(self) -> LatentGeometry:
         return GEOMETRY
+
+    def image_input(self, config: Mapping[str, Any]) -> str:
+        # T2V and I2V share 65 input channels; the config's task_type (diffusers' default "i2v") tells them apart.
+        return "required" if dict(config).get("task_type", "i2v") == "i2v" else "none"
+
+    def first_frame_latent(self, item: Mapping[str, Any]) -> torch.Tensor | None:
+        # image_latents: [C first-frame latent (on latent frame 0), 1 mask, F, h, w]
+        latents = item.get("image_latents")
+        return None if latents is None else latents[: self.geometry.latent_channels, :1]
 
     def attention_layers(self, transformer) -> list:
         return [block.attn for block in transformer.transformer_blocks]
@@ -163,12 +178,22 @@ class HunyuanVideo15Adapter(ModelAdapter):
         return cond
 
     def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
+        """The stock call as HunyuanVideo15Pipeline / HunyuanVideo15ImageToVideoPipeline make it: [noisy latents, 32
+        first-frame latent channels, 1 mask channel] (zeros for text-to-video), one timestep for every frame (the
+        conditioning rides in the channels, not in the noisy latents), SigLIP states (729 zero tokens for T2V)."""
         t = self._timesteps(timestep, latents)
-        hidden = latents
-        if conditions.get("image_latents") is not None:
-            hidden = torch.cat([latents, conditions["image_latents"].to(latents.dtype)], dim=1)
+        cfg = getattr(transformer, "module", transformer).config  # DDP / DeepSpeed wrap the model
+        image_latents = conditions.get("image_latents")
+        extra = cfg.in_channels - latents.shape[1]
+        if image_latents is None and extra > 0:
+            b, _, f, h, w = latents.shape
+            image_latents = latents.new_zeros(b, extra, f, h, w)
+        hidden = latents if image_latents is None else torch.cat([latents, image_latents.to(latents.dtype)], dim=1)
         embeds = conditions["prompt_embeds"]
         embeds_2 = conditions["prompt_embeds_2"]
+        image_embeds = conditions.get("image_embeds")
+        if image_embeds is None:
+            image_embeds = embeds.new_zeros(latents.shape[0], self.image_tokens, cfg.image_embed_dim)
 
         def mask(key, states):
             m = conditions.get(key)
@@ -181,7 +206,7 @@ class HunyuanVideo15Adapter(ModelAdapter):
             encoder_attention_mask=mask("prompt_attention_mask", embeds),
             encoder_hidden_states_2=embeds_2,
             encoder_attention_mask_2=mask("prompt_attention_mask_2", embeds_2),
-            image_embeds=conditions["image_embeds"],
+            image_embeds=image_embeds,
             attention_kwargs=conditions.get("attention_kwargs"),
             return_dict=False,
         )[0]
