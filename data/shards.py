@@ -6,9 +6,11 @@ Layout of a prepared dataset (ROOT):
                                      sha256, items), items (per-item metadata, each with its shard number)
     ROOT/shards/<run>-r<rank>-<n>.safetensors
                                      tensors "<j>/latents" [C, F, H, W], "<j>/prompt_embeds" [l, D] (the valid
-                                     tokens only), "<j>/pooled_prompt_embeds" [Dp] (HunyuanVideo), image-to-video
-                                     datasets (header "image_fields") "<j>/image_latents" [4 + C, F, H, W] and
-                                     "<j>/image_embeds" [N, Di] (Wan2.1 I2V's CLIP states); the safetensors
+                                     tokens only), "<j>/pooled_prompt_embeds" [Dp] (HunyuanVideo),
+                                     "<j>/prompt_embeds_2" [l2, D2] (HunyuanVideo-1.5's ByT5 glyph states),
+                                     image-to-video datasets (header "image_fields") "<j>/image_latents"
+                                     [4 + C, F, H, W] (HunyuanVideo-1.5: [C + 1, ...]) and "<j>/image_embeds"
+                                     [N, Di] (Wan2.1 I2V's CLIP / HunyuanVideo-1.5's SigLIP states); the safetensors
                                      metadata repeats format, version, header and the item records, so the index
                                      can always be rebuilt from the shards (`python -m data.shards reindex ROOT`)
     ROOT/prepare.json, ROOT/prepare_report.json   settings and the last run's summary (informational)

@@ -126,28 +126,37 @@ def _tiny_image_encoder(family: str, seed: int):
     return None, None
 
 
-def _pretrained_image_encoder(family: str, path, device):
-    """Wan2.1 I2V's image_encoder/ (CLIPVisionModel, fp32 as the pipeline's example) and image_processor/; Wan2.2
-    A14B I2V has none (None, None)."""
-    from pathlib import Path
+#: family -> the I2V folder's (encoder class, its subfolder, processor class, its subfolder, the layout to name);
+#: Wan2.2 A14B I2V and TI2V have no image encoder
+PRETRAINED_IMAGE_ENCODERS = {
+    "wan": (
+        "CLIPVisionModel", "image_encoder", "CLIPImageProcessor", "image_processor",
+        "a Wan2.1 I2V diffusers folder (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers layout)",
+    ),
+    "hunyuan15": (
+        "SiglipVisionModel", "image_encoder", "SiglipImageProcessor", "feature_extractor",
+        "a HunyuanVideo-1.5 I2V diffusers folder (HunyuanVideo15ImageToVideoPipeline layout)",
+    ),
+}  # fmt: skip
 
+
+def _pretrained_image_encoder(family: str, path, device):
+    """The I2V folder's image encoder (fp32, as the pipelines' examples) and its processor; (None, None) for
+    families whose I2V model has none."""
     import transformers
 
-    root = Path(path).expanduser()
-    if family == "hunyuan15":
-        from data.encoders.hunyuan15 import pretrained_image_encoder
-
-        return pretrained_image_encoder(path, device)
-    if family != "wan":
+    if family not in PRETRAINED_IMAGE_ENCODERS:
         return None, None
-    missing = [s for s in ("image_encoder", "image_processor") if not (root / s).is_dir()]
+    encoder_cls, encoder_dir, processor_cls, processor_dir, layout = PRETRAINED_IMAGE_ENCODERS[family]
+    root = Path(path).expanduser()
+    missing = [s for s in (encoder_dir, processor_dir) if not (root / s).is_dir()]
     if missing:
         raise FileNotFoundError(
-            f"{PRETRAINED_KEY}={path}: missing {', '.join(m + '/' for m in missing)}; image conditioning of model wan "
-            "needs a Wan2.1 I2V diffusers folder (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers layout)"
+            f"{PRETRAINED_KEY}={path}: missing {', '.join(m + '/' for m in missing)}; image conditioning of model "
+            f"{family} needs {layout}"
         )
-    encoder = transformers.CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", dtype=torch.float32)
-    processor = transformers.CLIPImageProcessor.from_pretrained(root, subfolder="image_processor")
+    encoder = getattr(transformers, encoder_cls).from_pretrained(root, subfolder=encoder_dir, dtype=torch.float32)
+    processor = getattr(transformers, processor_cls).from_pretrained(root, subfolder=processor_dir)
     return encoder.to(device), processor
 
 

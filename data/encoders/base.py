@@ -109,6 +109,26 @@ def default_text_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def load_components(
+    root: Path, classes: dict[str, str], device: torch.device, vae_dtype: torch.dtype, text_dtype: torch.dtype | None
+) -> list:
+    """Each component (subfolder -> class name) of a diffusers folder, in that order: "vae" from diffusers in
+    `vae_dtype`, the others from transformers (models in `text_dtype`, default bf16 on CUDA, else fp32)."""
+    import diffusers
+    import transformers
+
+    text_dtype = text_dtype or default_text_dtype(device)
+    out = []
+    for sub, name in classes.items():
+        if sub == "vae":
+            out.append(getattr(diffusers, name).from_pretrained(root, subfolder=sub, torch_dtype=vae_dtype))
+        elif sub.startswith("tokenizer"):
+            out.append(getattr(transformers, name).from_pretrained(root, subfolder=sub))
+        else:
+            out.append(getattr(transformers, name).from_pretrained(root, subfolder=sub, dtype=text_dtype))
+    return out
+
+
 class FamilyEncoders:
     """The VAE and text encoder(s) of one family. Subclasses set `components`, `text_fields`, `latent_norm`."""
 
@@ -277,3 +297,19 @@ def read_text_settings(root: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+class DualTextEncoders(FamilyEncoders):
+    """A VAE and two text encoders with their tokenizers (HunyuanVideo, HunyuanVideo-1.5): held frozen in eval
+    mode, the tokenizers padding on the right (so a text mask is a prefix, see `_trim`)."""
+
+    components = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+
+    def __init__(self, family, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, source, device="cpu"):
+        super().__init__(family, source, device)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.text_encoder_2 = text_encoder_2.eval().requires_grad_(False)
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        self.tokenizer.padding_side = "right"
+        self.tokenizer_2.padding_side = "right"

@@ -11,12 +11,20 @@ from pathlib import Path
 
 import torch
 
-from data.encoders.base import FamilyEncoders, TextField, default_text_dtype, read_text_settings, require_folder
+from data.encoders.base import DualTextEncoders, TextField, load_components, read_text_settings, require_folder
 from data.latents import make_latent_norm
 
 MAX_SEQUENCE_LENGTH = 1000  # HunyuanVideo15Pipeline.tokenizer_max_length (Qwen tokens after the cropped template)
 CROP_START = 108  # its prompt_template_encode_start_idx: the system message's tokens in Qwen's chat template
 GLYPH_MAX_LENGTH = 256  # its tokenizer_2_max_length (ByT5 bytes of the quoted text)
+#: subfolder -> class of a HunyuanVideo-1.5 diffusers folder, in the constructor's order
+PRETRAINED_CLASSES = {
+    "vae": "AutoencoderKLHunyuanVideo15",
+    "text_encoder": "Qwen2_5_VLTextModel",
+    "tokenizer": "AutoTokenizer",
+    "text_encoder_2": "T5EncoderModel",
+    "tokenizer_2": "ByT5Tokenizer",
+}
 TINY_MAX_SEQUENCE_LENGTH = 64
 TINY_GLYPH_MAX_LENGTH = 32
 TINY_SYSTEM_MESSAGE = "Describe the video."
@@ -64,8 +72,7 @@ def tiny_image_encoder(seed: int):
     return model, processor
 
 
-class Hunyuan15Encoders(FamilyEncoders):
-    components = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+class Hunyuan15Encoders(DualTextEncoders):
     vae_class = "AutoencoderKLHunyuanVideo15"
 
     image_conditioning = False  # whether encode_image_conditioning is wanted (prepare --i2v)
@@ -74,12 +81,7 @@ class Hunyuan15Encoders(FamilyEncoders):
 
     def __init__(self, family, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, source, device="cpu",
                  settings: dict | None = None):  # fmt: skip
-        super().__init__(family, source, device)
-        self.vae = vae.eval().requires_grad_(False)
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
-        self.text_encoder_2 = text_encoder_2.eval().requires_grad_(False)
-        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
-        self.tokenizer.padding_side = "right"
+        super().__init__(family, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, source, device)
         settings = settings or {}
         self.max_sequence_length = int(settings.get("max_sequence_length", MAX_SEQUENCE_LENGTH))
         self.crop_start = int(settings.get("crop_start", CROP_START))
@@ -202,7 +204,7 @@ class Hunyuan15Encoders(FamilyEncoders):
         from diffusers import AutoencoderKLHunyuanVideo15
         from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
 
-        from data.encoders.tokenizer import byte_level_tokenizer
+        from data.encoders.tokenizer import byte_level_tokenizer, tiny_decoder_config
 
         tokenizer = byte_level_tokenizer(TINY_MAX_SEQUENCE_LENGTH + 128)
         tokenizer.chat_template = TINY_CHAT_TEMPLATE
@@ -212,20 +214,10 @@ class Hunyuan15Encoders(FamilyEncoders):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vae = AutoencoderKLHunyuanVideo15(**tiny_vae_config())
+            # mrope over a head dim of 8: (temporal, height, width) sections of 1, 1 and 2 rotary pairs
+            mrope = {"type": "mrope", "mrope_section": [1, 1, 2]}
             qwen = Qwen2_5_VLTextModel(
-                Qwen2_5_VLTextConfig(
-                    vocab_size=len(tokenizer),
-                    hidden_size=text_dim,
-                    intermediate_size=2 * text_dim,
-                    num_hidden_layers=3,
-                    num_attention_heads=4,
-                    num_key_value_heads=2,
-                    max_position_embeddings=512,
-                    rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
-                    pad_token_id=tokenizer.pad_token_id,
-                    bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
+                Qwen2_5_VLTextConfig(**tiny_decoder_config(tokenizer, text_dim), rope_scaling=mrope)
             )
             t5 = T5EncoderModel(
                 T5Config(
@@ -250,33 +242,6 @@ class Hunyuan15Encoders(FamilyEncoders):
     @classmethod
     def from_pretrained(cls, family, path, device="cpu", vae_dtype=torch.float32, text_dtype=None) -> Hunyuan15Encoders:
         root = require_folder(path, family, list(cls.components))
-        from diffusers import AutoencoderKLHunyuanVideo15
-        from transformers import AutoTokenizer, ByT5Tokenizer, Qwen2_5_VLTextModel, T5EncoderModel
-
         device = torch.device(device)
-        text_dtype = text_dtype or default_text_dtype(device)
-        vae = AutoencoderKLHunyuanVideo15.from_pretrained(root, subfolder="vae", torch_dtype=vae_dtype)
-        qwen = Qwen2_5_VLTextModel.from_pretrained(root, subfolder="text_encoder", dtype=text_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
-        t5 = T5EncoderModel.from_pretrained(root, subfolder="text_encoder_2", dtype=text_dtype)
-        tokenizer_2 = ByT5Tokenizer.from_pretrained(root, subfolder="tokenizer_2")
-        source = str(Path(root).resolve())
-        return cls(family, vae, qwen, tokenizer, t5, tokenizer_2, source, device, read_text_settings(root)).to(device)
-
-
-def pretrained_image_encoder(path, device):
-    """The I2V folder's image_encoder/ (SiglipVisionModel, fp32) and feature_extractor/ (SiglipImageProcessor)."""
-    import transformers
-
-    from data.encoders.base import PRETRAINED_KEY
-
-    root = Path(path).expanduser()
-    missing = [s for s in ("image_encoder", "feature_extractor") if not (root / s).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"{PRETRAINED_KEY}={path}: missing {', '.join(m + '/' for m in missing)}; image conditioning of model "
-            "hunyuan15 needs a HunyuanVideo-1.5 I2V diffusers folder (HunyuanVideo15ImageToVideoPipeline layout)"
-        )
-    encoder = transformers.SiglipVisionModel.from_pretrained(root, subfolder="image_encoder", dtype=torch.float32)
-    processor = transformers.SiglipImageProcessor.from_pretrained(root, subfolder="feature_extractor")
-    return encoder.to(device), processor
+        parts = load_components(root, PRETRAINED_CLASSES, device, vae_dtype, text_dtype)
+        return cls(family, *parts, str(Path(root).resolve()), device, read_text_settings(root)).to(device)

@@ -1,5 +1,7 @@
-"""HunyuanVideo-1.5 (diffusers' HunyuanVideo15Transformer3DModel), a stretch family: radial joint attention in its
-54 double-stream blocks.
+"""HunyuanVideo-1.5 (diffusers' HunyuanVideo15Transformer3DModel), text- and image-to-video: radial joint attention
+in its 54 double-stream blocks. Variants "t2v" and "i2v" share the architecture (65 input channels: noisy latents,
+32 first-frame latent channels and a mask channel, zeros for T2V) and differ in their config's task_type, which
+tells the dataset check which conditioning a model takes (data/encoders/hunyuan15.py prepares it).
 
 The forward joins three conditioning streams into the text part of the joint sequence, valid tokens first:
 [image (SigLIP, 729), ByT5 glyph text (256), Qwen text (1000)], padding after; the processor gets that [B, T] mask
