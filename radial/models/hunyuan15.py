@@ -154,7 +154,8 @@ class HunyuanVideo15Adapter(ModelAdapter):
     def make_dummy_conditions(
         self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
     ) -> dict[str, Any]:
-        """Text-to-video conditions: Qwen and ByT5 states with masks, zero image states and conditioning latents.
+        """Qwen and ByT5 states with masks; for text-to-video zero image states and conditioning channels, for an
+        image-to-video config (task_type "i2v") random SigLIP states and a first-frame latent with its mask.
 
         `text_len` sets the Qwen length; the ByT5 and image lengths scale with it below the pipeline's (tiny runs).
         """
@@ -164,6 +165,7 @@ class HunyuanVideo15Adapter(ModelAdapter):
         glyph = self.glyph_len if text_len == self.text_len else max(1, text_len // 2)
         image = self.image_tokens if text_len == self.text_len else max(1, text_len // 2)
         dev = transformer.device
+        i2v = cfg.task_type == "i2v" and cfg.in_channels > self.latent_channels(transformer)
         cond: dict[str, Any] = {
             "prompt_embeds": self._randn((batch, text_len, cfg.text_embed_dim), gen, transformer),
             "prompt_attention_mask": self._text_mask(batch, text_len, valid_text, dev),
@@ -177,6 +179,11 @@ class HunyuanVideo15Adapter(ModelAdapter):
                 raise ValueError(f"latent_shape is needed for the {extra} conditioning channels of this model")
             b, _, f, h, w = latent_shape
             cond["image_latents"] = torch.zeros(b, extra, f, h, w, device=dev, dtype=transformer.dtype)
+        if i2v:  # image-to-video: SigLIP states and a first-frame latent under the mask (1 on latent frame 0)
+            cond["image_embeds"] = self._randn(cond["image_embeds"].shape, gen, transformer)
+            latent = self._randn((b, extra - 1, 1, h, w), gen, transformer)
+            cond["image_latents"][:, : extra - 1, :1] = latent
+            cond["image_latents"][:, extra - 1, 0] = 1.0
         return cond
 
     def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
