@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 import radial
-from data import LatentDataset, collate
+from data import Expect, LatentDataset, collate
 from data.encoders import load_encoders
+from data.shards import ShardError
 from data.synthetic import make_synthetic_videos
 from radial.models import get_adapter
 from tests.test_generate import one_thread  # noqa: F401 (autouse: one torch thread)
@@ -133,6 +134,9 @@ def test_predict_feeds_the_transformer_as_the_pipeline_does(task):
         with torch.no_grad():
             without = adapter.predict(model, latents, t, {**cond, "image_embeds": torch.zeros_like(image_embeds)})
         assert (without - stock).abs().max().item() > 1e-3, "the image states must reach the model"
+        distilled = adapter.build_tiny(variant=task, use_meanflow=True)
+        with pytest.raises(ValueError, match="use_meanflow=true .*train the non-distilled checkpoint"):
+            adapter.predict(distilled, latents, t, cond)
 
 
 def test_text_and_image_datasets_are_refused_by_the_other_kind_of_model(datasets):
@@ -142,6 +146,9 @@ def test_text_and_image_datasets_are_refused_by_the_other_kind_of_model(datasets
     assert (i2v_model.image_channels, i2v_model.image_dim, t2v_model.image_channels) == (33, 16, 0)
     assert len(LatentDataset(i2v, MODEL, expect=i2v_model)) == 2
     assert len(LatentDataset(t2v, MODEL, expect=t2v_model)) == 2
+    other_glyph = Expect.from_transformer_config(MODEL, {**get_adapter(MODEL).tiny_config_of(), "text_embed_2_dim": 8})
+    with pytest.raises(ShardError, match="prompt_embeds_2 have dim 16, the transformer expects 8"):
+        LatentDataset(t2v, MODEL, expect=other_glyph)
 
 
 @pytest.mark.parametrize("task", ["t2v", "i2v"])

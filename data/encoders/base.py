@@ -113,19 +113,26 @@ def load_components(
     root: Path, classes: dict[str, str], device: torch.device, vae_dtype: torch.dtype, text_dtype: torch.dtype | None
 ) -> list:
     """Each component (subfolder -> class name) of a diffusers folder, in that order: "vae" from diffusers in
-    `vae_dtype`, the others from transformers (models in `text_dtype`, default bf16 on CUDA, else fp32)."""
+    `vae_dtype`, the others from transformers (models in `text_dtype`, default bf16 on CUDA, else fp32). The class
+    the folder's model_index.json names wins over the given one (as DiffusionPipeline.from_pretrained loads it)."""
     import diffusers
     import transformers
 
     text_dtype = text_dtype or default_text_dtype(device)
+    index_file = Path(root) / "model_index.json"
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
     out = []
-    for sub, name in classes.items():
+    for sub, default in classes.items():
+        named = index.get(sub)
+        name = named[1] if isinstance(named, list) and len(named) == 2 and named[1] else default
+        library = diffusers if sub == "vae" else transformers
+        name = name if hasattr(library, name) else default
         if sub == "vae":
-            out.append(getattr(diffusers, name).from_pretrained(root, subfolder=sub, torch_dtype=vae_dtype))
+            out.append(getattr(library, name).from_pretrained(root, subfolder=sub, torch_dtype=vae_dtype))
         elif sub.startswith("tokenizer"):
-            out.append(getattr(transformers, name).from_pretrained(root, subfolder=sub))
+            out.append(getattr(library, name).from_pretrained(root, subfolder=sub))
         else:
-            out.append(getattr(transformers, name).from_pretrained(root, subfolder=sub, dtype=text_dtype))
+            out.append(getattr(library, name).from_pretrained(root, subfolder=sub, dtype=text_dtype))
     return out
 
 

@@ -192,6 +192,11 @@ class HunyuanVideo15Adapter(ModelAdapter):
         conditioning rides in the channels, not in the noisy latents), SigLIP states (729 zero tokens for T2V)."""
         t = self._timesteps(timestep, latents)
         cfg = getattr(transformer, "module", transformer).config  # DDP / DeepSpeed wrap the model
+        if cfg.get("use_meanflow") and conditions.get("timestep_r") is None:
+            raise ValueError(
+                "this HunyuanVideo-1.5 transformer has use_meanflow=true (a step-distilled checkpoint: the pipeline "
+                "passes the next step's timestep as timestep_r); train the non-distilled checkpoint instead"
+            )
         image_latents = conditions.get("image_latents")
         extra = cfg.in_channels - latents.shape[1]
         if image_latents is None and extra > 0:
@@ -216,6 +221,7 @@ class HunyuanVideo15Adapter(ModelAdapter):
             encoder_hidden_states_2=embeds_2,
             encoder_attention_mask_2=mask("prompt_attention_mask_2", embeds_2),
             image_embeds=image_embeds,
+            timestep_r=conditions.get("timestep_r"),
             attention_kwargs=conditions.get("attention_kwargs"),
             return_dict=False,
         )[0]
