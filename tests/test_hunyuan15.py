@@ -158,7 +158,7 @@ def test_tiny_model_trains_exports_and_generates(datasets, tmp_path, task):
     prediction; radial.generate makes a video from it (from an image for I2V)."""
     import radial.generate as rgen
     import train.generate as tgen
-    from radial.generation.pipeline import load_loras
+    from radial.generation.pipeline import apply_text_settings, load_loras, load_pipeline, read_text_settings
     from radial.generation.settings import LoraSpec
 
     i2v, t2v, _ = datasets
@@ -204,6 +204,21 @@ def test_tiny_model_trains_exports_and_generates(datasets, tmp_path, task):
     assert record["family"] == "hunyuan15" and record["finite"] and record["latent_shape"] == [1, 32, 5, 4, 4]
     assert record["attention"]["effective_density"] < 1.0 and record["files"]["video"].endswith(".mp4")
     assert record["image"] == (str(image) if task == "i2v" else None)
+    if task == "t2v":
+        return
+    # A saved I2V pipeline folder (its tiny text settings beside it) generates from the image with the LoRA too.
+    folder = tmp_path / "pipe"
+    rgen.main([*argv[:4], "--image", str(image), "--save-tiny", str(folder)])
+    assert json.loads((folder / "model_index.json").read_text())["image_encoder"][1] == "SiglipVisionModel"
+    loaded = load_pipeline(folder, dtype=torch.float32, device="cpu")
+    apply_text_settings(loaded, read_text_settings(folder))  # what radial.generate does with a folder
+    tiny_text = load_encoders(MODEL, tiny=True)
+    assert (loaded.tokenizer_max_length, loaded.prompt_template_encode_start_idx) == (64, tiny_text.crop_start)
+    argv = ["--model", str(folder), "--dtype", "fp32", "--device", "cpu", "--lora", str(out / "lora"), "--image",
+            str(image), "--prompt", "a red ball", "--frames", "17", "--steps", "2", "--block-size", "16",
+            "--guidance-scale", "1", "--no-decode", "--out", str(tmp_path / "gen2")]  # fmt: skip
+    again = rgen.main(argv)["generated"][0]
+    assert again["finite"] and again["latent_shape"] == [1, 32, 5, 4, 4] and again["loras"][0]["scale"] == 1.0
 
 
 def test_local_folder_round_trip(tmp_path):
