@@ -9,6 +9,8 @@ backward, AdamW step. Full-size architectures with random weights (speed does no
     python benchmarks/train_step.py --out $OUT --cases wan4x --backends dense-cudnn dense-fa4 triton fa4 fa4+plain
     python benchmarks/train_step.py --out $OUT --cases wan4x --backends dense-fa4 fa4 --compile --checkpoint-blocks auto --fuse-qkv
     python benchmarks/train_step.py --out $OUT --cases wan_i2v4x --backends fa4 triton --warmup 1 --steps 1   # I2V-14B
+    python benchmarks/train_step.py --out $OUT --cases hy15_i2v2x --backends dense-fa4 fa4 --warmup 1 --steps 1 \
+        --hy15-layers 54   # HunyuanVideo-1.5 I2V (8.3B)
 
 `--backends`: dense kernels `dense-cudnn` (torch SDPA), `dense-fa4` (flash-attn-4's dense kernel), `dense` (the dense
 backend's own choice); radial backends `triton`, `fa4`, `auto`, `flex`; a `+plain` suffix runs that entry with plain
@@ -57,9 +59,11 @@ CASES = {
     "hun2x": ("hunyuan", 65, 90, 160),
     "hun4x": ("hunyuan", 129, 90, 160),
     "wan_i2v4x": ("wan", 81, 60, 104),  # Wan2.1 I2V-14B 480p at 4x: image states and mask + first-frame channels
+    # HunyuanVideo-1.5 I2V 480p at 2x (241 frames): SigLIP states and first-frame latent + mask channels
+    "hy15_i2v2x": ("hunyuan15", 61, 30, 53),
 }
 # Cases of another architecture than the family's default: case -> (full-size variant, tiny variant for --smoke)
-VARIANTS = {"wan_i2v4x": ("i2v-14b", "i2v")}
+VARIANTS = {"wan_i2v4x": ("i2v-14b", "i2v"), "hy15_i2v2x": ("i2v", "i2v")}
 
 
 def _config(family: str, backend: str, dense_layers: int, save_attention: bool, step_settings: tuple[str, ...] = ()):
@@ -108,6 +112,8 @@ def _build(case: str, entry: str, args, device) -> tuple:
         frames, h, w = 3, 8, 8
     else:
         overrides = {"num_layers": args.hun_double, "num_single_layers": args.hun_single} if family == "hunyuan" else {}
+        if family == "hunyuan15" and args.hy15_layers is not None:
+            overrides = {"num_layers": args.hy15_layers}
         transformer = adapter.build_full(full_variant, dtype=torch.bfloat16, device=device, **overrides)
     with torch.random.fork_rng(devices=[]):  # the same LoRA initialisation on every rank (sequence parallelism)
         torch.manual_seed(0)
@@ -291,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dense-layers", type=int, default=2, help="first k blocks dense in the radial run (paper: 2)")
     p.add_argument("--hun-double", type=int, default=1)
     p.add_argument("--hun-single", type=int, default=1)
+    p.add_argument("--hy15-layers", type=int, default=None, help="HunyuanVideo-1.5 blocks (default: the real 54)")
     p.add_argument("--device", default="cuda")
     p.add_argument(
         "--save-attention",

@@ -32,17 +32,22 @@ Batches (B = batch_size; one bucket per batch, so one shape):
     latents                [B, C, F, H, W]  stored dtype (bf16 default); C, F, H, W = latent channels, frames,
                                             height, width (F = (frames - 1) / temporal_factor + 1)
     prompt_embeds          [B, L, D]        text encoder output, zero past the valid tokens; L = max length
-                                            (Wan 512, HunyuanVideo 256 after the template crop, Mochi 256)
+                                            (Wan 512, HunyuanVideo 256 after the template crop, Mochi 256,
+                                            HunyuanVideo-1.5 1000 Qwen2.5-VL tokens after the chat-template crop)
     prompt_attention_mask  [B, L] bool      True on valid tokens
     pooled_prompt_embeds   [B, Dp]          HunyuanVideo only: CLIP pooled output (diffusers: pooled_projections)
+    prompt_embeds_2, prompt_attention_mask_2  [B, L2, D2], [B, L2]  HunyuanVideo-1.5 only: ByT5 states of the
+                                            caption's quoted text (L2 = 256; all padding without quotes)
+    image_latents, image_embeds, first_frame_mask  image-to-video datasets only (prepare --i2v; see shards.py)
     meta                   list of B dicts  key, source, caption, frames, fps, height, width, clip, clip_start, index
     cursor                 {"epoch", "batch"}  where the batch is in the sampler's order (for state_dict)
 Names are those of the diffusers pipelines' encode_prompt; transformer arguments: encoder_hidden_states =
 prompt_embeds, encoder_attention_mask = prompt_attention_mask (Hunyuan, Mochi; Wan takes no mask: its pipeline
-feeds the zero-padded 512 tokens, as the batch has them), pooled_projections = pooled_prompt_embeds (Hunyuan).
+feeds the zero-padded 512 tokens, as the batch has them), pooled_projections = pooled_prompt_embeds (Hunyuan),
+encoder_hidden_states_2 / encoder_attention_mask_2 = prompt_embeds_2 / prompt_attention_mask_2 (HunyuanVideo-1.5).
 
 Latents are stored *normalized*, ready for the transformer (flow matching on them directly):
-Wan (raw - latents_mean) / latents_std; HunyuanVideo raw * scaling_factor; Mochi (raw - latents_mean) *
+Wan (raw - latents_mean) / latents_std; HunyuanVideo (1.0 and 1.5) raw * scaling_factor; Mochi (raw - latents_mean) *
 scaling_factor / latents_std; all recorded as `ds.latent_norm` = {"convention", "shift", "scale"}
 (normalized = (raw - shift) * scale); `data.latents.denormalize_latents(latents, ds.latent_norm)` gives raw
 latents for `vae.decode` (validation videos). The latents are the posterior mode unless prepare ran with

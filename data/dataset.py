@@ -34,6 +34,7 @@ class Expect:
     text_dim: int | None = None  # prompt_embeds hidden size
     text_len: int | None = None  # prompt_embeds padded length
     pooled_dim: int | None = None  # pooled_prompt_embeds size (HunyuanVideo)
+    text_dim_2: int | None = None  # prompt_embeds_2 hidden size (HunyuanVideo-1.5's ByT5 glyph states)
     latent_dtype: str | None = None  # "bfloat16", "float32", "float16" (aliases bf16/fp32/fp16)
     latent_norm: str | None = None  # normalisation convention: "wan", "hunyuan", "mochi"
     frames: tuple[int, ...] | None = None  # every item must have one of these pixel frame counts
@@ -68,11 +69,16 @@ class Expect:
         channels = c.get("out_channels") or c.get("in_channels")
         text_dim = c.get("text_dim") or c.get("text_embed_dim")
         pooled = c.get("pooled_projection_dim") if model == "hunyuan" else None
-        image = {}
+        conditioning = {}
         if model in ("wan", "wan22") and c.get("in_channels"):  # in_channels = noisy latents + image conditioning
             extra_channels = c["in_channels"] - (c.get("out_channels") or c["in_channels"])  # Wan I2V: 36 - 16
-            image = {"image_channels": extra_channels, "image_dim": c.get("image_dim") or 0}
-        return cls(latent_channels=channels, text_dim=text_dim, pooled_dim=pooled, **image, **extra)
+            conditioning = {"image_channels": extra_channels, "image_dim": c.get("image_dim") or 0}
+        if model == "hunyuan15":  # 65 input channels either way (T2V feeds zeros): the task type tells them apart
+            i2v = c.get("task_type", "i2v") == "i2v"  # diffusers' default
+            conditioning = {"image_channels": c["in_channels"] - channels if i2v else 0}
+            conditioning["image_dim"] = c.get("image_embed_dim", 0) if i2v else 0
+            conditioning["text_dim_2"] = c.get("text_embed_2_dim")
+        return cls(latent_channels=channels, text_dim=text_dim, pooled_dim=pooled, **conditioning, **extra)
 
 
 class SampleRef(NamedTuple):
@@ -214,6 +220,12 @@ class LatentDataset(Dataset):
                 raise ShardError(
                     f"{where}: pooled_prompt_embeds have dim {pooled.dim}, the transformer expects {e.pooled_dim}"
                 )
+        glyph = self.text_fields.get("prompt_embeds_2")
+        if e.text_dim_2 is not None and (glyph is None or glyph.dim != e.text_dim_2):
+            raise ShardError(
+                f"{where}: prompt_embeds_2 have dim {glyph.dim if glyph else 'none'}, the transformer expects "
+                f"{e.text_dim_2} (HunyuanVideo-1.5's ByT5 states)"
+            )
         self._check_image(where)
         for r in self.records:
             if e.frames is not None and r["frames"] not in e.frames:
@@ -248,7 +260,7 @@ class LatentDataset(Dataset):
         if e.image_dim is not None and dim != e.image_dim:
             raise ShardError(
                 f"{where}: image_embeds have dim {dim or 'none'}, the transformer expects {e.image_dim or 'none'} "
-                "(Wan2.1 I2V reads CLIP image states, Wan2.2 I2V none)"
+                "(Wan2.1 I2V reads CLIP image states, Wan2.2 I2V none, HunyuanVideo-1.5 I2V SigLIP states)"
             )
 
     def _empty_prompt(self) -> dict[str, torch.Tensor]:

@@ -634,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode videos + captions into latent shards for long-video LoRA training.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="family: wan, wan22, wan22_ti2v, hunyuan, mochi")
+    p.add_argument("--model", required=True, help="family: wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi")
     p.add_argument("--input", required=True, help="folder of videos (+ .txt captions) or a .csv / .jsonl manifest")
     p.add_argument("--out", required=True, help="output dataset folder (resumable)")
     g = p.add_mutually_exclusive_group(required=True)
@@ -648,7 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="image-to-video conditioning from each clip's first frame, as the I2V pipeline computes it (wan: "
         "Wan2.1 I2V's CLIP image states and first-frame latent with its mask; wan22: Wan2.2 A14B I2V, latent only; "
-        "wan22_ti2v: the clean first latent frame and its per-token mask)",
+        "wan22_ti2v: the clean first latent frame and its per-token mask; hunyuan15: HunyuanVideo-1.5 I2V's SigLIP "
+        "states and the first frame's latent with its mask channel)",
     )
     p.add_argument(
         "--length",

@@ -6,9 +6,11 @@ Layout of a prepared dataset (ROOT):
                                      sha256, items), items (per-item metadata, each with its shard number)
     ROOT/shards/<run>-r<rank>-<n>.safetensors
                                      tensors "<j>/latents" [C, F, H, W], "<j>/prompt_embeds" [l, D] (the valid
-                                     tokens only), "<j>/pooled_prompt_embeds" [Dp] (HunyuanVideo), image-to-video
-                                     datasets (header "image_fields") "<j>/image_latents" [4 + C, F, H, W] and
-                                     "<j>/image_embeds" [N, Di] (Wan2.1 I2V's CLIP states); the safetensors
+                                     tokens only), "<j>/pooled_prompt_embeds" [Dp] (HunyuanVideo),
+                                     "<j>/prompt_embeds_2" [l2, D2] (HunyuanVideo-1.5's ByT5 glyph states),
+                                     image-to-video datasets (header "image_fields") "<j>/image_latents"
+                                     [4 + C, F, H, W] (HunyuanVideo-1.5: [C + 1, ...]) and "<j>/image_embeds"
+                                     [N, Di] (Wan2.1 I2V's CLIP / HunyuanVideo-1.5's SigLIP states); the safetensors
                                      metadata repeats format, version, header and the item records, so the index
                                      can always be rebuilt from the shards (`python -m data.shards reindex ROOT`)
     ROOT/prepare.json, ROOT/prepare_report.json   settings and the last run's summary (informational)
@@ -59,6 +61,7 @@ TEXT_FIELDS = {
     "wan22_ti2v": ("prompt_embeds",),
     "hunyuan": ("prompt_embeds", "pooled_prompt_embeds"),
     "mochi": ("prompt_embeds",),
+    "hunyuan15": ("prompt_embeds", "prompt_embeds_2"),  # Qwen2.5-VL states, ByT5 states of the quoted text
 }
 #: the optional image conditioning an image-to-video dataset's header lists under "image_fields"
 IMAGE_FIELDS = ("image_latents", "image_embeds", "first_frame_mask")
@@ -307,7 +310,8 @@ def check_header(header: dict, model: str, where: str) -> None:
 
 def _check_image_fields(fields, g: LatentGeometry, where: str) -> None:
     """The optional image conditioning of an image-to-video dataset: image_latents [4 + C channels] and, for Wan2.1
-    I2V, image_embeds [tokens, dim]; Wan2.2 TI2V: image_latents [C, 1 frame] and first_frame_mask [1 channel]."""
+    I2V, image_embeds [tokens, dim]; Wan2.2 TI2V: image_latents [C, 1 frame] and first_frame_mask [1 channel];
+    HunyuanVideo-1.5 I2V: image_latents [C + 1 mask channels] and image_embeds [tokens, dim]."""
     if fields is None:
         return
     ok = isinstance(fields, dict) and set(fields) <= set(IMAGE_FIELDS) and "image_latents" in fields
@@ -315,9 +319,11 @@ def _check_image_fields(fields, g: LatentGeometry, where: str) -> None:
     if not ok:
         raise ShardError(f"{where}: image_fields must name image_latents [channels] (and image_embeds [tokens, dim])")
     ti2v = g.family == "wan22_ti2v"
-    want = [g.latent_channels, 1] if ti2v else [g.latent_channels + 4]
+    want = [g.latent_channels, 1] if ti2v else [g.latent_channels + (1 if g.family == "hunyuan15" else 4)]
     if fields["image_latents"] != want:
         raise ShardError(f"{where}: image_latents lead with {fields['image_latents']}, expected {want}")
+    if g.family == "hunyuan15" and "image_embeds" not in fields:
+        raise ShardError(f"{where}: HunyuanVideo-1.5 image conditioning needs image_embeds [tokens, dim]")
     if ti2v and fields.get("first_frame_mask") != [1]:
         raise ShardError(f"{where}: Wan2.2 TI2V image conditioning needs first_frame_mask [1]")
     if "image_embeds" in fields and len(fields["image_embeds"]) != 2:

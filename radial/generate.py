@@ -34,6 +34,7 @@ from radial.errors import USER_ERRORS, cli_errors
 from radial.generation.embeds import load_prompt_embeds
 from radial.generation.pipeline import (
     apply_radial,
+    apply_text_settings,
     check_lora_specs,
     check_pipeline_folder,
     family_of_folder,
@@ -51,7 +52,7 @@ from radial.models import get_adapter
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 DTYPES.update({"fp32": torch.float32, "float32": torch.float32})
-GUIDANCE_DEFAULTS = {"wan": 5.0, "wan22": 4.0, "wan22_ti2v": 5.0, "hunyuan": 6.0, "mochi": 4.5}
+GUIDANCE_DEFAULTS = {"wan": 5.0, "wan22": 4.0, "wan22_ti2v": 5.0, "hunyuan": 6.0, "hunyuan15": 6.0, "mochi": 4.5}
 RADIAL_DEFAULTS = {"decay_factor": 1.0, "dense_layers": 0, "dense_timesteps": 0, "block_size": 128, "sink": None}
 
 
@@ -75,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     what = p.add_argument_group("what to generate")
     what.add_argument("--prompt", action="append", help="text prompt (repeatable)")
     what.add_argument(
-        "--image", default=None, help="first frame for image-to-video pipelines (Wan2.1 I2V, Wan2.2 A14B I2V, TI2V-5B)"
+        "--image",
+        default=None,
+        help="first frame for image-to-video pipelines (Wan2.1 I2V, Wan2.2 A14B I2V, TI2V-5B, HunyuanVideo-1.5 I2V)",
     )
     what.add_argument("--prompt-embeds", action="append", help="precomputed embeddings (.safetensors/.pt; repeatable)")
     what.add_argument("--negative-prompt", default=None)
@@ -118,7 +121,9 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
 
     repo = p.add_argument_group("tiny pipelines and comparison (this repository's data/ and train/ packages)")
     repo.add_argument(
-        "--tiny", metavar="FAMILY", help="tiny random-init pipeline of FAMILY (wan, wan22, wan22_ti2v, hunyuan, mochi)"
+        "--tiny",
+        metavar="FAMILY",
+        help="tiny random-init pipeline of FAMILY (wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi)",
     )
     repo.add_argument("--tiny-seed", type=int, default=0, help="seed of the tiny components")
     repo.add_argument("--save-tiny", metavar="DIR", help="write the tiny pipeline as a diffusers folder and exit")
@@ -233,6 +238,7 @@ def run(
             **text_settings,
             "prompt_template": resolve_prompt_template(pipe, text_settings["prompt_template"]),
         }
+    apply_text_settings(pipe, text_settings)
     base = clip_from_args(args, family, text_settings)
     text_len = base.max_sequence_length or get_adapter(family).text_len
     jobs: list[tuple[str, object]] = [(p, None) for p in (args.prompt or [])]

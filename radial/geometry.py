@@ -50,6 +50,8 @@ GEOMETRY: dict[str, LatentGeometry] = {
     "wan22": LatentGeometry("wan22", 4, 8, 16, 1, 2, 81, 480, 832, 16),
     "wan22_ti2v": LatentGeometry("wan22_ti2v", 4, 16, 48, 1, 2, 121, 704, 1280, 24),
     "hunyuan": LatentGeometry("hunyuan", 4, 8, 16, 1, 2, 129, 720, 1280, 24),
+    # HunyuanVideo-1.5: a 16x, 32-channel VAE and patch size 1 (480p x 121 frames at 1x).
+    "hunyuan15": LatentGeometry("hunyuan15", 4, 16, 32, 1, 1, 121, 480, 848, 24),
     "mochi": LatentGeometry("mochi", 6, 8, 12, 1, 2, 163, 480, 848, 30),
 }
 

@@ -19,6 +19,7 @@ HUB_REPOS = {
     "wan22": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
     "wan22_ti2v": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
     "hunyuan": "hunyuanvideo-community/HunyuanVideo",
+    # I2V: the I2V pipeline's docstring names hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v (not verified here)
     "hunyuan15": "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v",
     "mochi": "genmo/mochi-1-preview",
 }

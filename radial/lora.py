@@ -95,6 +95,17 @@ def add_metadata(path: str | Path, info: Mapping[str, Any]) -> None:
     _atomic_save(tensors, path, meta)
 
 
+def lora_saver(pipeline_class: type) -> type:
+    """The pipeline class's LoRA saver; pipelines without a LoRA mixin (HunyuanVideo-1.5's in diffusers 0.42) get the
+    transformer-only one, whose file ("transformer."-prefixed PEFT keys + adapter metadata) their transformer loads
+    with `load_lora_adapter(..., prefix="transformer")` (radial.generation.load_loras does)."""
+    if hasattr(pipeline_class, "save_lora_weights"):
+        return pipeline_class
+    from diffusers.loaders.lora_pipeline import HunyuanVideoLoraLoaderMixin
+
+    return HunyuanVideoLoraLoaderMixin
+
+
 def export_diffusers(
     transformer: torch.nn.Module,
     pipeline_class: type,
@@ -113,7 +124,7 @@ def export_diffusers(
         else sorted(config.target_modules),
         "lora_dropout": config.lora_dropout,
     }
-    pipeline_class.save_lora_weights(
+    lora_saver(pipeline_class).save_lora_weights(
         out_dir, transformer_lora_layers=layers, transformer_lora_adapter_metadata=adapter_meta
     )
     path = out_dir / DIFFUSERS_WEIGHT_NAME

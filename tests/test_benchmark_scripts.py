@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import train_step
 
 
@@ -23,12 +25,14 @@ def test_train_step_settings_apply_to_both_arms(tmp_path):
     assert "1/2 blocks, compiled, fused qkv" in (tmp_path / "train_step.md").read_text()
 
 
-def test_train_step_i2v_smoke(tmp_path):
-    """The Wan2.1 I2V case: the I2V architecture with its image conditioning through the trainer's step."""
-    args = ["--smoke", "--device", "cpu", "--cases", "wan_i2v4x", "--steps", "1", "--warmup", "0"]
+@pytest.mark.parametrize("case,tokens", [("wan_i2v4x", 3 * 16), ("hy15_i2v2x", 3 * 64)])
+def test_train_step_i2v_smoke(tmp_path, case, tokens):
+    """The I2V cases (Wan2.1 I2V, HunyuanVideo-1.5 I2V): the I2V architecture with its image conditioning through
+    the trainer's step."""
+    args = ["--smoke", "--device", "cpu", "--cases", case, "--steps", "1", "--warmup", "0"]
     train_step.main([*args, "--backends", "reference", "--out", str(tmp_path)])
     (row,) = json.loads((tmp_path / "train_step.json").read_text())["rows"]
-    assert row["step_s"] > 0 and row["loss"] == row["loss"] and row["tokens"] == 3 * 16
+    assert row["step_s"] > 0 and row["loss"] == row["loss"] and row["tokens"] == tokens
 
 
 def test_train_step_sequence_parallel_smoke(tmp_path):

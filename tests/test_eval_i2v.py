@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from data.synthetic import make_synthetic_videos
 from radial.errors import ConfigError, MissingPathError
 from tests.test_eval_validation import FAST, one_thread  # noqa: F401 (autouse: one torch thread)
-from tests.test_i2v import _prepare
+from tests.test_i2v import prepare_tiny
 from tests.trainer_helpers import compose_config, tiny_overrides
 from train.config import validate
 from train.eval.validation import Validator
@@ -30,7 +30,7 @@ SYNTHETIC_KEYS = ("data.num_videos", "data.frames", "data.height", "data.width")
 def i2v_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_i2v")
     make_synthetic_videos(root / "videos", num=2, frames=17, fps=16, sizes=((64, 64),), seed=0)
-    return _prepare(root / "videos", root / "i2v", True)
+    return prepare_tiny(root / "videos", root / "i2v", True)
 
 
 def _overrides(out: Path, data: Path, *extra: str) -> list[str]:
@@ -128,7 +128,7 @@ def test_wan22_samples_from_the_heldout_first_frame(tmp_path, family, extra, sha
     """Wan2.2: held-out items prepared with --i2v sample through the image-to-video pipeline from their first frame:
     TI2V-5B with expand_timesteps (the clean first latent frame, 48-channel VAE); an A14B I2V expert without CLIP."""
     make_synthetic_videos(tmp_path / "videos", num=1, frames=17, fps=16, sizes=((64, 64),), seed=0)
-    _prepare(tmp_path / "videos", tmp_path / "lat", True, family)
+    prepare_tiny(tmp_path / "videos", tmp_path / "lat", True, family)
     base = [o for o in tiny_overrides(tmp_path / "run", tmp_path / "lat", steps=1) if not o.startswith(SYNTHETIC_KEYS)]
     overrides = ["data=latents", *base, f"model.family={family}", *extra, "data.num_workers=0"]
     trainer = Trainer(validate(compose_config(overrides)))

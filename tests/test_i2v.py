@@ -27,7 +27,8 @@ from train.config import validate
 from train.trainer import Trainer
 
 
-def _prepare(videos, out, image: bool, model: str = "wan"):
+def prepare_tiny(videos, out, image: bool, model: str = "wan"):
+    """Prepare the synthetic videos at 17 frames, 64x64 with the family's tiny encoders (fp32)."""
     cfg = PrepareConfig(
         model=model, input=str(videos / "manifest.jsonl"), out=str(out), tiny=True, image=image, lengths=(17,),
         fps=16, buckets=("64x64",), progress=False, latent_dtype="fp32", text_dtype="fp32",
@@ -41,7 +42,8 @@ def datasets(tmp_path_factory):
     """The same two synthetic videos prepared for image-to-video and for text-to-video."""
     root = tmp_path_factory.mktemp("i2v_data")
     make_synthetic_videos(root / "videos", num=2, frames=17, fps=16, sizes=((64, 64),), seed=0)
-    return _prepare(root / "videos", root / "i2v", True), _prepare(root / "videos", root / "t2v", False), root
+    videos = root / "videos"
+    return prepare_tiny(videos, root / "i2v", True), prepare_tiny(videos, root / "t2v", False), root
 
 
 def test_image_conditioning_equals_the_pipelines(datasets):
@@ -109,15 +111,22 @@ def test_predict_feeds_the_transformer_as_the_pipeline_does():
     assert (without_image - stock).abs().max().item() > 1e-3, "the image states must reach the model"
 
 
+def expect_kinds_refused(family: str, i2v, t2v) -> tuple[Expect, Expect]:
+    """The tiny I2V and T2V models' expectations; each refuses the other kind's dataset with a one-line error."""
+    adapter = get_adapter(family)
+    i2v_model = Expect.from_transformer_config(family, adapter.tiny_config_of("i2v"))
+    t2v_model = Expect.from_transformer_config(family, adapter.tiny_config_of())
+    with pytest.raises(ShardError, match=r"prepared for text-to-video .*the transformer is image-to-video.*--i2v"):
+        LatentDataset(t2v, family, expect=i2v_model)
+    with pytest.raises(ShardError, match=r"prepared for image-to-video \(--i2v\), the transformer is text-to-video"):
+        LatentDataset(i2v, family, expect=t2v_model)
+    return i2v_model, t2v_model
+
+
 def test_text_and_image_datasets_are_refused_by_the_other_kind_of_model(datasets):
     i2v, t2v, _ = datasets
     adapter = get_adapter("wan")
-    i2v_model = Expect.from_transformer_config("wan", adapter.tiny_config_of("i2v"))
-    t2v_model = Expect.from_transformer_config("wan", adapter.tiny_config_of())
-    with pytest.raises(ShardError, match=r"prepared for text-to-video .*the transformer is image-to-video.*--i2v"):
-        LatentDataset(t2v, "wan", expect=i2v_model)
-    with pytest.raises(ShardError, match=r"prepared for image-to-video \(--i2v\), the transformer is text-to-video"):
-        LatentDataset(i2v, "wan", expect=t2v_model)
+    i2v_model, t2v_model = expect_kinds_refused("wan", i2v, t2v)
     wan22_i2v = Expect.from_transformer_config("wan", {**adapter.tiny_config_of("i2v"), "image_dim": None})
     with pytest.raises(ShardError, match="image_embeds have dim 24, the transformer expects none"):
         LatentDataset(i2v, "wan", expect=wan22_i2v)
@@ -126,7 +135,7 @@ def test_text_and_image_datasets_are_refused_by_the_other_kind_of_model(datasets
 
 
 def test_prepare_refuses_image_conditioning_for_other_families(tmp_path):
-    with pytest.raises(ValueError, match="supported for models wan, wan22, wan22_ti2v, not 'mochi'"):
+    with pytest.raises(ValueError, match="supported for models wan, wan22, wan22_ti2v, hunyuan15, not 'mochi'"):
         prepare(PrepareConfig(model="mochi", input=str(tmp_path), out=str(tmp_path / "o"), tiny=True, image=True))
 
 
@@ -241,7 +250,7 @@ def test_ti2v_first_frame_conditioning_trains_and_generates(tmp_path):
     assert flow_loss(pred, target, torch.ones(1)).item() > 0.0
 
     make_synthetic_videos(tmp_path / "videos", num=2, frames=17, fps=16, sizes=((64, 64),), seed=0)
-    _prepare(tmp_path / "videos", tmp_path / "lat", True, "wan22_ti2v")
+    prepare_tiny(tmp_path / "videos", tmp_path / "lat", True, "wan22_ti2v")
     item = LatentDataset(tmp_path / "lat", "wan22_ti2v")[0]
     assert item["image_latents"].shape == (48, 1, 4, 4) and item["first_frame_mask"].shape == (1, 5, 4, 4)
     out = tmp_path / "run"
@@ -268,7 +277,7 @@ def test_wan22_a14b_i2v_conditions_on_latents_only(tmp_path):
     """Wan2.2 A14B I2V: prepare writes the mask + first-frame latent without CLIP states; the dataset fits the tiny
     I2V expert (in_channels 36, no image_dim) and its prediction equals the stock call of the I2V pipeline."""
     make_synthetic_videos(tmp_path / "videos", num=1, frames=17, fps=16, sizes=((64, 64),), seed=0)
-    _prepare(tmp_path / "videos", tmp_path / "lat", True, "wan22")
+    prepare_tiny(tmp_path / "videos", tmp_path / "lat", True, "wan22")
     adapter = get_adapter("wan22")
     model = adapter.build_tiny(variant="i2v")
     assert model.config.image_dim is None and model.config.in_channels == 36

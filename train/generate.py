@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from radial.generation.pipeline import check_local_folder
+from radial.generation.pipeline import apply_text_settings, check_local_folder
 
 TINY_DEFAULTS = {"frames": 17, "height": 64, "width": 64, "steps": 4, "block_size": 16, "guidance_scale": 1.0}
 
@@ -37,7 +37,8 @@ def build_tiny_pipeline(
     `transformer`: a module, a saved folder (e.g. outputs/<run>/base_transformer), or None for
     `adapter.build_tiny(seed=seed)` (what the trainer's tiny model is). Encoders use `seed` as data.prepare does.
     `image`: the image-to-video pipeline, WanImageToVideoPipeline (wan: the tiny "i2v" transformer and CLIP encoder;
-    wan22: the tiny "i2v" experts, no CLIP; wan22_ti2v: expand_timesteps, the clean first latent frame).
+    wan22: the tiny "i2v" experts, no CLIP; wan22_ti2v: expand_timesteps, the clean first latent frame) or
+    HunyuanVideo15ImageToVideoPipeline (hunyuan15: the tiny "i2v" transformer and SigLIP encoder).
     Families with experts (wan22, Wan2.2 A14B) get both, switched at the variant's boundary_ratio; both start from
     `transformer` (a tiny run trains either expert from that same base), each its own copy so a LoRA goes into one.
     """
@@ -73,11 +74,16 @@ def build_tiny_pipeline(
     if getattr(adapter, "experts", ()):
         extra["transformer_2"] = copy.deepcopy(transformer)
         extra["boundary_ratio"] = adapter.boundary_ratios[variant or adapter.default_variant]
+    if family == "hunyuan15":  # its guidance is a component (radial.generate sets the scale per clip)
+        extra["guider"] = diffusers.ClassifierFreeGuidance(guidance_scale=TINY_DEFAULTS["guidance_scale"])
     pipe = getattr(diffusers, name)(transformer=transformer, scheduler=scheduler, **components, **extra)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe._radial_text_settings = enc.text_settings()
-    if image and transformer.config.added_kv_proj_dim is not None:  # diffusers splits I2V states at 512 text tokens
+    apply_text_settings(pipe, pipe._radial_text_settings)
+    if (
+        image and transformer.config.get("added_kv_proj_dim") is not None
+    ):  # diffusers splits I2V states at 512 text tokens
         pipe._radial_text_settings["max_sequence_length"] = 512
     return pipe
 

@@ -10,6 +10,8 @@ Family -> classes (diffusers folder subfolders):
   wan22_ti2v    AutoencoderKLWan (48 ch, 16x spatial) + UMT5EncoderModel  vae/ text_encoder/ tokenizer/
   hunyuan       AutoencoderKLHunyuanVideo + LlamaModel + CLIPTextModel   + text_encoder_2/ tokenizer_2/
   mochi         AutoencoderKLMochi + T5EncoderModel                      vae/ text_encoder/ tokenizer/
+  hunyuan15     AutoencoderKLHunyuanVideo15 + Qwen2_5_VLTextModel + T5EncoderModel (ByT5)  + text_encoder_2/ tokenizer_2/
+                (image-to-video: + SiglipVisionModel image_encoder/ feature_extractor/)
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def encoder_class(family: str) -> type[FamilyEncoders]:
         from data.encoders.mochi import MochiEncoders
 
         return MochiEncoders
+    if family == "hunyuan15":
+        from data.encoders.hunyuan15 import Hunyuan15Encoders
+
+        return Hunyuan15Encoders
     raise ValueError(f"model family {family!r} has a geometry but no encoders in data/encoders")
 
 
@@ -64,7 +70,8 @@ def load_encoders(
 ) -> FamilyEncoders:
     """The family's encoders: tiny random-init (seeded, identical in every process) or from `pretrained_path`.
 
-    `image`: also the image conditioning of the family's image-to-video models (Wan2.1 I2V: a CLIP vision encoder).
+    `image`: also the image conditioning of the family's image-to-video models (Wan2.1 I2V: a CLIP vision encoder;
+    HunyuanVideo-1.5 I2V: a SigLIP one).
     """
     cls = encoder_class(family)
     check_image_family(family, image)
@@ -86,18 +93,17 @@ def load_image_encoder(
     family: str, pretrained_path: str | Path | None = None, *, tiny: bool = False, seed: int = 0, device="cpu"
 ) -> tuple:
     """The image encoder and processor of the family's image-to-video pipeline, tiny (seeded as load_encoders) or
-    from `pretrained_path`: Wan2.1 I2V's CLIP vision model; (None, None) where the latents alone condition."""
+    from `pretrained_path`: Wan2.1 I2V's CLIP vision model, HunyuanVideo-1.5 I2V's SigLIP one; (None, None) where
+    the latents alone condition."""
     check_image_family(family, True)
     if tiny:
-        from data.encoders.wan import tiny_image_encoder
-
-        return tiny_image_encoder(seed) if family == "wan" else (None, None)
+        return _tiny_image_encoder(family, seed)
     return _pretrained_image_encoder(family, pretrained_path, device)
 
 
 #: families whose image-to-video models prepare can condition (Wan2.1 I2V with CLIP states, Wan2.2 A14B I2V without;
-#: Wan2.2 TI2V-5B: a clean first latent frame)
-IMAGE_FAMILIES = ("wan", "wan22", "wan22_ti2v")
+#: Wan2.2 TI2V-5B: a clean first latent frame; HunyuanVideo-1.5 I2V: SigLIP states and the first frame's latent)
+IMAGE_FAMILIES = ("wan", "wan22", "wan22_ti2v", "hunyuan15")
 
 
 def check_image_family(family: str, image: bool) -> None:
@@ -107,24 +113,50 @@ def check_image_family(family: str, image: bool) -> None:
         )
 
 
-def _pretrained_image_encoder(family: str, path, device):
-    """Wan2.1 I2V's image_encoder/ (CLIPVisionModel, fp32 as the pipeline's example) and image_processor/; Wan2.2
-    A14B I2V has none (None, None)."""
-    from pathlib import Path
+def _tiny_image_encoder(family: str, seed: int):
+    """The tiny image encoder and processor of a family's I2V model ((None, None) where it has none)."""
+    if family == "hunyuan15":
+        from data.encoders.hunyuan15 import tiny_image_encoder
 
+        return tiny_image_encoder(seed)
+    if family == "wan":
+        from data.encoders.wan import tiny_image_encoder
+
+        return tiny_image_encoder(seed)
+    return None, None
+
+
+#: family -> the I2V folder's (encoder class, its subfolder, processor class, its subfolder, the layout to name);
+#: Wan2.2 A14B I2V and TI2V have no image encoder
+PRETRAINED_IMAGE_ENCODERS = {
+    "wan": (
+        "CLIPVisionModel", "image_encoder", "CLIPImageProcessor", "image_processor",
+        "a Wan2.1 I2V diffusers folder (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers layout)",
+    ),
+    "hunyuan15": (
+        "SiglipVisionModel", "image_encoder", "SiglipImageProcessor", "feature_extractor",
+        "a HunyuanVideo-1.5 I2V diffusers folder (HunyuanVideo15ImageToVideoPipeline layout)",
+    ),
+}  # fmt: skip
+
+
+def _pretrained_image_encoder(family: str, path, device):
+    """The I2V folder's image encoder (fp32, as the pipelines' examples) and its processor; (None, None) for
+    families whose I2V model has none."""
     import transformers
 
-    root = Path(path).expanduser()
-    if family != "wan":
+    if family not in PRETRAINED_IMAGE_ENCODERS:
         return None, None
-    missing = [s for s in ("image_encoder", "image_processor") if not (root / s).is_dir()]
+    encoder_cls, encoder_dir, processor_cls, processor_dir, layout = PRETRAINED_IMAGE_ENCODERS[family]
+    root = Path(path).expanduser()
+    missing = [s for s in (encoder_dir, processor_dir) if not (root / s).is_dir()]
     if missing:
         raise FileNotFoundError(
-            f"{PRETRAINED_KEY}={path}: missing {', '.join(m + '/' for m in missing)}; image conditioning of model wan "
-            "needs a Wan2.1 I2V diffusers folder (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers layout)"
+            f"{PRETRAINED_KEY}={path}: missing {', '.join(m + '/' for m in missing)}; image conditioning of model "
+            f"{family} needs {layout}"
         )
-    encoder = transformers.CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", dtype=torch.float32)
-    processor = transformers.CLIPImageProcessor.from_pretrained(root, subfolder="image_processor")
+    encoder = getattr(transformers, encoder_cls).from_pretrained(root, subfolder=encoder_dir, dtype=torch.float32)
+    processor = getattr(transformers, processor_cls).from_pretrained(root, subfolder=processor_dir)
     return encoder.to(device), processor
 
 

@@ -109,6 +109,33 @@ def default_text_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def load_components(
+    root: Path, classes: dict[str, str], device: torch.device, vae_dtype: torch.dtype, text_dtype: torch.dtype | None
+) -> list:
+    """Each component (subfolder -> class name) of a diffusers folder, in that order: "vae" from diffusers in
+    `vae_dtype`, the others from transformers (models in `text_dtype`, default bf16 on CUDA, else fp32). The class
+    the folder's model_index.json names wins over the given one (as DiffusionPipeline.from_pretrained loads it)."""
+    import diffusers
+    import transformers
+
+    text_dtype = text_dtype or default_text_dtype(device)
+    index_file = Path(root) / "model_index.json"
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    out = []
+    for sub, default in classes.items():
+        named = index.get(sub)
+        name = named[1] if isinstance(named, list) and len(named) == 2 and named[1] else default
+        library = diffusers if sub == "vae" else transformers
+        name = name if hasattr(library, name) else default
+        if sub == "vae":
+            out.append(getattr(library, name).from_pretrained(root, subfolder=sub, torch_dtype=vae_dtype))
+        elif sub.startswith("tokenizer"):
+            out.append(getattr(library, name).from_pretrained(root, subfolder=sub))
+        else:
+            out.append(getattr(library, name).from_pretrained(root, subfolder=sub, dtype=text_dtype))
+    return out
+
+
 class FamilyEncoders:
     """The VAE and text encoder(s) of one family. Subclasses set `components`, `text_fields`, `latent_norm`."""
 
@@ -277,3 +304,19 @@ def read_text_settings(root: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+class DualTextEncoders(FamilyEncoders):
+    """A VAE and two text encoders with their tokenizers (HunyuanVideo, HunyuanVideo-1.5): held frozen in eval
+    mode, the tokenizers padding on the right (so a text mask is a prefix, see `_trim`)."""
+
+    components = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+
+    def __init__(self, family, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, source, device="cpu"):
+        super().__init__(family, source, device)
+        self.vae = vae.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.text_encoder_2 = text_encoder_2.eval().requires_grad_(False)
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
+        self.tokenizer.padding_side = "right"
+        self.tokenizer_2.padding_side = "right"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from data.encoders.base import FamilyEncoders, TextField, default_text_dtype, read_text_settings, require_folder
+from data.encoders.base import DualTextEncoders, TextField, load_components, read_text_settings, require_folder
 from data.latents import make_latent_norm
 
 MAX_SEQUENCE_LENGTH = 256  # HunyuanVideoPipeline default, counted after the template is cropped
@@ -33,8 +33,7 @@ def tiny_vae_config() -> dict:
     }
 
 
-class HunyuanEncoders(FamilyEncoders):
-    components = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+class HunyuanEncoders(DualTextEncoders):
     vae_class = "AutoencoderKLHunyuanVideo"
 
     def __init__(
@@ -50,13 +49,7 @@ class HunyuanEncoders(FamilyEncoders):
         max_sequence_length=None,
         prompt_template=None,
     ):
-        super().__init__(family, source, device)
-        self.vae = vae.eval().requires_grad_(False)
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
-        self.text_encoder_2 = text_encoder_2.eval().requires_grad_(False)
-        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
-        self.tokenizer.padding_side = "right"
-        self.tokenizer_2.padding_side = "right"
+        super().__init__(family, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, source, device)
         self.max_sequence_length = int(max_sequence_length or MAX_SEQUENCE_LENGTH)
         self.prompt_template = dict(prompt_template or default_template())
         if "{}" not in self.prompt_template["template"]:
@@ -131,27 +124,14 @@ class HunyuanEncoders(FamilyEncoders):
         from diffusers import AutoencoderKLHunyuanVideo
         from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
-        from data.encoders.tokenizer import byte_level_tokenizer
+        from data.encoders.tokenizer import byte_level_tokenizer, tiny_decoder_config
 
         tokenizer = byte_level_tokenizer(TINY_MAX_SEQUENCE_LENGTH + 64, add_bos=True)
         tokenizer_2 = byte_level_tokenizer(CLIP_MAX_LENGTH, add_bos=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vae = AutoencoderKLHunyuanVideo(**tiny_vae_config())
-            llama = LlamaModel(
-                LlamaConfig(
-                    vocab_size=len(tokenizer),
-                    hidden_size=text_dim,
-                    intermediate_size=2 * text_dim,
-                    num_hidden_layers=3,
-                    num_attention_heads=4,
-                    num_key_value_heads=2,
-                    max_position_embeddings=512,
-                    pad_token_id=tokenizer.pad_token_id,
-                    bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-            )
+            llama = LlamaModel(LlamaConfig(**tiny_decoder_config(tokenizer, text_dim)))
             clip = CLIPTextModel(
                 CLIPTextConfig(
                     vocab_size=len(tokenizer_2),
@@ -184,24 +164,19 @@ class HunyuanEncoders(FamilyEncoders):
         cls, family, path, device="cpu", vae_dtype=torch.float32, text_dtype=None, max_sequence_length=None
     ) -> HunyuanEncoders:
         root = require_folder(path, family, list(cls.components))
-        from diffusers import AutoencoderKLHunyuanVideo
-        from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
-
         device = torch.device(device)
-        text_dtype = text_dtype or default_text_dtype(device)
-        vae = AutoencoderKLHunyuanVideo.from_pretrained(root, subfolder="vae", torch_dtype=vae_dtype)
-        llama = LlamaModel.from_pretrained(root, subfolder="text_encoder", dtype=text_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
-        clip = CLIPTextModel.from_pretrained(root, subfolder="text_encoder_2", dtype=text_dtype)
-        tokenizer_2 = AutoTokenizer.from_pretrained(root, subfolder="tokenizer_2")
+        classes = {
+            "vae": "AutoencoderKLHunyuanVideo",
+            "text_encoder": "LlamaModel",
+            "tokenizer": "AutoTokenizer",
+            "text_encoder_2": "CLIPTextModel",
+            "tokenizer_2": "AutoTokenizer",
+        }
+        parts = load_components(root, classes, device, vae_dtype, text_dtype)
         settings = read_text_settings(root)
         return cls(
             family,
-            vae,
-            llama,
-            tokenizer,
-            clip,
-            tokenizer_2,
+            *parts,
             str(Path(root).resolve()),
             device,
             max_sequence_length or settings.get("max_sequence_length"),

@@ -52,3 +52,20 @@ def byte_level_tokenizer(model_max_length: int, add_bos: bool = False):
         model_max_length=model_max_length,
         padding_side="right",
     )
+
+
+def tiny_decoder_config(tokenizer, text_dim: int) -> dict:
+    """Config arguments of the tiny decoder-only text encoders (HunyuanVideo's Llama, HunyuanVideo-1.5's Qwen2.5-VL)
+    over `tokenizer`: 3 layers, 4 query / 2 key-value heads of a `text_dim` hidden size."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": text_dim,
+        "intermediate_size": 2 * text_dim,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }

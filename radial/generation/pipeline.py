@@ -27,6 +27,8 @@ PIPELINE_FAMILIES = {
     "WanImageToVideoPipeline": "wan",
     "HunyuanVideoPipeline": "hunyuan",
     "MochiPipeline": "mochi",
+    "HunyuanVideo15Pipeline": "hunyuan15",
+    "HunyuanVideo15ImageToVideoPipeline": "hunyuan15",
 }
 TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 #: written beside tiny / custom encoders by data.encoders (FamilyEncoders.save_pretrained): text length, template
@@ -55,6 +57,25 @@ def image_pipeline_names() -> set[str]:
     from radial.models import available_adapters, get_adapter
 
     return {get_adapter(f).image_pipeline_class_name for f in available_adapters()} - {None}
+
+
+#: text settings (radial_text_settings.json keys) -> the HunyuanVideo-1.5 pipelines' attributes that hold them
+HUNYUAN15_TEXT_ATTRS = {
+    "max_sequence_length": "tokenizer_max_length",
+    "crop_start": "prompt_template_encode_start_idx",
+    "glyph_max_length": "tokenizer_2_max_length",
+    "system_message": "system_message",
+}
+
+
+def apply_text_settings(pipe, settings: dict) -> None:
+    """Non-default text settings of tiny / custom encoders onto a HunyuanVideo-1.5 pipeline, whose encode_prompt
+    reads them from attributes (other pipelines take them as call arguments: nothing to do)."""
+    if pipeline_family(pipe) != "hunyuan15":
+        return
+    for key, attr in HUNYUAN15_TEXT_ATTRS.items():
+        if key in settings:
+            setattr(pipe, attr, settings[key])
 
 
 def read_text_settings(root: str | Path | None) -> dict:
@@ -303,7 +324,12 @@ def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, ra
         if name not in loaded:  # a second run on the same pipeline (e.g. --compare-dense) only sets the scales
             into_second = {"load_into_transformer_2": True} if expert == "transformer_2" else {}
             try:
-                pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name, **into_second)
+                if hasattr(pipe, "load_lora_weights"):
+                    pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name, **into_second)
+                else:  # no LoRA mixin on the pipeline (HunyuanVideo-1.5): the transformer's own PEFT loader
+                    target.load_lora_adapter(
+                        str(file.parent), weight_name=file.name, adapter_name=name, prefix="transformer"
+                    )
             except ValueError as e:  # PEFT / diffusers: no layer of the file matches the transformer
                 if "not found" not in str(e) and "target modules" not in str(e).lower():
                     raise
@@ -321,7 +347,10 @@ def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, ra
                 "radial_lora": {k: info[k] for k in ("base_model", "rank", "alpha", "radial", "training") if k in info},
             }
         )
-    pipe.set_adapters(names, adapter_weights=scales)
+    if hasattr(pipe, "set_adapters"):
+        pipe.set_adapters(names, adapter_weights=scales)
+    else:
+        pipe.transformer.set_adapters(names, weights=scales)
     return records
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import inspect
+import itertools
 import platform
 import resource
 import time
@@ -86,6 +88,25 @@ class _StepClock:
         return callback_kwargs
 
 
+@contextlib.contextmanager
+def _scheduler_clock(pipe, clock: _StepClock):
+    """For pipelines without callback_on_step_end (HunyuanVideo-1.5): the clock runs after each scheduler step, the
+    same point of the loop (radial step counter, step times, newest latents)."""
+    scheduler, steps = pipe.scheduler, itertools.count()
+    stock = scheduler.step
+
+    def step(model_output, timestep, sample, *args, **kwargs):
+        out = stock(model_output, timestep, sample, *args, **kwargs)
+        clock(pipe, next(steps), timestep, {"latents": out[0] if isinstance(out, tuple) else out.prev_sample})
+        return out
+
+    scheduler.step = step
+    try:
+        yield
+    finally:
+        del scheduler.step  # the class's method again
+
+
 def _handle_list(handles) -> list:
     if handles is None:
         return []
@@ -134,8 +155,40 @@ def _uses_cfg(family: str, clip: ClipSpec) -> bool:
     return clip.guidance_scale > 1.0
 
 
+def _hunyuan15_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None) -> dict[str, Any]:
+    """HunyuanVideo-1.5's call: guidance is its guider component's scale (set here), text settings are pipeline
+    attributes (radial.generation.pipeline.apply_text_settings), and the I2V pipeline sizes the video from the image
+    (its transformer's target_size bucket), so it takes no height / width."""
+    if embeds is not None:
+        raise ValueError(f"{embeds.source}: prompt embeddings are not supported for HunyuanVideo-1.5; give --prompt")
+    if clip.prompt is None:
+        raise ValueError("nothing to generate from: give a prompt")
+    if getattr(pipe, "text_encoder", None) is None:
+        raise ValueError("a text prompt needs the pipeline's text encoder; load it")
+    pipe.guider.guidance_scale = clip.guidance_scale
+    kw: dict[str, Any] = dict(
+        prompt=clip.prompt,
+        negative_prompt=clip.negative_prompt,
+        num_frames=clip.frames,
+        num_inference_steps=clip.num_inference_steps,
+    )
+    image_pipeline = type(pipe).__name__ in image_pipeline_names()
+    if image_pipeline and clip.image is None:
+        raise ValueError(f"{type(pipe).__name__} generates from a first frame: give --image FILE")
+    if clip.image is not None and not image_pipeline:
+        raise ValueError(f"--image {clip.image}: {type(pipe).__name__} is text-to-video; use an image-to-video model")
+    if image_pipeline:
+        kw["image"] = load_image(clip.image)
+    else:
+        kw.update(height=clip.height, width=clip.width)
+    kw.update(clip.extra)
+    return kw
+
+
 def call_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None, family: str) -> dict[str, Any]:
     """The pipeline call arguments for a clip (prompt text or embeddings), checked for what the pipeline lacks."""
+    if family == "hunyuan15":
+        return _hunyuan15_kwargs(pipe, clip, embeds)
     kw: dict[str, Any] = dict(
         height=clip.height,
         width=clip.width,
@@ -243,13 +296,13 @@ def generate(
     generator = torch.Generator("cpu").manual_seed(int(clip.seed))
     clock.start()
     started = clock.last
-    out = pipe(
-        **kw,
-        generator=generator,
-        output_type="np" if decode else "latent",
-        callback_on_step_end=clock,
-        callback_on_step_end_tensor_inputs=["latents"],
-    )
+    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+        kw.update(callback_on_step_end=clock, callback_on_step_end_tensor_inputs=["latents"])
+        stepping = contextlib.nullcontext()
+    else:
+        stepping = _scheduler_clock(pipe, clock)
+    with stepping:
+        out = pipe(**kw, generator=generator, output_type="np" if decode else "latent")
     if cuda:
         torch.cuda.synchronize(device)
     ended = time.perf_counter()

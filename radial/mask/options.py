@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 # Key frame 0 stays dense for every query frame in Wan (the official code's attention sink), not in HunyuanVideo.
-MODEL_SINK = {"wan": True, "wan22": True, "wan22_ti2v": True, "hunyuan": False, "mochi": False}
+MODEL_SINK = {"wan": True, "wan22": True, "wan22_ti2v": True, "hunyuan": False, "hunyuan15": False, "mochi": False}
 
 
 @dataclass(frozen=True)

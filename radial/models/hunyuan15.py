@@ -1,5 +1,7 @@
-"""HunyuanVideo-1.5 (diffusers' HunyuanVideo15Transformer3DModel), a stretch family: radial joint attention in its
-54 double-stream blocks.
+"""HunyuanVideo-1.5 (diffusers' HunyuanVideo15Transformer3DModel), text- and image-to-video: radial joint attention
+in its 54 double-stream blocks. Variants "t2v" and "i2v" share the architecture (65 input channels: noisy latents,
+32 first-frame latent channels and a mask channel, zeros for T2V) and differ in their config's task_type, which
+tells the dataset check which conditioning a model takes (data/encoders/hunyuan15.py prepares it).
 
 The forward joins three conditioning streams into the text part of the joint sequence, valid tokens first:
 [image (SigLIP, 729), ByT5 glyph text (256), Qwen text (1000)], padding after; the processor gets that [B, T] mask
@@ -17,12 +19,12 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
-from radial.geometry import LatentGeometry
+from radial.geometry import LatentGeometry, geometry
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
 from radial.models.hunyuan import append_text_stream, project_out, video_split_plan
 
-GEOMETRY = LatentGeometry("hunyuan15", 4, 16, 32, 1, 1, 121, 480, 848, 24)
+GEOMETRY = geometry("hunyuan15")
 
 
 class HunyuanVideo15RadialProcessor(RadialProcessor):
@@ -84,6 +86,7 @@ class HunyuanVideo15Adapter(ModelAdapter):
     and a mask channel (zeros for text-to-video), as the pipeline does."""
 
     pipeline_class_name = "HunyuanVideo15Pipeline"
+    image_pipeline_class_name = "HunyuanVideo15ImageToVideoPipeline"
 
     family = "hunyuan15"
     class_name = "HunyuanVideo15Transformer3DModel"
@@ -93,6 +96,8 @@ class HunyuanVideo15Adapter(ModelAdapter):
     image_tokens = 729
     variants = {"t2v": {**_HY15, "task_type": "t2v"}, "i2v": {**_HY15, "task_type": "i2v"}}
     default_variant = "t2v"
+    # Tiny: text-to-video by default; "i2v" reads the tiny SigLIP states of data/encoders (TINY_IMAGE_DIM 16). The
+    # pipelines size the image from target_size (64: a 64x64 image stays 64x64).
     tiny_config = {
         **_HY15,
         "num_attention_heads": 2,
@@ -104,11 +109,23 @@ class HunyuanVideo15Adapter(ModelAdapter):
         "text_embed_2_dim": 16,
         "image_embed_dim": 16,
         "rope_axes_dim": (4, 6, 6),
+        "target_size": 64,
+        "task_type": "t2v",
     }
+    tiny_variants = {"i2v": {**tiny_config, "task_type": "i2v"}}
 
     @property
     def geometry(self) -> LatentGeometry:
         return GEOMETRY
+
+    def image_input(self, config: Mapping[str, Any]) -> str:
+        # T2V and I2V share 65 input channels; the config's task_type (diffusers' default "i2v") tells them apart.
+        return "required" if dict(config).get("task_type", "i2v") == "i2v" else "none"
+
+    def first_frame_latent(self, item: Mapping[str, Any]) -> torch.Tensor | None:
+        # image_latents: [C first-frame latent (on latent frame 0), 1 mask, F, h, w]
+        latents = item.get("image_latents")
+        return None if latents is None else latents[: self.geometry.latent_channels, :1]
 
     def attention_layers(self, transformer) -> list:
         return [block.attn for block in transformer.transformer_blocks]
@@ -137,7 +154,8 @@ class HunyuanVideo15Adapter(ModelAdapter):
     def make_dummy_conditions(
         self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
     ) -> dict[str, Any]:
-        """Text-to-video conditions: Qwen and ByT5 states with masks, zero image states and conditioning latents.
+        """Qwen and ByT5 states with masks; for text-to-video zero image states and conditioning channels, for an
+        image-to-video config (task_type "i2v") random SigLIP states and a first-frame latent with its mask.
 
         `text_len` sets the Qwen length; the ByT5 and image lengths scale with it below the pipeline's (tiny runs).
         """
@@ -147,6 +165,7 @@ class HunyuanVideo15Adapter(ModelAdapter):
         glyph = self.glyph_len if text_len == self.text_len else max(1, text_len // 2)
         image = self.image_tokens if text_len == self.text_len else max(1, text_len // 2)
         dev = transformer.device
+        i2v = cfg.task_type == "i2v" and cfg.in_channels > self.latent_channels(transformer)
         cond: dict[str, Any] = {
             "prompt_embeds": self._randn((batch, text_len, cfg.text_embed_dim), gen, transformer),
             "prompt_attention_mask": self._text_mask(batch, text_len, valid_text, dev),
@@ -160,15 +179,35 @@ class HunyuanVideo15Adapter(ModelAdapter):
                 raise ValueError(f"latent_shape is needed for the {extra} conditioning channels of this model")
             b, _, f, h, w = latent_shape
             cond["image_latents"] = torch.zeros(b, extra, f, h, w, device=dev, dtype=transformer.dtype)
+        if i2v:  # image-to-video: SigLIP states and a first-frame latent under the mask (1 on latent frame 0)
+            cond["image_embeds"] = self._randn(cond["image_embeds"].shape, gen, transformer)
+            latent = self._randn((b, extra - 1, 1, h, w), gen, transformer)
+            cond["image_latents"][:, : extra - 1, :1] = latent
+            cond["image_latents"][:, extra - 1, 0] = 1.0
         return cond
 
     def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
+        """The stock call as HunyuanVideo15Pipeline / HunyuanVideo15ImageToVideoPipeline make it: [noisy latents, 32
+        first-frame latent channels, 1 mask channel] (zeros for text-to-video), one timestep for every frame (the
+        conditioning rides in the channels, not in the noisy latents), SigLIP states (729 zero tokens for T2V)."""
         t = self._timesteps(timestep, latents)
-        hidden = latents
-        if conditions.get("image_latents") is not None:
-            hidden = torch.cat([latents, conditions["image_latents"].to(latents.dtype)], dim=1)
+        cfg = getattr(transformer, "module", transformer).config  # DDP / DeepSpeed wrap the model
+        if cfg.get("use_meanflow") and conditions.get("timestep_r") is None:
+            raise ValueError(
+                "this HunyuanVideo-1.5 transformer has use_meanflow=true (a step-distilled checkpoint: the pipeline "
+                "passes the next step's timestep as timestep_r); train the non-distilled checkpoint instead"
+            )
+        image_latents = conditions.get("image_latents")
+        extra = cfg.in_channels - latents.shape[1]
+        if image_latents is None and extra > 0:
+            b, _, f, h, w = latents.shape
+            image_latents = latents.new_zeros(b, extra, f, h, w)
+        hidden = latents if image_latents is None else torch.cat([latents, image_latents.to(latents.dtype)], dim=1)
         embeds = conditions["prompt_embeds"]
         embeds_2 = conditions["prompt_embeds_2"]
+        image_embeds = conditions.get("image_embeds")
+        if image_embeds is None:
+            image_embeds = embeds.new_zeros(latents.shape[0], self.image_tokens, cfg.image_embed_dim)
 
         def mask(key, states):
             m = conditions.get(key)
@@ -181,7 +220,8 @@ class HunyuanVideo15Adapter(ModelAdapter):
             encoder_attention_mask=mask("prompt_attention_mask", embeds),
             encoder_hidden_states_2=embeds_2,
             encoder_attention_mask_2=mask("prompt_attention_mask_2", embeds_2),
-            image_embeds=conditions["image_embeds"],
+            image_embeds=image_embeds,
+            timestep_r=conditions.get("timestep_r"),
             attention_kwargs=conditions.get("attention_kwargs"),
             return_dict=False,
         )[0]
