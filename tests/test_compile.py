@@ -75,11 +75,14 @@ def test_recompiles_are_logged_and_bounded_across_layouts():
     assert lines[3:] == [None, None]  # dynamic shapes from the second layout on
 
 
-def test_ddp_optimizer_is_turned_off_with_one_log_line(monkeypatch):
+def test_ddp_optimizer_is_turned_off_with_one_log_line():
     """Under DDP the trainer turns dynamo's DDP optimizer off (its graph split fails on checkpointed block graphs;
     tests/test_compile_parallel.py runs DDP)."""
-    monkeypatch.setattr(torch._dynamo.config, "optimize_ddp", True)
-    line = without_ddp_optimizer()
-    assert line.startswith("compile: ") and "optimize_ddp=False" in line
-    assert torch._dynamo.config.optimize_ddp is False
-    assert without_ddp_optimizer() is None  # already off: nothing to log
+    # torch's own patch restores the setting (pytest's monkeypatch deletes it on undo, which hides the key from
+    # dynamo for the rest of the process)
+    with torch._dynamo.config.patch(optimize_ddp=True):
+        line = without_ddp_optimizer()
+        assert line.startswith("compile: ") and "optimize_ddp=False" in line
+        assert torch._dynamo.config.optimize_ddp is False
+        assert without_ddp_optimizer() is None  # already off: nothing to log
+    assert torch._dynamo.config.optimize_ddp is True  # restored for the tests after this one
