@@ -171,7 +171,9 @@ def test_tiny_model_trains_exports_and_generates(datasets, tmp_path, task):
         overrides.append("model.variant=i2v")
     trainer = Trainer(validate(compose_config(overrides)))
     assert trainer.fit()["step"] == 2
-    assert np.isfinite(json.loads((out / "run_summary.json").read_text())["losses"]).all()
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert np.isfinite(summary["losses"]).all()
+    assert summary["files"]["lora_comfy"] == str(out / "lora" / "comfyui_lora.safetensors")  # ComfyUI's names
 
     batch = collate([trainer.dataset[0]])
     keys = ("prompt_embeds", "prompt_attention_mask", "prompt_embeds_2", "prompt_attention_mask_2")

@@ -22,7 +22,7 @@ def _tiny_with_lora(family: str, text: bool):
     return adapter, model
 
 
-@pytest.mark.parametrize("family", ["wan", "hunyuan", "mochi"])
+@pytest.mark.parametrize("family", ["wan", "hunyuan", "hunyuan15", "mochi"])
 def test_every_update_is_preserved(family):
     """Each original module's up @ down equals the diffusers parts' scaled updates, stacked in their rows."""
     adapter, model = _tiny_with_lora(family, text=True)
@@ -56,6 +56,28 @@ def test_fused_rows_of_untrained_parts_are_zero():
     delta = fused_delta(comfy, "single_blocks.0.linear1")
     inner = model.single_transformer_blocks[0].attn.to_q.out_features
     assert delta[: 3 * inner].abs().sum() > 0 and delta[3 * inner :].abs().sum() == 0
+
+
+def test_hunyuan15_comfy_keys_and_fused_weights():
+    """HunyuanVideo-1.5 in ComfyUI's HunyuanVideo names: fused img/txt_attn_qkv and the two output projections;
+    the fused original weight plus the file's update equals the PEFT-merged q, k, v weights side by side."""
+    adapter, model = _tiny_with_lora("hunyuan15", text=True)
+    comfy = adapter.comfy_lora_state_dict(lora_state_dict(model), model, scale=2.0)  # alpha / rank = 8 / 4
+    blocks = range(len(model.transformer_blocks))
+    names = ("img_attn_qkv", "txt_attn_qkv", "img_attn_proj", "txt_attn_proj")
+    assert set(comfy) == {
+        f"{PREFIX}double_blocks.{i}.{n}.lora_{ab}.weight" for i in blocks for n in names for ab in "AB"
+    }
+    parts = {"img_attn_qkv": ("to_q", "to_k", "to_v"), "txt_attn_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
+    parts |= {"img_attn_proj": ("to_out.0",), "txt_attn_proj": ("to_add_out",)}
+    for i in blocks:
+        for name, modules in parts.items():
+            layers = [model.get_submodule(f"transformer_blocks.{i}.attn.{m}") for m in modules]
+            original = torch.cat([layer.base_layer.weight for layer in layers]) + fused_delta(
+                comfy, f"double_blocks.{i}.{name}"
+            )
+            merged = torch.cat([layer.base_layer.weight + layer.get_delta_weight("default") for layer in layers])
+            torch.testing.assert_close(original, merged, atol=1e-5, rtol=1e-5)
 
 
 def test_wan_comfy_file_loads_through_diffusers_original_format_converter(tmp_path):

@@ -126,12 +126,18 @@ class HunyuanVideoRadialProcessor(RadialProcessor):
         return project_out(attn, hidden_states, encoder_hidden_states, video_tokens)
 
 
-_HUNYUAN_COMFY = [
+# Double-block attention in ComfyUI's HunyuanVideo model (HunyuanVideo-1.5 loads into the same class): fused
+# img_attn_qkv / txt_attn_qkv, even where the original checkpoint stores q, k and v apart (HunyuanVideo-1.5).
+DOUBLE_BLOCK_ATTN_COMFY = [
     *fused("transformer_blocks.{i}.attn.", "double_blocks.{i}.img_attn_qkv", ("to_q", "to_k", "to_v")),
     *fused("transformer_blocks.{i}.attn.", "double_blocks.{i}.txt_attn_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")),
-    *fused("single_transformer_blocks.{i}.", "single_blocks.{i}.linear1", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
     ComfyRule(r"transformer_blocks\.(\d+)\.attn\.to_out\.0", r"double_blocks.\1.img_attn_proj"),
     ComfyRule(r"transformer_blocks\.(\d+)\.attn\.to_add_out", r"double_blocks.\1.txt_attn_proj"),
+]  # fmt: skip
+
+_HUNYUAN_COMFY = [
+    *DOUBLE_BLOCK_ATTN_COMFY,
+    *fused("single_transformer_blocks.{i}.", "single_blocks.{i}.linear1", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
     ComfyRule(r"transformer_blocks\.(\d+)\.ff\.net\.0\.proj", r"double_blocks.\1.img_mlp.fc1"),
     ComfyRule(r"transformer_blocks\.(\d+)\.ff\.net\.2", r"double_blocks.\1.img_mlp.fc2"),
     ComfyRule(r"transformer_blocks\.(\d+)\.ff_context\.net\.0\.proj", r"double_blocks.\1.txt_mlp.fc1"),

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
+from radial.comfy import ComfyRule
 from radial.geometry import LatentGeometry, geometry
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
-from radial.models.hunyuan import append_text_stream, project_out, video_split_plan
+from radial.models.hunyuan import DOUBLE_BLOCK_ATTN_COMFY, append_text_stream, project_out, video_split_plan
 
 GEOMETRY = geometry("hunyuan15")
 
@@ -126,6 +127,11 @@ class HunyuanVideo15Adapter(ModelAdapter):
         # image_latents: [C first-frame latent (on latent frame 0), 1 mask, F, h, w]
         latents = item.get("image_latents")
         return None if latents is None else latents[: self.geometry.latent_channels, :1]
+
+    def comfy_rules(self) -> list[ComfyRule]:
+        # ComfyUI runs HunyuanVideo-1.5 in its HunyuanVideo model: q, k, v (img_attn_q/k/v and txt_attn_q/k/v in the
+        # original checkpoint) are one fused img_attn_qkv / txt_attn_qkv there, as in musubi-tuner's ComfyUI LoRAs.
+        return DOUBLE_BLOCK_ATTN_COMFY
 
     def attention_layers(self, transformer) -> list:
         return [block.attn for block in transformer.transformer_blocks]
