@@ -263,9 +263,9 @@ class LatentDataset(Dataset):
                 "(Wan2.1 I2V reads CLIP image states, Wan2.2 I2V none, HunyuanVideo-1.5 I2V SigLIP states)"
             )
 
-    def _empty_prompt(self) -> dict[str, torch.Tensor]:
-        """The family's text states of the empty prompt, written by data.prepare beside the shards; datasets from
-        before that get zero states (one valid token, so that masked attention over the text stays defined)."""
+    def stored_empty_prompt(self) -> dict[str, torch.Tensor] | None:
+        """The family's text states of the empty prompt "" that data.prepare writes beside the shards (unpadded), or
+        None for datasets prepared before that."""
         from safetensors.torch import load_file
 
         from data.shards import DTYPES, EMPTY_PROMPT_FILE
@@ -278,8 +278,36 @@ class LatentDataset(Dataset):
                 if missing:
                     raise ShardError(f"{root / EMPTY_PROMPT_FILE}: no {', '.join(missing)} (re-run data.prepare)")
                 return {n: states[n].to(dtype) for n in self.text_fields}
+        return None
+
+    def _empty_prompt(self) -> dict[str, torch.Tensor]:
+        """The stored empty-prompt states; datasets from before them get zero states (one valid token, so that
+        masked attention over the text stays defined)."""
+        stored = self.stored_empty_prompt()
+        if stored is not None:
+            return stored
+        from data.shards import DTYPES
+
+        dtype = DTYPES[dtype_name(self.header["text_dtype"])]
         zeros = {n: torch.zeros(f.dim) if f.pooled else torch.zeros(1, f.dim) for n, f in self.text_fields.items()}
         return {n: t.to(dtype) for n, t in zeros.items()}
+
+    def padded_text(self, states: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Text states as items carry them: sequences zero-padded to their field's length with a bool mask (1 =
+        real token) under the field's mask name; pooled states as they are."""
+        out: dict[str, torch.Tensor] = {}
+        for name, field in self.text_fields.items():
+            t = states[name]
+            if field.pooled:
+                out[name] = t
+                continue
+            n = t.shape[0]
+            padded = t.new_zeros(field.max_len, field.dim)
+            padded[:n] = t
+            mask = torch.zeros(field.max_len, dtype=torch.bool)
+            mask[:n] = True
+            out[name], out[field.mask] = padded, mask
+        return out
 
     def drops_caption(self, ref: SampleRef) -> bool:
         """Whether caption dropout replaces this draw's text by the empty prompt: a pure function of (seed, epoch,
@@ -335,19 +363,13 @@ class LatentDataset(Dataset):
         self._check_finite(latents, i, "latents")
         sample: dict[str, Any] = {"latents": latents}
         dropped = ref is not None and self.drops_caption(ref)
-        for name, field in self.text_fields.items():
-            t = self.empty_prompt[name] if dropped else f.get_tensor(r["tensors"][name])
-            if not dropped:
+        if dropped:
+            text = self.empty_prompt
+        else:
+            text = {name: f.get_tensor(r["tensors"][name]) for name in self.text_fields}
+            for name, t in text.items():
                 self._check_finite(t, i, name)
-            if field.pooled:
-                sample[name] = t
-                continue
-            n = t.shape[0]
-            padded = t.new_zeros(field.max_len, field.dim)
-            padded[:n] = t
-            mask = torch.zeros(field.max_len, dtype=torch.bool)
-            mask[:n] = True
-            sample[name], sample[field.mask] = padded, mask
+        sample.update(self.padded_text(text))
         for name in self.image_fields:  # the first frame's conditioning: kept under caption dropout
             sample[name] = f.get_tensor(r["tensors"][name])
             self._check_finite(sample[name], i, name)

@@ -7,6 +7,7 @@ the trained prediction, and generate (from an image for I2V)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -151,6 +152,16 @@ def test_text_and_image_datasets_are_refused_by_the_other_kind_of_model(datasets
         LatentDataset(t2v, MODEL, expect=other_glyph)
 
 
+def _run_overrides(datasets, task: str, out, *extra: str) -> list[str]:
+    """A 2-step tiny run of `task` ("t2v" / "i2v") on the prepared data of `datasets`."""
+    i2v, t2v, _ = datasets
+    skip = ("data.num_videos", "data.frames", "data.height", "data.width")  # synthetic-data keys
+    data = i2v if task == "i2v" else t2v
+    base = [o for o in tiny_overrides(out, data, model="tiny_hunyuan15", steps=2) if not o.startswith(skip)]
+    variant = ["model.variant=i2v"] if task == "i2v" else []
+    return ["data=latents", *base, "data.num_workers=0", *variant, *extra]
+
+
 @pytest.mark.parametrize("task", ["t2v", "i2v"])
 def test_tiny_model_trains_exports_and_generates(datasets, tmp_path, task):
     """Two steps from prepared shards; the diffusers-format LoRA loads into the family pipeline (through its
@@ -161,15 +172,8 @@ def test_tiny_model_trains_exports_and_generates(datasets, tmp_path, task):
     from radial.generation.pipeline import apply_text_settings, load_loras, load_pipeline, read_text_settings
     from radial.generation.settings import LoraSpec
 
-    i2v, t2v, _ = datasets
-    data = i2v if task == "i2v" else t2v
     out = tmp_path / "run"
-    skip = ("data.num_videos", "data.frames", "data.height", "data.width")  # synthetic-data keys
-    base = [o for o in tiny_overrides(out, data, model="tiny_hunyuan15", steps=2) if not o.startswith(skip)]
-    overrides = ["data=latents", *base, "data.num_workers=0", "lora.text=true"]
-    if task == "i2v":
-        overrides.append("model.variant=i2v")
-    trainer = Trainer(validate(compose_config(overrides)))
+    trainer = Trainer(validate(compose_config(_run_overrides(datasets, task, out, "lora.text=true"))))
     assert trainer.fit()["step"] == 2
     summary = json.loads((out / "run_summary.json").read_text())
     assert np.isfinite(summary["losses"]).all()
@@ -244,3 +248,53 @@ def test_local_folder_round_trip(tmp_path):
     shutil.rmtree(tmp_path / "model" / "feature_extractor")
     with pytest.raises(FileNotFoundError, match="missing feature_extractor/; image conditioning of model hunyuan15"):
         load_encoders(MODEL, tmp_path / "model", image=True)
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_training_writes_validation_samples(datasets, tmp_path, task):
+    """Validation at step 2 samples the held-out item from its stored Qwen and ByT5 states through the family's
+    pipeline: T2V with classifier-free guidance against the empty prompt's states that prepare stored (no text
+    encoder loads), I2V from the item's first frame decoded by the VAE; an mp4 and its sidecar each."""
+    from train.eval.validation import Validator
+
+    out = tmp_path / "run"
+    cfg = "2.0" if task == "t2v" else "1.0"
+    evals = ("eval=default", "eval.validation_every=2", "eval.num_inference_steps=2", "eval.num_heldout=1",
+             "eval.timesteps=[0.5]", "eval.hooks=[]", f"eval.guidance_scale={cfg}")  # fmt: skip
+    trainer = Trainer(validate(compose_config(_run_overrides(datasets, task, out, *evals))))
+    assert trainer.fit()["step"] == 2
+    folder = out / "validation" / "step-000002"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "val/sample_failed" not in metrics and metrics["val/sample_seconds"] > 0 and "val/loss" in metrics
+    side = json.loads((folder / "sample_p0_s0.json").read_text())
+    item = trainer.dataset[0]
+    assert side["prompt"] == item["meta"]["caption"] and side["prompt_embeds"] == f"heldout:{item['meta']['key']}"
+    assert side["finite"] and side["latent_shape"] == [1, 32, 5, 4, 4] and (folder / "sample_p0_s0.mp4").is_file()
+    if task == "i2v":
+        assert side["image_source"] == f"heldout:{item['meta']['key']}" and Image.open(side["image"]).size == (64, 64)
+        return
+    assert side["image_source"] is None and side["negative_prompt"] == ""
+    validator = Validator(trainer)
+    (embeds,) = validator.prompt_embeds()
+    assert validator._enc is None, "the negative states are the stored empty prompt's: no text encoder loads"
+    empty = trainer.dataset.padded_text(trainer.dataset.stored_empty_prompt())
+    for key in ("prompt_embeds", "prompt_attention_mask", "prompt_embeds_2", "prompt_attention_mask_2"):
+        torch.testing.assert_close(embeds.tensors[f"negative_{key}"][0], empty[key].to(embeds.tensors[key].dtype))
+
+    # eval.prompts (glyph text quoted) with another negative prompt: both encoded by the tiny encoders of the data.
+    trainer.cfg.eval = SimpleNamespace(
+        num_inference_steps=2, guidance_scale=2.0, prompts=['a sign that says "stop"'], negative_prompt="blurry"
+    )
+    validator = Validator(trainer)
+    (record,) = validator.sample(tmp_path / "prompts", step=2)
+    (embeds,) = validator.prompt_embeds()
+    assert embeds.tensors["prompt_attention_mask_2"].sum() > 0 and embeds.tensors["negative_prompt_embeds_2"].shape[1]
+    assert record["finite"] and record["negative_prompt"] == "blurry" and record["prompt"] == 'a sign that says "stop"'
+    # Embeddings without the ByT5 states (an embeddings file's) are refused in one line.
+    from radial.generation import ClipSpec, PromptEmbeds
+    from radial.generation.run import call_kwargs
+
+    qwen = PromptEmbeds({k: embeds.tensors[k] for k in ("prompt_embeds", "prompt_attention_mask")}, source="f.pt")
+    clip = ClipSpec(frames=17, height=64, width=64, num_inference_steps=2, guidance_scale=1.0, seed=0)
+    with pytest.raises(ValueError, match="f.pt: HunyuanVideo-1.5 prompt embeddings lack prompt_embeds_2, prompt_att"):
+        call_kwargs(validator.pipeline(), clip, qwen, MODEL)

@@ -159,19 +159,16 @@ def _hunyuan15_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None) -> dict
     """HunyuanVideo-1.5's call: guidance is its guider component's scale (set here), text settings are pipeline
     attributes (radial.generation.pipeline.apply_text_settings), and the I2V pipeline sizes the video from the image
     (its transformer's target_size bucket), so it takes no height / width."""
-    if embeds is not None:
-        raise ValueError(f"{embeds.source}: prompt embeddings are not supported for HunyuanVideo-1.5; give --prompt")
-    if clip.prompt is None:
-        raise ValueError("nothing to generate from: give a prompt")
-    if getattr(pipe, "text_encoder", None) is None:
-        raise ValueError("a text prompt needs the pipeline's text encoder; load it")
     pipe.guider.guidance_scale = clip.guidance_scale
-    kw: dict[str, Any] = dict(
-        prompt=clip.prompt,
-        negative_prompt=clip.negative_prompt,
-        num_frames=clip.frames,
-        num_inference_steps=clip.num_inference_steps,
-    )
+    kw: dict[str, Any] = dict(num_frames=clip.frames, num_inference_steps=clip.num_inference_steps)
+    if embeds is not None:
+        kw.update(_hunyuan15_embeds(pipe, clip, embeds))
+    elif clip.prompt is None:
+        raise ValueError("nothing to generate from: give a prompt")
+    elif getattr(pipe, "text_encoder", None) is None:
+        raise ValueError("a text prompt needs the pipeline's text encoder; load it")
+    else:
+        kw.update(prompt=clip.prompt, negative_prompt=clip.negative_prompt)
     image_pipeline = type(pipe).__name__ in image_pipeline_names()
     if image_pipeline and clip.image is None:
         raise ValueError(f"{type(pipe).__name__} generates from a first frame: give --image FILE")
@@ -183,6 +180,35 @@ def _hunyuan15_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None) -> dict
         kw.update(height=clip.height, width=clip.width)
     kw.update(clip.extra)
     return kw
+
+
+#: stored HunyuanVideo-1.5 text states (data.prepare's names) -> its pipelines' argument names
+HUNYUAN15_EMBED_ARGS = {
+    "prompt_embeds": "prompt_embeds",
+    "prompt_attention_mask": "prompt_embeds_mask",
+    "prompt_embeds_2": "prompt_embeds_2",
+    "prompt_attention_mask_2": "prompt_embeds_mask_2",
+}
+
+
+def _hunyuan15_embeds(pipe, clip: ClipSpec, embeds: PromptEmbeds) -> dict[str, Any]:
+    """The pipelines' prompt-state arguments from stored Qwen and ByT5 states (and their negatives, needed when the
+    guider does classifier-free guidance: the pipeline has no text encoder to make them)."""
+    if clip.prompt is not None:
+        raise ValueError("give a prompt or prompt embeddings, not both")
+    cfg = pipe.guider._enabled and pipe.guider.num_conditions > 1  # the pipeline's test (its scale is set)
+    wanted = list(HUNYUAN15_EMBED_ARGS.items())
+    if cfg:
+        wanted += [(f"negative_{k}", f"negative_{v}") for k, v in HUNYUAN15_EMBED_ARGS.items()]
+    missing = [k for k, _ in wanted if k not in embeds.tensors]
+    if missing:
+        need = " (classifier-free guidance needs the negative prompt's states)" if cfg else ""
+        raise ValueError(
+            f"{embeds.source}: HunyuanVideo-1.5 prompt embeddings lack {', '.join(missing)}{need}; they need the Qwen "
+            "states (prompt_embeds) and the ByT5 glyph states (prompt_embeds_2), each with its mask"
+        )
+    tensors = embeds.call_kwargs("hunyuan15", pipe.transformer.device, pipe.transformer.dtype)
+    return {arg: tensors[k] for k, arg in wanted}
 
 
 def call_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None, family: str) -> dict[str, Any]:

@@ -9,7 +9,9 @@ Every `eval.validation_every` steps:
   transformer (LoRA and radial attention as trained; `dense_timesteps` honoured), decoded by the VAE of the data
   (the tiny seeded one for tiny data, else `eval.vae_path` or `model.path`). Prompts: `eval.prompt_embeds` files
   (radial.generation.embeds), else `eval.prompts` (encoded once with the family's text encoders), else the
-  captions and stored embeddings of the first `eval.num_samples` held-out items. Image-to-video models (and Wan2.2
+  captions and stored embeddings of the first `eval.num_samples` held-out items (HunyuanVideo-1.5: Qwen and ByT5
+  states). Guidance (`eval.guidance_scale` > 1) against the empty prompt uses the states that data.prepare stores
+  beside the data; another `eval.negative_prompt` is encoded. Image-to-video models (and Wan2.2
   TI2V-5B given images) sample through the family's image-to-video pipeline from first frames: `eval.images` (one
   per prompt), else, for held-out items, the first frame of their stored image conditioning, decoded by the VAE
   (written to <output_dir>/validation/first_frames/); the sidecar's `image` / `image_source` say which.
@@ -47,6 +49,15 @@ from train.config import EvalConfig, check_eval, check_eval_images
 from train.flow import flow_loss, noisy_latents
 from train.records import json_safe
 from train.step import conditions_of, input_dtype
+
+#: the text states of an item that a sample is generated from (those its family has)
+TEXT_KEYS = (
+    "prompt_embeds",
+    "prompt_attention_mask",
+    "pooled_prompt_embeds",
+    "prompt_embeds_2",
+    "prompt_attention_mask_2",
+)
 
 
 def eval_settings(ev: Any) -> EvalConfig:
@@ -289,12 +300,10 @@ class Validator:
             ds = self.heldout_dataset()
             for index in self.heldout_indices()[: s.num_samples]:
                 item = ds[index]
-                tensors = {
-                    k: item[k][None]
-                    for k in ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
-                    if k in item
-                }
-                tensors["prompt_attention_mask"] = tensors["prompt_attention_mask"].to(torch.int64)
+                tensors = {k: item[k][None] for k in TEXT_KEYS if k in item}
+                for k in tensors:
+                    if "mask" in k:
+                        tensors[k] = tensors[k].to(torch.int64)
                 tensors["prompt_embeds"], tensors["prompt_attention_mask"] = _fit_length(
                     tensors["prompt_embeds"], tensors["prompt_attention_mask"], text_len, "prompt_embeds", "held-out"
                 )
@@ -302,9 +311,7 @@ class Validator:
                     PromptEmbeds(tensors, prompt=item["meta"]["caption"], source=f"heldout:{item['meta']['key']}")
                 )
         if s.guidance_scale > 1 and not all(e.has_negative for e in embeds):
-            neg = self._embeds_from_fields(
-                self._encoders().encode_text([s.negative_prompt])[0], s.negative_prompt, text_len
-            )
+            neg = self._negative_embeds(text_len)
             for e in embeds:
                 if not e.has_negative:
                     e.tensors.update({f"negative_{k}": v for k, v in neg.tensors.items()})
@@ -312,18 +319,37 @@ class Validator:
         self._embeds = embeds
         return embeds
 
-    @staticmethod
-    def _embeds_from_fields(fields: dict, caption: str, text_len: int):
+    def _negative_embeds(self, text_len: int):
+        """eval.negative_prompt's states for classifier-free guidance: for the empty prompt (the default) those that
+        data.prepare stored beside the held-out data (no text encoder loads), else encoded by the family's encoders."""
+        s = self.settings
+        stored = getattr(self.heldout_dataset(), "stored_empty_prompt", lambda: None)
+        states = stored() if s.negative_prompt == "" else None
+        if states is not None:
+            return self._embeds_from_fields(states, "", text_len, "stored empty prompt")
+        return self._embeds_from_fields(
+            self._encoders().encode_text([s.negative_prompt])[0], s.negative_prompt, text_len
+        )
+
+    def _embeds_from_fields(self, fields: dict, caption: str, text_len: int, source: str = "eval.prompts"):
+        """PromptEmbeds of one prompt's unpadded text states (every field: Qwen and ByT5 for HunyuanVideo-1.5):
+        prompt_embeds padded to `text_len`, other sequences to their dataset field's length, each with its mask."""
         from radial.generation import PromptEmbeds
         from radial.generation.embeds import _fit_length
 
-        e = fields["prompt_embeds"].float().cpu()[None]
-        mask = torch.ones(e.shape[:2], dtype=torch.int64)
-        e, mask = _fit_length(e, mask, text_len, "prompt_embeds", "eval.prompts")
-        tensors = {"prompt_embeds": e, "prompt_attention_mask": mask}
-        if "pooled_prompt_embeds" in fields:
-            tensors["pooled_prompt_embeds"] = fields["pooled_prompt_embeds"].float().cpu()[None]
-        return PromptEmbeds(tensors, prompt=caption, source="eval.prompts")
+        text_fields = getattr(self.heldout_dataset(), "text_fields", {})
+        tensors = {}
+        for name, states in fields.items():
+            t = states.float().cpu()[None]
+            if name.startswith("pooled"):
+                tensors[name] = t
+                continue
+            field = text_fields.get(name)
+            length = text_len if name == "prompt_embeds" else (field.max_len if field else t.shape[1])
+            mask_name = field.mask if field else "prompt_attention_mask" + name.removeprefix("prompt_embeds")
+            mask = torch.ones(t.shape[:2], dtype=torch.int64)
+            tensors[name], tensors[mask_name] = _fit_length(t, mask, length, name, source)
+        return PromptEmbeds(tensors, prompt=caption, source=source)
 
     def uses_images(self) -> bool:
         """Whether the samples generate from first frames: those of eval.images, else (samples of held-out items of
@@ -400,11 +426,6 @@ class Validator:
         from radial.models import get_adapter
 
         cfg, s = self.trainer.cfg, self.settings
-        if self.family == "hunyuan15":  # sampling failures are reported; the held-out loss runs
-            raise ValueError(
-                "validation samples of HunyuanVideo-1.5 are not wired yet (its pipelines take no prompt embeddings "
-                "here); the held-out loss runs (generate with `python -m radial.generate` instead)"
-            )
         adapter = get_adapter(self.family)
         image = self.uses_images()
         pipeline_name = adapter.image_pipeline_class_name if image else adapter.pipeline_class_name
@@ -429,6 +450,14 @@ class Validator:
         takes = inspect.signature(cls.__init__).parameters
         extra = {k: None for k in TEXT_COMPONENTS if k in takes}
         extra.update(adapter.pipeline_config)
+        if "guider" in takes:  # HunyuanVideo-1.5: guidance is a component (radial.generation sets its scale per clip)
+            guider_root = sched_root.parent / "guider" if sched_root is not None else None
+            if guider_root is not None and guider_root.is_dir():
+                extra["guider"] = diffusers.ClassifierFreeGuidance.from_pretrained(
+                    str(guider_root.parent), subfolder="guider"
+                )
+            else:
+                extra["guider"] = diffusers.ClassifierFreeGuidance(guidance_scale=s.guidance_scale)
         if image and "image_encoder" in takes:
             encoder, processor = load_image_encoder(
                 self.family, source, tiny=self._tiny_seed() is not None, seed=self._tiny_seed() or 0, device=device
