@@ -169,17 +169,20 @@ def _hunyuan15_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None) -> dict
         raise ValueError("a text prompt needs the pipeline's text encoder; load it")
     else:
         kw.update(prompt=clip.prompt, negative_prompt=clip.negative_prompt)
+    kw.update(_image_kwargs(pipe, clip) or dict(height=clip.height, width=clip.width))
+    kw.update(clip.extra)
+    return kw
+
+
+def _image_kwargs(pipe, clip: ClipSpec) -> dict[str, Any]:
+    """{"image": the first frame} for an image-to-video pipeline ({} for text-to-video), each refusing the other's
+    input in one line."""
     image_pipeline = type(pipe).__name__ in image_pipeline_names()
     if image_pipeline and clip.image is None:
         raise ValueError(f"{type(pipe).__name__} generates from a first frame: give --image FILE")
     if clip.image is not None and not image_pipeline:
         raise ValueError(f"--image {clip.image}: {type(pipe).__name__} is text-to-video; use an image-to-video model")
-    if image_pipeline:
-        kw["image"] = load_image(clip.image)
-    else:
-        kw.update(height=clip.height, width=clip.width)
-    kw.update(clip.extra)
-    return kw
+    return {"image": load_image(clip.image)} if image_pipeline else {}
 
 
 #: stored HunyuanVideo-1.5 text states (data.prepare's names) -> its pipelines' argument names
@@ -259,17 +262,9 @@ def call_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None, family: str) 
         kw["prompt"] = clip.prompt
         if cfg or family == "hunyuan":
             kw["negative_prompt"] = clip.negative_prompt
-    image_pipeline = type(pipe).__name__ in image_pipeline_names()
-    if image_pipeline and clip.image is None:
-        raise ValueError(f"{type(pipe).__name__} generates from a first frame: give --image FILE")
-    if clip.image is not None:
-        if not image_pipeline:
-            raise ValueError(
-                f"--image {clip.image}: {type(pipe).__name__} is text-to-video; use an image-to-video model"
-            )
-        kw["image"] = load_image(clip.image)
-        if "prompt" in kw:
-            _ftfy_fallback(pipe)
+    kw.update(_image_kwargs(pipe, clip))
+    if "image" in kw and "prompt" in kw:
+        _ftfy_fallback(pipe)
     kw.update(clip.extra)
     return kw
 

@@ -459,8 +459,9 @@ class Validator:
             else:
                 extra["guider"] = diffusers.ClassifierFreeGuidance(guidance_scale=s.guidance_scale)
         if image and "image_encoder" in takes:
+            seed = self._tiny_seed()
             encoder, processor = load_image_encoder(
-                self.family, source, tiny=self._tiny_seed() is not None, seed=self._tiny_seed() or 0, device=device
+                self.family, source, tiny=seed is not None, seed=seed or 0, device=device
             )
             extra["image_encoder"] = None if encoder is None else encoder.to(device).eval()
             extra.update({k: processor for k in ("image_processor", "feature_extractor") if k in takes})
