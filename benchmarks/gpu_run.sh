@@ -6,7 +6,9 @@
 # "train-step ARGS..." (benchmarks/train_step.py ARGS, results in $OUT/stepN for the N-th step), "train-step-sp K
 # ARGS..." (the same under torchrun on K GPUs with --sp K, results in $OUT/spK-N), "generate-bench ARGS..."
 # (benchmarks/generate.py ARGS, results in $OUT/generateN), "extension ARGS..." (benchmarks/extension.py ARGS: the
-# length-extension experiment, its 4 record files in $OUT, work in /tmp/ext). Each step logs to $OUT/<step>-N.log. Wheels: .whl/ (diffusers, hydra-core, omegaconf, antlr4;
+# length-extension experiment, its 4 record files in $OUT, work in /tmp/ext), "fa4-bwd-tile ARGS..."
+# (benchmarks/fa4_bwd_tile.py ARGS: flash-attn-4's dense vs block-sparse backward tile, results in $OUT/fa4_tile).
+# Each step logs to $OUT/<step>-N.log. Wheels: .whl/ (diffusers, hydra-core, omegaconf, antlr4;
 # the GPU image has torch, triton, accelerate, peft, transformers, safetensors).
 # flash-attn-4 (optional) travels in two parts (../shared/gpu/fa4_wheels.sh), in two calls on one machine:
 #   bash benchmarks/gpu_run.sh fa4-stage            # call 1, with .whl_fa4_1/: copies part 1 to /tmp/fa4_stage only
@@ -48,6 +50,7 @@ for step in "$@"; do
       torchrun --standalone --nproc_per_node "$k" benchmarks/train_step.py --sp "$k" --out "$OUT/sp$k-$n" "$@" \
         >"$log" 2>&1 ;;
     generate-bench) python3 benchmarks/generate.py --out "$OUT/generate$n" "$@" >"$log" 2>&1 ;;
+    fa4-bwd-tile) python3 benchmarks/fa4_bwd_tile.py --out "$OUT/fa4_tile" "$@" >"$log" 2>&1 ;;
     extension) TQDM_DISABLE=1 python3 benchmarks/extension.py --out "$OUT" --work /tmp/ext --no-log-file "$@" >"$log" 2>&1 ;;
     *) echo "unknown step $name" >"$log"; false ;;
   esac

@@ -1,0 +1,200 @@
+"""Why flash-attn-4's block-sparse backward is slower per kept block than its dense backward (Hopper, head dim 128).
+
+flash-attn-4 4.0.0b36 picks the SM90 backward tile in `_tile_size_bwd_sm90`: 80 query rows x 128 keys for dense
+non-causal head dim 128, but 64 x 128 whenever block-sparse tensors with 128-row query blocks are given (the tile must
+divide the sparse block; its own config search, flash_attn/cute/sm90_config_search.py, finds no 128-row tile that fits
+the register budget at head dim 128). This benchmark separates the three possible causes of the gap on one layer:
+
+  dense-80       the dense kernel as shipped (80-row backward tile)
+  dense-64       the same dense kernel with the backward tile forced to the sparse path's 64 rows
+  sparse-all     the block-sparse kernel over a list that keeps every block (64 rows; sparse bookkeeping only)
+  radial         the block-sparse kernel over the radial plan (64 rows)
+  radial-q64     the same backward given 64-row query blocks (each 128-row block split in two): one tile per
+                 sparse block instead of flash-attn-4's two-tile subloop; a choice of ours, adopted if faster
+
+so that  tile cost = dense-64 / dense-80,  sparse bookkeeping = sparse-all / dense-64,  and the radial plan's
+per-block efficiency = density x sparse-all / radial. Forward times are given alongside (both paths use 128 x 128).
+
+    python benchmarks/fa4_bwd_tile.py --out $OUT/fa4_tile [--cases wan1x wan2x wan4x]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import radial  # noqa: E402
+from benchmarks.attention import CASES, rel, timed  # noqa: E402
+from radial.plan import block_index_lists, plan_from_mask  # noqa: E402
+
+FORCED_Q_BLOCK = 128  # the sparse path's query block: the tile must divide it, which gives 64 rows at head dim 128
+
+
+@contextlib.contextmanager
+def forced_bwd_tile(interface) -> Iterator[None]:
+    """Within the block, flash-attn-4's dense SM90 backward picks the tile it would pick for 128-row sparse blocks.
+
+    The tile is part of flash-attn-4's compile key, so the forced kernel compiles on its own and the shipped one is
+    untouched after the block."""
+    original = interface._tile_size_bwd_sm90
+
+    def tile(head_dim, head_dim_v, causal, local, sparse_block_size_q=None):
+        return original(head_dim, head_dim_v, causal, local, sparse_block_size_q=sparse_block_size_q or FORCED_Q_BLOCK)
+
+    interface._tile_size_bwd_sm90 = tile
+    try:
+        yield
+    finally:
+        interface._tile_size_bwd_sm90 = original
+
+
+def bwd_tile_rows(interface, sparse: bool, head_dim: int = 128) -> int:
+    """Query rows of the SM90 backward tile flash-attn-4 picks for a non-causal call (sparse: 128-row blocks)."""
+    return interface._tile_size_bwd_sm90(
+        head_dim, head_dim, False, False, FORCED_Q_BLOCK if sparse else None
+    ).m_block_size
+
+
+def derived(row: dict) -> dict:
+    """The ratios of the module doc from one case's backward / forward milliseconds."""
+    b = {k: row[k]["bwd_ms"] for k in ("dense-80", "dense-64", "sparse-all", "radial")}
+    f = {k: row[k]["fwd_ms"] for k in ("dense-80", "sparse-all", "radial")}
+    density = row["block_density"]
+    return {
+        "tile_cost_bwd": b["dense-64"] / b["dense-80"],
+        "sparse_bookkeeping_bwd": b["sparse-all"] / b["dense-64"],
+        "radial_block_efficiency_bwd": density * b["sparse-all"] / b["radial"],
+        "radial_vs_ideal_bwd": density * b["dense-80"] / b["radial"],
+        "radial_vs_ideal_fwd": density * f["dense-80"] / f["radial"],
+        "bwd_over_fwd_dense": b["dense-80"] / f["dense-80"],
+        "bwd_over_fwd_radial": b["radial"] / f["radial"],
+        # the radial backward if its tile were the dense one's, all else equal
+        "radial_bwd_ms_at_dense_tile": b["radial"] * b["dense-80"] / b["dense-64"],
+        "radial_q64_over_radial_bwd": row["radial-q64"]["bwd_ms"] / b["radial"],
+    }
+
+
+def q64_bwd_tensors(plan, fa4, bst, device: torch.device):
+    """The plan's backward lists (per key block, the query blocks that attend it) with 64-row query blocks."""
+    rows = -(-plan.seq_len // 64)
+    mask = plan.block_mask.to(device).repeat_interleave(2, dim=0)[:rows]  # [q blocks of 64, kv blocks of 128]
+    idx, cnt = block_index_lists(mask.t().contiguous())
+    return bst(*fa4._as_fa4(cnt, idx, device), block_size=(64, plan.block_size))
+
+
+def run_case(case: str, fa4, interface, bst) -> dict:
+    frames, tpf, text, model, heads, note = CASES[case]
+    plan = radial.make_plan(frames, tpf, text_tokens=text, model=model, device="cuda")
+    full = plan_from_mask(
+        torch.ones_like(plan.block_mask, dtype=torch.bool), frames, tpf, text, plan.options
+    )  # every block kept
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (
+        torch.randn(1, plan.seq_len, heads, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4)
+    )
+    bs, scale = plan.block_size, 128**-0.5
+    none4 = (None,) * 4
+    lists = {"dense-80": (none4, none4), "dense-64": (none4, none4)}
+    lists["sparse-all"] = fa4.plan_tensors(full, q.device)
+    lists["radial"] = fa4.plan_tensors(plan, q.device)
+    row: dict = {"case": case, "note": note, "tokens": plan.seq_len, "heads": heads}
+    row["block_density"] = float(plan.block_mask.float().mean())
+    grads = {}
+    for name, (fwd_lists, bwd_lists) in lists.items():
+        forcing = forced_bwd_tile(interface) if name == "dense-64" else contextlib.nullcontext()
+        with forcing, torch.no_grad():
+            out, lse = fa4.fa4_attn_fwd(q, k, v, *fwd_lists, *bwd_lists, bs, scale)
+            fwd_ms, _ = timed(lambda fl=fwd_lists, bl=bwd_lists: fa4.fa4_attn_fwd(q, k, v, *fl, *bl, bs, scale))
+
+            def bwd(bl=bwd_lists, o=out, s=lse):
+                return fa4.fa4_attn_bwd(do, q, k, v, o, s, *bl, bs, scale)
+
+            grads[name] = bwd()
+            bwd_ms, _ = timed(bwd)
+        row[name] = {"fwd_ms": fwd_ms, "bwd_ms": bwd_ms}
+        print(f"{case} {name}: fwd {fwd_ms:.2f} ms, bwd {bwd_ms:.2f} ms", flush=True)
+    with torch.no_grad():
+        out, lse = fa4.fa4_attn_fwd(q, k, v, *lists["radial"][0], *lists["radial"][1], bs, scale)
+        sparse64 = q64_bwd_tensors(plan, fa4, bst, q.device)
+
+        def bwd_q64():
+            return interface._flash_attn_bwd(
+                q, k, v, out, do, lse, scale, False, block_sparse_tensors=sparse64, deterministic=False
+            )[:3]
+
+        grads["radial-q64"] = bwd_q64()
+        bwd_ms, _ = timed(bwd_q64)
+    row["radial-q64"] = {"bwd_ms": bwd_ms}
+    print(f"{case} radial-q64: bwd {bwd_ms:.2f} ms", flush=True)
+    row["max_rel_err_radial_q64_vs_radial"] = max(
+        rel(a, b) for a, b in zip(grads["radial-q64"], grads["radial"], strict=True)
+    )
+    # the forced tile and the all-blocks list compute the same gradients as the shipped dense kernel
+    row["max_rel_err_vs_dense_80"] = {
+        name: max(rel(a, b) for a, b in zip(grads[name], grads["dense-80"], strict=True))
+        for name in ("dense-64", "sparse-all")
+    }
+    row["bwd_tile_rows"] = {"dense": bwd_tile_rows(interface, False), "sparse": bwd_tile_rows(interface, True)}
+    row.update(derived(row))
+    return row
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        f"# flash-attn-4 backward tile: dense vs block-sparse, one layer ({meta['card']}, {meta['date']})",
+        "",
+        f"torch {meta['torch']}, flash-attn-4 {meta['fa4']}; bf16, head dim 128, batch 1. Milliseconds, median.",
+        "",
+        "| case | tokens | density | dense-80 fwd / bwd | dense-64 bwd | sparse-all fwd / bwd | radial fwd / bwd "
+        "| radial-q64 bwd | tile cost | sparse bookkeeping | radial per-block eff. | radial vs ideal fwd / bwd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d80, d64, sa, ra = (r[k] for k in ("dense-80", "dense-64", "sparse-all", "radial"))
+        lines.append(
+            f"| {r['case']} | {r['tokens']} | {r['block_density']:.3f} | {d80['fwd_ms']:.1f} / {d80['bwd_ms']:.1f} "
+            f"| {d64['bwd_ms']:.1f} | {sa['fwd_ms']:.1f} / {sa['bwd_ms']:.1f} | {ra['fwd_ms']:.1f} / {ra['bwd_ms']:.1f} "
+            f"| {r['radial-q64']['bwd_ms']:.1f} | {r['tile_cost_bwd']:.3f} | {r['sparse_bookkeeping_bwd']:.3f} | {r['radial_block_efficiency_bwd']:.3f} "
+            f"| {r['radial_vs_ideal_fwd']:.2f} / {r['radial_vs_ideal_bwd']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", nargs="+", default=["wan1x", "wan2x", "wan4x"], choices=sorted(CASES))
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        raise SystemExit("fa4_bwd_tile.py: needs a Hopper GPU (compute capability 9.x): it measures the SM90 tile")
+    from importlib.metadata import version
+
+    from radial.kernels import fa4
+
+    interface, bst = fa4._cute()
+    meta = {
+        "card": torch.cuda.get_device_name(),
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "fa4": version("flash-attn-4"),
+    }
+    rows = [run_case(case, fa4, interface, bst) for case in args.cases]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fa4_bwd_tile.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    table = markdown(rows, meta)
+    (out / "fa4_bwd_tile.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""benchmarks/fa4_bwd_tile.py on CPU: the tile forcing (against a fake of flash-attn-4's SM90 tile choice), the derived
+ratios, and the refusal without a Hopper GPU. The kernels themselves run on the device (gpu_run.sh fa4-bwd-tile)."""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from benchmarks import fa4_bwd_tile as tile
+
+
+@dataclass
+class _Cfg:
+    m_block_size: int
+
+
+def _fake_interface() -> types.SimpleNamespace:
+    def choose(head_dim, head_dim_v, causal, local, sparse_block_size_q=None):
+        # flash-attn-4 4.0.0b36, head dim 128 non-causal: 80 rows, 64 when 80 does not divide the sparse block
+        m = 80
+        if sparse_block_size_q is not None and sparse_block_size_q % m:
+            m = 64
+        return _Cfg(m)
+
+    return types.SimpleNamespace(_tile_size_bwd_sm90=choose)
+
+
+def test_forcing_gives_the_sparse_tile_and_restores_it():
+    interface = _fake_interface()
+    shipped = interface._tile_size_bwd_sm90
+    assert tile.bwd_tile_rows(interface, sparse=False) == 80
+    assert tile.bwd_tile_rows(interface, sparse=True) == 64
+    with tile.forced_bwd_tile(interface):
+        assert interface._tile_size_bwd_sm90(128, 128, False, False).m_block_size == 64
+        assert interface._tile_size_bwd_sm90(128, 128, False, False, 256).m_block_size == 64
+    assert interface._tile_size_bwd_sm90 is shipped
+    with pytest.raises(RuntimeError), tile.forced_bwd_tile(interface):
+        raise RuntimeError("a kernel failed")
+    assert interface._tile_size_bwd_sm90 is shipped
+
+
+def test_derived_ratios():
+    row = {
+        "block_density": 0.25,
+        "dense-80": {"fwd_ms": 100.0, "bwd_ms": 260.0},
+        "dense-64": {"fwd_ms": 100.0, "bwd_ms": 286.0},
+        "sparse-all": {"fwd_ms": 101.0, "bwd_ms": 300.0},
+        "radial": {"fwd_ms": 26.0, "bwd_ms": 80.0},
+        "radial-q64": {"bwd_ms": 76.0},
+    }
+    d = tile.derived(row)
+    assert d["tile_cost_bwd"] == pytest.approx(1.1)
+    assert d["sparse_bookkeeping_bwd"] == pytest.approx(300 / 286)
+    assert d["radial_block_efficiency_bwd"] == pytest.approx(0.25 * 300 / 80)
+    assert d["radial_vs_ideal_bwd"] == pytest.approx(0.25 * 260 / 80)
+    assert d["radial_vs_ideal_fwd"] == pytest.approx(25 / 26)
+    assert d["bwd_over_fwd_dense"] == pytest.approx(2.6)
+    assert d["radial_bwd_ms_at_dense_tile"] == pytest.approx(80 / 1.1)
+    assert d["radial_q64_over_radial_bwd"] == pytest.approx(0.95)
+    assert "| x |" in tile.markdown(
+        [{**row, **d, "case": "x", "tokens": 1}], {"card": "c", "date": "d", "torch": "t", "fa4": "f"}
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_refuses_without_hopper(tmp_path):
+    with pytest.raises(SystemExit, match="Hopper"):
+        tile.main(["--out", str(tmp_path)])
+
+
+def test_q64_lists_split_each_query_block_in_two():
+    import radial
+    from radial.kernels import fa4
+
+    plan = radial.make_plan(6, 96, model="wan")  # 576 tokens: 4.5 blocks of 128, 9 of 64
+    bst = lambda *t, block_size: (t, block_size)  # noqa: E731
+    (mask_cnt, mask_idx, full_cnt, full_idx), size = tile.q64_bwd_tensors(plan, fa4, bst, torch.device("cpu"))
+    assert size == (64, 128) and int(mask_cnt.sum()) == 0
+    for kv in range(plan.num_blocks):
+        got = full_idx[0, 0, kv, : int(full_cnt[0, 0, kv])].tolist()
+        want = [r for r in range(9) if bool(plan.block_mask[r // 2, kv])]
+        assert got == want
