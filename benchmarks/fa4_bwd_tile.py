@@ -15,6 +15,11 @@ the register budget at head dim 128). This benchmark separates the three possibl
 so that  tile cost = dense-64 / dense-80,  sparse bookkeeping = sparse-all / dense-64,  and the radial plan's
 per-block efficiency = density x sparse-all / radial. Forward times are given alongside (both paths use 128 x 128).
 
+With `--band-counts C...` it also times band masks in which every key block is attended by exactly C query blocks
+(contiguous, around the diagonal) and fits backward ms = A + B x C: A / B is the fixed cost of one key tile (K/V loads,
+the dK/dV epilogue, pipeline fill and drain) in query-block iterations, and A + B x (the radial lists' mean count)
+predicts the radial backward from count alone (no scatter, no imbalance).
+
     python benchmarks/fa4_bwd_tile.py --out $OUT/fa4_tile [--cases wan1x wan2x wan4x]
 """
 
@@ -91,7 +96,47 @@ def q64_bwd_tensors(plan, fa4, bst, device: torch.device):
     return bst(*fa4._as_fa4(cnt, idx, device), block_size=(64, plan.block_size))
 
 
-def run_case(case: str, fa4, interface, bst) -> dict:
+def band_mask(num_blocks: int, count: int) -> torch.Tensor:
+    """[q, kv] bool block mask in which every key block is attended by `count` contiguous query blocks near it."""
+    kv = torch.arange(num_blocks)
+    start = (kv - count // 2).clamp(0, num_blocks - count)
+    q = torch.arange(num_blocks)[:, None]
+    return (q >= start[None, :]) & (q < start[None, :] + count)
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares (intercept, slope) of ys over xs."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, slope
+
+
+def band_study(plan, counts: list[int], fa4, q, k, v, do, radial_bwd_ms: float) -> dict:
+    """Backward ms of band masks per count, the fitted fixed cost per key tile, and the radial prediction."""
+    frames, tpf, text = plan.num_frames, plan.tokens_per_frame, plan.text_tokens
+    bs, scale, times = plan.block_size, 128**-0.5, {}
+    for c in counts:
+        band = plan_from_mask(band_mask(plan.num_blocks, c), frames, tpf, text, plan.options)
+        fwd_lists, bwd_lists = fa4.plan_tensors(band, q.device)
+        with torch.no_grad():
+            out, lse = fa4.fa4_attn_fwd(q, k, v, *fwd_lists, *bwd_lists, bs, scale)
+            times[c], _ = timed(lambda o=out, s=lse, bl=bwd_lists: fa4.fa4_attn_bwd(do, q, k, v, o, s, *bl, bs, scale))
+        print(f"band {c}: bwd {times[c]:.2f} ms", flush=True)
+    a, b = fit_line([float(c) for c in counts], [times[c] for c in counts])
+    mean_count = float(plan.q_counts.float().mean())
+    return {
+        "bwd_ms_by_count": {str(c): t for c, t in times.items()},
+        "intercept_ms": a,
+        "ms_per_count": b,
+        "fixed_cost_in_q_blocks": a / b,
+        "radial_mean_count": mean_count,
+        "radial_bwd_ms_predicted": a + b * mean_count,
+        "radial_bwd_ms_measured": radial_bwd_ms,
+        "worst_fit_residual": max(abs(times[c] - (a + b * c)) / times[c] for c in counts),
+    }
+
+
+def run_case(case: str, fa4, interface, bst, band_counts: list[int] = ()) -> dict:
     frames, tpf, text, model, heads, note = CASES[case]
     plan = radial.make_plan(frames, tpf, text_tokens=text, model=model, device="cuda")
     full = plan_from_mask(
@@ -145,6 +190,8 @@ def run_case(case: str, fa4, interface, bst) -> dict:
     }
     row["bwd_tile_rows"] = {"dense": bwd_tile_rows(interface, False), "sparse": bwd_tile_rows(interface, True)}
     row.update(derived(row))
+    if band_counts:
+        row["band"] = band_study(plan, list(band_counts), fa4, q, k, v, do, row["radial"]["bwd_ms"])
     return row
 
 
@@ -166,6 +213,23 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {r['radial-q64']['bwd_ms']:.1f} | {r['tile_cost_bwd']:.3f} | {r['sparse_bookkeeping_bwd']:.3f} | {r['radial_block_efficiency_bwd']:.3f} "
             f"| {r['radial_vs_ideal_fwd']:.2f} / {r['radial_vs_ideal_bwd']:.2f} |"
         )
+    bands = [r for r in rows if "band" in r]
+    if bands:
+        lines += [
+            "",
+            "Band masks (every key block attended by C contiguous query blocks), backward = A + B x C:",
+            "",
+            "| case | ms by C | A ms | B ms | fixed cost (query blocks) | radial mean C | radial predicted / measured ms |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in bands:
+            b = r["band"]
+            by_c = ", ".join(f"{c}: {t:.1f}" for c, t in b["bwd_ms_by_count"].items())
+            lines.append(
+                f"| {r['case']} | {by_c} | {b['intercept_ms']:.2f} | {b['ms_per_count']:.4f} "
+                f"| {b['fixed_cost_in_q_blocks']:.1f} | {b['radial_mean_count']:.1f} "
+                f"| {b['radial_bwd_ms_predicted']:.1f} / {b['radial_bwd_ms_measured']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", nargs="+", default=["wan1x", "wan2x", "wan4x"], choices=sorted(CASES))
     p.add_argument("--out", required=True)
+    p.add_argument("--band-counts", nargs="*", type=int, default=[], help="query blocks per key block of band masks")
     args = p.parse_args(argv)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
         raise SystemExit("fa4_bwd_tile.py: needs a Hopper GPU (compute capability 9.x): it measures the SM90 tile")
@@ -187,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "fa4": version("flash-attn-4"),
     }
-    rows = [run_case(case, fa4, interface, bst) for case in args.cases]
+    rows = [run_case(case, fa4, interface, bst, args.band_counts) for case in args.cases]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fa4_bwd_tile.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

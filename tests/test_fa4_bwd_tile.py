@@ -60,6 +60,12 @@ def test_derived_ratios():
     assert d["bwd_over_fwd_dense"] == pytest.approx(2.6)
     assert d["radial_bwd_ms_at_dense_tile"] == pytest.approx(80 / 1.1)
     assert d["radial_q64_over_radial_bwd"] == pytest.approx(0.95)
+    band = {"bwd_ms_by_count": {"8": 10.0}, "intercept_ms": 2.0, "ms_per_count": 1.0, "fixed_cost_in_q_blocks": 2.0}
+    band |= {"radial_mean_count": 5.0, "radial_bwd_ms_predicted": 7.0, "radial_bwd_ms_measured": 7.5}
+    text = tile.markdown(
+        [{**row, **d, "case": "x", "tokens": 1, "band": band}], {"card": "c", "date": "d", "torch": "t", "fa4": "f"}
+    )
+    assert "| x | 8: 10.0 | 2.00 | 1.0000 | 2.0 | 5.0 | 7.0 / 7.5 |" in text
     assert "| x |" in tile.markdown(
         [{**row, **d, "case": "x", "tokens": 1}], {"card": "c", "date": "d", "torch": "t", "fa4": "f"}
     )
@@ -83,3 +89,18 @@ def test_q64_lists_split_each_query_block_in_two():
         got = full_idx[0, 0, kv, : int(full_cnt[0, 0, kv])].tolist()
         want = [r for r in range(9) if bool(plan.block_mask[r // 2, kv])]
         assert got == want
+
+
+def test_band_mask_gives_every_key_block_the_same_count():
+    for count in (1, 3, 4, 9):
+        m = tile.band_mask(9, count)
+        assert m.sum(dim=0).tolist() == [count] * 9
+        for kv in range(9):  # contiguous
+            rows = m[:, kv].nonzero().flatten().tolist()
+            assert rows == list(range(rows[0], rows[0] + count))
+        assert bool(m[torch.arange(9), torch.arange(9)].all())  # the diagonal is always in
+
+
+def test_fit_line():
+    a, b = tile.fit_line([1.0, 2.0, 4.0], [5.0, 7.0, 11.0])
+    assert (a, b) == (pytest.approx(3.0), pytest.approx(2.0))
