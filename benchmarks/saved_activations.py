@@ -67,11 +67,17 @@ def _key(t: torch.Tensor) -> tuple:
 
 
 def _site() -> str:
+    """The innermost two model-code lines (of different files) on the stack: the op's line and its caller's."""
+    found: list[str] = []
+    files: set[str] = set()
     for frame in reversed(traceback.extract_stack()[:-3]):
-        if any(h in frame.filename for h in SITE_HINTS):
-            short = frame.filename.split("site-packages/")[-1]
-            return f"{short}:{frame.lineno} {frame.name}: {(frame.line or '').strip()[:100]}"
-    return ""
+        if any(h in frame.filename for h in SITE_HINTS) and frame.filename not in files:
+            files.add(frame.filename)
+            short = frame.filename.split("site-packages/")[-1].split("/radial/", 1)[-1]
+            found.append(f"{short}:{frame.lineno} {frame.name}: {(frame.line or '').strip()[:90]}")
+            if len(found) == 2:
+                break
+    return " <- ".join(found)
 
 
 def _first_tensor(value) -> torch.Tensor | None:
@@ -172,6 +178,10 @@ class SavedTensorCensus:
                 by_dtype[r.dtype] = by_dtype.get(r.dtype, 0) + r.bytes
             unit = 2 * hidden
             large = [asdict(r) for r in recs if r.dtype == "float32" and hidden and r.numel >= hidden]
+            sites: dict[str, int] = {}  # every tensor of hidden size or more (any dtype), by where it was saved
+            for r in recs:
+                if r.site:
+                    sites[f"{r.dtype} {r.site}"] = sites.get(f"{r.dtype} {r.site}", 0) + r.bytes
             out[name] = {
                 "tensors": len(recs),
                 "bytes": sum(by_dtype.values()),
@@ -181,6 +191,7 @@ class SavedTensorCensus:
                 "hidden_states_by_dtype": {k: v / unit for k, v in by_dtype.items()} if unit else None,
                 "large_fp32": large,
                 "large_fp32_bytes": sum(r["bytes"] for r in large),
+                "large_by_site": dict(sorted(sites.items(), key=lambda kv: -kv[1])),
                 "allocated_delta": self.memory[name].allocated_delta if name in self.memory and _cuda() else None,
             }
         return out
@@ -294,6 +305,21 @@ def large_list(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def site_list(rows: list[dict]) -> str:
+    """Per mode, the last block's hidden-size-or-larger saved tensors: bytes by dtype and the lines that saved them."""
+    lines = []
+    for r in rows:
+        mode = "compiled" if r["compile"] else "eager"
+        for where, c in r["census"].items():
+            # The blocks share their code; the last stands for all but the first, whose input needs no gradient
+            # (the frozen patch embedding makes it), so it keeps less (no norm1 input).
+            if where == f"block {r['blocks'] - 1}":
+                for site, n in c["large_by_site"].items():
+                    hs = n / (2 * c["hidden_numel"])
+                    lines.append(f"- {mode}, {where}: {_gb(n)} GB ({hs:.2f} hidden states) {site}")
+    return "\n".join(lines)
+
+
 def write_results(rows: list[dict], args) -> str:
     """saved_activations.json and .md under args.out; returns the table."""
     import diffusers
@@ -312,7 +338,8 @@ def write_results(rows: list[dict], args) -> str:
     (args.out / "saved_activations.md").write_text(
         f"# Saved-for-backward tensors per block ({args.case}, no checkpointing)\n\n{meta['card']}, torch "
         f"{meta['torch']}, diffusers {meta['diffusers']}, {meta['date']}\n\n{text}\n\nLarge fp32 tensors:\n\n"
-        f"{large_list(rows)}\n"
+        f"{large_list(rows)}\n\nHidden-size-or-larger saved tensors of the last block by where they were saved:\n\n"
+        f"{site_list(rows)}\n"
     )
     return text
 
@@ -349,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         text = write_results(rows, args)
     print(text, flush=True)
     print(large_list(rows), flush=True)
+    print(site_list(rows), flush=True)
 
 
 if __name__ == "__main__":
