@@ -7,7 +7,9 @@
 # ARGS..." (the same under torchrun on K GPUs with --sp K, results in $OUT/spK-N), "generate-bench ARGS..."
 # (benchmarks/generate.py ARGS, results in $OUT/generateN), "extension ARGS..." (benchmarks/extension.py ARGS: the
 # length-extension experiment, its 4 record files in $OUT, work in /tmp/ext), "fa4-bwd-tile ARGS..."
-# (benchmarks/fa4_bwd_tile.py ARGS: flash-attn-4's dense vs block-sparse backward tile, results in $OUT/fa4_tile).
+# (benchmarks/fa4_bwd_tile.py ARGS: flash-attn-4's dense vs block-sparse backward tile, results in $OUT/fa4_tile),
+# "saved-activations ARGS..." (benchmarks/saved_activations.py ARGS: what each block saves for backward, by dtype,
+# eager and with --compile; results in $OUT/savedN).
 # Each step logs to $OUT/<step>-N.log. Wheels: .whl/ (diffusers, hydra-core, omegaconf, antlr4;
 # the GPU image has torch, triton, accelerate, peft, transformers, safetensors).
 # flash-attn-4 (optional) travels in two parts (../shared/gpu/fa4_wheels.sh), in two calls on one machine:
@@ -49,6 +51,7 @@ for step in "$@"; do
     train-step-sp) k=$1; shift
       torchrun --standalone --nproc_per_node "$k" benchmarks/train_step.py --sp "$k" --out "$OUT/sp$k-$n" "$@" \
         >"$log" 2>&1 ;;
+    saved-activations) python3 benchmarks/saved_activations.py --out "$OUT/saved$n" "$@" >"$log" 2>&1 ;;
     generate-bench) python3 benchmarks/generate.py --out "$OUT/generate$n" "$@" >"$log" 2>&1 ;;
     fa4-bwd-tile) python3 benchmarks/fa4_bwd_tile.py --out "$OUT/fa4_tile" "$@" >"$log" 2>&1 ;;
     extension) TQDM_DISABLE=1 python3 benchmarks/extension.py --out "$OUT" --work /tmp/ext --no-log-file "$@" >"$log" 2>&1 ;;

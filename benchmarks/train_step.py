@@ -97,7 +97,8 @@ def _entry(entry: str, args) -> tuple[str, bool]:
     return backend, args.save_attention and not plain
 
 
-def _build(case: str, entry: str, args, device) -> tuple:
+def _build(case: str, entry: str, args, device, tiny_dtype: torch.dtype = torch.float32) -> tuple:
+    """The trainer's model of one --backends entry (tiny in `tiny_dtype` under --smoke), its latents and conditions."""
     from radial.models import get_adapter
     from train.components import build_model
 
@@ -108,13 +109,10 @@ def _build(case: str, entry: str, args, device) -> tuple:
     device = torch.device(device)
     full_variant, tiny_variant = VARIANTS.get(case, (None, None))
     if args.smoke:  # CPU check of this script: tiny model, tiny latents, the same code path
-        transformer = adapter.build_tiny(device=device, variant=tiny_variant)
+        transformer = adapter.build_tiny(device=device, variant=tiny_variant, dtype=tiny_dtype)
         frames, h, w = 3, 8, 8
     else:
-        overrides = {"num_layers": args.hun_double, "num_single_layers": args.hun_single} if family == "hunyuan" else {}
-        if family == "hunyuan15" and args.hy15_layers is not None:
-            overrides = {"num_layers": args.hy15_layers}
-        transformer = adapter.build_full(full_variant, dtype=torch.bfloat16, device=device, **overrides)
+        transformer = adapter.build_full(full_variant, dtype=torch.bfloat16, device=device, **_layers(family, args))
     with torch.random.fork_rng(devices=[]):  # the same LoRA initialisation on every rank (sequence parallelism)
         torch.manual_seed(0)
         parts = build_model(cfg, device, transformer=transformer)
@@ -122,6 +120,14 @@ def _build(case: str, entry: str, args, device) -> tuple:
     latents = torch.randn(1, adapter.latent_channels(transformer), frames, h, w, generator=gen).to(device)
     conds = adapter.make_dummy_conditions(transformer, 1, latent_shape=latents.shape)
     return cfg, parts, latents, conds
+
+
+def _layers(family: str, args) -> dict[str, int]:
+    """build_full's block-count overrides of a case's family (none: the real model's blocks)."""
+    if family == "hunyuan":
+        return {"num_layers": args.hun_double, "num_single_layers": args.hun_single}
+    layers = {"hunyuan15": args.hy15_layers, "wan": args.wan_layers}.get(family)
+    return {} if layers is None else {"num_layers": layers}
 
 
 def _settings(args) -> tuple[str, ...]:
@@ -298,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hun-double", type=int, default=1)
     p.add_argument("--hun-single", type=int, default=1)
     p.add_argument("--hy15-layers", type=int, default=None, help="HunyuanVideo-1.5 blocks (default: the real 54)")
+    p.add_argument("--wan-layers", type=int, default=None, help="Wan blocks (default: the real model's)")
     p.add_argument("--device", default="cuda")
     p.add_argument(
         "--save-attention",
