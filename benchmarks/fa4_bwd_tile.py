@@ -8,9 +8,10 @@ the register budget at head dim 128). This benchmark separates the three possibl
   dense-80       the dense kernel as shipped (80-row backward tile)
   dense-64       the same dense kernel with the backward tile forced to the sparse path's 64 rows
   sparse-all     the block-sparse kernel over a list that keeps every block (64 rows; sparse bookkeeping only)
-  radial         the block-sparse kernel over the radial plan (64 rows)
-  radial-q64     the same backward given 64-row query blocks (each 128-row block split in two): one tile per
-                 sparse block instead of flash-attn-4's two-tile subloop; a choice of ours, adopted if faster
+  radial         the block-sparse kernel over the radial plan (64 rows), as the fa4 backend calls it: the backward's
+                 query blocks given as 64-row halves (radial.kernels.fa4.BWD_Q_BLOCK), one tile per list entry
+  radial-q128    the same backward given the plan's 128-row query blocks (flash-attn-4 loops two 64-row tiles per
+                 entry): what the backend did before BWD_Q_BLOCK, kept to show the difference
 
 so that  tile cost = dense-64 / dense-80,  sparse bookkeeping = sparse-all / dense-64,  and the radial plan's
 per-block efficiency = density x sparse-all / radial. Forward times are given alongside (both paths use 128 x 128).
@@ -19,6 +20,15 @@ With `--band-counts C...` it also times band masks in which every key block is a
 (contiguous, around the diagonal) and fits backward ms = A + B x C: A / B is the fixed cost of one key tile (K/V loads,
 the dK/dV epilogue, pipeline fill and drain) in query-block iterations, and A + B x (the radial lists' mean count)
 predicts the radial backward from count alone (no scatter, no imbalance).
+
+With `--pattern-study` it times masks that keep one property of the radial plan and change another, to tell where a
+radial backward slower than the band of its mean count loses its time: `counts-band` (each key block keeps its radial
+count, its query blocks made contiguous: the count imbalance without the scatter), and the radial mask with its key
+blocks (columns: the backward's tiles, launched in index order) or query blocks (rows: the forward's tiles)
+reordered, spatial position first (`kv-spatial`, `q-spatial`) or at random (`kv-random`): the same work and scatter,
+another launch order (which decides what the tiles running at once share in L2). Attention is invariant to a
+permutation of the keys (and equivariant to one of the queries), so an order that helps could be applied by gathering
+q/k/v before the kernels.
 
     python benchmarks/fa4_bwd_tile.py --out $OUT/fa4_tile [--cases wan1x wan2x wan4x]
 """
@@ -39,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import radial  # noqa: E402
 from benchmarks.attention import CASES, rel, timed  # noqa: E402
-from radial.plan import block_index_lists, plan_from_mask  # noqa: E402
+from radial.plan import plan_from_mask  # noqa: E402
 
 FORCED_Q_BLOCK = 128  # the sparse path's query block: the tile must divide it, which gives 64 rows at head dim 128
 
@@ -84,16 +94,13 @@ def derived(row: dict) -> dict:
         "bwd_over_fwd_radial": b["radial"] / f["radial"],
         # the radial backward if its tile were the dense one's, all else equal
         "radial_bwd_ms_at_dense_tile": b["radial"] * b["dense-80"] / b["dense-64"],
-        "radial_q64_over_radial_bwd": row["radial-q64"]["bwd_ms"] / b["radial"],
+        "radial_q128_over_radial_bwd": row["radial-q128"]["bwd_ms"] / b["radial"],
     }
 
 
-def q64_bwd_tensors(plan, fa4, bst, device: torch.device):
-    """The plan's backward lists (per key block, the query blocks that attend it) with 64-row query blocks."""
-    rows = -(-plan.seq_len // 64)
-    mask = plan.block_mask.to(device).repeat_interleave(2, dim=0)[:rows]  # [q blocks of 64, kv blocks of 128]
-    idx, cnt = block_index_lists(mask.t().contiguous())
-    return bst(*fa4._as_fa4(cnt, idx, device), block_size=(64, plan.block_size))
+def q128_bwd_tensors(plan, fa4, bst, device: torch.device):
+    """The plan's backward lists (per key block, the query blocks that attend it) with its 128-row query blocks."""
+    return bst(*fa4._as_fa4(plan.q_counts, plan.q_indices, device), block_size=(plan.block_size, plan.block_size))
 
 
 def band_mask(num_blocks: int, count: int) -> torch.Tensor:
@@ -136,7 +143,59 @@ def band_study(plan, counts: list[int], fa4, q, k, v, do, radial_bwd_ms: float) 
     }
 
 
-def run_case(case: str, fa4, interface, bst, band_counts: list[int] = ()) -> dict:
+def counts_band_mask(counts: torch.Tensor) -> torch.Tensor:
+    """[q, kv] bool mask in which key block n is attended by counts[n] contiguous query blocks around n."""
+    nb = counts.numel()
+    c = counts.to(torch.long)
+    start = (torch.arange(nb) - c // 2).clamp(min=0)
+    start = torch.minimum(start, nb - c)
+    q = torch.arange(nb)[:, None]
+    return (q >= start[None, :]) & (q < (start + c)[None, :])
+
+
+def spatial_order(plan) -> torch.Tensor:
+    """Block indices sorted by their first token's position within its frame, then by frame; the last (partial)
+    block stays last, as flash-attn-4's forward expects of a row's highest key block."""
+    first = torch.arange(plan.num_blocks) * plan.block_size
+    pos, frame = first % plan.tokens_per_frame, first // plan.tokens_per_frame
+    order = sorted(range(plan.num_blocks - 1), key=lambda b: (int(pos[b]) // plan.block_size, int(frame[b])))
+    return torch.tensor(order + [plan.num_blocks - 1])
+
+
+def random_order(num_blocks: int, seed: int = 0) -> torch.Tensor:
+    """A random order of the blocks but the last, which stays last."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randperm(num_blocks - 1, generator=g), torch.tensor([num_blocks - 1])])
+
+
+def pattern_masks(plan) -> dict[str, torch.Tensor]:
+    """The study's [q, kv] masks (see the module doc), each with the radial plan's number of kept blocks."""
+    m = plan.block_mask.cpu()
+    kv_spatial, kv_random = spatial_order(plan), random_order(plan.num_blocks)
+    return {
+        "counts-band": counts_band_mask(m.sum(dim=0)),
+        "kv-spatial": m[:, kv_spatial],
+        "kv-random": m[:, kv_random],
+        "q-spatial": m[spatial_order(plan)],
+    }
+
+
+def pattern_study(plan, fa4, q, k, v, do) -> dict:
+    """Forward and backward ms of each pattern mask, with the radial mask's for reference."""
+    frames, tpf, text = plan.num_frames, plan.tokens_per_frame, plan.text_tokens
+    bs, scale, rows = plan.block_size, 128**-0.5, {}
+    for name, mask in pattern_masks(plan).items():
+        fwd_lists, bwd_lists = fa4.plan_tensors(plan_from_mask(mask, frames, tpf, text, plan.options), q.device)
+        with torch.no_grad():
+            out, lse = fa4.fa4_attn_fwd(q, k, v, *fwd_lists, *bwd_lists, bs, scale)
+            fwd_ms, _ = timed(lambda fl=fwd_lists, bl=bwd_lists: fa4.fa4_attn_fwd(q, k, v, *fl, *bl, bs, scale))
+            bwd_ms, _ = timed(lambda o=out, s=lse, bl=bwd_lists: fa4.fa4_attn_bwd(do, q, k, v, o, s, *bl, bs, scale))
+        rows[name] = {"fwd_ms": fwd_ms, "bwd_ms": bwd_ms, "kept_blocks": int(mask.sum())}
+        print(f"pattern {name}: fwd {fwd_ms:.2f} ms, bwd {bwd_ms:.2f} ms", flush=True)
+    return rows
+
+
+def run_case(case: str, fa4, interface, bst, band_counts: list[int] = (), patterns: bool = False) -> dict:
     frames, tpf, text, model, heads, note = CASES[case]
     plan = radial.make_plan(frames, tpf, text_tokens=text, model=model, device="cuda")
     full = plan_from_mask(
@@ -169,19 +228,19 @@ def run_case(case: str, fa4, interface, bst, band_counts: list[int] = ()) -> dic
         print(f"{case} {name}: fwd {fwd_ms:.2f} ms, bwd {bwd_ms:.2f} ms", flush=True)
     with torch.no_grad():
         out, lse = fa4.fa4_attn_fwd(q, k, v, *lists["radial"][0], *lists["radial"][1], bs, scale)
-        sparse64 = q64_bwd_tensors(plan, fa4, bst, q.device)
+        sparse128 = q128_bwd_tensors(plan, fa4, bst, q.device)
 
-        def bwd_q64():
+        def bwd_q128():
             return interface._flash_attn_bwd(
-                q, k, v, out, do, lse, scale, False, block_sparse_tensors=sparse64, deterministic=False
+                q, k, v, out, do, lse, scale, False, block_sparse_tensors=sparse128, deterministic=False
             )[:3]
 
-        grads["radial-q64"] = bwd_q64()
-        bwd_ms, _ = timed(bwd_q64)
-    row["radial-q64"] = {"bwd_ms": bwd_ms}
-    print(f"{case} radial-q64: bwd {bwd_ms:.2f} ms", flush=True)
-    row["max_rel_err_radial_q64_vs_radial"] = max(
-        rel(a, b) for a, b in zip(grads["radial-q64"], grads["radial"], strict=True)
+        grads["radial-q128"] = bwd_q128()
+        bwd_ms, _ = timed(bwd_q128)
+    row["radial-q128"] = {"bwd_ms": bwd_ms}
+    print(f"{case} radial-q128: bwd {bwd_ms:.2f} ms", flush=True)
+    row["max_rel_err_radial_q128_vs_radial"] = max(
+        rel(a, b) for a, b in zip(grads["radial-q128"], grads["radial"], strict=True)
     )
     # the forced tile and the all-blocks list compute the same gradients as the shipped dense kernel
     row["max_rel_err_vs_dense_80"] = {
@@ -192,6 +251,8 @@ def run_case(case: str, fa4, interface, bst, band_counts: list[int] = ()) -> dic
     row.update(derived(row))
     if band_counts:
         row["band"] = band_study(plan, list(band_counts), fa4, q, k, v, do, row["radial"]["bwd_ms"])
+    if patterns:
+        row["patterns"] = pattern_study(plan, fa4, q, k, v, do)
     return row
 
 
@@ -202,7 +263,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"torch {meta['torch']}, flash-attn-4 {meta['fa4']}; bf16, head dim 128, batch 1. Milliseconds, median.",
         "",
         "| case | tokens | density | dense-80 fwd / bwd | dense-64 bwd | sparse-all fwd / bwd | radial fwd / bwd "
-        "| radial-q64 bwd | tile cost | sparse bookkeeping | radial per-block eff. | radial vs ideal fwd / bwd |",
+        "| radial-q128 bwd | tile cost | sparse bookkeeping | radial per-block eff. | radial vs ideal fwd / bwd |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -210,7 +271,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['case']} | {r['tokens']} | {r['block_density']:.3f} | {d80['fwd_ms']:.1f} / {d80['bwd_ms']:.1f} "
             f"| {d64['bwd_ms']:.1f} | {sa['fwd_ms']:.1f} / {sa['bwd_ms']:.1f} | {ra['fwd_ms']:.1f} / {ra['bwd_ms']:.1f} "
-            f"| {r['radial-q64']['bwd_ms']:.1f} | {r['tile_cost_bwd']:.3f} | {r['sparse_bookkeeping_bwd']:.3f} | {r['radial_block_efficiency_bwd']:.3f} "
+            f"| {r['radial-q128']['bwd_ms']:.1f} | {r['tile_cost_bwd']:.3f} | {r['sparse_bookkeeping_bwd']:.3f} | {r['radial_block_efficiency_bwd']:.3f} "
             f"| {r['radial_vs_ideal_fwd']:.2f} / {r['radial_vs_ideal_bwd']:.2f} |"
         )
     bands = [r for r in rows if "band" in r]
@@ -230,6 +291,19 @@ def markdown(rows: list[dict], meta: dict) -> str:
                 f"| {b['fixed_cost_in_q_blocks']:.1f} | {b['radial_mean_count']:.1f} "
                 f"| {b['radial_bwd_ms_predicted']:.1f} / {b['radial_bwd_ms_measured']:.1f} |"
             )
+    studied = [r for r in rows if "patterns" in r]
+    if studied:
+        lines += [
+            "",
+            "Pattern study (same number of kept blocks; ms):",
+            "",
+            "| case | mask | fwd | bwd |",
+            "|---|---|---|---|",
+        ]
+        for r in studied:
+            lines.append(f"| {r['case']} | radial | {r['radial']['fwd_ms']:.1f} | {r['radial']['bwd_ms']:.1f} |")
+            for name, t in r["patterns"].items():
+                lines.append(f"| {r['case']} | {name} | {t['fwd_ms']:.1f} | {t['bwd_ms']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -238,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cases", nargs="+", default=["wan1x", "wan2x", "wan4x"], choices=sorted(CASES))
     p.add_argument("--out", required=True)
     p.add_argument("--band-counts", nargs="*", type=int, default=[], help="query blocks per key block of band masks")
+    p.add_argument("--pattern-study", action="store_true", help="time radial-derived masks (see the module doc)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
         raise SystemExit("fa4_bwd_tile.py: needs a Hopper GPU (compute capability 9.x): it measures the SM90 tile")
@@ -252,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "fa4": version("flash-attn-4"),
     }
-    rows = [run_case(case, fa4, interface, bst, args.band_counts) for case in args.cases]
+    rows = [run_case(case, fa4, interface, bst, args.band_counts, args.pattern_study) for case in args.cases]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fa4_bwd_tile.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

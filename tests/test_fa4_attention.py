@@ -50,8 +50,9 @@ def _check_lists(t: FakeBlockSparseTensorsTorch, batch: int, heads: int, rows: i
         assert idx.shape[:3] == cnt.shape and idx.shape[3] <= cols, (idx.shape, cols)
 
 
-def _token_mask(cnt, idx, rows_tokens, cols_padded, bs, seqlen_k, first_only):
-    """[rows_tokens, cols_padded] allowed mask of (batch 0, head 0) lists; seqlen mask on the first block walked."""
+def _token_mask(cnt, idx, rows_tokens, cols_padded, bs_row, bs, seqlen_k, first_only):
+    """[rows_tokens, cols_padded] allowed mask of (batch 0, head 0) lists of `bs_row`-token rows and `bs`-token
+    columns; seqlen mask on the first block walked."""
     allowed = torch.zeros(rows_tokens, cols_padded, dtype=torch.bool)
     for r in range(cnt.shape[2]):
         n = int(cnt[0, 0, r])
@@ -59,7 +60,7 @@ def _token_mask(cnt, idx, rows_tokens, cols_padded, bs, seqlen_k, first_only):
             j = int(idx[0, 0, r, i])
             cols = torch.arange(j * bs, (j + 1) * bs)
             keep = cols < seqlen_k if (i == n - 1 or not first_only) else torch.ones_like(cols, dtype=torch.bool)
-            allowed[r * bs : (r + 1) * bs, cols[keep]] = True
+            allowed[r * bs_row : (r + 1) * bs_row, cols[keep]] = True
     return allowed[:rows_tokens]
 
 
@@ -93,7 +94,7 @@ class FakeInterface(types.ModuleType):
             bs_q, bs_k = t.block_size
             _check_lists(t, b, h, -(-sq // bs_q), -(-sk // bs_k))
             assert int(t.mask_block_cnt.max()) == 0, "every kept block is a full block"
-            allowed = _token_mask(t.full_block_cnt, t.full_block_idx, sq, -(-sk // bs_k) * bs_k, bs_k, sk, True)
+            allowed = _token_mask(t.full_block_cnt, t.full_block_idx, sq, -(-sk // bs_k) * bs_k, bs_q, bs_k, sk, True)
         out, lse = self._attend(q, k, v, softmax_scale, allowed)
         return out.to(q.dtype), lse, None, None, None
 
@@ -116,7 +117,9 @@ class FakeInterface(types.ModuleType):
             _check_lists(t, b, h, -(-sk // bs_k), -(-sq // bs_q))
             assert int(t.mask_block_cnt.max()) == 0
             # Transposed lists: rows are key blocks. Build [key tokens, q tokens] and transpose.
-            allowed = _token_mask(t.full_block_cnt, t.full_block_idx, sk, -(-sq // bs_q) * bs_q, bs_q, sq, False).t()
+            allowed = _token_mask(
+                t.full_block_cnt, t.full_block_idx, sk, -(-sq // bs_q) * bs_q, bs_k, bs_q, sq, False
+            ).t()
             allowed = allowed[:sq]
         # By hand: a custom op's implementation runs below autograd.
         qf, kf, vf, do = (x.float() for x in (q, k, v, dout))
@@ -199,11 +202,21 @@ def test_argument_conversion(fake):
     out.backward(do)
     fwd, bwd = fake.calls
     nb = plan.num_blocks
-    for call, cnt, idx in ((fwd, plan.kv_counts, plan.kv_indices), (bwd, plan.q_counts, plan.q_indices)):
+    # the backward's query blocks are 64-row halves of the plan's: query block j becomes 2j and 2j + 1, and the
+    # second half of a last block is dropped when the sequence ends before it (here 600 tokens: 88 in the last block)
+    halves = -(-plan.seq_len // 64)
+    q_idx = [[h for j in plan.q_indices[r, : plan.q_counts[r]].tolist() for h in (2 * j, 2 * j + 1) if h < halves]
+             for r in range(nb)]  # fmt: skip
+    assert fa4.BWD_Q_BLOCK == 64 and halves == 10
+    for call, size, cnt, rows in (
+        (fwd, (128, 128), plan.kv_counts, [plan.kv_indices[r, : plan.kv_counts[r]].tolist() for r in range(nb)]),
+        (bwd, (64, 128), torch.tensor([len(r) for r in q_idx], dtype=torch.int32), q_idx),
+    ):
         t = call["tensors"]
-        assert t.block_size == (128, 128)
-        assert t.full_block_cnt.shape == (1, 1, nb) and t.full_block_idx.shape == (1, 1, nb, idx.shape[1])
-        assert torch.equal(t.full_block_cnt[0, 0], cnt) and torch.equal(t.full_block_idx[0, 0], idx)
+        assert t.block_size == size
+        assert t.full_block_cnt.shape == (1, 1, nb) and t.full_block_idx.shape[:3] == (1, 1, nb)
+        assert torch.equal(t.full_block_cnt[0, 0], cnt)
+        assert [t.full_block_idx[0, 0, r, : int(cnt[r])].tolist() for r in range(nb)] == rows
         assert t.mask_block_cnt.shape == (1, 1, nb) and int(t.mask_block_cnt.abs().sum()) == 0
         assert t.mask_block_idx.shape == (1, 1, nb, 1)
         assert all(x.dtype == torch.int32 and x.is_contiguous() for x in t[:4])
@@ -390,3 +403,12 @@ def test_head_group_views_as_ulysses_passes_them(fake):
     ref_grads = torch.autograd.grad(ref, (q, k, v), do[:, :, 2:4])
     assert _rel(out, ref) < 1e-2 and all(_rel(g, r) < 1e-2 for g, r in zip(grads, ref_grads, strict=True))
     assert all(float(g[:, :, :2].abs().max()) == 0 for g in grads)  # the other rank's heads get no gradient
+
+
+def test_backward_query_halves_past_the_end_are_dropped(fake):
+    plan = radial.make_plan(6, 90, model="wan")  # 540 tokens: the last block holds 28, so its second half is empty
+    _check(plan, 1)
+    bwd = next(c["tensors"] for c in fake.calls if c["op"] == "bwd")
+    cnt, idx = bwd.full_block_cnt[0, 0], bwd.full_block_idx[0, 0]
+    assert bwd.block_size == (64, 128) and int(idx.max()) == 8  # halves 0..8: ceil(540 / 64) = 9
+    assert int(cnt.sum()) == 2 * int(plan.block_mask.sum()) - int(plan.block_mask[-1].sum())

@@ -49,7 +49,7 @@ def test_derived_ratios():
         "dense-64": {"fwd_ms": 100.0, "bwd_ms": 286.0},
         "sparse-all": {"fwd_ms": 101.0, "bwd_ms": 300.0},
         "radial": {"fwd_ms": 26.0, "bwd_ms": 80.0},
-        "radial-q64": {"bwd_ms": 76.0},
+        "radial-q128": {"bwd_ms": 84.0},
     }
     d = tile.derived(row)
     assert d["tile_cost_bwd"] == pytest.approx(1.1)
@@ -59,7 +59,7 @@ def test_derived_ratios():
     assert d["radial_vs_ideal_fwd"] == pytest.approx(25 / 26)
     assert d["bwd_over_fwd_dense"] == pytest.approx(2.6)
     assert d["radial_bwd_ms_at_dense_tile"] == pytest.approx(80 / 1.1)
-    assert d["radial_q64_over_radial_bwd"] == pytest.approx(0.95)
+    assert d["radial_q128_over_radial_bwd"] == pytest.approx(1.05)
     band = {"bwd_ms_by_count": {"8": 10.0}, "intercept_ms": 2.0, "ms_per_count": 1.0, "fixed_cost_in_q_blocks": 2.0}
     band |= {"radial_mean_count": 5.0, "radial_bwd_ms_predicted": 7.0, "radial_bwd_ms_measured": 7.5}
     text = tile.markdown(
@@ -77,18 +77,15 @@ def test_refuses_without_hopper(tmp_path):
         tile.main(["--out", str(tmp_path)])
 
 
-def test_q64_lists_split_each_query_block_in_two():
+def test_q128_lists_are_the_plans_query_lists():
     import radial
     from radial.kernels import fa4
 
-    plan = radial.make_plan(6, 96, model="wan")  # 576 tokens: 4.5 blocks of 128, 9 of 64
+    plan = radial.make_plan(6, 96, model="wan")
     bst = lambda *t, block_size: (t, block_size)  # noqa: E731
-    (mask_cnt, mask_idx, full_cnt, full_idx), size = tile.q64_bwd_tensors(plan, fa4, bst, torch.device("cpu"))
-    assert size == (64, 128) and int(mask_cnt.sum()) == 0
-    for kv in range(plan.num_blocks):
-        got = full_idx[0, 0, kv, : int(full_cnt[0, 0, kv])].tolist()
-        want = [r for r in range(9) if bool(plan.block_mask[r // 2, kv])]
-        assert got == want
+    (mask_cnt, _, full_cnt, full_idx), size = tile.q128_bwd_tensors(plan, fa4, bst, torch.device("cpu"))
+    assert size == (128, 128) and int(mask_cnt.sum()) == 0
+    assert torch.equal(full_cnt[0, 0], plan.q_counts) and torch.equal(full_idx[0, 0], plan.q_indices)
 
 
 def test_band_mask_gives_every_key_block_the_same_count():
@@ -104,3 +101,26 @@ def test_band_mask_gives_every_key_block_the_same_count():
 def test_fit_line():
     a, b = tile.fit_line([1.0, 2.0, 4.0], [5.0, 7.0, 11.0])
     assert (a, b) == (pytest.approx(3.0), pytest.approx(2.0))
+
+
+def test_pattern_masks_keep_the_work_and_change_one_property():
+    import radial
+
+    plan = radial.make_plan(9, 300, model="wan")  # 2700 tokens: 21.1 blocks, frames straddle blocks
+    m = plan.block_mask
+    masks = tile.pattern_masks(plan)
+    for name, mask in masks.items():
+        assert mask.shape == m.shape and int(mask.sum()) == int(m.sum()), name
+    # counts-band: every key block keeps its count, contiguous
+    band = masks["counts-band"]
+    assert band.sum(dim=0).tolist() == m.sum(dim=0).tolist()
+    for kv in range(plan.num_blocks):
+        rows = band[:, kv].nonzero().flatten().tolist()
+        assert rows == list(range(rows[0], rows[0] + len(rows)))
+    # permutations: the same columns (rows) in another order, the last block last
+    for name, order in (("kv-spatial", tile.spatial_order(plan)), ("kv-random", tile.random_order(plan.num_blocks))):
+        assert sorted(order.tolist()) == list(range(plan.num_blocks)) and int(order[-1]) == plan.num_blocks - 1
+        assert torch.equal(masks[name], m[:, order])
+    assert torch.equal(masks["q-spatial"], m[tile.spatial_order(plan)])
+    first = tile.spatial_order(plan)[:3].tolist()  # position 0 of the first three frames' starts
+    assert [b * 128 % 300 // 128 for b in first] == [0, 0, 0]
