@@ -49,7 +49,7 @@ def test_derived_ratios():
         "dense-64": {"fwd_ms": 100.0, "bwd_ms": 286.0},
         "sparse-all": {"fwd_ms": 101.0, "bwd_ms": 300.0},
         "radial": {"fwd_ms": 26.0, "bwd_ms": 80.0},
-        "radial-q128": {"bwd_ms": 84.0},
+        "radial-q64": {"bwd_ms": 76.0, "radial_bwd_ms_same_rounds": 80.0},
     }
     d = tile.derived(row)
     assert d["tile_cost_bwd"] == pytest.approx(1.1)
@@ -59,7 +59,7 @@ def test_derived_ratios():
     assert d["radial_vs_ideal_fwd"] == pytest.approx(25 / 26)
     assert d["bwd_over_fwd_dense"] == pytest.approx(2.6)
     assert d["radial_bwd_ms_at_dense_tile"] == pytest.approx(80 / 1.1)
-    assert d["radial_q128_over_radial_bwd"] == pytest.approx(1.05)
+    assert d["radial_q64_over_radial_bwd"] == pytest.approx(0.95)
     band = {"bwd_ms_by_count": {"8": 10.0}, "intercept_ms": 2.0, "ms_per_count": 1.0, "fixed_cost_in_q_blocks": 2.0}
     band |= {"radial_mean_count": 5.0, "radial_bwd_ms_predicted": 7.0, "radial_bwd_ms_measured": 7.5}
     text = tile.markdown(
@@ -77,15 +77,26 @@ def test_refuses_without_hopper(tmp_path):
         tile.main(["--out", str(tmp_path)])
 
 
-def test_q128_lists_are_the_plans_query_lists():
+def test_q64_lists_split_each_query_block_in_two():
     import radial
     from radial.kernels import fa4
 
-    plan = radial.make_plan(6, 96, model="wan")
+    plan = radial.make_plan(6, 96, model="wan")  # 576 tokens: 4.5 blocks of 128, 9 of 64
     bst = lambda *t, block_size: (t, block_size)  # noqa: E731
-    (mask_cnt, _, full_cnt, full_idx), size = tile.q128_bwd_tensors(plan, fa4, bst, torch.device("cpu"))
-    assert size == (128, 128) and int(mask_cnt.sum()) == 0
-    assert torch.equal(full_cnt[0, 0], plan.q_counts) and torch.equal(full_idx[0, 0], plan.q_indices)
+    (mask_cnt, mask_idx, full_cnt, full_idx), size = tile.q64_bwd_tensors(plan, fa4, bst, torch.device("cpu"))
+    assert size == (64, 128) and int(mask_cnt.sum()) == 0
+    for kv in range(plan.num_blocks):
+        got = full_idx[0, 0, kv, : int(full_cnt[0, 0, kv])].tolist()
+        want = [r for r in range(9) if bool(plan.block_mask[r // 2, kv])]
+        assert got == want
+
+
+def test_alternating_times_in_abba_order(monkeypatch):
+    order = []
+    monkeypatch.setattr(tile, "timed", lambda fn: (fn(), []))
+    fns = {"a": lambda: order.append("a") or 2.0, "b": lambda: order.append("b") or 1.0}
+    assert tile.alternating(fns, rounds=4) == {"a": 2.0, "b": 1.0}
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
 
 
 def test_band_mask_gives_every_key_block_the_same_count():

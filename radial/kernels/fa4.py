@@ -2,9 +2,7 @@
 
 The plan's lists go to flash-attn-4 as they are: every kept block is a "full" block (no per-token mask inside a
 block), the "mask" lists are empty, the forward gets the kv lists and the backward the transposed q lists, with
-leading dims of 1 that broadcast over batch and heads. The backward's query blocks are given as 64-row halves
-(BWD_Q_BLOCK): its SM90 tile is 64 rows either way, and one tile per list entry ran 0.5-6% faster than flash-attn-4's
-two-tile loop over a 128-row entry in every measurement on an H200 (benchmarks/results/fa4_bwd_tile.md). They are built once per (plan, device, key blocks) and cached
+leading dims of 1 that broadcast over batch and heads. They are built once per (plan, device, key blocks) and cached
 with the plan (weak refs), like the triton backend's device copies.
 
 What flash-attn-4 4.0.0b36 does, read in flash_attn/cute (interface.py, block_sparsity.py, block_sparse_utils.py),
@@ -41,7 +39,6 @@ log = logging.getLogger(__name__)
 AUTO_MAJORS = (9,)  # compute capability majors where `auto` picks fa4 (see the module doc for 10.x)
 DENSE_MAJORS = (9, 10)  # where flash-attn-4's dense kernel is used by the dense backend
 BLOCK_SIZES = (128,)
-BWD_Q_BLOCK = 64  # rows of the backward's query blocks (see the module doc)
 _REQUIRE_CUDA = True  # the CPU tests run this module against a fake flash_attn.cute
 _logged: set[str] = set()
 
@@ -117,12 +114,12 @@ def dense_usable(query: torch.Tensor) -> bool:
     return _available() is None
 
 
-def _block_sparse(tensors: tuple | None, q_block: int, kv_block: int):
+def _block_sparse(tensors: tuple | None, block_size: int):
     """flash-attn-4's BlockSparseTensorsTorch from (mask_cnt, mask_idx, full_cnt, full_idx), or None (dense)."""
     if tensors is None or tensors[0] is None:
         return None
     _, bst = _cute()
-    return bst(*tensors, block_size=(q_block, kv_block))
+    return bst(*tensors, block_size=(block_size, block_size))
 
 
 @torch.library.custom_op("radial::fa4_attn_fwd", mutates_args=())
@@ -146,7 +143,7 @@ def fa4_attn_fwd(
     The backward's lists are inputs so that the autograd formula can reach them.
     """
     interface, _ = _cute()
-    sparse = _block_sparse((fwd_mask_cnt, fwd_mask_idx, fwd_full_cnt, fwd_full_idx), block_size, block_size)
+    sparse = _block_sparse((fwd_mask_cnt, fwd_mask_idx, fwd_full_cnt, fwd_full_idx), block_size)
     out, lse, *_ = interface._flash_attn_fwd(
         query, key, value, softmax_scale=scale, block_sparse_tensors=sparse, return_lse=True
     )
@@ -175,9 +172,9 @@ def fa4_attn_bwd(
     block_size: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) of `fa4_attn_fwd`, over the transposed lists (per key block, its BWD_Q_BLOCK-row query blocks)."""
+    """(dq, dk, dv) of `fa4_attn_fwd`, over the transposed (q) lists."""
     interface, _ = _cute()
-    sparse = _block_sparse((bwd_mask_cnt, bwd_mask_idx, bwd_full_cnt, bwd_full_idx), BWD_Q_BLOCK, block_size)
+    sparse = _block_sparse((bwd_mask_cnt, bwd_mask_idx, bwd_full_cnt, bwd_full_idx), block_size)
     grad_out = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
     dq, dk, dv = interface._flash_attn_bwd(
         query, key, value, out, grad_out, lse, scale, False, block_sparse_tensors=sparse, deterministic=False
@@ -220,15 +217,6 @@ def _as_fa4(counts: torch.Tensor, indices: torch.Tensor, device: torch.device) -
     return mask_cnt, mask_idx, full_cnt, full_idx
 
 
-def backward_lists(plan: RadialPlan, key_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(counts, indices) of the first `key_blocks` key blocks: per key block, ascending, the BWD_Q_BLOCK-row query
-    blocks that attend it (each of the plan's query blocks split into its halves; a half past the end dropped)."""
-    rows = -(-plan.seq_len // BWD_Q_BLOCK)
-    halves = plan.block_mask[:, :key_blocks].repeat_interleave(plan.block_size // BWD_Q_BLOCK, dim=0)[:rows]
-    idx, cnt = block_index_lists(halves.t())
-    return cnt, idx
-
-
 def plan_tensors(plan: RadialPlan, device: torch.device, key_blocks: int | None = None) -> tuple[tuple, tuple]:
     """(forward, backward) flash-attn-4 lists of the plan on `device` for keys cut to `key_blocks` blocks, cached."""
     nkb = plan.num_blocks if key_blocks is None else key_blocks
@@ -237,10 +225,12 @@ def plan_tensors(plan: RadialPlan, device: torch.device, key_blocks: int | None 
     if cache_key not in per_plan:
         if nkb == plan.num_blocks:
             kv = (plan.kv_counts, plan.kv_indices)
+            q = (plan.q_counts, plan.q_indices)
         else:  # keys cut to a sample's length: only the first nkb key blocks exist
             idx, cnt = block_index_lists(plan.block_mask[:, :nkb])
             kv = (cnt, idx)
-        per_plan[cache_key] = (_as_fa4(*kv, device), _as_fa4(*backward_lists(plan, nkb), device))
+            q = (plan.q_counts[:nkb], plan.q_indices[:nkb])
+        per_plan[cache_key] = (_as_fa4(*kv, device), _as_fa4(*q, device))
     return per_plan[cache_key]
 
 
