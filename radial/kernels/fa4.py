@@ -17,7 +17,9 @@ and how each case is handled here:
   is not a tail of the keys (not HunyuanVideo's or Mochi's layout), or padding under torch.compile (lengths are data),
   runs the triton kernel instead, said once in the log.
 - Block size: SM90 ties the backward tile to 128-wide kv blocks for head dim 128 (a 64-wide sparse kv block is
-  rejected), so block 64 runs triton, said once. On SM100 the forward runs two 128-row q tiles per CTA and requires
+  rejected), so block 64 runs triton, said once. Its query tile must divide the sparse block, so the block-sparse
+  backward runs 64-row tiles where the dense one runs 80: about 5% of backward time (benchmarks/results/fa4_bwd_tile.md,
+  with what the radial mask's own layout costs). On SM100 the forward runs two 128-row q tiles per CTA and requires
   256-row sparse q blocks, so `auto` picks fa4 on 9.x only (`AUTO_MAJORS`); `backend="fa4"` still runs on 10.x.
 - The block-sparse backward is not deterministic (`deterministic=True` raises in 4.0.0b36): a deterministic run
   (`torch.use_deterministic_algorithms(True)`) runs triton, said once.
