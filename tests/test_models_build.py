@@ -24,6 +24,21 @@ def test_registry_and_detection():
         detect_adapter(torch.nn.Linear(1, 1))
 
 
+def test_a_diffusers_without_the_class_is_named_not_a_traceback(monkeypatch):
+    """An older diffusers (HunyuanVideo-1.5 came in 0.36): that family says what to upgrade; detection goes on."""
+    from radial.errors import ConfigError
+
+    adapter = get_adapter("hunyuan15")
+    monkeypatch.setattr(adapter, "class_name", "HunyuanVideo99Transformer3DModel")
+    with pytest.raises(
+        ConfigError, match=r"family='hunyuan15' needs diffusers' HunyuanVideo99Transformer3DModel.*upgrade"
+    ):
+        adapter.build_tiny()
+    assert detect_adapter(get_adapter("mochi").build_tiny()).family == "mochi"
+    with pytest.raises(ValueError, match="no adapter"):
+        detect_adapter(torch.nn.Linear(1, 1))  # every adapter is asked, the one without a class included
+
+
 @pytest.mark.parametrize(
     ("family", "variant", "billions"),
     [

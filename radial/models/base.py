@@ -80,13 +80,24 @@ class ModelAdapter:
 
     @property
     def transformer_class(self) -> type[nn.Module]:
+        """diffusers' transformer class of this family; ConfigError when the installed diffusers predates it."""
         import diffusers
 
-        return getattr(diffusers, self.class_name)
+        cls = getattr(diffusers, self.class_name, None)
+        if cls is None:
+            raise ConfigError(
+                f"family={self.family!r} needs diffusers' {self.class_name}, which diffusers {diffusers.__version__} "
+                "does not have: upgrade diffusers (pip install -U diffusers)"
+            )
+        return cls
 
     def matches(self, transformer: nn.Module) -> bool:
-        """Whether detection should pick this adapter for `transformer` (subclasses refine by config)."""
-        return type(transformer).__name__ == self.class_name or isinstance(transformer, self.transformer_class)
+        """Whether detection should pick this adapter for `transformer` (subclasses refine by config); False where the
+        installed diffusers lacks the class (nothing can be an instance of it)."""
+        import diffusers
+
+        cls = getattr(diffusers, self.class_name, None)
+        return type(transformer).__name__ == self.class_name or (cls is not None and isinstance(transformer, cls))
 
     def check_transformer(self, transformer: nn.Module) -> None:
         if not isinstance(transformer, self.transformer_class):
