@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,12 @@ def attach_lora(
     target_modules: str | Sequence[str],
     dropout: float = 0.0,
     init: str | bool = True,
+    exclude_modules: Sequence[str] = (),
 ) -> LoraConfig:
     """Freeze the transformer and add a trainable PEFT LoRA adapter; returns its config.
 
-    `target_modules` is PEFT's: a regex (full match on module names) or a list of name suffixes.
+    `target_modules` is PEFT's: a regex (full match on module names) or a list of name suffixes; `exclude_modules`
+    (full module names) get no adapter even where the targets match them.
     """
     if rank < 1:
         raise ValueError(f"lora.rank must be >= 1, got {rank}")
@@ -45,6 +48,8 @@ def attach_lora(
     if not target_modules:
         raise ValueError("lora.target_modules is empty: name at least one module (e.g. to_q)")
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    if exclude_modules:
+        targets = _excluding(targets, exclude_modules)
     transformer.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, init_lora_weights=init)
     transformer.add_adapter(config)
@@ -53,6 +58,15 @@ def attach_lora(
             f"lora.target_modules {list(target_modules)} matched no module of {type(transformer).__name__}"
         )
     return config
+
+
+def _excluding(targets: str | list[str], exclude: Sequence[str]) -> str:
+    """One regex (PEFT full-matches it) for the targets less the excluded names. Not PEFT's `exclude_modules`: the
+    exported adapter metadata keeps the pattern, and diffusers' loader, which targets the file's modules, warns
+    about a pattern that selects more than them (or about an exclusion that removed nothing)."""
+    if not isinstance(targets, str):  # PEFT's list form: exact names or dot-separated suffixes
+        targets = r"(?:.*\.)?(?:" + "|".join(map(re.escape, targets)) + ")"
+    return "(?!(?:" + "|".join(map(re.escape, exclude)) + ")$)(?:" + targets + ")"
 
 
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from radial.models import get_adapter
 from tests.test_generate import one_thread  # noqa: F401 (autouse: one torch thread)
 from tests.test_i2v import expect_kinds_refused, prepare_tiny
 from tests.test_models_parity import BLOCK, _token_mask, oracle_sdpa
-from tests.trainer_helpers import compose_config, tiny_overrides
+from tests.trainer_helpers import compose_config, prepared_overrides
 from train.config import validate
 from train.trainer import Trainer
 
@@ -155,11 +155,9 @@ def test_text_and_image_datasets_are_refused_by_the_other_kind_of_model(datasets
 def _run_overrides(datasets, task: str, out, *extra: str) -> list[str]:
     """A 2-step tiny run of `task` ("t2v" / "i2v") on the prepared data of `datasets`."""
     i2v, t2v, _ = datasets
-    skip = ("data.num_videos", "data.frames", "data.height", "data.width")  # synthetic-data keys
     data = i2v if task == "i2v" else t2v
-    base = [o for o in tiny_overrides(out, data, model="tiny_hunyuan15", steps=2) if not o.startswith(skip)]
     variant = ["model.variant=i2v"] if task == "i2v" else []
-    return ["data=latents", *base, "data.num_workers=0", *variant, *extra]
+    return [*prepared_overrides(out, data, model="tiny_hunyuan15", steps=2), *variant, *extra]
 
 
 @pytest.mark.parametrize("task", ["t2v", "i2v"])

@@ -22,7 +22,7 @@ from radial.models import get_adapter
 from radial.models.wan import pad_text_for_image
 from tests.test_generate import one_thread  # noqa: F401 (autouse: one torch thread)
 from tests.test_models_parity import BLOCK, _token_mask, oracle_sdpa
-from tests.trainer_helpers import compose_config, tiny_overrides
+from tests.trainer_helpers import compose_config, prepared_overrides
 from train.config import validate
 from train.trainer import Trainer
 
@@ -147,9 +147,7 @@ def test_tiny_i2v_trains_exports_and_generates_from_an_image(datasets, tmp_path)
 
     i2v, _, root = datasets
     out = tmp_path / "run"
-    skip = ("data.num_videos", "data.frames", "data.height", "data.width")  # synthetic-data keys
-    base = [o for o in tiny_overrides(out, i2v, steps=2) if not o.startswith(skip)]
-    overrides = ["data=latents", *base, "model.variant=i2v", "data.num_workers=0"]
+    overrides = [*prepared_overrides(out, i2v, steps=2), "model.variant=i2v"]
     cfg = validate(compose_config([*overrides, "lora.text=true"]))
     trainer = Trainer(cfg)
     summary = trainer.fit()
@@ -254,10 +252,8 @@ def test_ti2v_first_frame_conditioning_trains_and_generates(tmp_path):
     item = LatentDataset(tmp_path / "lat", "wan22_ti2v")[0]
     assert item["image_latents"].shape == (48, 1, 4, 4) and item["first_frame_mask"].shape == (1, 5, 4, 4)
     out = tmp_path / "run"
-    skip = ("data.num_videos", "data.frames", "data.height", "data.width")
-    base = [o for o in tiny_overrides(out, tmp_path / "lat", steps=2) if not o.startswith(skip)]
     trainer = Trainer(
-        validate(compose_config(["data=latents", *base, "model.family=wan22_ti2v", "data.num_workers=0"]))
+        validate(compose_config([*prepared_overrides(out, tmp_path / "lat", steps=2), "model.family=wan22_ti2v"]))
     )
     assert trainer.fit()["step"] == 2
 

@@ -17,7 +17,7 @@ from data import collate
 from data.prepare import PrepareConfig, prepare
 from data.synthetic import make_synthetic_videos
 from tests.test_generate import one_thread  # noqa: F401 (autouse: one torch thread)
-from tests.trainer_helpers import compose_config, tiny_overrides
+from tests.trainer_helpers import compose_config, prepared_overrides
 from train.config import validate
 from train.flow import FlowMatching
 from train.trainer import Trainer
@@ -42,10 +42,9 @@ def _train_low_noise_expert(tmp_path, monkeypatch) -> tuple[Trainer, list[torch.
         return drawn[-1]
 
     monkeypatch.setattr(FlowMatching, "sample_sigmas", spy)
-    skip = ("data.num_videos", "data.frames", "data.height", "data.width")  # synthetic-data keys
-    base = [o for o in tiny_overrides(tmp_path / "run", tmp_path / "lat", steps=2) if not o.startswith(skip)]
-    overrides = ["data=latents", *base, "model.family=wan22", "model.variant=i2v", "+model.expert=transformer_2"]
-    trainer = Trainer(validate(compose_config([*overrides, "data.num_workers=0", "lora.text=true", "optim.lr=1e-2"])))
+    base = prepared_overrides(tmp_path / "run", tmp_path / "lat", steps=2)
+    overrides = [*base, "model.family=wan22", "model.variant=i2v", "+model.expert=transformer_2"]
+    trainer = Trainer(validate(compose_config([*overrides, "lora.text=true", "optim.lr=1e-2"])))
     assert trainer.fit()["step"] == 2
     return trainer, drawn
 

@@ -172,6 +172,11 @@ def test_lora_targets_are_the_radial_attention_projections():
     assert (
         len(mochi.lora_target_names(m)) == 8 and len(mochi.lora_target_names(m, text=True)) == 15
     )  # last block: no to_add_out
+    hy15 = get_adapter("hunyuan15")
+    names = hy15.lora_target_names(hy15.build_tiny(), text=True)
+    # The last block's text stream is discarded: no LoRA on its output projection (it would never get a gradient).
+    assert "transformer_blocks.0.attn.to_add_out" in names and "transformer_blocks.1.attn.to_add_out" not in names
+    assert len(names) == 15
     with pytest.raises(ValueError, match="projections"):
         wan.lora_target_modules(["q", "x"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -58,8 +59,12 @@ def _overrides(out, data_root, *extra, steps=STEPS, model="tiny_wan") -> list[st
 
 
 def _launch(out, data_root, *extra, model="tiny_wan") -> list[float]:
-    args = ["train/lora.py", *_overrides(out, data_root, *extra, model=model)]
-    torchrun(args, timeout=180)
+    return launch_run(out, _overrides(out, data_root, *extra, model=model))
+
+
+def launch_run(out, overrides: list[str]) -> list[float]:
+    """`train/lora.py` with these overrides (output_dir=out) on 2 processes; the per-step losses of its summary."""
+    torchrun(["train/lora.py", *overrides], timeout=180)
     return [loss for _, loss in json.loads((out / "run_summary.json").read_text())["losses"]]
 
 
@@ -110,11 +115,17 @@ def test_sp2_two_processes_match_one_process_run(tmp_path, request, model):
         if model == "tiny_wan"
         else request.getfixturevalue("family_data_root")(model)
     )
-    got = _launch(tmp_path / "sp2", data_root, "parallel=sp2", model=model)
-    trainer = Trainer(validate(compose_config(_overrides(tmp_path / "one", data_root, model=model))))
+    check_sp2_matches_one_process(tmp_path, lambda out, *extra: _overrides(out, data_root, *extra, model=model))
+
+
+def check_sp2_matches_one_process(tmp_path, overrides: Callable[..., list[str]]) -> None:
+    """`parallel=sp2` on 2 processes gives the per-step losses and the final LoRA of the one-process run of the same
+    config; `overrides(out, *extra)` builds the run's overrides (output_dir=out, `extra` appended)."""
+    got = launch_run(tmp_path / "sp2", overrides(tmp_path / "sp2", "parallel=sp2"))
+    trainer = Trainer(validate(compose_config(overrides(tmp_path / "one"))))
     trainer.fit()
     want = [loss for _, loss in trainer.state.losses]
-    assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert len(want) == trainer.cfg.train.max_steps and got == pytest.approx(want, rel=1e-5, abs=1e-7)
     # The same LoRA at the end: the group's gradients summed to the full-sample gradient at every step.
     from safetensors.torch import load_file
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from train.config import compose as compose_config
 
-__all__ = ["compose_config", "tiny_overrides"]
+__all__ = ["compose_config", "prepared_overrides", "tiny_overrides"]
 
 
 def tiny_overrides(out: Path, data_root: Path, model: str = "tiny_wan", steps: int = 4) -> list[str]:
@@ -26,3 +26,13 @@ def tiny_overrides(out: Path, data_root: Path, model: str = "tiny_wan", steps: i
         "logging.loss_curve=false",
         "optim.lr=1e-3",
     ]
+
+
+#: tiny_overrides' keys of the synthetic data source, which a prepared-latents dataset (data=latents) does not have
+SYNTHETIC_KEYS = ("data.num_videos", "data.frames", "data.height", "data.width")
+
+
+def prepared_overrides(out: Path, data_root: Path, model: str = "tiny_wan", steps: int = 4) -> list[str]:
+    """`tiny_overrides` for shards that data.prepare wrote under `data_root` (data=latents, loading in-process)."""
+    base = [o for o in tiny_overrides(out, data_root, model=model, steps=steps) if not o.startswith(SYNTHETIC_KEYS)]
+    return ["data=latents", *base, "data.num_workers=0"]

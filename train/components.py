@@ -89,7 +89,12 @@ def build_model(
     else:
         targets = cfg.lora.target_modules or adapter.lora_target_modules(cfg.lora.projections, text=cfg.lora.text)
         lora_config = attach_lora(
-            transformer, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=targets
+            transformer,
+            rank=cfg.lora.rank,
+            alpha=cfg.lora.alpha,
+            dropout=cfg.lora.dropout,
+            target_modules=targets,
+            exclude_modules=adapter.lora_unused_modules(transformer),
         )
     # Trainable weights are fp32 masters (autocast computes in bf16); frozen ones keep model.dtype.
     for p in transformer.parameters():

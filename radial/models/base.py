@@ -167,9 +167,16 @@ class ModelAdapter:
         raise NotImplementedError
 
     def lora_target_names(self, transformer: nn.Module, *args, **kwargs) -> list[str]:
-        """Names of the modules of `transformer` that `lora_target_modules(*args, **kwargs)` selects."""
+        """Names of the modules of `transformer` that `lora_target_modules(*args, **kwargs)` selects (less
+        `lora_unused_modules`, which get no adapter)."""
         pattern = re.compile(self.lora_target_modules(*args, **kwargs))
-        return [name for name, _ in transformer.named_modules() if pattern.fullmatch(name)]
+        unused = set(self.lora_unused_modules(transformer))
+        return [name for name, _ in transformer.named_modules() if pattern.fullmatch(name) and name not in unused]
+
+    def lora_unused_modules(self, transformer: nn.Module) -> list[str]:
+        """Projections the target patterns select whose output the forward discards: a LoRA there never gets a
+        gradient (DDP, which multi-process training uses, refuses such parameters), so none is attached."""
+        return []
 
     # -- export -------------------------------------------------------------------------------------------------
     pipeline_class_name: ClassVar[str]  # diffusers pipeline whose `save_lora_weights` / `load_lora_weights` fit

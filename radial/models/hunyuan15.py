@@ -157,6 +157,11 @@ class HunyuanVideo15Adapter(ModelAdapter):
             alts += [rf"transformer_blocks\.\d+\.attn\.{self._lora_text[p]}" for p in projections]
         return alts
 
+    def lora_unused_modules(self, transformer) -> list[str]:
+        # No single-stream blocks follow: the forward drops the last block's text stream, so its text output
+        # projection feeds nothing (the last block of HunyuanVideo 1.0 and Mochi has no such projection).
+        return [f"transformer_blocks.{len(transformer.transformer_blocks) - 1}.attn.to_add_out"]
+
     def make_dummy_conditions(
         self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
     ) -> dict[str, Any]:

@@ -195,12 +195,14 @@ class WanAdapter(ModelAdapter):
     def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
         t = self._timesteps(timestep, latents)
         hidden = self._hidden(latents, conditions)
+        # Multi-process training wraps the model (DDP, DeepSpeed): its config and patch size are the inner module's.
+        base = getattr(transformer, "module", transformer)
         text = conditions["prompt_embeds"]
-        if conditions.get("image_embeds") is not None and transformer.config.added_kv_proj_dim is not None:
+        if conditions.get("image_embeds") is not None and base.config.added_kv_proj_dim is not None:
             text = pad_text_for_image(text)
         return transformer(
             hidden_states=hidden,
-            timestep=self._model_timestep(transformer, latents, t, conditions),
+            timestep=self._model_timestep(base, latents, t, conditions),
             encoder_hidden_states=text,
             encoder_hidden_states_image=conditions.get("image_embeds"),
             attention_kwargs=conditions.get("attention_kwargs"),
