@@ -20,6 +20,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from radial.errors import LoraFileError
 from radial.files import fsync_dir, fsync_file, share_like_umask
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -75,12 +76,20 @@ def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in sd.items()}
 
 
-def load_lora_state_dict(transformer: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load adapter weights saved by `lora_state_dict`; unknown or missing LoRA keys are an error."""
+def load_lora_state_dict(
+    transformer: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | Path | None = None
+) -> None:
+    """Load adapter weights saved by `lora_state_dict`; keys this transformer's adapter lacks are a LoraFileError
+    naming `source` (the file)."""
     result = set_peft_model_state_dict(transformer, dict(state_dict))
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
-        raise ValueError(f"LoRA weights do not fit this transformer: unexpected keys {unexpected[:5]}")
+        where = f"{source}: " if source is not None else ""
+        raise LoraFileError(
+            f"{where}LoRA weights do not fit this transformer's adapter: {len(unexpected)} unexpected keys "
+            f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''}); it was written for other "
+            "LoRA targets (lora.projections, lora.text, lora.target_modules) or another model"
+        )
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

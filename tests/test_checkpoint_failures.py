@@ -126,3 +126,21 @@ def test_disk_full_names_the_file_and_keeps_earlier_checkpoints(small_disk):
     assert "earlier checkpoints are kept: ['checkpoint-00000001']" in message
     assert list_checkpoints(small_disk / "checkpoints") == [first] and verify_checkpoint(first) is None
     assert not (small_disk / "checkpoints" / ".tmp-checkpoint-00000002").exists()  # the space is given back
+
+
+def test_a_lora_written_for_other_targets_names_the_file(tmp_path):
+    """Resuming a checkpoint whose LoRA covers modules this run's adapter lacks (other lora.projections, or a target
+    the code no longer adapts): a one-line error naming the file, not PEFT's silent partial load."""
+    from radial.errors import LoraFileError
+    from radial.lora import attach_lora, load_lora_state_dict, lora_state_dict
+    from radial.models import get_adapter
+
+    adapter = get_adapter("wan")
+    wide, narrow = adapter.build_tiny(), adapter.build_tiny()
+    attach_lora(wide, rank=2, alpha=2, target_modules=adapter.lora_target_modules(text=True))
+    attach_lora(narrow, rank=2, alpha=2, target_modules=adapter.lora_target_modules(text=False))
+    path = tmp_path / ckpt.LORA_FILE
+    save_file(lora_state_dict(wide), str(path))
+    with pytest.raises(LoraFileError, match=rf"{path}: LoRA weights do not fit .* unexpected keys .*lora.projections"):
+        load_lora_state_dict(narrow, load_file(str(path)), source=path)
+    load_lora_state_dict(wide, load_file(str(path)), source=path)  # its own file loads

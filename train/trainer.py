@@ -282,7 +282,7 @@ class Trainer:
         if self.accelerator.distributed_type == DistributedType.FSDP:
             return  # Accelerate's FSDP checkpoint holds the (sharded) model state, LoRA included; it is loaded already
         with self._full_lora(modifier_rank=0):
-            load_lora_state_dict(self._unwrapped(), load_file(str(path)))  # on the CPU, copied into the parameters
+            load_lora_state_dict(self._unwrapped(), load_file(str(path)), source=path)  # CPU, copied into the params
 
     # -- one step -----------------------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, step: int, micro: int) -> tuple[torch.Tensor, int]:
