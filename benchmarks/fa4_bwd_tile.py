@@ -120,10 +120,7 @@ def alternating(fns: dict, rounds: int = 4) -> dict[str, float]:
 
 def band_mask(num_blocks: int, count: int) -> torch.Tensor:
     """[q, kv] bool block mask in which every key block is attended by `count` contiguous query blocks near it."""
-    kv = torch.arange(num_blocks)
-    start = (kv - count // 2).clamp(0, num_blocks - count)
-    q = torch.arange(num_blocks)[:, None]
-    return (q >= start[None, :]) & (q < start[None, :] + count)
+    return counts_band_mask(torch.full((num_blocks,), count))
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -133,16 +130,37 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
+def time_lists(fa4, q, k, v, do, lists: tuple, block_size: int, forward: bool = True) -> dict:
+    """One layer under (forward, backward) flash-attn-4 lists: {"fwd_ms" (when `forward`), "bwd_ms", "grads", "out",
+    "lse", "bwd" (the timed backward call)}; the output and LSE it runs on come from one untimed forward."""
+    fwd_lists, bwd_lists = lists
+    scale = q.shape[-1] ** -0.5
+    with torch.no_grad():
+        out, lse = fa4.fa4_attn_fwd(q, k, v, *fwd_lists, *bwd_lists, block_size, scale)
+        res = {"out": out, "lse": lse}
+        if forward:
+            res["fwd_ms"] = timed(lambda: fa4.fa4_attn_fwd(q, k, v, *fwd_lists, *bwd_lists, block_size, scale))[0]
+
+        def bwd():
+            return fa4.fa4_attn_bwd(do, q, k, v, out, lse, *bwd_lists, block_size, scale)
+
+        res["bwd"], res["grads"] = bwd, bwd()
+        res["bwd_ms"] = timed(bwd)[0]
+    return res
+
+
+def mask_lists(plan, mask: torch.Tensor, fa4, device: torch.device) -> tuple:
+    """flash-attn-4 (forward, backward) lists of any [q, kv] block mask on the plan's layout."""
+    frames, tpf, text = plan.num_frames, plan.tokens_per_frame, plan.text_tokens
+    return fa4.plan_tensors(plan_from_mask(mask, frames, tpf, text, plan.options), device)
+
+
 def band_study(plan, counts: list[int], fa4, q, k, v, do, radial_bwd_ms: float) -> dict:
     """Backward ms of band masks per count, the fitted fixed cost per key tile, and the radial prediction."""
-    frames, tpf, text = plan.num_frames, plan.tokens_per_frame, plan.text_tokens
-    bs, scale, times = plan.block_size, 128**-0.5, {}
+    times = {}
     for c in counts:
-        band = plan_from_mask(band_mask(plan.num_blocks, c), frames, tpf, text, plan.options)
-        fwd_lists, bwd_lists = fa4.plan_tensors(band, q.device)
-        with torch.no_grad():
-            out, lse = fa4.fa4_attn_fwd(q, k, v, *fwd_lists, *bwd_lists, bs, scale)
-            times[c], _ = timed(lambda o=out, s=lse, bl=bwd_lists: fa4.fa4_attn_bwd(do, q, k, v, o, s, *bl, bs, scale))
+        lists = mask_lists(plan, band_mask(plan.num_blocks, c), fa4, q.device)
+        times[c] = time_lists(fa4, q, k, v, do, lists, plan.block_size, forward=False)["bwd_ms"]
         print(f"band {c}: bwd {times[c]:.2f} ms", flush=True)
     a, b = fit_line([float(c) for c in counts], [times[c] for c in counts])
     mean_count = float(plan.q_counts.float().mean())
@@ -197,25 +215,17 @@ def pattern_masks(plan) -> dict[str, torch.Tensor]:
 
 def pattern_study(plan, fa4, q, k, v, do) -> dict:
     """Forward and backward ms of each pattern mask, with the radial mask's for reference."""
-    frames, tpf, text = plan.num_frames, plan.tokens_per_frame, plan.text_tokens
-    bs, scale, rows = plan.block_size, 128**-0.5, {}
+    rows = {}
     for name, mask in pattern_masks(plan).items():
-        fwd_lists, bwd_lists = fa4.plan_tensors(plan_from_mask(mask, frames, tpf, text, plan.options), q.device)
-        with torch.no_grad():
-            out, lse = fa4.fa4_attn_fwd(q, k, v, *fwd_lists, *bwd_lists, bs, scale)
-            fwd_ms, _ = timed(lambda fl=fwd_lists, bl=bwd_lists: fa4.fa4_attn_fwd(q, k, v, *fl, *bl, bs, scale))
-            bwd_ms, _ = timed(lambda o=out, s=lse, bl=bwd_lists: fa4.fa4_attn_bwd(do, q, k, v, o, s, *bl, bs, scale))
-        rows[name] = {"fwd_ms": fwd_ms, "bwd_ms": bwd_ms, "kept_blocks": int(mask.sum())}
-        print(f"pattern {name}: fwd {fwd_ms:.2f} ms, bwd {bwd_ms:.2f} ms", flush=True)
+        t = time_lists(fa4, q, k, v, do, mask_lists(plan, mask, fa4, q.device), plan.block_size)
+        rows[name] = {"fwd_ms": t["fwd_ms"], "bwd_ms": t["bwd_ms"], "kept_blocks": int(mask.sum())}
+        print(f"pattern {name}: fwd {t['fwd_ms']:.2f} ms, bwd {t['bwd_ms']:.2f} ms", flush=True)
     return rows
 
 
 def run_case(case: str, fa4, interface, bst, band_counts: list[int] = (), patterns: bool = False) -> dict:
     frames, tpf, text, model, heads, note = CASES[case]
     plan = radial.make_plan(frames, tpf, text_tokens=text, model=model, device="cuda")
-    full = plan_from_mask(
-        torch.ones_like(plan.block_mask, dtype=torch.bool), frames, tpf, text, plan.options
-    )  # every block kept
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (
         torch.randn(1, plan.seq_len, heads, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4)
@@ -223,39 +233,28 @@ def run_case(case: str, fa4, interface, bst, band_counts: list[int] = (), patter
     bs, scale = plan.block_size, 128**-0.5
     none4 = (None,) * 4
     lists = {"dense-80": (none4, none4), "dense-64": (none4, none4)}
-    lists["sparse-all"] = fa4.plan_tensors(full, q.device)
+    lists["sparse-all"] = mask_lists(plan, torch.ones_like(plan.block_mask, dtype=torch.bool), fa4, q.device)
     lists["radial"] = fa4.plan_tensors(plan, q.device)
     row: dict = {"case": case, "note": note, "tokens": plan.seq_len, "heads": heads}
     row["block_density"] = float(plan.block_mask.float().mean())
-    grads = {}
-    for name, (fwd_lists, bwd_lists) in lists.items():
-        forcing = forced_bwd_tile(interface) if name == "dense-64" else contextlib.nullcontext()
-        with forcing, torch.no_grad():
-            out, lse = fa4.fa4_attn_fwd(q, k, v, *fwd_lists, *bwd_lists, bs, scale)
-            fwd_ms, _ = timed(lambda fl=fwd_lists, bl=bwd_lists: fa4.fa4_attn_fwd(q, k, v, *fl, *bl, bs, scale))
-
-            def bwd(bl=bwd_lists, o=out, s=lse):
-                return fa4.fa4_attn_bwd(do, q, k, v, o, s, *bl, bs, scale)
-
-            grads[name] = bwd()
-            bwd_ms, _ = timed(bwd)
-        row[name] = {"fwd_ms": fwd_ms, "bwd_ms": bwd_ms}
-        print(f"{case} {name}: fwd {fwd_ms:.2f} ms, bwd {bwd_ms:.2f} ms", flush=True)
+    timings = {}
+    for name, pair in lists.items():
+        with forced_bwd_tile(interface) if name == "dense-64" else contextlib.nullcontext():
+            timings[name] = time_lists(fa4, q, k, v, do, pair, bs)
+        row[name] = {key: timings[name][key] for key in ("fwd_ms", "bwd_ms")}
+        print(f"{case} {name}: fwd {row[name]['fwd_ms']:.2f} ms, bwd {row[name]['bwd_ms']:.2f} ms", flush=True)
+    grads = {name: t["grads"] for name, t in timings.items()}
+    radial_out, radial_lse = timings["radial"]["out"], timings["radial"]["lse"]
     with torch.no_grad():
-        fwd_lists, bwd_lists = lists["radial"]
-        out, lse = fa4.fa4_attn_fwd(q, k, v, *fwd_lists, *bwd_lists, bs, scale)
         sparse64 = q64_bwd_tensors(plan, fa4, bst, q.device)
 
         def bwd_q64():
             return interface._flash_attn_bwd(
-                q, k, v, out, do, lse, scale, False, block_sparse_tensors=sparse64, deterministic=False
+                q, k, v, radial_out, do, radial_lse, scale, False, block_sparse_tensors=sparse64, deterministic=False
             )[:3]
 
-        def bwd_radial():
-            return fa4.fa4_attn_bwd(do, q, k, v, out, lse, *bwd_lists, bs, scale)
-
         grads["radial-q64"] = bwd_q64()
-        pair = alternating({"radial": bwd_radial, "radial-q64": bwd_q64})
+        pair = alternating({"radial": timings["radial"]["bwd"], "radial-q64": bwd_q64})
     row["radial-q64"] = {"bwd_ms": pair["radial-q64"], "radial_bwd_ms_same_rounds": pair["radial"]}
     print(f"{case} radial vs radial-q64 (ABBA): bwd {pair['radial']:.2f} / {pair['radial-q64']:.2f} ms", flush=True)
     row["max_rel_err_radial_q64_vs_radial"] = max(

@@ -83,7 +83,7 @@ class ModelAdapter:
         """diffusers' transformer class of this family; ConfigError when the installed diffusers predates it."""
         import diffusers
 
-        cls = getattr(diffusers, self.class_name, None)
+        cls = self._class_or_none()
         if cls is None:
             raise ConfigError(
                 f"family={self.family!r} needs diffusers' {self.class_name}, which diffusers {diffusers.__version__} "
@@ -91,12 +91,15 @@ class ModelAdapter:
             )
         return cls
 
+    def _class_or_none(self) -> type[nn.Module] | None:
+        import diffusers
+
+        return getattr(diffusers, self.class_name, None)
+
     def matches(self, transformer: nn.Module) -> bool:
         """Whether detection should pick this adapter for `transformer` (subclasses refine by config); False where the
         installed diffusers lacks the class (nothing can be an instance of it)."""
-        import diffusers
-
-        cls = getattr(diffusers, self.class_name, None)
+        cls = self._class_or_none()
         return type(transformer).__name__ == self.class_name or (cls is not None and isinstance(transformer, cls))
 
     def check_transformer(self, transformer: nn.Module) -> None:
