@@ -137,3 +137,22 @@ def test_bad_values_are_one_line_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message) as e:
         radial.inject(get_adapter("wan").build_tiny(), **kwargs)
     assert "\n" not in str(e.value)
+
+
+def test_hunyuan_joint_attention_with_both_extensions():
+    """Text tokens and their padding (joint attention) with the decay and RIFLEx on: finite, and only long clips
+    change."""
+    hunyuan = get_adapter("hunyuan")
+    model = hunyuan.build_tiny()
+
+    def predict(frames, **kwargs):
+        with radial.inject(model, backend="reference", block_size=BLOCK, **kwargs):
+            latents = hunyuan.make_dummy_latents(model, 1, frames, 8, 8)
+            cond = hunyuan.make_dummy_conditions(model, 1, 8, latent_shape=latents.shape, valid_text=5)
+            return hunyuan.predict(model, latents, torch.tensor([500.0]), cond)
+
+    both = {"train_frames": 2, "rope_extension": "riflex", "extrapolation_decay": 0.3}
+    with torch.no_grad():
+        extended = predict(5, **both)
+        assert torch.isfinite(extended).all() and not torch.allclose(extended, predict(5), atol=1e-4)
+        assert torch.equal(predict(2, **both), predict(2))

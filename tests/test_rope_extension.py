@@ -131,11 +131,15 @@ def test_one_lora_step_with_riflex_and_decay(tmp_path, monkeypatch):
         ("attention.extrapolation_decay=0", "attention.extrapolation_decay=0.0: expected 0 < lambda <= 1"),
         ("attention.extrapolation_decay=1.5", "attention.extrapolation_decay=1.5: expected 0 < lambda <= 1"),
         ("attention.rope_extension=yarn", "attention.rope_extension='yarn': expected one of"),
+        (
+            "attention.rope_extension=riflex attention.train_frames=2 parallel.sp_degree=2",
+            "not supported under sequence parallelism",
+        ),
     ],
 )
 def test_trainer_config_errors_name_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
-        validate(compose_config([*tiny_overrides(tmp_path, tmp_path / "data", steps=1), override]))
+        validate(compose_config([*tiny_overrides(tmp_path, tmp_path / "data", steps=1), *override.split()]))
 
 
 def test_generate_with_riflex_and_dense_decay(tmp_path):

@@ -561,4 +561,10 @@ def validate(cfg: DictConfig | dict) -> Config:
         _choice("logging.trackers", tracker, TRACKERS)
     _choice("logging.wandb_mode", c.logging.wandb_mode, ("offline", "online", "disabled"))
     _at_least("parallel.sp_degree", c.parallel.sp_degree, 1)
+    if c.parallel.sp_degree > 1 and a.rope_extension != "none":
+        # Each rank sees its slice of the rotary tables, without the global token offset RIFLEx needs.
+        raise ConfigError(
+            f"attention.rope_extension={a.rope_extension} with parallel.sp_degree={c.parallel.sp_degree}: not "
+            "supported under sequence parallelism; expected parallel.sp_degree=1"
+        )
     return c
