@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from radial.errors import ConfigError, MissingPathError
+from radial.models.context import check_length_extension
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SOURCES = ("tiny", "full", "pretrained")
@@ -56,6 +57,10 @@ class AttentionConfig:
     # torch.use_deterministic_algorithms for the run; `auto` then picks triton (fa4's backward is not deterministic)
     deterministic: bool = False
     window_frames: int = 0  # > 0: a temporal sliding-window mask (a sparse baseline) instead of radial
+    # Training-free length extension (radial.rope_extension, radial.frame_decay); both need train_frames > 0.
+    train_frames: int = 0  # latent frames the base model was trained on (0 = unknown)
+    rope_extension: str = "none"  # none | riflex
+    extrapolation_decay: float = 1.0  # 0 < lambda <= 1; 1 = off
 
 
 @dataclass
@@ -459,6 +464,7 @@ def validate(cfg: DictConfig | dict) -> Config:
     _at_least("attention.dense_layers", a.dense_layers, 0)
     _at_least("attention.dense_timesteps", a.dense_timesteps, 0)
     _at_least("attention.window_frames", a.window_frames, 0)
+    check_length_extension(a.train_frames, a.rope_extension, a.extrapolation_decay)
 
     _choice("data.kind", c.data.kind, ("synthetic", "latents"))
     _at_least("data.batch_size", c.data.batch_size, 1)
@@ -555,4 +561,10 @@ def validate(cfg: DictConfig | dict) -> Config:
         _choice("logging.trackers", tracker, TRACKERS)
     _choice("logging.wandb_mode", c.logging.wandb_mode, ("offline", "online", "disabled"))
     _at_least("parallel.sp_degree", c.parallel.sp_degree, 1)
+    if c.parallel.sp_degree > 1 and a.rope_extension != "none":
+        # Each rank sees its slice of the rotary tables, without the global token offset RIFLEx needs.
+        raise ConfigError(
+            f"attention.rope_extension={a.rope_extension} with parallel.sp_degree={c.parallel.sp_degree}: not "
+            "supported under sequence parallelism; expected parallel.sp_degree=1"
+        )
     return c

@@ -175,13 +175,17 @@ def load_pipeline(
 
 
 def apply_radial(pipe, settings: RadialSettings, family: str | None = None):
-    """`radial.inject_pipeline` with `settings` (None when settings.enabled is False: stock attention)."""
-    if not settings.enabled:
+    """`radial.inject_pipeline` with `settings` (None when settings.enabled is False: stock attention; with a
+    length extension on, dense attention through the injector, backend `dense`, so that the extension applies)."""
+    if not settings.enabled and not settings.extends_length:
         return None
     import radial
 
     family = family or pipeline_family(pipe)
-    return radial.inject_pipeline(pipe, family=family, **settings.inject_kwargs())
+    kwargs = settings.inject_kwargs()
+    if not settings.enabled:
+        kwargs.update(backend="dense", dense_layers=0, dense_timesteps=0)
+    return radial.inject_pipeline(pipe, family=family, **kwargs)
 
 
 def _lora_file(spec: LoraSpec) -> Path:
