@@ -61,6 +61,7 @@ from data.video import (
 )
 from radial.errors import USER_ERRORS, cli_errors
 from radial.geometry import geometry
+from radial.run_lock import lock_for_launch
 
 SETTINGS_FILE = "prepare.json"
 REPORT_FILE = "prepare_report.json"
@@ -504,9 +505,15 @@ def prepare(cfg: PrepareConfig | None = None, **kwargs) -> PrepareSummary:
         raise TypeError("give a PrepareConfig or keyword arguments, not both")
     t0 = time.time()
     frames_list, fps, _ = _resolve(cfg)
+    state = _distributed_state(cfg)
+    # One live prepare per output folder (rank 0 holds the lock), from before its first write to after its last.
+    with lock_for_launch(cfg.out, "--out"):
+        return _prepare(cfg, state, frames_list, fps, t0)
+
+
+def _prepare(cfg: PrepareConfig, state, frames_list: list[int], fps: float, t0: float) -> PrepareSummary:
     out = Path(cfg.out)
     settings = _settings(cfg, fps)
-    state = _distributed_state(cfg)
     rank, world = (state.process_index, state.num_processes) if state else (0, max(1, cfg.workers))
     main = rank == 0
 

@@ -22,6 +22,7 @@ from radial.errors import CheckpointError, TrainingError
 from radial.lora import load_lora_state_dict, lora_state_dict
 from radial.parallel import enable as enable_sequence_parallel
 from radial.parallel import init_sequence_parallel, sequence_parallel_groups
+from radial.run_lock import lock_for_launch
 from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState, resolve_resume
 from train.components import build_data, build_model, dataset_roots, synthetic_latents
 from train.config import Config
@@ -93,7 +94,6 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         t = cfg.train
-        check_output_dir(self.out, t.resume, t.overwrite)  # on every rank, before any rank writes
         self.accelerator = Accelerator(
             mixed_precision=t.mixed_precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -107,6 +107,9 @@ class Trainer:
                 f"launched as {launched} processes but Accelerate runs {acc.num_processes}: on a machine without "
                 "GPUs set ACCELERATE_USE_CPU=1 (or `accelerate launch --cpu`) so that the processes train together"
             )
+        # Rank 0 holds output_dir's lock until fit() ends: a live run is refused first (the more precise message).
+        self.run_lock = lock_for_launch(self.out, "output_dir")
+        check_output_dir(self.out, t.resume, t.overwrite)  # on every rank, before any rank writes
         self._configure_deepspeed()
         self.full = t.mode == "full"
         if self.full and acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
@@ -400,6 +403,7 @@ class Trainer:
             summary["eval"] = self.validator.run_end_hooks()
         acc.wait_for_everyone()
         acc.end_training()
+        self.run_lock.release()  # after the last write
         return summary
 
     def _ended_early(self, metrics: dict | None, started: float) -> str | None:
