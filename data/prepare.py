@@ -61,7 +61,7 @@ from data.video import (
 )
 from radial.errors import USER_ERRORS, cli_errors
 from radial.geometry import geometry
-from radial.run_lock import lock_for_launch
+from radial.run_lock import lock_folder, lock_for_launch
 
 SETTINGS_FILE = "prepare.json"
 REPORT_FILE = "prepare_report.json"
@@ -506,8 +506,9 @@ def prepare(cfg: PrepareConfig | None = None, **kwargs) -> PrepareSummary:
     t0 = time.time()
     frames_list, fps, _ = _resolve(cfg)
     state = _distributed_state(cfg)
-    # One live prepare per output folder (rank 0 holds the lock), from before its first write to after its last.
-    with lock_for_launch(cfg.out, "--out"):
+    # One live prepare per output folder, from before its first write to after its last: rank 0 of a distributed
+    # prepare holds it; a prepare called by one trainer rank (synthetic data) must not wait for the other ranks.
+    with lock_for_launch(cfg.out, "--out") if state else lock_folder(cfg.out, "--out"):
         return _prepare(cfg, state, frames_list, fps, t0)
 
 

@@ -31,8 +31,10 @@ def main(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> None:
     """Validate, train, and print where the outputs are."""
+    from train.parent_watch import watch_launcher
     from train.trainer import Trainer
 
+    watch_launcher()  # under torchrun: stop (checkpoint, exit) if the launcher dies
     config = validate(cfg)
     trainer = Trainer(config)
     summary = trainer.fit()

@@ -27,6 +27,7 @@ from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState
 from train.components import build_data, build_model, dataset_roots, synthetic_latents
 from train.config import Config
 from train.flow import FlowMatching
+from train.launcher import report_stop
 from train.records import json_safe
 from train.run_dir import check_output_dir, clear_previous_run
 from train.signals import StopFlag, stop_signals_blocked
@@ -393,6 +394,7 @@ class Trainer:
         if not stopped_by:
             self._check_skipped(final)
         if stopped_by:
+            report_stop(self.state.step, final, stopped_by)  # train.launcher: the job exits 0 when every rank saved
             acc.print(f"stopped by {stopped_by} at step {self.state.step}; resume with train.resume=latest")
         else:
             from train.export import export_run
