@@ -187,3 +187,36 @@ def test_the_launcher_wrapper_needs_every_local_rank_at_one_step(tmp_path):
     assert all_saved(tmp_path) == (False, "the ranks saved different steps (7, 8)")
     report(1, 7)
     assert all_saved(tmp_path) == (True, "every rank (2) saved step 7 (ckpt-7)")
+
+
+@pytest.mark.parametrize("ending", ["SignalException", "SystemExit"])
+def test_the_launcher_wrapper_exits_0_only_when_every_rank_saved(monkeypatch, capsys, ending):
+    """torchrun raises SignalException on SIGTERM; `accelerate launch` exits 128 + the signal (143) instead."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    import train.launcher as launcher
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() sets the launcher's argv and environment: restored after
+    monkeypatch.setenv(launcher.REPORTS_VARIABLE, "")
+
+    def fake_launcher(ranks_saving: int):
+        def run():
+            from os import environ
+
+            for rank in range(ranks_saving):
+                monkeypatch.setenv("LOCAL_RANK", str(rank))
+                monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+                launcher.report_stop(5, "ckpt-5", "SIGTERM")
+            assert environ[launcher.REPORTS_VARIABLE]
+            if ending == "SignalException":
+                raise SignalException("got signal", sigval=signal.SIGTERM)
+            raise SystemExit(143)
+
+        return [type("Entry", (), {"load": staticmethod(lambda: run)})()]
+
+    monkeypatch.setattr(launcher, "entry_points", lambda **kw: fake_launcher(2))
+    assert launcher.main(["torchrun", "train/lora.py"]) == 0
+    assert "stopped by SIGTERM: every rank (2) saved step 5 (ckpt-5)" in capsys.readouterr().err
+    monkeypatch.setattr(launcher, "entry_points", lambda **kw: fake_launcher(1))
+    assert launcher.main(["accelerate", "launch", "train/lora.py"]) == 143
+    assert "1 of 2 ranks reported a saved checkpoint" in capsys.readouterr().err
