@@ -94,6 +94,7 @@ def test_live_run_refuses_a_second_and_its_workers_stop_when_the_launcher_is_kil
         assert second.returncode == 2, second.stderr[-2000:]
         assert second.stderr.startswith(f"error: output_dir {out} is in use by a live run (host {socket.gethostname()}")
         assert f", pid {ranks[0]}, since " in second.stderr and second.stderr.count("\n") == 1
+        assert "train.resume=latest" not in (out / ".hydra" / "overrides.yaml").read_text()  # the live run's record
         # The launcher killed outright: both workers notice, save one checkpoint together and exit.
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
