@@ -48,7 +48,7 @@ def _wait_for_steps(proc: subprocess.Popen, out: Path, log: Path, steps: int = 2
         time.sleep(0.2)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether `pid` runs (an exited orphan may linger as a zombie until init reaps it)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -99,12 +99,12 @@ def test_live_run_refuses_a_second_and_its_workers_stop_when_the_launcher_is_kil
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         killed = time.monotonic()
-        while any(_alive(pid) for pid in ranks.values()):
+        while any(alive(pid) for pid in ranks.values()):
             assert time.monotonic() - killed < 60, "the workers outlived their launcher past the bound"
             time.sleep(0.2)
     finally:
         for pid in ranks.values():
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     text = log.read_text()
     assert f"the launcher (pid {proc.pid}) is gone" in text
@@ -161,16 +161,16 @@ def test_an_orphan_whose_stop_hangs_exits_after_the_bound(tmp_path):
     try:
         deadline = time.monotonic() + 30
         while "watching" not in log.read_text():
-            assert time.monotonic() < deadline and _alive(worker), log.read_text()
+            assert time.monotonic() < deadline and alive(worker), log.read_text()
             time.sleep(0.05)
         launcher.kill()
         launcher.wait()
         killed = time.monotonic()
-        while _alive(worker):
+        while alive(worker):
             assert time.monotonic() - killed < 10, "the orphan outlived its bound"
             time.sleep(0.05)
     finally:
-        if _alive(worker):
+        if alive(worker):
             os.kill(worker, signal.SIGKILL)
     text = log.read_text()
     assert "asked to stop" in text and "did not stop within 1 s of the launcher's death" in text

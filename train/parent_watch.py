@@ -3,18 +3,13 @@ SIGTERM (a checkpoint at the step all ranks agree on, then exit), and exits anyw
 
 torchrun starts every worker in its own session, so a launcher killed with SIGKILL (the OOM killer, a scheduler that
 kills the launcher first) takes nothing with it: without this the workers go on training and rotating checkpoints in
-output_dir as orphans, beside the next run.
+output_dir as orphans, beside the next run. The death is noticed by radial.parent_death (a thread that polls the
+parent pid once a second; why not prctl(PR_SET_PDEATHSIG) is said there).
 
-How the death is noticed: a daemon thread polls os.getppid() every POLL_S seconds; the kernel reparents an orphan
-(to init or the nearest subreaper), so the parent pid changes however the launcher died. Chosen over Linux's
-prctl(PR_SET_PDEATHSIG): that signal is sent when the parent *thread* that forked the worker ends, not the parent
-process, so its meaning depends on how the launcher (which we do not control) starts its workers; set by the worker
-itself after start it races with a launcher that dies first; and it is Linux-only.
-
-What the thread does then: it calls the SIGTERM handler that the training loop installed (train.signals.StopFlag),
+What happens then: the thread calls the SIGTERM handler that the training loop installed (train.signals.StopFlag),
 so the stop is the one SLURM preemption takes: all ranks stop after the same step (the flag is all-reduced) and save
 a checkpoint. It calls the handler rather than sending SIGTERM: a signal that arrived after the loop had put the
-default handler back (the ranks notice the death up to POLL_S apart, and one may already be saving) would end the
+default handler back (the ranks notice the death up to a second apart, and one may already be saving) would end the
 process in the middle of its checkpoint. Before the loop has installed its handler (the model is being built) the
 thread waits for it; after the loop (saving, exporting) the process ends by itself. Whatever does not end in time (a
 collective waiting for a peer that is gone, a save that hangs) is cut off: the thread ends the process EXIT_AFTER_S
@@ -29,14 +24,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 import time
 
-POLL_S = 1.0
+from radial.parent_death import say, when_parent_dies
+
 #: seconds from the launcher's death to the forced exit: one training step plus a checkpoint must fit
 EXIT_AFTER_S = 120.0
 EXIT_AFTER_VARIABLE = "RADIAL_ORPHAN_EXIT_S"
+#: how often the stopping thread looks for the loop's handler
+_LOOK_S = 0.25
 
 
 def watch_launcher() -> threading.Thread | None:
@@ -45,16 +42,12 @@ def watch_launcher() -> threading.Thread | None:
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         return None
     exit_after = float(os.environ.get(EXIT_AFTER_VARIABLE) or EXIT_AFTER_S)
-    thread = threading.Thread(target=_watch, args=(os.getppid(), exit_after), name="launcher-watch", daemon=True)
-    thread.start()
-    return thread
+    return when_parent_dies(lambda parent: _stop(parent, exit_after), name="launcher-watch")
 
 
-def _watch(parent: int, exit_after: float) -> None:
-    while os.getppid() == parent:
-        time.sleep(POLL_S)
+def _stop(parent: int, exit_after: float) -> None:
     rank = os.environ.get("RANK", "0")
-    _say(
+    say(
         f"rank {rank}: the launcher (pid {parent}) is gone: stopping as on SIGTERM (checkpoint, then exit; "
         f"at most {exit_after:g} s, {EXIT_AFTER_VARIABLE})"
     )
@@ -65,11 +58,6 @@ def _watch(parent: int, exit_after: float) -> None:
             asked = True
             with contextlib.suppress(Exception):  # the bound below must hold whatever the handler does
                 handler(signal.SIGTERM, None)
-        time.sleep(POLL_S / 4)
-    _say(f"rank {rank}: did not stop within {exit_after:g} s of the launcher's death; exiting without it")
+        time.sleep(_LOOK_S)
+    say(f"rank {rank}: did not stop within {exit_after:g} s of the launcher's death; exiting without it")
     os._exit(1)
-
-
-def _say(line: str) -> None:
-    with contextlib.suppress(OSError, ValueError):  # the launcher's terminal or pipe may be gone with it
-        print(line, file=sys.stderr, flush=True)
