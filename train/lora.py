@@ -31,16 +31,33 @@ def main(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> None:
     """Validate, train, and print where the outputs are."""
+    from train.parent_watch import watch_launcher
     from train.trainer import Trainer
 
+    watch_launcher()  # under torchrun: stop (checkpoint, exit) if the launcher dies
     config = validate(cfg)
     trainer = Trainer(config)
+    if trainer.accelerator.is_main_process:
+        save_hydra_record(cfg, trainer.out)
     summary = trainer.fit()
     if trainer.accelerator.is_main_process:
         print(f"done: step {summary['step']}, outputs in {config.output_dir}")
         for name, value in summary.items():
             if name not in ("step", "eval") and value:
                 print(f"  {name}: {value}")
+
+
+def save_hydra_record(cfg: DictConfig, out: Path) -> None:
+    """Hydra's record of the run (.hydra/config.yaml, overrides.yaml), written by the run that holds output_dir:
+    Hydra itself would write it on every rank before the lock, over a live run's record."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    folder = out / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    if HydraConfig.initialized():
+        OmegaConf.save(HydraConfig.get().overrides.task, folder / "overrides.yaml")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ from radial.errors import CheckpointError, TrainingError
 from radial.lora import load_lora_state_dict, lora_state_dict
 from radial.parallel import enable as enable_sequence_parallel
 from radial.parallel import init_sequence_parallel, sequence_parallel_groups
+from radial.run_lock import lock_for_launch
 from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState, resolve_resume
 from train.components import build_data, build_model, dataset_roots, synthetic_latents
 from train.config import Config
 from train.flow import FlowMatching
+from train.launcher import report_stop
 from train.records import json_safe
 from train.run_dir import check_output_dir, clear_previous_run
 from train.signals import StopFlag, stop_signals_blocked
@@ -93,7 +95,6 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         t = cfg.train
-        check_output_dir(self.out, t.resume, t.overwrite)  # on every rank, before any rank writes
         self.accelerator = Accelerator(
             mixed_precision=t.mixed_precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -107,6 +108,9 @@ class Trainer:
                 f"launched as {launched} processes but Accelerate runs {acc.num_processes}: on a machine without "
                 "GPUs set ACCELERATE_USE_CPU=1 (or `accelerate launch --cpu`) so that the processes train together"
             )
+        # Rank 0 holds output_dir's lock until fit() ends: a live run is refused first (the more precise message).
+        self.run_lock = lock_for_launch(self.out, "output_dir")
+        check_output_dir(self.out, t.resume, t.overwrite)  # on every rank, before any rank writes
         self._configure_deepspeed()
         self.full = t.mode == "full"
         if self.full and acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
@@ -390,6 +394,7 @@ class Trainer:
         if not stopped_by:
             self._check_skipped(final)
         if stopped_by:
+            report_stop(self.state.step, final, stopped_by)  # train.launcher: the job exits 0 when every rank saved
             acc.print(f"stopped by {stopped_by} at step {self.state.step}; resume with train.resume=latest")
         else:
             from train.export import export_run
@@ -400,6 +405,7 @@ class Trainer:
             summary["eval"] = self.validator.run_end_hooks()
         acc.wait_for_everyone()
         acc.end_training()
+        self.run_lock.release()  # after the last write
         return summary
 
     def _ended_early(self, metrics: dict | None, started: float) -> str | None:
