@@ -61,6 +61,7 @@ from data.video import (
 )
 from radial.errors import USER_ERRORS, cli_errors
 from radial.geometry import geometry
+from radial.help_format import DefaultsHelpFormatter
 
 SETTINGS_FILE = "prepare.json"
 REPORT_FILE = "prepare_report.json"
@@ -632,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data.prepare",
         description="Encode videos + captions into latent shards for long-video LoRA training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="family: wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi")
     p.add_argument("--input", required=True, help="folder of videos (+ .txt captions) or a .csv / .jsonl manifest")

@@ -342,6 +342,30 @@ def check_eval_images(ev: EvalConfig, family: str, transformer_config) -> None:
         )
 
 
+def planned_lora_names(c: Config, model) -> list[str]:
+    """The modules a LoRA of this config adapts on `model` (the configured transformer, meta device will do)."""
+    from radial.lora import lora_target_names
+    from radial.models import get_adapter
+
+    adapter = get_adapter(c.model.family)
+    targets = c.lora.target_modules or adapter.lora_target_modules(c.lora.projections, text=c.lora.text)
+    return lora_target_names(model, targets, adapter.lora_unused_modules(model))
+
+
+def _check_lora_targets(c: Config, model) -> None:
+    """Explicit lora.target_modules must select at least one linear layer of the transformer."""
+    if planned_lora_names(c, model):
+        return
+    from radial.models import get_adapter
+
+    usual = get_adapter(c.model.family).lora_target_names(model, c.lora.projections, text=c.lora.text)
+    raise ConfigError(
+        f"lora.target_modules={c.lora.target_modules!r} matches no linear layer of the {c.model.family} transformer "
+        f"(PEFT matches full names or dot-separated suffixes, or a regex on the full name; its attention "
+        f"projections are named like {', '.join(usual[:2])}); leave it null to use lora.projections"
+    )
+
+
 def _check_expert(c: Config) -> None:
     """model.expert names one expert of a mixture-of-experts family (Wan2.2 A14B); without train.timestep_range its
     share of the noise schedule is filled in from the pipeline's `boundary_ratio` (the first expert takes the noise
@@ -465,12 +489,12 @@ def validate(cfg: DictConfig | dict) -> Config:
     _at_least("data.num_workers", c.data.num_workers, 0)
     _at_least("data.num_videos", c.data.num_videos, 1)
     if not 0.0 <= c.data.caption_dropout < 1.0:
-        raise ValueError(f"data.caption_dropout={c.data.caption_dropout}: expected a probability in [0, 1)")
+        raise ConfigError(f"data.caption_dropout={c.data.caption_dropout}: expected a probability in [0, 1)")
     for i, entry in enumerate(c.data.datasets):
         if c.data.kind != "latents":
-            raise ValueError(f"data.datasets needs data=latents (data.kind={c.data.kind!r})")
+            raise ConfigError(f"data.datasets needs data=latents (data.kind={c.data.kind!r})")
         if not str(entry.root).strip():
-            raise ValueError(f"data.datasets[{i}].root is not set: a folder prepared by python -m data.prepare")
+            raise ConfigError(f"data.datasets[{i}].root is not set: a folder prepared by python -m data.prepare")
         _at_least(f"data.datasets[{i}].repeats", entry.repeats, 1)
 
     _at_least("lora.rank", c.lora.rank, 1)
@@ -508,7 +532,7 @@ def validate(cfg: DictConfig | dict) -> Config:
     _at_least("train.early_stop_min_delta", t.early_stop_min_delta, 0.0)
     _at_least("train.time_limit_s", t.time_limit_s, 0.0)
     if t.early_stop_patience and not c.eval.validation_every:
-        raise ValueError(
+        raise ConfigError(
             f"train.early_stop_patience={t.early_stop_patience} needs validations: set eval.validation_every > 0"
         )
     from radial.compile import BACKENDS as COMPILE_BACKENDS
@@ -529,7 +553,7 @@ def validate(cfg: DictConfig | dict) -> Config:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if t.mode == "full" and c.model.storage_dtype is not None:
-        raise ValueError("model.storage_dtype stores frozen weights; train.mode=full has none: leave it null")
+        raise ConfigError("model.storage_dtype stores frozen weights; train.mode=full has none: leave it null")
     from train.flow import SAMPLINGS, WEIGHTINGS, FlowMatching
 
     _choice("train.timestep_sampling", t.timestep_sampling, SAMPLINGS)
@@ -546,6 +570,9 @@ def validate(cfg: DictConfig | dict) -> Config:
             f"({c.model.source}{'' if c.model.variant is None else ' ' + c.model.variant}) has {layers} attention "
             f"layers; expected at most {layers}"
         )
+
+    if t.mode == "lora" and c.lora.target_modules and meta() is not None:
+        _check_lora_targets(c, meta())
 
     check_eval(c.eval)
     ev = c.eval

@@ -1,4 +1,6 @@
-"""Graceful stop on SIGTERM / SIGUSR1 (SLURM preemption): the loop saves a checkpoint and exits cleanly.
+"""Graceful stop on SIGTERM / SIGUSR1 (SLURM preemption): the loop saves a checkpoint and exits cleanly. Ctrl-C
+(SIGINT) stops the same way and also exports the LoRA of the step reached; a second Ctrl-C stops at once
+(KeyboardInterrupt).
 
 SLURM (and `kill -TERM -<pgid>`) signals every process of the job step, data-loader workers included. If a worker
 died, the loader would fail the run before the main process could save, so the workers leave the stop signals to
@@ -16,7 +18,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-SIGNALS = ("SIGTERM", "SIGUSR1")
+SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 
 def _stop_signals() -> set[signal.Signals]:
@@ -38,7 +40,11 @@ def stop_signals_blocked() -> Iterator[None]:
 
 
 def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """DataLoader worker_init_fn: this process ignores SIGUSR1, and SIGTERM unless its parent sent it."""
+    """DataLoader worker_init_fn: this process ignores SIGUSR1 and SIGINT (a terminal's Ctrl-C reaches the whole
+    process group), and SIGTERM unless its parent sent it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also discards one that is pending
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # also discards one that is pending
     if not hasattr(signal, "sigwaitinfo"):  # no sender pid to tell them apart (not Linux): ignore them all
@@ -82,7 +88,16 @@ class StopFlag:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if name == "SIGINT":
+            if self.signal_name == "SIGINT":
+                raise KeyboardInterrupt  # the second Ctrl-C
+            # os.write: print() is not safe inside a signal handler (the interrupted code may be printing)
+            os.write(
+                2, b"\nCtrl-C: stopping after this step (checkpoint and LoRA export); Ctrl-C again stops at once\n"
+            )
+        if self.signal_name is None or name == "SIGINT":
+            self.signal_name = name
 
     @property
     def requested(self) -> bool:
