@@ -20,9 +20,7 @@ from omegaconf import DictConfig  # noqa: E402
 from radial.errors import cli_errors  # noqa: E402
 from train.command_line import check_command_line  # noqa: E402
 from train.config import validate  # noqa: E402
-
-#: exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it), after its checkpoint and export
-INTERRUPTED = 130
+from train.signals import INTERRUPTED  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
