@@ -141,3 +141,34 @@ def test_each_mistake_ends_in_one_line_and_exit_status_2(made):
         if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or says not in lines[0]:
             wrong.append(f"{what}: exit {proc.returncode}, stderr:\n{proc.stderr[-1500:]}")
     assert not wrong, "\n\n".join(wrong)
+
+
+def _keys(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        out += _keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+    return out
+
+
+def test_help_says_which_defaults_are_the_tiny_demos():
+    """`train/lora.py --help` shows the composed config, which without model=... is the demo's: its text names every
+    key the default model group (tiny_wan) sets outside `model`."""
+    import yaml
+
+    help_text = yaml.safe_load((ROOT / "configs" / "config.yaml").read_text())["hydra"]["help"]["template"]
+    assert "- model: tiny_wan" in (ROOT / "configs" / "config.yaml").read_text()
+    demo = yaml.safe_load((ROOT / "configs" / "model" / "tiny_wan.yaml").read_text())
+    keys = [k for k in _keys(demo) if not k.startswith("model.")]
+    assert keys and all(k in " ".join(help_text.split()) for k in keys), keys
+
+
+@pytest.mark.parametrize("module", ["data.prepare", "radial.generate"])
+def test_help_shows_defaults_only_where_they_tell_something(module):
+    import importlib
+    import re
+
+    text = " ".join(importlib.import_module(module).build_parser().format_help().split())
+    for meaningless in ("(default: True)", "(default: False)", "(default: None)", "(default: [])"):
+        assert meaningless not in text
+    assert not re.search(r"default[^()]*\) \(default:", text)  # a second default after the one the help names
+    assert "(default: 32)" in text if module == "data.prepare" else "(default: 50)" in text  # values still shown
