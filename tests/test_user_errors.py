@@ -172,3 +172,19 @@ def test_help_shows_defaults_only_where_they_tell_something(module):
         assert meaningless not in text
     assert not re.search(r"default[^()]*\) \(default:", text)  # a second default after the one the help names
     assert "(default: 32)" in text if module == "data.prepare" else "(default: 50)" in text  # values still shown
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("+train.max_stepz=3", "train.max_stepz: no such config key; did you mean train.max_steps=...?"),
+        ("+foo=1", "foo: no such config key; the top-level keys: model, attention"),
+    ],
+)
+def test_an_appended_unknown_key_names_the_closest_one(override, says):
+    """`+key=value` passes Hydra (it appends); the schema refuses the key, naming the closest valid one."""
+    from radial.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        validate(compose_config([override]))
+    assert str(e.value).startswith(says)

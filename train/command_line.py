@@ -11,42 +11,11 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Sequence
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from radial.errors import ConfigError
-from train.config import Config, compose
+from train.config import compose, unknown_key_error
 from train.run_dir import check_output_dir
-
-
-def schema_keys(schema: type = Config, prefix: str = "") -> list[str]:
-    """Every dotted key of the config schema (sections included)."""
-    keys = []
-    for f in fields(schema):
-        key = prefix + f.name
-        keys.append(key)
-        default = f.default_factory() if callable(f.default_factory) else f.default
-        if is_dataclass(default):
-            keys += schema_keys(type(default), key + ".")
-    return keys
-
-
-def _unknown_key(key: str, value: str) -> ConfigError:
-    known = schema_keys()
-    if key in known:  # in the schema, but no config file of this composition sets it
-        return ConfigError(f"{key}: this configuration does not set it; add it with +{key}={value}")
-    section, _, leaf = key.rpartition(".")
-    siblings = [k for k in known if k.rpartition(".")[0] == section]
-    if section in known or not section:  # a typo in the last part: the closest key of that section
-        names = {k.rpartition(".")[2]: k for k in siblings}
-        close = [names[n] for n in difflib.get_close_matches(leaf, list(names), n=1, cutoff=0.6)]
-    else:
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    if close:
-        return ConfigError(f"{key}: no such config key; did you mean {close[0]}={value}?")
-    siblings = siblings if section in known else []
-    where = f"; the keys of {section}: {', '.join(k.rpartition('.')[2] for k in siblings)}" if siblings else ""
-    return ConfigError(f"{key}: no such config key{where} (`python train/lora.py --help` lists them)")
 
 
 def _composition_error(error: Exception, overrides: Sequence[str]) -> ConfigError:
@@ -63,7 +32,7 @@ def _composition_error(error: Exception, overrides: Sequence[str]) -> ConfigErro
     key = getattr(error.__cause__, "full_key", None)
     if key:
         given = next((o.split("=", 1) for o in overrides if o.lstrip("~+").split("=", 1)[0] == key), [key, "..."])
-        return _unknown_key(str(key), given[1] if len(given) > 1 else "...")
+        return unknown_key_error(str(key), given[1] if len(given) > 1 else "...")
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return ConfigError(first)
 

@@ -7,6 +7,7 @@ that types cannot express (ranges, choices, paths) and names the key in every er
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import json
 import math
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from radial.errors import ConfigError, MissingPathError
 
@@ -197,6 +198,38 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     output_dir: str = "outputs/run"
     seed: int = 0
+
+
+def schema_keys(schema: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the config schema (sections included)."""
+    keys = []
+    for f in fields(schema):
+        key = prefix + f.name
+        keys.append(key)
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        if is_dataclass(default):
+            keys += schema_keys(type(default), key + ".")
+    return keys
+
+
+def unknown_key_error(key: str, value: str = "...") -> ConfigError:
+    """The error for a key the config does not have: the closest valid key, else the keys of its section."""
+    known = schema_keys()
+    if key in known:  # in the schema, but no config file of this composition sets it
+        return ConfigError(f"{key}: this configuration does not set it; add it with +{key}={value}")
+    section, _, leaf = key.rpartition(".")
+    siblings = [k for k in known if k.rpartition(".")[0] == section]
+    if section in known or not section:  # a typo in the last part: the closest key of that section
+        names = {k.rpartition(".")[2]: k for k in siblings}
+        close = [names[n] for n in difflib.get_close_matches(leaf, list(names), n=1, cutoff=0.6)]
+    else:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return ConfigError(f"{key}: no such config key; did you mean {close[0]}={value}?")
+    siblings = siblings if section in known or not section else []
+    owner = f"the keys of {section}" if section else "the top-level keys"
+    where = f"; {owner}: {', '.join(k.rpartition('.')[2] for k in siblings)}" if siblings else ""
+    return ConfigError(f"{key}: no such config key{where} (`python train/lora.py --help` lists them)")
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
@@ -446,6 +479,8 @@ def validate(cfg: DictConfig | dict) -> Config:
     except OmegaConfBaseException as e:  # unknown key, wrong type, bad interpolation: one line naming the key
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         key = getattr(e, "full_key", None)
+        if isinstance(e, ConfigKeyError) and key and key not in schema_keys():  # e.g. +train.max_stepz=3
+            raise unknown_key_error(key) from None
         raise ConfigError(f"{key}: {first}" if key and key not in first else first) from None
     _check_finite(c)
 
