@@ -61,6 +61,7 @@ from data.video import (
 )
 from radial.errors import USER_ERRORS, cli_errors
 from radial.geometry import geometry
+from radial.help_format import DefaultsHelpFormatter
 from radial.parent_death import say, when_parent_dies
 from radial.run_lock import lock_folder, lock_for_launch
 
@@ -649,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data.prepare",
         description="Encode videos + captions into latent shards for long-video LoRA training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="family: wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi")
     p.add_argument("--input", required=True, help="folder of videos (+ .txt captions) or a .csv / .jsonl manifest")

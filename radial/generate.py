@@ -37,6 +37,7 @@ from radial.generation.embeds import load_prompt_embeds
 from radial.generation.pipeline import (
     apply_radial,
     apply_text_settings,
+    check_first_frame,
     check_lora_specs,
     check_pipeline_folder,
     family_of_folder,
@@ -49,6 +50,7 @@ from radial.generation.pipeline import (
 )
 from radial.generation.run import build_sidecar, generate, load_image, save_result
 from radial.generation.settings import ATTENTION_BACKENDS, ClipSpec, LoraSpec, RadialSettings, frames_for_length
+from radial.help_format import DefaultsHelpFormatter
 from radial.hub import resolve_pipeline_path
 from radial.models import get_adapter
 from radial.rope_extension import ROPE_EXTENSIONS
@@ -161,7 +163,7 @@ def build_parser(prog: str = "python -m radial.generate") -> argparse.ArgumentPa
     p = argparse.ArgumentParser(
         prog=prog,
         description="Generate videos with radial attention and LoRAs from a diffusers pipeline (or a tiny one).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     return add_arguments(p, model_required=False)
 
@@ -341,6 +343,8 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
             print(f"tiny {args.tiny} pipeline written to {path}")
             return {"saved": str(path)}
         if args.tiny:
+            if args.image is None and args.transformer:
+                check_first_frame(args.tiny, args.transformer, "--transformer")
             tools.tiny_defaults(args, argv)
             text = not (args.no_text_encoder or (args.prompt_embeds and not args.prompt))
             pipe = tools.build_tiny_pipeline(
@@ -356,6 +360,13 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
             args.family = args.family or (args.tiny if args.tiny == "wan22" else None)
         else:
             args.model = str(resolve_pipeline_path(args.model))
+            if args.image is None:
+                folder = args.transformer or Path(args.model) / "transformer"
+                check_first_frame(
+                    args.family or family_of_folder(args.model),
+                    folder,
+                    "--transformer" if args.transformer else "--model",
+                )
             pipe, source, text_settings = load_from_args(args), args.model, None
         kept: list = []
         records = run(args, pipe, source=source, text_settings=text_settings, results=kept)

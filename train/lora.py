@@ -18,15 +18,21 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from radial.errors import cli_errors  # noqa: E402
+from train.command_line import check_command_line  # noqa: E402
 from train.config import validate  # noqa: E402
+from train.signals import INTERRUPTED  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     # Our errors (config, data, checkpoint, LoRA, paths) as one line and exit 2, inside the task function: Hydra
     # would print its own "Error executing job" and the traceback (RADIAL_DEBUG=1 / HYDRA_FULL_ERROR=1 keep it).
-    with cli_errors():
-        run(cfg)
+    try:
+        with cli_errors():
+            run(cfg)
+    except KeyboardInterrupt:  # Ctrl-C before training, or a second one during it
+        print("interrupted: stopped at once; the last complete checkpoint (if any) is kept", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
 
 
 def run(cfg: DictConfig) -> None:
@@ -41,10 +47,14 @@ def run(cfg: DictConfig) -> None:
         save_hydra_record(cfg, trainer.out)
     summary = trainer.fit()
     if trainer.accelerator.is_main_process:
-        print(f"done: step {summary['step']}, outputs in {config.output_dir}")
+        head = "stopped by Ctrl-C" if summary["interrupted"] else "done"
+        print(f"{head}: step {summary['step']}, outputs in {config.output_dir}")
         for name, value in summary.items():
-            if name not in ("step", "eval") and value:
+            if name not in ("step", "eval", "interrupted") and value:
                 print(f"  {name}: {value}")
+    if summary["interrupted"]:
+        print("continue with train.resume=latest", flush=True)
+        raise SystemExit(INTERRUPTED)
 
 
 def save_hydra_record(cfg: DictConfig, out: Path) -> None:
@@ -61,4 +71,8 @@ def save_hydra_record(cfg: DictConfig, out: Path) -> None:
 
 
 if __name__ == "__main__":
+    # What Hydra rejects before calling main (unknown keys, group options, an output_dir it cannot create) and an
+    # output_dir that holds another run (before Hydra writes into it): one line each, exit 2.
+    with cli_errors():
+        check_command_line(sys.argv[1:])
     main()

@@ -223,6 +223,24 @@ def check_local_folder(path: str | Path, option: str, what: str) -> Path:
     return folder
 
 
+def check_first_frame(family: str | None, transformer_folder: str | Path | None, option: str) -> None:
+    """Generation without --image: a transformer that takes a first frame (its config.json says) is a one-line
+    ConfigError naming `option` (the folder it came from), before anything is loaded."""
+    from radial.models import available_adapters, get_adapter
+
+    if family not in available_adapters() or transformer_folder is None:
+        return
+    try:
+        config = json.loads((Path(transformer_folder).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # the loader names what is missing
+    if get_adapter(family).image_input(config) == "required":
+        raise ConfigError(
+            f"{option} {transformer_folder}: an image-to-video {family} transformer (in_channels "
+            f"{config.get('in_channels')}); it generates from a first frame: give one with --image FILE"
+        )
+
+
 def family_of_folder(path: str | Path) -> str | None:
     """The model family of a local pipeline folder from its model_index.json (None when it cannot be told)."""
     try:
