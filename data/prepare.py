@@ -61,6 +61,9 @@ from data.video import (
 )
 from radial.errors import USER_ERRORS, cli_errors
 from radial.geometry import geometry
+from radial.help_format import DefaultsHelpFormatter
+from radial.parent_death import say, when_parent_dies
+from radial.run_lock import lock_folder, lock_for_launch
 
 SETTINGS_FILE = "prepare.json"
 REPORT_FILE = "prepare_report.json"
@@ -449,7 +452,13 @@ def _run_rank(cfg, units, rank, world, device, expected_header, on_unit, show_pr
     return report
 
 
+def _exit_orphaned(parent: int) -> None:
+    say(f"data.prepare: the parent process (pid {parent}) is gone; exiting (a new prepare resumes from the shards)")
+    os._exit(1)
+
+
 def _worker(cfg, units, rank, world, device, expected_header, queue):
+    when_parent_dies(_exit_orphaned)  # a killed prepare's workers must not write on beside the next one
     try:
         if cfg.threads is None:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
@@ -504,9 +513,18 @@ def prepare(cfg: PrepareConfig | None = None, **kwargs) -> PrepareSummary:
         raise TypeError("give a PrepareConfig or keyword arguments, not both")
     t0 = time.time()
     frames_list, fps, _ = _resolve(cfg)
+    state = _distributed_state(cfg)
+    if state and "TORCHELASTIC_RUN_ID" in os.environ:  # a rank of `accelerate launch` / torchrun ends with it
+        when_parent_dies(_exit_orphaned)
+    # One live prepare per output folder, from before its first write to after its last: rank 0 of a distributed
+    # prepare holds it; a prepare called by one trainer rank (synthetic data) must not wait for the other ranks.
+    with lock_for_launch(cfg.out, "--out") if state else lock_folder(cfg.out, "--out"):
+        return _prepare(cfg, state, frames_list, fps, t0)
+
+
+def _prepare(cfg: PrepareConfig, state, frames_list: list[int], fps: float, t0: float) -> PrepareSummary:
     out = Path(cfg.out)
     settings = _settings(cfg, fps)
-    state = _distributed_state(cfg)
     rank, world = (state.process_index, state.num_processes) if state else (0, max(1, cfg.workers))
     main = rank == 0
 
@@ -632,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data.prepare",
         description="Encode videos + captions into latent shards for long-video LoRA training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="family: wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi")
     p.add_argument("--input", required=True, help="folder of videos (+ .txt captions) or a .csv / .jsonl manifest")

@@ -7,6 +7,11 @@
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 launch/torchrun.sh ...         # on each node, NODE_RANK=0..NNODES-1
 #
 # On a machine without GPUs (tests): ACCELERATE_USE_CPU=1 NPROC=2 launch/torchrun.sh model=tiny_wan
+#
+# torchrun runs inside train.launcher (PYTHON, default `python`: the environment torch is installed in), so that a
+# stop signal (SIGTERM / SIGUSR1 to the process group, SLURM preemption) that every rank answered with a saved
+# checkpoint ends with status 0 instead of torch elastic's SignalException traceback and status 1. The workers stop
+# by themselves (checkpoint, then exit; at most RADIAL_ORPHAN_EXIT_S = 120 s) if torchrun is killed (train.parent_watch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +24,6 @@ if [ -n "${DEEPSPEED_CONFIG:-}" ]; then
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} TOKENIZERS_PARALLELISM=false
 
-exec torchrun --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" --nproc_per_node "$NPROC" \
-  --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
+exec "${PYTHON:-python}" -m train.launcher torchrun \
+  --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" --nproc_per_node "$NPROC" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
   train/lora.py "$@"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
 import torch
 
-from radial.plan import RadialPlan
+from radial.frame_decay import FrameDecay
+from radial.plan import RadialPlan, dense_plan
 
 
 # Each backend is imported on first use (a function-level import, which torch.compile traces without a graph break),
@@ -114,8 +116,43 @@ def radial_attention(
     *,
     backend: str = "auto",
     key_padding_mask: torch.Tensor | None = None,
+    decay: FrameDecay | None = None,
 ) -> torch.Tensor:
-    """Radial attention over [B, S, H, D] tensors (S = video tokens, then text); key_padding_mask True = attend."""
+    """Radial attention over [B, S, H, D] tensors (S = video tokens, then text); key_padding_mask True = attend.
+
+    `decay` (radial.frame_decay) down-weights keys past the training window when the clip is longer than it; only
+    `reference` and `flex` take a score bias, so such calls run there (see `decay_backend`), the `dense` backend
+    with a full mask."""
     _check_inputs(query, key, value, plan, key_padding_mask)
     name = resolve_backend(backend, query.device, plan.block_size)
+    if decay is not None and decay.applies(plan.num_frames):
+        from radial.kernels.flex import flex_attention_backend
+        from radial.kernels.reference import reference_attention
+
+        if name == "dense":
+            plan = _dense_plan(plan.num_frames, plan.tokens_per_frame, plan.text_tokens, plan.block_size, plan.device)
+        name = decay_backend(name, query.device)
+        fn = reference_attention if name == "reference" else flex_attention_backend
+        return fn(query, key, value, plan, key_padding_mask, decay=decay)
     return get_backend(name)(query, key, value, plan, key_padding_mask)
+
+
+DECAY_BACKENDS = ("reference", "flex")
+
+
+def decay_backend(name: str, device: torch.device) -> str:
+    """The backend that runs attention with an extrapolation decay: `reference` and `flex` as asked; any other
+    (fa4, triton, flashinfer and dense take no score bias) falls back to flex on CUDA, reference elsewhere, logged
+    once."""
+    if name in DECAY_BACKENDS:
+        return name
+    from radial.kernels import fa4
+
+    fallback = "flex" if torch.device(device).type == "cuda" else "reference"
+    fa4.log_once(f"attention backend {name} -> {fallback}: attention.extrapolation_decay needs a score bias")
+    return fallback
+
+
+@functools.lru_cache(maxsize=16)
+def _dense_plan(frames: int, tokens_per_frame: int, text: int, block_size: int, device: torch.device) -> RadialPlan:
+    return dense_plan(frames, tokens_per_frame, text_tokens=text, block_size=block_size, device=device)

@@ -15,7 +15,9 @@ loading the text encoders. `--attention dense` keeps the stock attention (the ba
 noise); `--compare-dense` generates both and compares them (PSNR / SSIM per frame, latent error, flicker).
 
 Radial settings left unset follow the first LoRA trained by this framework (its header records decay_factor,
-dense_layers, block_size, sink); otherwise the defaults below. `--tiny FAMILY` (tiny random-init pipelines of the
+dense_layers, block_size, sink, and the length-extension settings train_frames, rope_extension,
+extrapolation_decay); otherwise the defaults below. `--rope-extension riflex` and `--extrapolation-decay LAMBDA`
+(with `--train-frames N`) are training-free length extension, with radial or with `--attention dense`. `--tiny FAMILY` (tiny random-init pipelines of the
 real classes, for tests and the CPU demo), `--save-tiny` and `--compare-dense` use this repository's data/ and
 train/ packages, imported only for those options: the library itself depends on nothing of ours.
 """
@@ -35,6 +37,7 @@ from radial.generation.embeds import load_prompt_embeds
 from radial.generation.pipeline import (
     apply_radial,
     apply_text_settings,
+    check_first_frame,
     check_lora_specs,
     check_pipeline_folder,
     family_of_folder,
@@ -47,13 +50,24 @@ from radial.generation.pipeline import (
 )
 from radial.generation.run import build_sidecar, generate, load_image, save_result
 from radial.generation.settings import ATTENTION_BACKENDS, ClipSpec, LoraSpec, RadialSettings, frames_for_length
+from radial.help_format import DefaultsHelpFormatter
 from radial.hub import resolve_pipeline_path
 from radial.models import get_adapter
+from radial.rope_extension import ROPE_EXTENSIONS
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 DTYPES.update({"fp32": torch.float32, "float32": torch.float32})
 GUIDANCE_DEFAULTS = {"wan": 5.0, "wan22": 4.0, "wan22_ti2v": 5.0, "hunyuan": 6.0, "hunyuan15": 6.0, "mochi": 4.5}
-RADIAL_DEFAULTS = {"decay_factor": 1.0, "dense_layers": 0, "dense_timesteps": 0, "block_size": 128, "sink": None}
+RADIAL_DEFAULTS = {
+    "decay_factor": 1.0,
+    "dense_layers": 0,
+    "dense_timesteps": 0,
+    "block_size": 128,
+    "sink": None,
+    "train_frames": 0,
+    "rope_extension": "none",
+    "extrapolation_decay": 1.0,
+}
 
 
 def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> argparse.ArgumentParser:
@@ -106,6 +120,18 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     att.add_argument("--block-size", type=int, default=None)
     att.add_argument("--sink", action=argparse.BooleanOptionalAction, default=None, help="key frame 0 dense")
     att.add_argument("--decay-adjacent", action="store_true")
+    ext = p.add_argument_group("training-free length extension (also with --attention dense)")
+    ext.add_argument("--train-frames", type=int, default=None, help="latent frames the base model was trained on")
+    ext.add_argument(
+        "--rope-extension", choices=ROPE_EXTENSIONS, default=None, help="riflex: lower the intrinsic RoPE frequency"
+    )
+    ext.add_argument(
+        "--extrapolation-decay",
+        type=float,
+        default=None,
+        metavar="LAMBDA",
+        help="0 < LAMBDA <= 1: attention weights of keys >= train-frames frames away times LAMBDA (1 = off)",
+    )
 
     lora = p.add_argument_group("LoRAs")
     lora.add_argument(
@@ -137,7 +163,7 @@ def build_parser(prog: str = "python -m radial.generate") -> argparse.ArgumentPa
     p = argparse.ArgumentParser(
         prog=prog,
         description="Generate videos with radial attention and LoRAs from a diffusers pipeline (or a tiny one).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     return add_arguments(p, model_required=False)
 
@@ -305,6 +331,7 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
     with cli_errors(args.debug, expected=(*USER_ERRORS, ValueError, FileNotFoundError)):
         if args.image is not None:  # a bad image fails before minutes of loading
             load_image(args.image)
+        resolve_radial(args, [LoraSpec.parse(s) for s in args.lora])  # bad attention options, before loading too
         if args.save_tiny:
             path = tools.save_tiny_pipeline(
                 args.save_tiny,
@@ -316,6 +343,8 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
             print(f"tiny {args.tiny} pipeline written to {path}")
             return {"saved": str(path)}
         if args.tiny:
+            if args.image is None and args.transformer:
+                check_first_frame(args.tiny, args.transformer, "--transformer")
             tools.tiny_defaults(args, argv)
             text = not (args.no_text_encoder or (args.prompt_embeds and not args.prompt))
             pipe = tools.build_tiny_pipeline(
@@ -331,6 +360,13 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
             args.family = args.family or (args.tiny if args.tiny == "wan22" else None)
         else:
             args.model = str(resolve_pipeline_path(args.model))
+            if args.image is None:
+                folder = args.transformer or Path(args.model) / "transformer"
+                check_first_frame(
+                    args.family or family_of_folder(args.model),
+                    folder,
+                    "--transformer" if args.transformer else "--model",
+                )
             pipe, source, text_settings = load_from_args(args), args.model, None
         kept: list = []
         records = run(args, pipe, source=source, text_settings=text_settings, results=kept)

@@ -55,7 +55,7 @@ def download_hint(family: str | None) -> str:
     """What to download for `family` and the folder layout expected (for errors about a missing model path)."""
     repo = HUB_REPOS.get(family or "", "<org>/<model>-Diffusers")
     return (
-        f"download it with `huggingface-cli download {repo}` (then pass the Hub id) or with `--local-dir "
+        f"download it with `hf download {repo}` (then pass the Hub id) or with `--local-dir "
         f"/models/{repo.split('/')[-1]}` (then pass that folder); a diffusers folder holds {LAYOUT}"
     )
 

@@ -22,19 +22,30 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from radial.errors import ConfigError
 from radial.models.context import InjectionState, LatentGrid, RadialConfig, RadialProcessor
 from radial.plan import RadialPlan
+from radial.rope_extension import RiflexHook
 
 
 class RadialHandle:
     """An injection into one transformer: its options, the last layout and plan, the step, and `remove()`."""
 
-    def __init__(self, transformer: nn.Module, adapter, state: InjectionState, layers: list[nn.Module], stocks: list):
+    def __init__(
+        self,
+        transformer: nn.Module,
+        adapter,
+        state: InjectionState,
+        layers: list[nn.Module],
+        stocks: list,
+        extras: list | None = None,
+    ):
         self.transformer = transformer
         self.adapter = adapter
         self.state = state
         self._layers = layers
         self._stocks = stocks
+        self._extras = extras or []  # other hooks of the injection (RIFLEx on the rotary module): .remove()
         self._frames: list[tuple | None] = []
         self._signature = inspect.signature(transformer.forward)
         self._hooks = [
@@ -86,7 +97,7 @@ class RadialHandle:
         for attn, stock in zip(self._layers, self._stocks, strict=True):
             if _get_processor(attn) is not None and isinstance(_get_processor(attn), RadialProcessor):
                 _set_processor(attn, stock)
-        for hook in self._hooks:
+        for hook in [*self._hooks, *self._extras]:
             hook.remove()
         self.active = False
 
@@ -175,6 +186,9 @@ def inject(
     decay_adjacent: bool = False,
     window_frames: int = 0,
     fuse_qkv: bool = False,
+    train_frames: int = 0,
+    rope_extension: str = "none",
+    extrapolation_decay: float = 1.0,
 ) -> RadialHandle:
     """Put radial attention into `transformer` (family detected from its class unless named) and return the handle.
 
@@ -186,6 +200,11 @@ def inject(
     window_frames > 0: a temporal sliding-window mask of that many frames each side instead (a sparse baseline).
     fuse_qkv: the q, k, v projections (and their LoRA) of the radial layers as one matmul each (`radial.fused`).
     Dense layers and steps use the "dense" backend (flash-attn-4 dense or SDPA) with the same key padding.
+    Training-free length extension, for forwards longer than `train_frames` latent frames (the base model's):
+    rope_extension="riflex" lowers the intrinsic temporal RoPE frequency (`radial.rope_extension`; Wan and
+    HunyuanVideo), extrapolation_decay=lambda < 1 multiplies the weights of keys >= train_frames frames away by
+    lambda (`radial.frame_decay`; runs on the reference or flex backend). backend="dense" with either is a dense
+    model with the extension only.
     """
     from radial.models import detect_adapter, get_adapter
 
@@ -208,12 +227,24 @@ def inject(
         decay_adjacent=decay_adjacent,
         window_frames=window_frames,
         fuse_qkv=fuse_qkv,
+        train_frames=train_frames,
+        rope_extension=rope_extension,
+        extrapolation_decay=extrapolation_decay,
     )
+    extras = []
+    if config.rope_extension == "riflex":
+        spec = adapter.rotary_spec(transformer)
+        if spec is None:
+            raise ConfigError(
+                f"attention.rope_extension=riflex is not supported for family {adapter.family!r} (supported: the Wan "
+                "families and hunyuan)"
+            )
+        extras.append(RiflexHook(spec, config.train_frames))
     state = InjectionState(config, adapter.mask_model)
     stocks = [_get_processor(attn) for attn in layers]
     for index, (attn, stock) in enumerate(zip(layers, stocks, strict=True)):
         _set_processor(attn, adapter.make_processor(state, index, stock))
-    return RadialHandle(transformer, adapter, state, layers, stocks)
+    return RadialHandle(transformer, adapter, state, layers, stocks, extras)
 
 
 def inject_pipeline(pipe, **kwargs) -> RadialHandles:

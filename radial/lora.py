@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig
+from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -59,6 +60,22 @@ def attach_lora(
             f"lora.target_modules {list(target_modules)} matched no module of {type(transformer).__name__}"
         )
     return config
+
+
+def lora_target_names(
+    transformer: torch.nn.Module, target_modules: str | Sequence[str], exclude_modules: Sequence[str] = ()
+) -> list[str]:
+    """The linear layers of `transformer` that `attach_lora` with these targets adapts, by PEFT's own matching;
+    nothing is attached (a meta-device model will do)."""
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    if exclude_modules:
+        targets = _excluding(targets, exclude_modules)
+    config = LoraConfig(target_modules=targets)
+    return [
+        name
+        for name, module in transformer.named_modules()
+        if isinstance(module, torch.nn.Linear) and check_target_module_exists(config, name)
+    ]
 
 
 def _excluding(targets: str | list[str], exclude: Sequence[str]) -> str:

@@ -67,6 +67,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from radial.errors import ConfigError
+
 SP_KEY = "parallel.sp_degree"
 
 
@@ -88,7 +90,10 @@ class SequenceParallel:
 def sequence_parallel_groups(world_size: int, degree: int) -> list[list[int]]:
     """The global ranks of each group: consecutive blocks of `degree` (as `data.data_parallel_rank` assumes)."""
     if degree < 1 or world_size % degree:
-        raise ValueError(f"{SP_KEY}={degree} must divide the number of processes ({world_size})")
+        raise ConfigError(
+            f"{SP_KEY}={degree} must divide the number of processes ({world_size}): launch a multiple of {degree} "
+            f"processes (accelerate launch --num_processes N) or set {SP_KEY} to a divisor of {world_size}"
+        )
     return [list(range(start, start + degree)) for start in range(0, world_size, degree)]
 
 
@@ -175,7 +180,7 @@ def sequence_to_heads(
     p = sp.degree
     b, s, h, d = tensors[0].shape
     if h % p:
-        raise ValueError(f"{SP_KEY}={p} must divide the number of attention heads ({h})")
+        raise ConfigError(f"{SP_KEY}={p} must divide the number of attention heads ({h})")
     send = torch.stack([t.reshape(b, s, p, h // p, d).permute(2, 0, 1, 3, 4) for t in tensors], dim=1)
     recv = all_to_all(send, sp.group)  # [P, n, B, s, H/P, D]: chunk p = rank p's tokens, our heads
     return tuple(to_global_order(recv[:, i], video_local) for i in range(len(tensors)))

@@ -457,7 +457,7 @@ def test_model_may_be_a_hub_id_in_the_cache(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         rgen.main(["--model", "someone/missing", *args, "--out", str(out)])
     err = capsys.readouterr().err.strip()
-    assert "not in the Hugging Face cache" in err and "huggingface-cli download" in err and "\n" not in err
+    assert "not in the Hugging Face cache" in err and "hf download" in err and "\n" not in err
 
 
 def test_attention_summary_counts_the_dense_backend_as_dense():

@@ -110,9 +110,10 @@ def test_slurm_script_gives_each_node_its_rank_and_the_main_address(tmp_path, co
         {
             "scontrol": 'printf "gpu-a17\\ngpu-b03\\n"\n',
             "srun": 'for node in 0 1; do SLURM_NODEID=$node "${@:3}"; done\n',  # drop --kill-on-bad-exit, --ntasks..
-            "accelerate": 'echo "node=$SLURM_NODEID $*"\n',
+            "python": 'echo "node=$SLURM_NODEID $*"\n',  # runs `-m train.launcher accelerate launch ...`
         },
     )
+    env.pop("PYTHON", None)
     env.update(SLURM_JOB_NODELIST="gpu-[a17,b03]", SLURM_NNODES="2", SLURM_JOB_ID="4242", SLURM_GPUS_ON_NODE="8",
                SLURM_SUBMIT_DIR=str(ROOT), ACCELERATE_CONFIG=config)  # fmt: skip
     out = subprocess.run(
@@ -122,6 +123,7 @@ def test_slurm_script_gives_each_node_its_rank_and_the_main_address(tmp_path, co
     lines = [x for x in out.splitlines() if x.startswith("node=")]
     assert len(lines) == 2
     for node, line in enumerate(lines):
+        assert line.startswith(f"node={node} -m train.launcher accelerate launch --config_file ")
         assert f"--machine_rank {node} " in line and "--num_machines 2 " in line and "--num_processes 16 " in line
         assert "--main_process_ip gpu-a17 " in line and "--main_process_port 24242 " in line
         assert f"--config_file {config} " in line
@@ -130,15 +132,16 @@ def test_slurm_script_gives_each_node_its_rank_and_the_main_address(tmp_path, co
 
 
 def test_torchrun_script_sets_up_deepspeed_through_the_environment(tmp_path):
-    env = _fake_bin(
-        tmp_path, {"torchrun": 'echo "DS=$ACCELERATE_USE_DEEPSPEED:$ACCELERATE_DEEPSPEED_CONFIG_FILE $*"\n'}
+    env = _fake_bin(  # the script runs `python -m train.launcher torchrun ...`
+        tmp_path, {"python": 'echo "DS=$ACCELERATE_USE_DEEPSPEED:$ACCELERATE_DEEPSPEED_CONFIG_FILE $*"\n'}
     )
+    env.pop("PYTHON", None)
     env.update(NPROC="2", DEEPSPEED_CONFIG="launch/zero2.json")
     out = subprocess.run(
         ["bash", str(LAUNCH / "torchrun.sh"), "parallel=sp2"],
         env=env, capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL, timeout=30,
     ).stdout  # fmt: skip
-    assert out.startswith("DS=true:launch/zero2.json ")
+    assert out.startswith("DS=true:launch/zero2.json -m train.launcher torchrun --nnodes 1 ")
     assert "--nproc_per_node 2 " in out and out.strip().endswith("train/lora.py parallel=sp2")
 
 

@@ -37,9 +37,9 @@ def backends(monkeypatch):
     calls = []
     real = context.radial_attention
 
-    def spy(q, k, v, plan, *, backend="auto", key_padding_mask=None):
+    def spy(q, k, v, plan, *, backend="auto", **kwargs):
         calls.append(backend)
-        return real(q, k, v, plan, backend=backend, key_padding_mask=key_padding_mask)
+        return real(q, k, v, plan, backend=backend, **kwargs)
 
     monkeypatch.setattr(context, "radial_attention", spy)
     return calls

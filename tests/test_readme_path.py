@@ -1,4 +1,5 @@
-"""The README's data path, run exactly as written: synthetic -> prepare --tiny -> shards check -> train -> generate.
+"""The README's data path, run exactly as written: activate the environment -> synthetic -> prepare --tiny -> shards
+check -> train -> generate.
 
 The commands are read from README.md (between the `readme-path` markers), so the README and the code cannot drift
 apart. `python -m MODULE ...` runs in this process through the module's `main(argv)` (faster); the Hydra trainer
@@ -36,8 +37,14 @@ def readme_commands(readme: Path = ROOT / "README.md") -> list[list[str]]:
     return [shlex.split(line) for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
+ACTIVATE = ["source", ".venv/bin/activate"]
+
+
 def test_readme_block_is_the_data_path():
-    names = [c[2] if c[1] == "-m" else c[1] for c in readme_commands()]
+    activate, *commands = readme_commands()
+    # It starts in the environment that `make` builds (the Makefile's VENV), where `python` has the packages.
+    assert activate == ACTIVATE and "VENV ?= .venv\n" in (ROOT / "Makefile").read_text()
+    names = [c[2] if c[1] == "-m" else c[1] for c in commands]
     assert names == ["data.synthetic", "data.prepare", "data.shards", "train/lora.py", "radial.generate"]
 
 
@@ -48,6 +55,8 @@ def test_readme_path_runs_as_written(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     try:
         for argv in readme_commands():
+            if argv == ACTIVATE:  # this test runs in that environment already: `python` is sys.executable
+                continue
             assert argv[0] == "python", argv
             if argv[1] == "-m":
                 importlib.import_module(argv[2]).main(argv[3:])

@@ -123,7 +123,7 @@ def test_output_dir_holding_another_run_is_refused(tmp_path):
     assert f"output_dir={str(out)!r}" in message and "train.resume=latest" in message
     assert "train.overwrite=true" in message and "checkpoints, metrics.jsonl" in message
     assert clear_previous_run(out) == ["checkpoints", "metrics.jsonl"]
-    assert sorted(p.name for p in out.iterdir()) == [".hydra", "data"]  # the synthetic data cache is kept
+    assert sorted(p.name for p in out.iterdir()) == [".hydra", ".run.lock", "data"]  # the data cache is kept
     (out / "checkpoints").mkdir()
     check_output_dir(out, None, False)  # an empty checkpoints/ folder is no run
     (out / "lora").mkdir()

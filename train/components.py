@@ -82,6 +82,9 @@ def build_model(
         decay_adjacent=a.decay_adjacent,
         window_frames=a.window_frames,
         fuse_qkv=cfg.train.fuse_qkv,
+        train_frames=a.train_frames,
+        rope_extension=a.rope_extension,
+        extrapolation_decay=a.extrapolation_decay,
     )
     if cfg.train.mode == "full":  # every weight trains; no adapter
         targets = lora_config = None

@@ -7,6 +7,7 @@ that types cannot express (ranges, choices, paths) and names the key in every er
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import json
 import math
@@ -15,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from radial.errors import ConfigError, MissingPathError
+from radial.models.context import check_length_extension
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SOURCES = ("tiny", "full", "pretrained")
@@ -56,6 +58,10 @@ class AttentionConfig:
     # torch.use_deterministic_algorithms for the run; `auto` then picks triton (fa4's backward is not deterministic)
     deterministic: bool = False
     window_frames: int = 0  # > 0: a temporal sliding-window mask (a sparse baseline) instead of radial
+    # Training-free length extension (radial.rope_extension, radial.frame_decay); both need train_frames > 0.
+    train_frames: int = 0  # latent frames the base model was trained on (0 = unknown)
+    rope_extension: str = "none"  # none | riflex
+    extrapolation_decay: float = 1.0  # 0 < lambda <= 1; 1 = off
 
 
 @dataclass
@@ -197,6 +203,38 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     output_dir: str = "outputs/run"
     seed: int = 0
+
+
+def schema_keys(schema: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the config schema (sections included)."""
+    keys = []
+    for f in fields(schema):
+        key = prefix + f.name
+        keys.append(key)
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        if is_dataclass(default):
+            keys += schema_keys(type(default), key + ".")
+    return keys
+
+
+def unknown_key_error(key: str, value: str = "...") -> ConfigError:
+    """The error for a key the config does not have: the closest valid key, else the keys of its section."""
+    known = schema_keys()
+    if key in known:  # in the schema, but no config file of this composition sets it
+        return ConfigError(f"{key}: this configuration does not set it; add it with +{key}={value}")
+    section, _, leaf = key.rpartition(".")
+    siblings = [k for k in known if k.rpartition(".")[0] == section]
+    if section in known or not section:  # a typo in the last part: the closest key of that section
+        names = {k.rpartition(".")[2]: k for k in siblings}
+        close = [names[n] for n in difflib.get_close_matches(leaf, list(names), n=1, cutoff=0.6)]
+    else:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return ConfigError(f"{key}: no such config key; did you mean {close[0]}={value}?")
+    siblings = siblings if section in known or not section else []
+    owner = f"the keys of {section}" if section else "the top-level keys"
+    where = f"; {owner}: {', '.join(k.rpartition('.')[2] for k in siblings)}" if siblings else ""
+    return ConfigError(f"{key}: no such config key{where} (`python train/lora.py --help` lists them)")
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
@@ -342,6 +380,30 @@ def check_eval_images(ev: EvalConfig, family: str, transformer_config) -> None:
         )
 
 
+def planned_lora_names(c: Config, model) -> list[str]:
+    """The modules a LoRA of this config adapts on `model` (the configured transformer, meta device will do)."""
+    from radial.lora import lora_target_names
+    from radial.models import get_adapter
+
+    adapter = get_adapter(c.model.family)
+    targets = c.lora.target_modules or adapter.lora_target_modules(c.lora.projections, text=c.lora.text)
+    return lora_target_names(model, targets, adapter.lora_unused_modules(model))
+
+
+def _check_lora_targets(c: Config, model) -> None:
+    """Explicit lora.target_modules must select at least one linear layer of the transformer."""
+    if planned_lora_names(c, model):
+        return
+    from radial.models import get_adapter
+
+    usual = get_adapter(c.model.family).lora_target_names(model, c.lora.projections, text=c.lora.text)
+    raise ConfigError(
+        f"lora.target_modules={c.lora.target_modules!r} matches no linear layer of the {c.model.family} transformer "
+        f"(PEFT matches full names or dot-separated suffixes, or a regex on the full name; its attention "
+        f"projections are named like {', '.join(usual[:2])}); leave it null to use lora.projections"
+    )
+
+
 def _check_expert(c: Config) -> None:
     """model.expert names one expert of a mixture-of-experts family (Wan2.2 A14B); without train.timestep_range its
     share of the noise schedule is filled in from the pipeline's `boundary_ratio` (the first expert takes the noise
@@ -422,6 +484,8 @@ def validate(cfg: DictConfig | dict) -> Config:
     except OmegaConfBaseException as e:  # unknown key, wrong type, bad interpolation: one line naming the key
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         key = getattr(e, "full_key", None)
+        if isinstance(e, ConfigKeyError) and key and key not in schema_keys():  # e.g. +train.max_stepz=3
+            raise unknown_key_error(key) from None
         raise ConfigError(f"{key}: {first}" if key and key not in first else first) from None
     _check_finite(c)
 
@@ -459,18 +523,19 @@ def validate(cfg: DictConfig | dict) -> Config:
     _at_least("attention.dense_layers", a.dense_layers, 0)
     _at_least("attention.dense_timesteps", a.dense_timesteps, 0)
     _at_least("attention.window_frames", a.window_frames, 0)
+    check_length_extension(a.train_frames, a.rope_extension, a.extrapolation_decay)
 
     _choice("data.kind", c.data.kind, ("synthetic", "latents"))
     _at_least("data.batch_size", c.data.batch_size, 1)
     _at_least("data.num_workers", c.data.num_workers, 0)
     _at_least("data.num_videos", c.data.num_videos, 1)
     if not 0.0 <= c.data.caption_dropout < 1.0:
-        raise ValueError(f"data.caption_dropout={c.data.caption_dropout}: expected a probability in [0, 1)")
+        raise ConfigError(f"data.caption_dropout={c.data.caption_dropout}: expected a probability in [0, 1)")
     for i, entry in enumerate(c.data.datasets):
         if c.data.kind != "latents":
-            raise ValueError(f"data.datasets needs data=latents (data.kind={c.data.kind!r})")
+            raise ConfigError(f"data.datasets needs data=latents (data.kind={c.data.kind!r})")
         if not str(entry.root).strip():
-            raise ValueError(f"data.datasets[{i}].root is not set: a folder prepared by python -m data.prepare")
+            raise ConfigError(f"data.datasets[{i}].root is not set: a folder prepared by python -m data.prepare")
         _at_least(f"data.datasets[{i}].repeats", entry.repeats, 1)
 
     _at_least("lora.rank", c.lora.rank, 1)
@@ -508,7 +573,7 @@ def validate(cfg: DictConfig | dict) -> Config:
     _at_least("train.early_stop_min_delta", t.early_stop_min_delta, 0.0)
     _at_least("train.time_limit_s", t.time_limit_s, 0.0)
     if t.early_stop_patience and not c.eval.validation_every:
-        raise ValueError(
+        raise ConfigError(
             f"train.early_stop_patience={t.early_stop_patience} needs validations: set eval.validation_every > 0"
         )
     from radial.compile import BACKENDS as COMPILE_BACKENDS
@@ -529,7 +594,7 @@ def validate(cfg: DictConfig | dict) -> Config:
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if t.mode == "full" and c.model.storage_dtype is not None:
-        raise ValueError("model.storage_dtype stores frozen weights; train.mode=full has none: leave it null")
+        raise ConfigError("model.storage_dtype stores frozen weights; train.mode=full has none: leave it null")
     from train.flow import SAMPLINGS, WEIGHTINGS, FlowMatching
 
     _choice("train.timestep_sampling", t.timestep_sampling, SAMPLINGS)
@@ -547,6 +612,9 @@ def validate(cfg: DictConfig | dict) -> Config:
             f"layers; expected at most {layers}"
         )
 
+    if t.mode == "lora" and c.lora.target_modules and meta() is not None:
+        _check_lora_targets(c, meta())
+
     check_eval(c.eval)
     ev = c.eval
     if (ev.images or ev.prompts or ev.prompt_embeds) and meta() is not None:
@@ -555,4 +623,10 @@ def validate(cfg: DictConfig | dict) -> Config:
         _choice("logging.trackers", tracker, TRACKERS)
     _choice("logging.wandb_mode", c.logging.wandb_mode, ("offline", "online", "disabled"))
     _at_least("parallel.sp_degree", c.parallel.sp_degree, 1)
+    if c.parallel.sp_degree > 1 and a.rope_extension != "none":
+        # Each rank sees its slice of the rotary tables, without the global token offset RIFLEx needs.
+        raise ConfigError(
+            f"attention.rope_extension={a.rope_extension} with parallel.sp_degree={c.parallel.sp_degree}: not "
+            "supported under sequence parallelism; expected parallel.sp_degree=1"
+        )
     return c

@@ -35,6 +35,9 @@ def lora_info(trainer) -> dict:
             "block_size": cfg.attention.block_size,
             "sink": cfg.attention.sink,
             "decay_adjacent": cfg.attention.decay_adjacent,
+            "train_frames": cfg.attention.train_frames,
+            "rope_extension": cfg.attention.rope_extension,
+            "extrapolation_decay": cfg.attention.extrapolation_decay,
         },
         "training": {
             "steps": trainer.state.step,

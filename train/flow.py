@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from radial.errors import ConfigError
+
 SAMPLINGS = ("logit_normal", "uniform", "mode")
 WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
 
@@ -31,16 +33,17 @@ class FlowMatching:
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"train.timestep_sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+            raise ConfigError(f"train.timestep_sampling={self.sampling!r}: expected one of {list(SAMPLINGS)}")
         if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"train.loss_weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+            raise ConfigError(f"train.loss_weighting={self.weighting!r}: expected one of {list(WEIGHTINGS)}")
         if not self.shift > 0:
-            raise ValueError(f"model.flow_shift must be > 0, got {self.shift}")
+            raise ConfigError(f"model.flow_shift={self.shift}: expected > 0")
         if not self.logit_std > 0:
-            raise ValueError(f"train.logit_std must be > 0, got {self.logit_std}")
-        r = self.sigma_range
+            raise ConfigError(f"train.logit_std={self.logit_std}: expected > 0")
+        r = list(self.sigma_range)
         if len(r) != 2 or not 0 <= r[0] < r[1] <= 1:
-            raise ValueError(f"train.timestep_range must be [lo, hi] with 0 <= lo < hi <= 1, got {list(r)}")
+            hint = f" (reversed? train.timestep_range=[{r[1]},{r[0]}])" if len(r) == 2 and 0 <= r[1] < r[0] <= 1 else ""
+            raise ConfigError(f"train.timestep_range={r}: expected [lo, hi] noise levels with 0 <= lo < hi <= 1{hint}")
 
     def sample_sigmas(self, batch: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
         """Noise levels t in (0, 1) (inside `sigma_range`) for a batch, drawn on the CPU from `generator`
@@ -55,7 +58,7 @@ class FlowMatching:
                 more = self._draw(max(256, batch), generator)
                 kept = torch.cat([kept, more[(more >= lo) & (more <= hi)]])
             else:
-                raise ValueError(
+                raise ConfigError(
                     f"train.timestep_range={[lo, hi]}: the {self.sampling} distribution (shift {self.shift}) almost "
                     "never falls there; widen the range or change train.timestep_sampling / model.flow_shift"
                 )

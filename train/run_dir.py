@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from radial.errors import RadialError
+
 #: what a training run writes into output_dir (the evidence that a folder holds a run), removed by overwrite
 RUN_FILES = (
     "checkpoints",
@@ -34,13 +36,17 @@ def previous_run(out: str | Path) -> list[str]:
     return found
 
 
+class RunExistsError(RadialError, FileExistsError):
+    """output_dir holds another run (one line `error: ...` from the CLIs; still a FileExistsError for callers)."""
+
+
 def check_output_dir(out: str | Path, resume: str | None, overwrite: bool) -> None:
     """Refuse an output_dir that holds another run, unless resuming (`train.resume`) or `train.overwrite=true`."""
     if resume or overwrite:
         return
     found = previous_run(out)
     if found:
-        raise FileExistsError(
+        raise RunExistsError(
             f"output_dir={str(out)!r} holds another run ({', '.join(found)}): continue it with train.resume=latest, "
             "or replace it with train.overwrite=true (or choose another output_dir=...)"
         )

@@ -1,4 +1,7 @@
-"""Graceful stop on SIGTERM / SIGUSR1 (SLURM preemption): the loop saves a checkpoint and exits cleanly.
+"""Graceful stop on SIGTERM / SIGUSR1 (SLURM preemption): the loop saves a checkpoint and exits cleanly. Ctrl-C
+(SIGINT) stops the same way and also exports the LoRA of the step reached (exit status INTERRUPTED); a second
+Ctrl-C, until the process ends, stops it at once (os._exit: a KeyboardInterrupt could land in a destructor, which
+Python reports with a traceback and then goes on).
 
 SLURM (and `kill -TERM -<pgid>`) signals every process of the job step, data-loader workers included. If a worker
 died, the loader would fail the run before the main process could save, so the workers leave the stop signals to
@@ -16,7 +19,9 @@ import signal
 import threading
 from collections.abc import Iterator
 
-SIGNALS = ("SIGTERM", "SIGUSR1")
+SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+#: exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it)
+INTERRUPTED = 130
 
 
 def _stop_signals() -> set[signal.Signals]:
@@ -38,7 +43,11 @@ def stop_signals_blocked() -> Iterator[None]:
 
 
 def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """DataLoader worker_init_fn: this process ignores SIGUSR1, and SIGTERM unless its parent sent it."""
+    """DataLoader worker_init_fn: this process ignores SIGUSR1 and SIGINT (a terminal's Ctrl-C reaches the whole
+    process group), and SIGTERM unless its parent sent it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also discards one that is pending
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # also discards one that is pending
     if not hasattr(signal, "sigwaitinfo"):  # no sender pid to tell them apart (not Linux): ignore them all
@@ -60,6 +69,11 @@ def _exit_on_sigterm_from(parent: int) -> None:
             os._exit(0)  # the trainer stops its workers
 
 
+def _exit_at_once(signum: int, frame) -> None:
+    os.write(2, b"\ninterrupted: stopped at once (second Ctrl-C); the last complete checkpoint, if any, is kept\n")
+    os._exit(INTERRUPTED)
+
+
 class StopFlag:
     """Installs handlers that only record the signal; the training loop polls `requested` between steps."""
 
@@ -78,11 +92,22 @@ class StopFlag:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # After a Ctrl-C the checkpoint and export follow the loop: another Ctrl-C still stops at once.
+            interrupted = sig == signal.SIGINT and self.signal_name == "SIGINT"
+            signal.signal(sig, _exit_at_once if interrupted else handler)
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if name == "SIGINT":
+            if self.signal_name == "SIGINT":
+                _exit_at_once(signum, frame)
+            # os.write: print() is not safe inside a signal handler (the interrupted code may be printing)
+            os.write(
+                2, b"\nCtrl-C: stopping after this step (checkpoint and LoRA export); Ctrl-C again stops at once\n"
+            )
+        if self.signal_name is None or name == "SIGINT":
+            self.signal_name = name
 
     @property
     def requested(self) -> bool:

@@ -106,6 +106,8 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
         f"attention:  {kind}, backend {backend}" + (" (auto)" if a.backend == "auto" else "")
         + f"{density}; {dense} of {layers} layers dense"
         + (f", first {a.dense_timesteps} timesteps dense" if a.dense_timesteps else "")
+        + (f"; RIFLEx past {a.train_frames} latent frames" if a.rope_extension == "riflex" else "")
+        + (f"; decay {a.extrapolation_decay} past {a.train_frames} frames" if a.extrapolation_decay != 1 else "")
     )  # fmt: skip
     if t.resume == "latest":
         found = list_checkpoints(Path(cfg.output_dir) / "checkpoints")

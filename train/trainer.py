@@ -18,15 +18,18 @@ from tqdm.auto import tqdm
 
 from data import data_parallel_rank
 from radial.compile import CompileWatch, without_ddp_optimizer
-from radial.errors import CheckpointError, TrainingError
+from radial.errors import CheckpointError, ConfigError, TrainingError
 from radial.lora import load_lora_state_dict, lora_state_dict
 from radial.parallel import enable as enable_sequence_parallel
 from radial.parallel import init_sequence_parallel, sequence_parallel_groups
+from radial.run_lock import lock_for_launch
 from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState, resolve_resume
 from train.components import build_data, build_model, dataset_roots, synthetic_latents
 from train.config import Config
 from train.flow import FlowMatching
+from train.launcher import report_stop
 from train.records import json_safe
+from train.resume_fit import check_resume_fits
 from train.run_dir import check_output_dir, clear_previous_run
 from train.signals import StopFlag, stop_signals_blocked
 from train.step import conditions_of, flow_matching_loss, input_dtype
@@ -93,7 +96,6 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         t = cfg.train
-        check_output_dir(self.out, t.resume, t.overwrite)  # on every rank, before any rank writes
         self.accelerator = Accelerator(
             mixed_precision=t.mixed_precision,
             gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -103,16 +105,24 @@ class Trainer:
         acc = self.accelerator
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != acc.num_processes:  # N copies of a one-process run would overwrite each other's outputs
-            raise RuntimeError(
+            raise ConfigError(
                 f"launched as {launched} processes but Accelerate runs {acc.num_processes}: on a machine without "
                 "GPUs set ACCELERATE_USE_CPU=1 (or `accelerate launch --cpu`) so that the processes train together"
             )
+        # Rank 0 holds output_dir's lock until fit() ends: a live run is refused first (the more precise message).
+        self.run_lock = lock_for_launch(self.out, "output_dir")
+        check_output_dir(self.out, t.resume, t.overwrite)  # on every rank, before any rank writes
         self._configure_deepspeed()
         self.full = t.mode == "full"
         if self.full and acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-            raise ValueError(
+            raise ConfigError(
                 f"train.mode=full runs on one process or DDP (launch/multi_gpu.yaml), not {acc.distributed_type.value}"
             )
+        sequence_parallel_groups(acc.num_processes, cfg.parallel.sp_degree)  # the error names parallel.sp_degree
+        # Before the summary, the data and the model: a checkpoint that this config cannot continue fails here.
+        self._resume = self._resolve_resume()
+        if self._resume is not None:
+            check_resume_fits(self._resume, cfg)
         set_seed(cfg.seed, device_specific=True)
         self.flow = FlowMatching(
             sampling=t.timestep_sampling,
@@ -138,7 +148,6 @@ class Trainer:
             print(run_summary(cfg, dataset_roots(cfg, latents_root), acc.device), flush=True)
         # Ulysses sequence parallelism (parallel.sp_degree > 1): groups of consecutive ranks share one sample.
         sp_degree = cfg.parallel.sp_degree
-        sequence_parallel_groups(acc.num_processes, sp_degree)  # the error names parallel.sp_degree
         self.dp_rank, self.dp_world = data_parallel_rank(acc.process_index, acc.num_processes, sp_degree)
         with torch.random.fork_rng(devices=[]):  # the same LoRA initialisation on every rank, whatever the wrapper
             torch.manual_seed(cfg.seed)
@@ -260,7 +269,17 @@ class Trainer:
 
     # -- checkpoint hooks -----------------------------------------------------------------------------------------
     def _unwrapped(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return self.accelerator.unwrap_model(self.model)
+        # Accelerate's unwrap imports DeepSpeed whenever it is installed, and that import logs an accelerator
+        # warning on every run; without DeepSpeed the wrappers are torch's (DDP, FSDP1, a whole-model compile).
+        from torch._dynamo.eval_frame import OptimizedModule
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self.model
+        while isinstance(model, (torch.nn.parallel.DistributedDataParallel, FullyShardedDataParallel, OptimizedModule)):
+            model = model._orig_mod if isinstance(model, OptimizedModule) else model.module
+        return model
 
     def _save_lora(self, path: Path) -> None:
         from safetensors.torch import save_file
@@ -316,7 +335,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train to train.max_steps (or until a stop signal), checkpointing and exporting; returns a summary."""
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
-        resume = self._resolve_resume()
+        resume = self._resume
         if resume is not None:
             self.checkpoints.load(resume)
             acc.print(f"resumed from {resume} at step {self.state.step}")
@@ -325,7 +344,7 @@ class Trainer:
             init = {"wandb": {"mode": cfg.logging.wandb_mode, "name": cfg.logging.run_name}}
             acc.init_trackers(cfg.logging.project, config=_flatten(flat), init_kwargs=init)
         bar = tqdm(total=t.max_steps, initial=self.state.step, disable=not acc.is_local_main_process, desc="train")
-        nan_streak, stopped_by, ended_early = 0, None, None
+        nan_streak, stopped_by, ended_early, interrupted = 0, None, None, False
         self._best_val, self._stale = math.inf, 0
         fit_started = time.perf_counter()
         with StopFlag() as stop, contextlib.closing(self.cursor):  # the loader workers stop with the loop
@@ -378,6 +397,7 @@ class Trainer:
                     self._save_checkpoint(step + 1)
                 if self._all_ranks(stop.requested):
                     stopped_by = stop.signal_name or "a signal on another rank"
+                    interrupted = self._all_ranks(stop.signal_name == "SIGINT")  # Ctrl-C: export too
                     break
         bar.close()
         final = self._save_checkpoint(self.state.step)
@@ -386,10 +406,12 @@ class Trainer:
             "checkpoint": str(final),
             "stopped_by": stopped_by,
             "ended_early": ended_early,
+            "interrupted": interrupted,
         }
-        if not stopped_by:
+        if not stopped_by or interrupted:
             self._check_skipped(final)
-        if stopped_by:
+        if stopped_by and not interrupted:
+            report_stop(self.state.step, final, stopped_by)  # train.launcher: the job exits 0 when every rank saved
             acc.print(f"stopped by {stopped_by} at step {self.state.step}; resume with train.resume=latest")
         else:
             from train.export import export_run
@@ -397,9 +419,11 @@ class Trainer:
             with self._full_lora():  # ZeRO-3 / FSDP: the LoRA whole on every rank while the main process exports
                 if acc.is_main_process:
                     summary.update(export_run(self))
-            summary["eval"] = self.validator.run_end_hooks()
+            if not interrupted:  # Ctrl-C: the user wants out; the end hooks (sampling, metrics) can take minutes
+                summary["eval"] = self.validator.run_end_hooks()
         acc.wait_for_everyone()
         acc.end_training()
+        self.run_lock.release()  # after the last write
         return summary
 
     def _ended_early(self, metrics: dict | None, started: float) -> str | None:

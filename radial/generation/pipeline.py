@@ -175,13 +175,17 @@ def load_pipeline(
 
 
 def apply_radial(pipe, settings: RadialSettings, family: str | None = None):
-    """`radial.inject_pipeline` with `settings` (None when settings.enabled is False: stock attention)."""
-    if not settings.enabled:
+    """`radial.inject_pipeline` with `settings` (None when settings.enabled is False: stock attention; with a
+    length extension on, dense attention through the injector, backend `dense`, so that the extension applies)."""
+    if not settings.enabled and not settings.extends_length:
         return None
     import radial
 
     family = family or pipeline_family(pipe)
-    return radial.inject_pipeline(pipe, family=family, **settings.inject_kwargs())
+    kwargs = settings.inject_kwargs()
+    if not settings.enabled:
+        kwargs.update(backend="dense", dense_layers=0, dense_timesteps=0)
+    return radial.inject_pipeline(pipe, family=family, **kwargs)
 
 
 def _lora_file(spec: LoraSpec) -> Path:
@@ -217,6 +221,24 @@ def check_local_folder(path: str | Path, option: str, what: str) -> Path:
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{option} {path}: no config.json; expected {what}")
     return folder
+
+
+def check_first_frame(family: str | None, transformer_folder: str | Path | None, option: str) -> None:
+    """Generation without --image: a transformer that takes a first frame (its config.json says) is a one-line
+    ConfigError naming `option` (the folder it came from), before anything is loaded."""
+    from radial.models import available_adapters, get_adapter
+
+    if family not in available_adapters() or transformer_folder is None:
+        return
+    try:
+        config = json.loads((Path(transformer_folder).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # the loader names what is missing
+    if get_adapter(family).image_input(config) == "required":
+        raise ConfigError(
+            f"{option} {transformer_folder}: an image-to-video {family} transformer (in_channels "
+            f"{config.get('in_channels')}); it generates from a first frame: give one with --image FILE"
+        )
 
 
 def family_of_folder(path: str | Path) -> str | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from radial.geometry import LatentGeometry
+from radial.models.context import check_length_extension
 
 ATTENTION_BACKENDS = ("auto", "fa4", "triton", "flex", "flashinfer", "reference", "dense")
 
@@ -27,6 +28,9 @@ class RadialSettings:
     block_size: int = 128
     sink: bool | None = None
     decay_adjacent: bool = False
+    train_frames: int = 0
+    rope_extension: str = "none"
+    extrapolation_decay: float = 1.0
 
     def __post_init__(self) -> None:
         if self.backend not in ATTENTION_BACKENDS:
@@ -37,6 +41,12 @@ class RadialSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        check_length_extension(self.train_frames, self.rope_extension, self.extrapolation_decay)
+
+    @property
+    def extends_length(self) -> bool:
+        """Whether a training-free length extension is on (it needs the injection even with dense attention)."""
+        return self.rope_extension != "none" or self.extrapolation_decay != 1.0
 
     def inject_kwargs(self) -> dict[str, Any]:
         d = asdict(self)

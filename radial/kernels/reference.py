@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from radial.frame_decay import FrameDecay
 from radial.plan import RadialPlan
 
 # Scores of one query chunk are [B, H, chunk, S] fp32; keep them near this many bytes.
@@ -16,8 +17,12 @@ def _expand(block_rows: torch.Tensor, block_size: int, rows: int, cols: int) -> 
     return block_rows.repeat_interleave(block_size, 0)[:rows].repeat_interleave(block_size, 1)[:, :cols]
 
 
-def _chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float) -> torch.Tensor:
+def _chunk(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float, bias: torch.Tensor | None
+) -> torch.Tensor:
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
     scores = scores.masked_fill(~allowed, float("-inf"))
     # Rows with no allowed key give zero output (softmax of all -inf would be NaN).
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
@@ -32,11 +37,12 @@ def reference_attention(
     key_padding_mask: torch.Tensor | None = None,
     *,
     scale: float | None = None,
+    decay: FrameDecay | None = None,
 ) -> torch.Tensor:
     """Attention [B, S, H, D] under the plan's block mask expanded to tokens; padded keys get zero weight.
 
     Math in fp32, in query chunks of whole blocks so that no S x S tensor exists; with gradients each chunk is
-    recomputed in backward (checkpointed), so memory stays O(chunk x S).
+    recomputed in backward (checkpointed), so memory stays O(chunk x S). `decay` adds its logit bias per chunk.
     """
     b, s, h, d = query.shape
     bs = plan.block_size
@@ -50,7 +56,8 @@ def reference_attention(
         allowed = _expand(plan.block_mask[start // bs : -(-stop // bs)], bs, stop - start, s)[None, None]
         if pad is not None:
             allowed = allowed & pad
-        args = (q[:, :, start:stop], k, v, allowed, scale)
+        bias = None if decay is None else decay.bias(plan, slice(start, stop), q.device)
+        args = (q[:, :, start:stop], k, v, allowed, scale, bias)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
             outs.append(checkpoint(_chunk, *args, use_reentrant=False))
         else:

@@ -44,6 +44,7 @@ from radial.comfy import ComfyRule, to_comfy
 from radial.errors import ConfigError
 from radial.geometry import LatentGeometry, geometry
 from radial.models.context import InjectionState, LatentGrid, RadialProcessor
+from radial.rope_extension import RotarySpec
 
 PATH_KEY = "model.path"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
@@ -129,6 +130,11 @@ class ModelAdapter:
     def patch_size(self, transformer: nn.Module) -> tuple[int, int, int]:
         """(temporal, height, width) patch of the transformer's patch embedding."""
         raise NotImplementedError
+
+    def rotary_spec(self, transformer: nn.Module) -> RotarySpec | None:
+        """The temporal rotary embedding that `rope_extension` rewrites (radial.rope_extension); None: the family
+        has none that it supports."""
+        return None
 
     # -- sequence parallelism (used by radial.parallel) ------------------------------------------------------------
     # How the ranks of a group hold the text tokens of joint attention: "split" (each rank its share, like the

@@ -24,9 +24,12 @@ from dataclasses import dataclass
 import torch
 
 from radial.attention import BACKENDS, radial_attention
+from radial.errors import ConfigError
+from radial.frame_decay import FrameDecay
 from radial.fused import fused_linears
 from radial.mask import MaskOptions
 from radial.plan import RadialPlan, make_plan
+from radial.rope_extension import ROPE_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class RadialConfig:
     decay_adjacent: bool = False
     window_frames: int = 0  # > 0: the temporal-window baseline mask instead of radial (radial.mask.window)
     fuse_qkv: bool = False  # q, k, v projections (and their LoRA) as one matmul each (radial.fused)
+    # Training-free length extension (both need train_frames > 0): radial.rope_extension, radial.frame_decay.
+    train_frames: int = 0  # latent frames the base model was trained on (0 = unknown)
+    rope_extension: str = "none"  # "riflex": lower the intrinsic temporal RoPE frequency past train_frames
+    extrapolation_decay: float = 1.0  # lambda < 1: weights of keys >= train_frames frames away times lambda
 
     @classmethod
     def create(cls, *, num_layers: int, mask_model: str, **kwargs) -> RadialConfig:
@@ -83,7 +90,15 @@ class RadialConfig:
         if not isinstance(config.fuse_qkv, bool):
             raise ValueError(f"fuse_qkv must be true or false, got {config.fuse_qkv!r}")
         config.mask_options(mask_model)  # validates block_size, decay_factor, sink, decay_adjacent
+        check_length_extension(config.train_frames, config.rope_extension, config.extrapolation_decay)
         return config
+
+    @property
+    def frame_decay(self) -> FrameDecay | None:
+        """The extrapolation decay of the attention calls (None when extrapolation_decay is 1)."""
+        if self.extrapolation_decay == 1.0:
+            return None
+        return FrameDecay(float(self.extrapolation_decay), self.train_frames)
 
     def mask_options(self, mask_model: str) -> MaskOptions:
         return MaskOptions.create(
@@ -94,6 +109,27 @@ class RadialConfig:
             decay_adjacent=self.decay_adjacent,
             window_frames=self.window_frames,
         )
+
+
+def check_length_extension(train_frames: int, rope_extension: str, extrapolation_decay: float) -> None:
+    """The length-extension options (`attention.train_frames`, `.rope_extension`, `.extrapolation_decay`) in range
+    and consistent; a ConfigError naming the key otherwise."""
+    if not isinstance(train_frames, int) or isinstance(train_frames, bool) or train_frames < 0:
+        raise ConfigError(f"attention.train_frames={train_frames!r}: expected an integer >= 0 (0 = unknown)")
+    if rope_extension not in ROPE_EXTENSIONS:
+        raise ConfigError(f"attention.rope_extension={rope_extension!r}: expected one of {list(ROPE_EXTENSIONS)}")
+    if isinstance(extrapolation_decay, bool) or not isinstance(extrapolation_decay, int | float):
+        raise ConfigError(f"attention.extrapolation_decay={extrapolation_decay!r}: expected a number in (0, 1]")
+    if not 0.0 < extrapolation_decay <= 1.0:
+        raise ConfigError(
+            f"attention.extrapolation_decay={extrapolation_decay!r}: expected 0 < lambda <= 1 (1 = no decay)"
+        )
+    for key, on in (("rope_extension", rope_extension != "none"), ("extrapolation_decay", extrapolation_decay < 1)):
+        if on and train_frames == 0:
+            raise ConfigError(
+                f"attention.{key} needs attention.train_frames: set it to the latent frames the base model was "
+                "trained on (> 0)"
+            )
 
 
 class InjectionState:
@@ -197,7 +233,9 @@ class InjectionState:
         if not dense:
             self.last_plan = plan
         backend = "dense" if dense else cfg.backend
-        return radial_attention(query, key, value, plan, backend=backend, key_padding_mask=key_padding_mask)
+        return radial_attention(
+            query, key, value, plan, backend=backend, key_padding_mask=key_padding_mask, decay=cfg.frame_decay
+        )
 
 
 class _BoundBlock:

@@ -19,6 +19,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from radial.comfy import ComfyRule, fused
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor, project_qkv
+from radial.rope_extension import RotarySpec
 
 
 def key_padding_from_attention_mask(attention_mask: torch.Tensor | None, batch: int, seq_len: int):
@@ -207,6 +208,11 @@ class HunyuanVideoAdapter(ModelAdapter):
     def patch_size(self, transformer) -> tuple[int, int, int]:
         cfg = transformer.config
         return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
+
+    def rotary_spec(self, transformer) -> RotarySpec:
+        rope = transformer.rope  # HunyuanVideoRotaryPosEmbed: tables computed per forward, float32 angles
+        pt, ph, pw = self.patch_size(transformer)
+        return RotarySpec(rope, rope.rope_dim[0], float(rope.theta), torch.float32, pt, (ph, pw))
 
     # Sequence parallelism: only the video tokens are split; the text stream (`encoder_hidden_states`, 256 tokens
     # against 100k-460k video tokens) stays whole on every rank, so the text length needs no divisibility.

@@ -20,6 +20,7 @@ from radial.comfy import ComfyRule
 from radial.fused import fused_linears
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
+from radial.rope_extension import RotarySpec
 
 
 def _apply_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -155,6 +156,14 @@ class WanAdapter(ModelAdapter):
 
     def patch_size(self, transformer) -> tuple[int, int, int]:
         return tuple(transformer.config.patch_size)
+
+    def rotary_spec(self, transformer) -> RotarySpec:
+        rope = transformer.rope
+        pt, ph, pw = self.patch_size(transformer)
+        # WanTransformer3DModel builds WanRotaryPosEmbed with its default base 10000, in float64 (float32 where MPS
+        # exists, as WanRotaryPosEmbed itself decides).
+        dtype = torch.float32 if torch.backends.mps.is_available() else torch.float64
+        return RotarySpec(rope, rope.t_dim, 10000.0, dtype, pt, (ph, pw))
 
     def _lora_alternatives(self, projections: list[str], text: bool) -> list[str]:
         alts = [rf"blocks\.\d+\.attn1\.{self._lora_video[p]}" for p in projections]

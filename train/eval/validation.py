@@ -241,7 +241,7 @@ class Validator:
         return min(s.num_samples, len(self.heldout_indices()))
 
     def _transformer(self):
-        return self.trainer.accelerator.unwrap_model(self.trainer.model)
+        return self.trainer._unwrapped()
 
     def _text_len(self) -> int:
         from radial.models import get_adapter
