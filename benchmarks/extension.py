@@ -390,8 +390,14 @@ class Experiment:
         self.log(f"base: {self.record['model']['parameters'] / 1e6:.2f}M parameters, full training at L in rounds")
         while step < b["max_steps"] and time.perf_counter() < limit:
             target = min(step + b["round_steps"], b["max_steps"])
-            o = self.overrides("base", seed=derive(self.seed, "base"), steps=target, model_path=init, arm=None,
-                               validate_every=b["round_steps"])
+            o = self.overrides(
+                "base",
+                seed=derive(self.seed, "base"),
+                steps=target,
+                model_path=init,
+                arm=None,
+                validate_every=b["round_steps"],
+            )
             if step:
                 o.append("train.resume=latest")
             trainer = self.trainer(o)
@@ -401,10 +407,19 @@ class Experiment:
             sample = mean_scores(scores)
             check = base_check(sample, ref, self.record["data_reference"]["base"]["scorer_track_error"])
             val = [h["val/loss"] for h in trainer.validator.history if "val/loss" in h]
-            checks.append({"step": step, "scores": sample, "check": check, "val_loss": val[-1] if val else None,
-                           "elapsed_s": time.perf_counter() - t0})
+            checks.append(
+                {
+                    "step": step,
+                    "scores": sample,
+                    "check": check,
+                    "val_loss": val[-1] if val else None,
+                    "elapsed_s": time.perf_counter() - t0,
+                }
+            )
             self.frames["base_L"] = clip
             self.base_path = trainer.out / "transformer"
+            self.record["base"] = {"steps": step, "passed": check["pass"], "checks": checks}
+            self.save_partial()  # each check is kept, also when the run is cut short
             self.log(
                 f"base check at step {step}: {'PASS' if check['pass'] else 'fail'} "
                 + ", ".join(f"{k} {v['value']:.3f} ({v['op']} {v['limit']:.3f})" for k, v in check["checks"].items())
@@ -414,8 +429,13 @@ class Experiment:
             if check["pass"]:
                 passed = True
                 break
-        self.record["base"] = {"steps": step, "passed": passed, "checks": checks, "cost": cost,
-                               "curve": [(c["step"], c["val_loss"]) for c in checks]}
+        self.record["base"] = {
+            "steps": step,
+            "passed": passed,
+            "checks": checks,
+            "cost": cost,
+            "curve": [(c["step"], c["val_loss"]) for c in checks],
+        }
         self.phases["base_s"] = time.perf_counter() - t0
         self.log(f"base: {step} steps, check {'passed' if passed else 'FAILED'}, {self.phases['base_s']:.0f}s")
         return passed
@@ -460,8 +480,14 @@ class Experiment:
         t0 = time.perf_counter()
         for arm in [a for a in UNTUNED if a in self.arms]:
             try:
-                o = self.overrides(arm, seed=derive(self.seed, "arm", arm), steps=1, model_path=self.base_path,
-                                   arm=arm, validate_every=0)
+                o = self.overrides(
+                    arm,
+                    seed=derive(self.seed, "arm", arm),
+                    steps=1,
+                    model_path=self.base_path,
+                    arm=arm,
+                    validate_every=0,
+                )
                 trainer = self.trainer(o)
                 for k in range(self.seeds):
                     self._add(arm, k, self.evaluate(trainer, k), cost=None)
@@ -483,8 +509,14 @@ class Experiment:
                 break
             r0 = time.perf_counter()
             for arm in [a for a in TUNED if a in self.arms]:
-                o = self.overrides(f"{arm}-s{k}", seed=derive(self.seed, "arm", arm, k), steps=steps,
-                                   model_path=self.base_path, arm=arm, validate_every=every)
+                o = self.overrides(
+                    f"{arm}-s{k}",
+                    seed=derive(self.seed, "arm", arm, k),
+                    steps=steps,
+                    model_path=self.base_path,
+                    arm=arm,
+                    validate_every=every,
+                )
                 try:
                     trainer = self.trainer(o)
                     w0 = time.perf_counter()
@@ -744,4 +776,3 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
-

@@ -83,8 +83,10 @@ def verdicts(record: dict, s: dict) -> dict:
     out: dict = {}
     base = record["base"]
     last = base["checks"][-1]["scores"] if base.get("checks") else {}
-    worse = {k: compare_value(last.get(k), m["a"].get(k), record["data_reference"]["base"].get(k), ref.get(k))
-             for k in SCORES}
+    worse = {
+        k: compare_value(last.get(k), m["a"].get(k), record["data_reference"]["base"].get(k), ref.get(k))
+        for k in SCORES
+    }
     out["i"] = {
         "answer": bool(base.get("passed") and m["a"]["loss_long"] > m["a"]["loss_base"] and any(worse.values())),
         "worse_at_4L": worse,
@@ -192,11 +194,15 @@ def markdown(record: dict, s: dict, v: dict) -> str:
     for c in base.get("checks", []):
         cells = [
             f"{c['check']['checks'][n]['value']:.3f} ({c['check']['checks'][n]['op']} "
-            f"{c['check']['checks'][n]['limit']:.3f})" if n in c["check"]["checks"] else f"{c['scores'].get(k, math.nan):.3f}"
+            f"{c['check']['checks'][n]['limit']:.3f})"
+            if n in c["check"]["checks"]
+            else f"{c['scores'].get(k, math.nan):.3f}"
             for k, n in zip(SCORES, ("identity", "objects", "tracks", "flashes"), strict=True)
         ]
         val = f"{c['val_loss']:.4f}" if c.get("val_loss") is not None else "-"
-        lines.append(f"| {c['step']} | {val} | " + " | ".join(cells) + f" | {'PASS' if c['check']['pass'] else 'fail'} |")
+        lines.append(
+            f"| {c['step']} | {val} | " + " | ".join(cells) + f" | {'PASS' if c['check']['pass'] else 'fail'} |"
+        )
     lines += [
         "",
         "Checks (fixed before any run): objects per frame >= 0.9 x the data's; >= 90% of last-quarter detections with "
@@ -239,7 +245,9 @@ def markdown(record: dict, s: dict, v: dict) -> str:
         "",
     ]
     if "i" in v:
-        lines.append(f"- (i) Base good at L and worse at 4L? **{'yes' if v['i']['answer'] else 'no'}**: {v['i']['text']}.")
+        lines.append(
+            f"- (i) Base good at L and worse at 4L? **{'yes' if v['i']['answer'] else 'no'}**: {v['i']['text']}."
+        )
     if "ii" in v:
         lines.append(f"- (ii) Which arms recover 4L quality? {v['ii']['text']}.")
         for arm, r in v["ii"]["detail"].items():
@@ -344,7 +352,9 @@ def scores_png(record: dict, s: dict, path: Path) -> None:
         ax.set_xticks(range(len(arms)))
         ax.set_xticklabels([f"({a})" for a in arms], fontsize=7)
         ax.set_title(k, fontsize=8)
-    fig.suptitle("4L: mean ± std over seeds (content_long: held-out loss on content tokens, lower is better)", fontsize=8)
+    fig.suptitle(
+        "4L: mean ± std over seeds (content_long: held-out loss on content tokens, lower is better)", fontsize=8
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -380,8 +390,9 @@ def frames_png(frames: dict, path: Path, columns: int = 10) -> None:
             ax.set_title(f"f{i}", fontsize=6)
         label = {"data": "data 4L", "base_L": "base at L"}.get(name, f"({name})")
         axes[r][0].set_ylabel(label, fontsize=7)
-    fig.suptitle("first sample of each arm at 4L (seed 0; base at L: its last check sample; data: a held-out clip)",
-                 fontsize=8)
+    fig.suptitle(
+        "first sample of each arm at 4L (seed 0; base at L: its last check sample; data: a held-out clip)", fontsize=8
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

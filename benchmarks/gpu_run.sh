@@ -59,10 +59,12 @@ for step in "$@"; do
     fa4-bwd-tile) python3 benchmarks/fa4_bwd_tile.py --out "$OUT/fa4_tile" "$@" >"$log" 2>&1 ;;
     extension) TQDM_DISABLE=1 python3 benchmarks/extension.py --out "$OUT" --work /tmp/ext --no-log-file "$@" >"$log" 2>&1 ;;
     extension-bg) tag=$1; shift  # detached: outlives this call on the same (warm) machine; extension-wait collects it
-      mkdir -p "/tmp/extbg/$tag"
-      TQDM_DISABLE=1 setsid nohup python3 benchmarks/extension.py --out "/tmp/extbg/$tag" --work "/tmp/extwork/$tag" \
-        --no-log-file "$@" >"/tmp/extbg/$tag/extension.log" 2>&1 </dev/null &
-      echo "started $tag (pid $!): $*" >"$log" ;;
+      # From a copy of the tree: the next call replaces this checkout, and a run whose cwd vanished fails (seen).
+      mkdir -p "/tmp/extbg/$tag" && rm -rf "/tmp/extsrc/$tag" && mkdir -p /tmp/extsrc && cp -r . "/tmp/extsrc/$tag"
+      (cd "/tmp/extsrc/$tag" && PYTHONPATH=${fa4_path}/tmp/site:$PWD TQDM_DISABLE=1 setsid nohup python3 \
+        benchmarks/extension.py --out "/tmp/extbg/$tag" --work "/tmp/extwork/$tag" --no-log-file "$@" \
+        >"/tmp/extbg/$tag/extension.log" 2>&1 </dev/null &)
+      echo "started $tag from /tmp/extsrc/$tag: $*" >"$log" ;;
     extension-wait) secs=${1:-540}; t0=$SECONDS  # until every detached run ends or secs pass; records -> $OUT
       while pgrep -f "benchmarks/extension.py" >/dev/null && [ $((SECONDS - t0)) -lt "$secs" ]; do sleep 10; done
       { pgrep -af "benchmarks/extension.py" || echo "no extension run alive"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
