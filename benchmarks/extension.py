@@ -1,27 +1,31 @@
 """The length-extension experiment (the paper's Table 2 in miniature), end to end through the project's real paths.
 
-    python benchmarks/extension.py --out $OUT --work /tmp/ext --budget-minutes 9   # one H200, ~9 minutes in all
+    python benchmarks/extension.py --out $OUT --work /tmp/ext --seed 0             # one H100 / H200
     python benchmarks/extension.py --smoke --out /tmp/ext_out --work /tmp/ext      # the same pipeline on the CPU
 
-1. Data (benchmarks/extension_data.py): latent clips of two bouncing blobs over a panning background, at L and 4L
-   latent frames, train and held-out splits (different seeds), written as trainer shards with tracks.json beside.
-2. Base: a WanTransformer3DModel (benchmarks/extension.yaml: ~36M parameters) trained from scratch at L in
-   `train.mode=full`, until its held-out loss plateaus (train.early_stop_patience) or its share of the budget ends.
-3. Arms at 4L, from the exported base, each with the same data, seeds, steps and LR schedule:
-   (a) base, dense, untuned; (b) base, radial, untuned; (c) dense LoRA; (d) radial LoRA; (e) LoRA under a temporal
-   window mask of radial's density. The step count is sized from a timing probe so that every arm and seed fits.
-4. Metrics: held-out flow-matching loss at fixed noise levels at L and 4L (the trainer's Validator); 4L clips
-   sampled with the diffusers WanPipeline (radial.generation.generate) and scored against the physics
-   (benchmarks/extension_score.py); step time, training time, peak memory, attention density.
-5. Record (--out): extension.md (table + computed verdicts), extension.json, extension_loss.png,
-   extension_frames.png, extension.log. Models and shards stay in --work.
+1. Data (benchmarks/extension_data.py): latent clips with long-range structure (two objects of random identity that
+   hide behind a wall for longer than a local window sees, a flash whose period is longer than that window), at L
+   and 4L latent frames, train and held-out splits, ground truth in tracks.json.
+2. Base: a WanTransformer3DModel trained from scratch at L in `train.mode=full`, in rounds; after each round its own
+   samples at L are scored against the data (benchmarks/extension_score.py `base_check`). The arms run only from a
+   base that passes; the record says how it passed (or that it did not, and then no arm runs).
+3. Arms at 4L from that base, tuned ones with the same data, steps, LR schedule and seeds: (a) dense, (b) radial,
+   (f) RIFLEx-style RoPE fix, (g) attention decay past the training window (all training-free); (c) dense LoRA,
+   (d) radial LoRA, (e) LoRA under a temporal window of radial's density, (h) radial LoRA with the RIFLEx fix.
+4. Metrics: held-out flow-matching loss at L and 4L over all tokens and over the content tokens (objects, wall,
+   flashes), the same noise for every arm; 4L samples (the same noise for every arm) scored for identity after
+   re-appearance, tracks, flash rhythm and repetition; step time, peak memory, density.
+5. Record (--out): extension.md, extension.json, extension_loss.png, extension_frames.png, extension_scores.png.
+
+One `--seed` drives everything (data, base initialisation, arms, noise of the held-out loss, sampling), so the whole
+experiment repeats with a seed it was never run with.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
+import hashlib
 import json
 import math
 import shutil
@@ -36,17 +40,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.extension_data import CLASSES, ClipGeometry, caption, class_text_states, write_split  # noqa: E402
-from benchmarks.extension_score import mean_scores, score_clip, track_error  # noqa: E402
+from benchmarks.extension_data import ClipGeometry, object_token_mask, text_states, write_split  # noqa: E402
+from benchmarks.extension_score import base_check, mean_scores, score_clip, track_error  # noqa: E402
 
 PRESETS = Path(__file__).with_name("extension.yaml")
-ARMS = {  # name: (label, attention, tuned)
-    "a": ("base, dense", "dense", False),
-    "b": ("base + radial (training-free)", "radial", False),
-    "c": ("dense LoRA", "dense", True),
-    "d": ("radial LoRA", "radial", True),
-    "e": ("window LoRA (same density)", "window", True),
+# name: (label, attention kind, tuned, extra attention settings)
+ARMS: dict[str, tuple[str, str, bool, tuple[str, ...]]] = {
+    "a": ("base, dense", "dense", False, ()),
+    "b": ("base + radial (training-free)", "radial", False, ()),
+    "f": ("base + RIFLEx RoPE (training-free)", "dense", False, ("riflex",)),
+    "g": ("base + decay past L (training-free)", "dense", False, ("decay",)),
+    "c": ("dense LoRA", "dense", True, ()),
+    "d": ("radial LoRA", "radial", True, ()),
+    "e": ("window LoRA (radial's density)", "window", True, ()),
+    "h": ("radial LoRA + RIFLEx", "radial", True, ("riflex",)),
 }
+UNTUNED = [a for a, v in ARMS.items() if not v[2]]
+TUNED = [a for a, v in ARMS.items() if v[2]]
+
+
+def derive(seed: int, *parts) -> int:
+    """A 31-bit seed from the experiment seed and a name: every random choice of a run comes from `--seed`."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 class Log:
@@ -77,20 +93,46 @@ def _reset_accelerate() -> None:
 
 
 class Experiment:
-    """The phases of the experiment over one preset, a work folder and a time budget."""
+    """The phases of the experiment over one preset, a seed, a work folder and a time budget."""
 
-    def __init__(self, preset: dict, work: Path, out: Path, budget_s: float, backend: str, seeds: int | None, log):
+    def __init__(
+        self,
+        preset: dict,
+        work: Path,
+        out: Path,
+        budget_s: float,
+        backend: str,
+        seed: int,
+        log,
+        note: str = "",
+        arms_anyway: bool = False,
+        arms: list[str] | None = None,
+        reuse: bool = False,
+    ):
         self.p, self.work, self.out, self.log = preset, work, out, log
-        self.backend = backend
+        self.arms_anyway = arms_anyway
+        self.arms = arms or list(ARMS)
+        self.reuse = reuse
+        self.backend, self.seed = backend, seed
         self.started = time.perf_counter()
         self.deadline = self.started + budget_s
         self.budget_s = budget_s
-        self.seeds = seeds or preset["arms"]["seeds"]
+        self.seeds = preset["arms"]["seeds"]
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.geom = ClipGeometry(preset["latent_size"], preset["latent_size"], preset["text_len"], preset["text_dim"])
+        self.geom = ClipGeometry(
+            preset["latent_size"],
+            preset["latent_size"],
+            preset["text_len"],
+            preset["text_dim"],
+            sigma=preset["clip"]["sigma"],
+            occluder_width=preset["clip"]["occluder_width"],
+            period=tuple(preset["clip"]["period"]),
+        )
         self.roots: dict[str, Path] = {}
+        self.truth: dict[str, dict] = {}
         self.phases: dict[str, float] = {}
-        self.record: dict = {"preset": preset, "arms": {}, "runs": []}
+        self.frames: dict[str, torch.Tensor] = {}
+        self.record: dict = {"preset": preset, "seed": seed, "note": note, "arms": {}, "runs": []}
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
@@ -99,16 +141,18 @@ class Experiment:
     def data(self) -> None:
         t0 = time.perf_counter()
         p, c = self.p, self.p["clips"]
-        splits = {  # name: (latent frames, count, seed); held-out seeds are never used for training data
-            "train_base": (p["frames_base"], c["train_base"], 1),
-            "train_long": (p["frames_long"], c["train_long"], 2),
-            "heldout_base": (p["frames_base"], c["heldout"], 101),
-            "heldout_long": (p["frames_long"], c["heldout"], 102),
+        splits = {  # name: (latent frames, count); held-out seeds are never used for training data
+            "train_base": (p["frames_base"], c["train_base"]),
+            "train_long": (p["frames_long"], c["train_long"]),
+            "heldout_base": (p["frames_base"], c["heldout"]),
+            "heldout_long": (p["frames_long"], c["heldout"]),
         }
-        for name, (frames, count, seed) in splits.items():
+        for name, (frames, count) in splits.items():
             root = self.work / "data" / name
             shutil.rmtree(root, ignore_errors=True)
+            seed = derive(self.seed, "data", name)
             self.roots[name] = write_split(root, self.geom, frames, count, seed, name, device=self.device)
+            self.truth[name] = json.loads((root / "tracks.json").read_text())["items"]
         self.phases["data_s"] = time.perf_counter() - t0
         self.log(
             f"data: {', '.join(f'{k} {v[1]} x {v[0]} frames' for k, v in splits.items())} "
@@ -116,20 +160,33 @@ class Experiment:
         )
 
     # -- trainer plumbing ---------------------------------------------------------------------------------------
+    def attention_overrides(self, kind: str, extras: tuple[str, ...]) -> list[str]:
+        p = self.p
+        if kind == "dense":
+            o = ["attention=dense"]
+        else:
+            o = [
+                "attention=radial",
+                f"attention.backend={self.backend}",
+                f"attention.dense_layers={p['dense_layers']}",
+                f"attention.decay_factor={p['decay_factor']}",
+            ]
+            if kind == "window":
+                o.append(f"attention.window_frames={self.record['geometry']['window_frames']}")
+        o.append(f"attention.block_size={p['block_size']}")
+        if extras:
+            o.append(f"attention.train_frames={p['frames_base']}")
+        if "riflex" in extras:
+            o.append("attention.rope_extension=riflex")
+        if "decay" in extras:
+            o.append(f"attention.extrapolation_decay={p['extrapolation_decay']}")
+        return o
+
     def overrides(
-        self,
-        run: str,
-        *,
-        seed: int,
-        steps: int,
-        model_path: Path,
-        attention: str,
-        data: str,
-        heldout: str,
-        validate_every: int,
-        full: bool = False,
+        self, run: str, *, seed: int, steps: int, model_path: Path, arm: str | None, validate_every: int
     ) -> list[str]:
         p, a = self.p, self.p["arms"]
+        full = arm is None
         o = [
             "model=tiny_wan",
             "model.source=pretrained",
@@ -139,18 +196,16 @@ class Experiment:
             f"output_dir={self.work / 'runs' / run}",
             f"seed={seed}",
             "data=latents",
-            f"data.root={self.roots[data]}",
+            f"data.root={self.roots['train_base' if full else 'train_long']}",
             f"data.num_workers={p['num_workers']}",
             f"train.max_steps={steps}",
-            "train.checkpoint_every=0",
-            "train.keep_last=1",
             f"train.mixed_precision={p['mixed_precision']}",
             "train.gradient_checkpointing=false",
             "train.export_comfy=false",
             "eval=default",
             "eval.hooks=[]",
             f"eval.validation_every={validate_every}",
-            f"eval.heldout_root={self.roots[heldout]}",
+            f"eval.heldout_root={self.roots['heldout_base' if full else 'heldout_long']}",
             f"eval.num_heldout={p['eval']['heldout']}",
             f"eval.timesteps=[{','.join(str(x) for x in p['eval']['timesteps'])}]",
             "eval.num_samples=0",
@@ -158,30 +213,22 @@ class Experiment:
             "logging.loss_curve=false",
             "optim.scheduler=constant_with_warmup",
         ]
-        if attention == "dense":
-            o += ["attention=dense"]
-        else:
-            o += [
-                "attention=radial",
-                f"attention.backend={self.backend}",
-                f"attention.dense_layers={p['dense_layers']}",
-                f"attention.decay_factor={p['decay_factor']}",
-            ]
-            if attention == "window":
-                o += [f"attention.window_frames={self.record['geometry']['window_frames']}"]
-        o += [f"attention.block_size={p['block_size']}"]
         if full:
             b = p["base"]
+            o += self.attention_overrides("dense", ())
             o += [
                 "train.mode=full",
                 f"data.batch_size={b['batch_size']}",
                 f"optim.lr={b['lr']}",
                 f"optim.warmup_steps={b['warmup']}",
-                f"train.early_stop_patience={b['patience']}",
-                f"train.early_stop_min_delta={b['min_delta']}",
+                f"train.checkpoint_every={b['round_steps']}",
+                "train.keep_last=1",
             ]
         else:
+            o += self.attention_overrides(ARMS[arm][1], ARMS[arm][3])
             o += [
+                "train.checkpoint_every=0",
+                "train.keep_last=1",
                 "data.batch_size=1",
                 f"optim.lr={a['lr']}",
                 f"lora.rank={a['rank']}",
@@ -197,14 +244,139 @@ class Experiment:
         _reset_accelerate()
         return Trainer(validate(compose(overrides)))
 
+    # -- measurements of one model ------------------------------------------------------------------------------
+    def heldout(self, trainer, split: str) -> dict[str, float]:
+        """Held-out flow-matching loss over all tokens and over the content tokens; the noise of each item and level
+        comes from the experiment seed alone, so every arm is measured on the same draws (a paired comparison)."""
+        from data import LatentDataset, collate
+        from train.flow import noisy_latents
+        from train.step import conditions_of, input_dtype
+
+        ds = LatentDataset(self.roots[split], model="wan")
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        device = trainer.accelerator.device
+        dtype = input_dtype(model)
+        total, content = [], []
+        try:
+            with torch.no_grad():
+                for i in range(min(len(ds), self.p["eval"]["heldout"])):
+                    item = ds[i]
+                    key = item["meta"]["key"]
+                    batch = collate([item])
+                    x0 = batch["latents"].to(device, torch.float32)
+                    conds = conditions_of(batch, device, dtype)
+                    mask = object_token_mask(self.truth[split][key], self.geom, x0.shape[2]).to(device)
+                    for j, sigma in enumerate(self.p["eval"]["timesteps"]):
+                        gen = torch.Generator().manual_seed(derive(self.seed, "heldout", key, j))
+                        noise = torch.randn(x0.shape, generator=gen).to(device)
+                        sig = torch.full((1,), float(sigma), device=device)
+                        x_t, target = noisy_latents(x0, noise, sig)
+                        with trainer.accelerator.autocast():
+                            pred = trainer.parts.adapter.predict(model, x_t.to(dtype), sig * 1000, conds)
+                        err = ((pred.float() - target) ** 2).mean(1)  # [1, F, H, W]
+                        tokens = torch.nn.functional.avg_pool2d(err, 2)[0]  # [F, H/2, W/2]: Wan's 2x2 patches
+                        total.append(float(tokens.mean()))
+                        content.append(float(tokens[mask].mean()))
+        finally:
+            model.train(was_training)
+        return {"loss": statistics.fmean(total), "loss_content": statistics.fmean(content)}
+
+    def samples(self, trainer, frames: int, count: int, tag: str) -> tuple[list[dict], torch.Tensor]:
+        """`count` clips of `frames` latent frames sampled from the trainer's model (seeded by the experiment seed
+        and the sample index alone: every arm starts from the same noise), their scores, and the first clip."""
+        from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+        from radial.generation import ClipSpec, PromptEmbeds, generate
+
+        p = self.p
+        model = trainer._unwrapped()
+        was_training = model.training
+        model.eval()
+        pipe = WanPipeline(
+            tokenizer=None,
+            text_encoder=None,
+            transformer=model,
+            vae=None,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=p["flow_shift"]),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        embeds = PromptEmbeds(
+            {
+                "prompt_embeds": text_states(p["text_len"], p["text_dim"])[None],
+                "prompt_attention_mask": torch.ones(1, p["text_len"], dtype=torch.int64),
+            },
+            prompt="synthetic",
+        )
+        scores, first = [], None
+        try:
+            for k in range(count):
+                clip = ClipSpec(
+                    frames=4 * (frames - 1) + 1,
+                    height=8 * p["latent_size"],
+                    width=8 * p["latent_size"],
+                    num_inference_steps=p["eval"]["sample_steps"],
+                    guidance_scale=1.0,
+                    seed=derive(self.seed, "sample", tag, k),
+                    max_sequence_length=p["text_len"],
+                )
+                with trainer.accelerator.autocast():
+                    result = generate(
+                        pipe, clip, embeds=embeds, handles=trainer.parts.handle, decode=False, family="wan"
+                    )
+                latents = result.latents[0].float().cpu()
+                scores.append(score_clip(latents, self.geom))
+                first = latents if first is None else first
+        finally:
+            model.train(was_training)
+        return scores, first
+
+    def evaluate(self, trainer, sample_seed: int) -> dict:
+        """One arm at one seed: held-out losses at L and 4L, scored 4L samples."""
+        out = {}
+        for name, split in (("base", "heldout_base"), ("long", "heldout_long")):
+            r = self.heldout(trainer, split)
+            out[f"loss_{name}"], out[f"content_{name}"] = r["loss"], r["loss_content"]
+        scores, clip = self.samples(
+            trainer, self.p["frames_long"], self.p["eval"]["samples_per_seed"], f"long-{sample_seed}"
+        )
+        out.update(mean_scores(scores))
+        out["_clip"] = clip
+        return out
+
     # -- 2. base model ------------------------------------------------------------------------------------------
-    def base(self) -> None:
+    def reference(self) -> None:
+        """The scores of held-out data clips at L and 4L (what a perfect model gets) and the scorer's own error."""
+        from data import LatentDataset
+
+        ref = {}
+        for name, split in (("base", "heldout_base"), ("long", "heldout_long")):
+            ds = LatentDataset(self.roots[split], model="wan")
+            scores, errors = [], []
+            for i in range(len(ds)):
+                item = ds[i]
+                truth = self.truth[split][item["meta"]["key"]]
+                scores.append(score_clip(item["latents"], self.geom))
+                errors.append(track_error(item["latents"], self.geom, truth))
+                if i == 0 and name == "long":
+                    self.frames["data"] = item["latents"]
+            ref[name] = {**mean_scores(scores), "scorer_track_error": statistics.fmean(errors)}
+        self.record["data_reference"] = ref
+        self.log(
+            f"data reference: L {_brief(ref['base'])}; 4L {_brief(ref['long'])}; "
+            f"scorer track error {ref['long']['scorer_track_error']:.2f} px"
+        )
+
+    def base(self) -> bool:
+        """Full training at L in rounds until the base's own samples at L pass `base_check` (or steps / time end)."""
         from radial.models import get_adapter
 
         t0 = time.perf_counter()
         p, b = self.p, self.p["base"]
         init = self.work / "base_init"
-        model = get_adapter("wan").build_tiny(seed=0, **p["model"])
+        torch.manual_seed(derive(self.seed, "base-init"))
+        model = get_adapter("wan").build_tiny(seed=derive(self.seed, "base-init"), **p["model"])
         self.record["model"] = {
             "class": type(model).__name__,
             "parameters": sum(x.numel() for x in model.parameters()),
@@ -212,36 +384,61 @@ class Experiment:
         }
         model.save_pretrained(init)
         del model
-        limit = max(10.0, b["budget_share"] * self.left())
-        o = self.overrides(
-            "base",
-            seed=0,
-            steps=b["max_steps"],
-            model_path=init,
-            attention="dense",
-            data="train_base",
-            heldout="heldout_base",
-            validate_every=b["validate_every"],
-            full=True,
-        )
-        o.append(f"train.time_limit_s={limit:.0f}")
-        trainer = self.trainer(o)
-        self.log(
-            f"base: {self.record['model']['parameters'] / 1e6:.2f}M parameters, full training at L for at most "
-            f"{limit:.0f}s or until the held-out loss plateaus"
-        )
-        summary = trainer.fit()
-        run = trainer.out
-        self.base_path = run / "transformer"
+        limit = t0 + b["budget_share"] * self.left()
+        ref = self.record["data_reference"]["base"]
+        checks, passed, step, cost = [], False, 0, {}
+        self.log(f"base: {self.record['model']['parameters'] / 1e6:.2f}M parameters, full training at L in rounds")
+        while step < b["max_steps"] and time.perf_counter() < limit:
+            target = min(step + b["round_steps"], b["max_steps"])
+            o = self.overrides(
+                "base",
+                seed=derive(self.seed, "base"),
+                steps=target,
+                model_path=init,
+                arm=None,
+                validate_every=b["round_steps"],
+            )
+            if step:
+                o.append("train.resume=latest")
+            trainer = self.trainer(o)
+            summary = trainer.fit()
+            step = summary["step"]
+            scores, clip = self.samples(trainer, p["frames_base"], b["check_samples"], f"check-{step}")
+            sample = mean_scores(scores)
+            check = base_check(sample, ref, self.record["data_reference"]["base"]["scorer_track_error"])
+            val = [h["val/loss"] for h in trainer.validator.history if "val/loss" in h]
+            checks.append(
+                {
+                    "step": step,
+                    "scores": sample,
+                    "check": check,
+                    "val_loss": val[-1] if val else None,
+                    "elapsed_s": time.perf_counter() - t0,
+                }
+            )
+            self.frames["base_L"] = clip
+            self.base_path = trainer.out / "transformer"
+            self.record["base"] = {"steps": step, "passed": check["pass"], "checks": checks}
+            self.save_partial()  # each check is kept, also when the run is cut short
+            self.log(
+                f"base check at step {step}: {'PASS' if check['pass'] else 'fail'} "
+                + ", ".join(f"{k} {v['value']:.3f} ({v['op']} {v['limit']:.3f})" for k, v in check["checks"].items())
+            )
+            cost = _cost(trainer.out)
+            del trainer
+            if check["pass"]:
+                passed = True
+                break
         self.record["base"] = {
-            "steps": summary["step"],
-            "ended": summary["ended_early"] or "train.max_steps reached",
-            "curve": [(h["step"], h["val/loss"]) for h in trainer.validator.history if "val/loss" in h],
-            "cost": _cost(run),
+            "steps": step,
+            "passed": passed,
+            "checks": checks,
+            "cost": cost,
+            "curve": [(c["step"], c["val_loss"]) for c in checks],
         }
-        del trainer
         self.phases["base_s"] = time.perf_counter() - t0
-        self.log(f"base: {summary['step']} steps, {self.record['base']['ended']}, {self.phases['base_s']:.0f}s")
+        self.log(f"base: {step} steps, check {'passed' if passed else 'FAILED'}, {self.phases['base_s']:.0f}s")
+        return passed
 
     # -- geometry ------------------------------------------------------------------------------------------------
     def geometry(self) -> None:
@@ -254,7 +451,7 @@ class Experiment:
         )
         windows = {
             k: make_plan(p["frames_long"], tpf, block_size=p["block_size"], model="wan", window_frames=k)
-            for k in range(1, p["frames_long"])
+            for k in range(1, p["frames_long"] // 2)
         }
         k = min(windows, key=lambda k: abs(windows[k].stats.block_density - radial.stats.block_density))
         layers, dense = p["model"]["num_layers"], p["dense_layers"]
@@ -273,195 +470,96 @@ class Experiment:
         }
         g = self.record["geometry"]
         self.log(
-            f"geometry: {g['frames_long']} x {tpf} tokens at 4L, radial density {g['radial_density']:.3f}, "
-            f"window +-{k} frames density {g['window_density']:.3f}"
+            f"geometry: {g['frames_long']} x {tpf} tokens at 4L, radial block density {g['radial_density']:.3f} "
+            f"(sparse layers), window +-{k} frames block density {g['window_density']:.3f}"
         )
-
-    # -- evaluation of one model -----------------------------------------------------------------------------------
-    def evaluate(self, trainer, seed: int) -> dict:
-        from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
-
-        from radial.generation import ClipSpec, PromptEmbeds, generate
-        from train.eval.validation import Validator
-
-        p = self.p
-        t0 = time.perf_counter()
-        out = {"loss_long": trainer.validator.heldout_loss()["val/loss"]}
-        self.heldout_s = time.perf_counter() - t0
-        base_val = Validator(trainer)
-        base_val.settings = dataclasses.replace(base_val.settings, heldout_root=str(self.roots["heldout_base"]))
-        out["loss_base"] = base_val.heldout_loss()["val/loss"]
-        model = trainer._unwrapped()
-        model.eval()
-        pipe = WanPipeline(
-            tokenizer=None,
-            text_encoder=None,
-            transformer=model,
-            vae=None,
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=p["flow_shift"]),
-        )
-        pipe.set_progress_bar_config(disable=True)
-        text = class_text_states(p["text_len"], p["text_dim"])
-        scores, clips = [], []
-        for cls in range(p["eval"]["samples_per_seed"]):
-            embeds = PromptEmbeds(
-                {
-                    "prompt_embeds": text[cls][None],
-                    "prompt_attention_mask": torch.ones(1, p["text_len"], dtype=torch.int64),
-                },
-                prompt=caption(cls),
-            )
-            clip = ClipSpec(
-                frames=4 * (p["frames_long"] - 1) + 1,
-                height=8 * p["latent_size"],
-                width=8 * p["latent_size"],
-                num_inference_steps=p["eval"]["sample_steps"],
-                guidance_scale=1.0,
-                seed=1000 * seed + cls,
-                max_sequence_length=p["text_len"],
-            )
-            with trainer.accelerator.autocast():
-                result = generate(pipe, clip, embeds=embeds, handles=trainer.parts.handle, decode=False, family="wan")
-            latents = result.latents[0]
-            scores.append(score_clip(latents, list(CLASSES[cls])))
-            clips.append(latents)
-        out.update(mean_scores(scores))
-        out["_clip"] = clips[0]
-        return out
 
     # -- 3. arms ----------------------------------------------------------------------------------------------------
     def untuned(self) -> None:
-        """Arms (a) and (b): the base with dense or radial attention (LoRA attached, untrained: B = 0)."""
+        """The training-free arms: the base with each attention setting (LoRA attached, untrained: B = 0)."""
         t0 = time.perf_counter()
-        for arm in ("a", "b"):
-            o = self.overrides(
-                f"{arm}",
-                seed=0,
-                steps=1,
-                model_path=self.base_path,
-                attention=ARMS[arm][1],
-                data="train_long",
-                heldout="heldout_long",
-                validate_every=0,
-            )
-            trainer = self.trainer(o)
-            for seed in range(self.seeds):
-                result = self.evaluate(trainer, seed)
-                self._add(arm, seed, result, cost=None)
-            del trainer
-        self.phases["untuned_s"] = time.perf_counter() - t0
-        self.eval_s = self.phases["untuned_s"] / (2 * self.seeds)
-        self.log(f"arms a, b evaluated in {self.phases['untuned_s']:.0f}s ({self.eval_s:.1f}s per evaluation)")
-
-    def probe(self) -> None:
-        """A few steps of each tuned arm: the step times that size the common step count."""
-        t0 = time.perf_counter()
-        steps = self.p["arms"]["probe_steps"]
-        self.step_s, setup = {}, []
-        for arm in ("c", "d", "e"):
-            o = self.overrides(
-                f"probe-{arm}",
-                seed=0,
-                steps=steps,
-                model_path=self.base_path,
-                attention=ARMS[arm][1],
-                data="train_long",
-                heldout="heldout_long",
-                validate_every=0,
-            )
-            s0 = time.perf_counter()
-            trainer = self.trainer(o)
-            setup.append(time.perf_counter() - s0)
-            trainer.fit()
-            times = [m["step_time_s"] for m in _metrics(trainer.out)]
-            self.step_s[arm] = statistics.median(times[len(times) // 2 :])
-            del trainer
-        self.setup_s = max(setup)
-        self.phases["probe_s"] = time.perf_counter() - t0
-        self.log(
-            f"probe: step {', '.join(f'{a} {t * 1000:.0f}ms' for a, t in self.step_s.items())}; "
-            f"setup {self.setup_s:.1f}s"
-        )
-
-    def plan_steps(self) -> int:
-        a = self.p["arms"]
-        # Per run besides its steps: setup, the final evaluation, the held-out validations, export and checkpoint.
-        per_round_fixed = 3 * (self.setup_s + self.eval_s + a["validations"] * self.heldout_s + 2.0)
-        usable = self.left() - self.p["reserve_s"]
-        seeds = self.seeds
-        while True:
-            steps = (usable - seeds * per_round_fixed) / (seeds * sum(self.step_s.values()))
-            if steps >= a["min_steps"] or seeds <= a["min_seeds"]:
-                break
-            seeds -= 1
-        self.seeds = seeds
-        steps = int(min(max(steps, a["min_steps"]), a["max_steps"]))
-        self.round_s = per_round_fixed + steps * sum(self.step_s.values())
-        self.log(
-            f"plan: {steps} steps per run, {seeds} seeds, ~{self.round_s:.0f}s per seed round, {self.left():.0f}s left"
-        )
-        return steps
-
-    def tuned(self, steps: int) -> None:
-        t0 = time.perf_counter()
-        every = max(1, steps // self.p["arms"]["validations"])
-        done = 0
-        for seed in range(self.seeds):
-            if seed >= self.p["arms"]["min_seeds"] and self.left() < self.round_s + self.p["reserve_s"]:
-                self.log(f"stopping after {seed} seeds: {self.left():.0f}s left, a round takes ~{self.round_s:.0f}s")
-                break
-            for arm in ("c", "d", "e"):
+        for arm in [a for a in UNTUNED if a in self.arms]:
+            try:
                 o = self.overrides(
-                    f"{arm}-s{seed}",
-                    seed=seed,
+                    arm,
+                    seed=derive(self.seed, "arm", arm),
+                    steps=1,
+                    model_path=self.base_path,
+                    arm=arm,
+                    validate_every=0,
+                )
+                trainer = self.trainer(o)
+                for k in range(self.seeds):
+                    self._add(arm, k, self.evaluate(trainer, k), cost=None)
+                del trainer
+            except Exception as e:  # noqa: BLE001 - a failed arm is recorded; the others still run
+                self._failed(arm, 0, e)
+        self.phases["untuned_s"] = time.perf_counter() - t0
+        self.log(f"training-free arms evaluated in {self.phases['untuned_s']:.0f}s")
+
+    def tuned(self) -> None:
+        t0 = time.perf_counter()
+        a = self.p["arms"]
+        steps = a["steps"]
+        every = max(1, steps // a["validations"])
+        done, round_s = 0, 0.0
+        for k in range(self.seeds):
+            if k and self.left() < round_s + self.p["reserve_s"]:
+                self.log(f"stopping after {k} seeds: {self.left():.0f}s left, a round takes ~{round_s:.0f}s")
+                break
+            r0 = time.perf_counter()
+            for arm in [a for a in TUNED if a in self.arms]:
+                o = self.overrides(
+                    f"{arm}-s{k}",
+                    seed=derive(self.seed, "arm", arm, k),
                     steps=steps,
                     model_path=self.base_path,
-                    attention=ARMS[arm][1],
-                    data="train_long",
-                    heldout="heldout_long",
+                    arm=arm,
                     validate_every=every,
                 )
                 try:
                     trainer = self.trainer(o)
-                    r0 = time.perf_counter()
+                    w0 = time.perf_counter()
                     trainer.fit()
-                    wall = time.perf_counter() - r0
+                    wall = time.perf_counter() - w0
+                    cost = _cost(trainer.out)
+                    cost["fit_wall_s"] = wall
+                    curve = [(h["step"], h["val/loss"]) for h in trainer.validator.history if "val/loss" in h]
+                    result = self.evaluate(trainer, k)
                 except Exception as e:  # noqa: BLE001 - one failed run is recorded; the others still run
-                    self.log(f"{arm} seed {seed} FAILED: {type(e).__name__}: {e}\n{traceback.format_exc()}")
-                    self.record.setdefault("failed", []).append(f"{arm} seed {seed}: {type(e).__name__}: {e}")
-                    trainer = None
+                    self._failed(arm, k, e)
                     continue
-                cost = _cost(trainer.out)
-                cost["fit_wall_s"] = wall
-                curve = [(h["step"], h["val/loss"]) for h in trainer.validator.history if "val/loss" in h]
-                result = self.evaluate(trainer, seed)
+                finally:
+                    trainer = None
                 result["curve"] = curve
-                self._add(arm, seed, result, cost)
+                self._add(arm, k, result, cost)
                 self.save_partial()
                 self.log(
-                    f"{arm} seed {seed}: 4L loss {result['loss_long']:.4f}, track {result['track_rmse']:.2f}, "
-                    f"step {cost['step_s'] * 1000:.0f}ms, {wall:.0f}s"
+                    f"{arm} seed {k}: 4L loss {result['loss_long']:.4f} (content {result['content_long']:.4f}), "
+                    f"{_brief(result)}, step {cost['step_s'] * 1000:.0f}ms, {wall:.0f}s"
                 )
-                del trainer
-            done = seed + 1
+            done = k + 1
+            round_s = time.perf_counter() - r0
         self.seeds_done = done
         self.phases["tuned_s"] = time.perf_counter() - t0
 
-    def _add(self, arm: str, seed: int, result: dict, cost: dict | None) -> None:
+    def _failed(self, arm: str, k: int, e: BaseException) -> None:
+        self.log(f"{arm} seed {k} FAILED: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+        self.record.setdefault("failed", []).append(f"{arm} seed {k}: {type(e).__name__}: {e}")
+
+    def _add(self, arm: str, k: int, result: dict, cost: dict | None) -> None:
+        label, kind, tuned, extras = ARMS[arm]
         entry = self.record["arms"].setdefault(
-            arm, {"label": ARMS[arm][0], "attention": ARMS[arm][1], "tuned": ARMS[arm][2], "seeds": []}
+            arm, {"label": label, "attention": kind, "tuned": tuned, "extras": list(extras), "seeds": []}
         )
         clip = result.pop("_clip")
-        if seed == 0:
+        if k == 0:
             self.frames[arm] = clip
-        entry["seeds"].append(seed)
-        for k, v in result.items():
-            entry.setdefault(k, []).append(v)
-        if cost is not None:
-            for k, v in cost.items():
-                entry.setdefault(k, []).append(v)
+        entry["seeds"].append(k)
+        for key, v in {**result, **(cost or {})}.items():
+            entry.setdefault(key, []).append(v)
         self.record["runs"].append(
-            {"arm": arm, "seed": seed, **{k: v for k, v in result.items() if k != "curve"}, **(cost or {})}
+            {"arm": arm, "seed": k, **{x: v for x, v in result.items() if x != "curve"}, **(cost or {})}
         )
 
     def save_partial(self) -> None:
@@ -470,58 +568,103 @@ class Experiment:
         (self.out / "extension.json").write_text(json.dumps(data, indent=1, default=str))
 
     def trim_untuned(self) -> None:
-        """The untuned arms keep the seeds that the tuned arms reached (the same seeds for every arm)."""
-        for arm in ("a", "b"):
+        """The training-free arms keep the sample seeds that the tuned arms reached (the same seeds for every arm)."""
+        for arm in UNTUNED:
             entry = self.record["arms"].get(arm)
             if not entry:
                 continue
             keep = [i for i, s in enumerate(entry["seeds"]) if s < self.seeds_done]
-            for k, v in entry.items():
-                if isinstance(v, list) and len(v) == len(entry["seeds"]) and k != "seeds":
-                    entry[k] = [v[i] for i in keep]
+            for key, v in entry.items():
+                if isinstance(v, list) and len(v) == len(entry["seeds"]) and key != "seeds":
+                    entry[key] = [v[i] for i in keep]
             entry["seeds"] = [entry["seeds"][i] for i in keep]
-        self.record["runs"] = [
-            r for r in self.record["runs"] if r["arm"] not in ("a", "b") or r["seed"] < self.seeds_done
-        ]
+        self.record["runs"] = [r for r in self.record["runs"] if r["arm"] in TUNED or r["seed"] < self.seeds_done]
 
-    def reference(self) -> None:
-        """The scores of held-out 4L data clips (what a perfect model would get) and the scorer's own error."""
-        from data import LatentDataset
-
-        ds = LatentDataset(self.roots["heldout_long"], model="wan")
-        truth = json.loads((self.roots["heldout_long"] / "tracks.json").read_text())["items"]
-        scores, errors = [], []
-        for i in range(len(ds)):
-            item = ds[i]
-            t = truth[item["meta"]["key"]]
-            scores.append(score_clip(item["latents"], t["colours"]))
-            errors.append(track_error(item["latents"], t["colours"], t["tracks"]))
-            if i == 0:
-                self.frames["data"] = item["latents"]
-        self.record["data_reference"] = {**mean_scores(scores), "scorer_track_error": sum(errors) / len(errors)}
+    def restore(self) -> bool:
+        """--reuse: the data, base and measured arms of an earlier run with this --work and --out; more arms follow."""
+        prior = json.loads((self.out / "extension.json").read_text())
+        if prior.get("partial") or prior.get("seed") != self.seed:
+            raise SystemExit(f"error: --reuse needs a finished record of seed {self.seed} in {self.out}/extension.json")
+        for name in ("train_base", "train_long", "heldout_base", "heldout_long"):
+            self.roots[name] = self.work / "data" / name
+            self.truth[name] = json.loads((self.roots[name] / "tracks.json").read_text())["items"]
+        for key in ("geometry", "data_reference", "model", "base", "arms", "runs", "failed"):
+            if key in prior:
+                self.record[key] = prior[key]
+        self.record["failed"] = [f for f in self.record.get("failed", []) if f.split()[0] not in self.arms]
+        for arm in self.arms:
+            self.record["arms"].pop(arm, None)
+        self.record["runs"] = [r for r in self.record["runs"] if r["arm"] not in self.arms]
+        self.phases = prior.get("phases_s", {})
+        frames = self.work / "frames.pt"
+        if frames.is_file():
+            self.frames.update(torch.load(frames))
+        self.base_path = self.work / "runs" / "base" / "transformer"
+        self.log(f"reusing data, base and arms {sorted(self.record['arms'])} of {self.out}; now arms {self.arms}")
+        return bool(self.record["base"].get("passed"))
 
     def run(self) -> dict:
-        self.frames: dict = {}
-        shutil.rmtree(self.work / "runs", ignore_errors=True)  # a rerun must not append to old metrics
-        self.data()
-        self.geometry()
-        self.reference()
-        self.base()
-        self.save_partial()
-        self.untuned()
-        self.save_partial()
-        self.probe()
-        steps = self.plan_steps()
-        self.record["steps_per_run"] = steps
-        self.tuned(steps)
-        self.trim_untuned()
+        if self.reuse:
+            passed = self.restore()
+            for arm in self.arms:
+                shutil.rmtree(self.work / "runs" / arm, ignore_errors=True)
+                for k in range(self.seeds):
+                    shutil.rmtree(self.work / "runs" / f"{arm}-s{k}", ignore_errors=True)
+        else:
+            shutil.rmtree(self.work / "runs", ignore_errors=True)  # a rerun must not append to old metrics
+            self.data()
+            self.geometry()
+            self.reference()
+            self.save_partial()
+            passed = self.base()
+            self.save_partial()
+        self.seeds_done = 0
+        if passed or self.arms_anyway:
+            if not passed:
+                self.log("the base did not pass its check; --arms-anyway: the arms run, and no verdict is valid")
+                self.record["arms_anyway"] = True
+            self.untuned()
+            self.save_partial()
+            self.tuned()
+            if not any(a in TUNED for a in self.arms):  # training-free arms only: their sample seeds all count
+                self.seeds_done = self.seeds
+            self.trim_untuned()
+            torch.save(self.frames, self.work / "frames.pt")
+        else:
+            self.log("the base did not pass its check: no arm runs (the record says why)")
         self.record["seeds"] = self.seeds_done
         self.record["phases_s"] = self.phases
         self.record["total_s"] = time.perf_counter() - self.started
         self.record["budget_s"] = self.budget_s
         self.record["backend"] = self.backend
         self.record["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        self.record["versions"] = _versions()
         return self.record
+
+
+def _brief(scores: dict) -> str:
+    keys = ("late_identity", "objects_q4", "track_rmse", "flash_regularity", "near_dup")
+    return ", ".join(f"{k} {scores[k]:.3f}" for k in keys if k in scores)
+
+
+def _versions() -> dict:
+    import diffusers
+    import peft
+
+    out = {"torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        out["flash_attn_4"] = version("flash-attn-4")
+    except Exception:  # noqa: BLE001 - not installed
+        pass
+    return out
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -531,7 +674,7 @@ def _metrics(run: Path) -> list[dict]:
 
 def _cost(run: Path) -> dict:
     """Step time (median after two warm-up steps), training time (sum of step times), peak memory of a run."""
-    m = _metrics(run)
+    m = [x for x in _metrics(run) if "step_time_s" in x]
     times = [x["step_time_s"] for x in m]
     steady = times[2:] or times
     return {
@@ -558,21 +701,32 @@ def set_value(preset: dict, item: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="the record: md, json, PNGs, log (at most 5 files)")
+    ap.add_argument("--out", type=Path, required=True, help="the record: md, json, PNGs, log")
     ap.add_argument("--work", type=Path, default=Path("/tmp/ext"), help="shards, models and runs")
-    ap.add_argument("--budget-minutes", type=float, default=9.0, help="wall-clock for everything (the phases fit)")
+    ap.add_argument("--seed", type=int, default=0, help="drives data, base init, arms, held-out noise and sampling")
+    ap.add_argument("--budget-minutes", type=float, default=20.0, help="wall-clock guard (seeds stop when it ends)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (the test suite runs this)")
     ap.add_argument("--backend", default="auto", help="attention.backend of the sparse arms (auto, triton, ...)")
+    ap.add_argument("--no-log-file", action="store_true", help="print the log only (when stdout is captured)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the preset's)")
+    ap.add_argument("--note", default="", help="a line kept in the record (e.g. 'shared the GPU with seed 1')")
+    ap.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=None, help="run only these arms")
     ap.add_argument(
-        "--no-log-file", action="store_true", help="print the log only (when stdout is captured; one file fewer)"
+        "--reuse",
+        action="store_true",
+        help="keep the data, base and arms of the finished run in --work / --out and run --arms into that record",
     )
-    ap.add_argument("--seeds", type=int, default=None, help="seeds per tuned arm (default: the preset's)")
+    ap.add_argument(
+        "--arms-anyway",
+        action="store_true",
+        help="run the arms even from a base that failed its check (pipeline tests, timing pilots; no valid verdict)",
+    )
     ap.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a preset value (benchmarks/extension.yaml), e.g. --set arms.rank=128 --set dense_layers=2",
+        help="override a preset value (benchmarks/extension.yaml), e.g. --set arms.rank=64 --set dense_layers=2",
     )
     args = ap.parse_args(argv)
     if args.budget_minutes <= 0:
@@ -585,14 +739,28 @@ def main(argv: list[str] | None = None) -> dict:
             set_value(preset, item)
         except ValueError as e:
             ap.error(str(e))
+    if args.seeds is not None:
+        preset["arms"]["seeds"] = args.seeds
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     log = Log(None if args.no_log_file else args.out / "extension.log")
     log(
-        f"extension experiment: {'smoke' if args.smoke else 'full'}, budget {args.budget_minutes} min, "
-        f"backend {args.backend}, work {args.work}, preset overrides {args.set or 'none'}"
+        f"extension experiment: {'smoke' if args.smoke else 'full'}, seed {args.seed}, budget {args.budget_minutes} "
+        f"min, backend {args.backend}, work {args.work}, preset overrides {args.set or 'none'}"
     )
-    exp = Experiment(preset, args.work, args.out, args.budget_minutes * 60, args.backend, args.seeds, log)
+    exp = Experiment(
+        preset,
+        args.work,
+        args.out,
+        args.budget_minutes * 60,
+        args.backend,
+        args.seed,
+        log,
+        note=args.note,
+        arms_anyway=args.arms_anyway,
+        arms=args.arms,
+        reuse=args.reuse,
+    )
     try:
         record = exp.run()
     except BaseException:

@@ -9,7 +9,10 @@
 # length-extension experiment, its 4 record files in $OUT, work in /tmp/ext), "fa4-bwd-tile ARGS..."
 # (benchmarks/fa4_bwd_tile.py ARGS: flash-attn-4's dense vs block-sparse backward tile, results in $OUT/fa4_tile),
 # "saved-activations ARGS..." (benchmarks/saved_activations.py ARGS: what each block saves for backward, by dtype,
-# eager and with --compile; results in $OUT/savedN).
+# eager and with --compile; results in $OUT/savedN), "extension-bg TAG ARGS..." (benchmarks/extension.py ARGS detached
+# with setsid, so it outlives the call: a run longer than one call's 10 minutes, or several runs sharing the GPU;
+# record and log in /tmp/extbg/TAG), "extension-wait SECONDS" (waits until every detached run has ended or SECONDS
+# passed, then tars /tmp/extbg into $OUT/extbg.tar.gz; call it again, on the same warm machine, to keep waiting).
 # Each step logs to $OUT/<step>-N.log. Wheels: .whl/ (diffusers, hydra-core, omegaconf, antlr4;
 # the GPU image has torch, triton, accelerate, peft, transformers, safetensors).
 # flash-attn-4 (optional) travels in two parts (../shared/gpu/fa4_wheels.sh), in two calls on one machine:
@@ -55,6 +58,18 @@ for step in "$@"; do
     generate-bench) python3 benchmarks/generate.py --out "$OUT/generate$n" "$@" >"$log" 2>&1 ;;
     fa4-bwd-tile) python3 benchmarks/fa4_bwd_tile.py --out "$OUT/fa4_tile" "$@" >"$log" 2>&1 ;;
     extension) TQDM_DISABLE=1 python3 benchmarks/extension.py --out "$OUT" --work /tmp/ext --no-log-file "$@" >"$log" 2>&1 ;;
+    extension-bg) tag=$1; shift  # detached: outlives this call on the same (warm) machine; extension-wait collects it
+      # From a copy of the tree: the next call replaces this checkout, and a run whose cwd vanished fails (seen).
+      mkdir -p "/tmp/extbg/$tag" && rm -rf "/tmp/extsrc/$tag" && mkdir -p /tmp/extsrc && cp -r . "/tmp/extsrc/$tag"
+      (cd "/tmp/extsrc/$tag" && PYTHONPATH=${fa4_path}/tmp/site:$PWD TQDM_DISABLE=1 setsid nohup python3 \
+        benchmarks/extension.py --out "/tmp/extbg/$tag" --work "/tmp/extwork/$tag" --no-log-file "$@" \
+        >"/tmp/extbg/$tag/extension.log" 2>&1 </dev/null &)
+      echo "started $tag from /tmp/extsrc/$tag: $*" >"$log" ;;
+    extension-wait) secs=${1:-540}; t0=$SECONDS  # until every detached run ends or secs pass; records -> $OUT
+      while pgrep -f "benchmarks/extension.py" >/dev/null && [ $((SECONDS - t0)) -lt "$secs" ]; do sleep 10; done
+      { pgrep -af "benchmarks/extension.py" || echo "no extension run alive"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
+        for f in /tmp/extbg/*/extension.log; do echo "== $f"; grep "^\[" "$f" | tail -n 12; done; } >"$log" 2>&1
+      tar czf "$OUT/extbg.tar.gz" -C /tmp extbg ;;
     *) echo "unknown step $name" >"$log"; false ;;
   esac
   rc=$?
