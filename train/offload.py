@@ -44,9 +44,9 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
     """saved_tensors_hooks that keep large activations of `device` in host memory (pinned on CUDA), copied on a side
     stream and prefetched during the backward; re-entered for every forward (a fresh set of packed tensors)."""
 
-    def __init__(self, device: torch.device, min_bytes: int = MIN_BYTES) -> None:
+    def __init__(self, device: torch.device, min_bytes: int | None = None) -> None:
         self.device = torch.device(device)
-        self.min_bytes = min_bytes
+        self.min_bytes = MIN_BYTES if min_bytes is None else min_bytes
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.packed: list[_Packed] = []
