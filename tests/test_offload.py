@@ -35,10 +35,11 @@ def _step(*overrides: str, watch=None) -> tuple[float, dict[str, torch.Tensor], 
         ["train.offload_blocks=true"],
         ["train.offload_blocks=true", "train.checkpoint_blocks=1"],
         ["train.offload_blocks=true", "train.offload_activations=true"],
+        ["train.offload_blocks=true", "model.storage_dtype=float8_e4m3fn"],  # the host copy is the fp8 storage
     ],
 )
 def test_offloaded_step_equals_the_in_memory_step(settings):
-    extra = [s for s in settings if "checkpoint_blocks" in s or "save_attention" in s]
+    extra = [s for s in settings if not s.startswith(("train.offload_", "model.offload"))]
     loss, grads, _ = _step(*extra)
 
     def every_tensor(parts):  # the tiny model's activations are all under MIN_BYTES
@@ -55,6 +56,8 @@ def test_offloaded_step_equals_the_in_memory_step(settings):
         assert parts.offload.prefetch_hits > 0  # the backward found tensors already copied back
     if "train.offload_blocks=true" in settings:
         assert parts.streamer is not None and parts.streamer.copies > 0
+    if "model.storage_dtype=float8_e4m3fn" in settings:
+        assert any(t.dtype == torch.float8_e4m3fn for t in parts.streamer.host.values())
 
 
 def test_offload_packs_large_activations_and_prefetches_in_reverse():

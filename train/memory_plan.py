@@ -58,14 +58,15 @@ class ModelShape:
         """From a transformer (the meta device will do) and its blocks in execution order."""
         linears = [m for m in blocks[0].modules() if isinstance(m, torch.nn.Linear)]
         widths = [m.in_features for m in linears]
-        hidden = max(set(widths), key=widths.count)
+        hidden = max(set(widths), key=widths.count)  # the attention projections' width
+        # the feed-forward width: the widest input, the MLP's down projection (not the modulation's wide output)
         return cls(
             name=name,
             params=sum(p.numel() for p in model.parameters()),
             block_params=sum(p.numel() for b in blocks for p in b.parameters()),
             blocks=len(blocks),
             hidden=hidden,
-            ffn=max(m.out_features for m in linears),
+            ffn=max(widths),
             lora_params=lora_params,
         )
 
