@@ -11,12 +11,7 @@ import pytest
 import torch
 
 import train.offload
-from radial.models import get_adapter
-from tests.trainer_helpers import compose_config
-from train.components import build_model
-from train.config import validate
-from train.flow import FlowMatching
-from train.step import flow_matching_loss, input_dtype
+from tests.test_compile import compiled_step
 
 pytestmark = pytest.mark.gpu
 
@@ -27,30 +22,11 @@ TINY = {"num_layers": 6, "num_attention_heads": 2, "attention_head_dim": 64}
 def _step(*extra: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, int, object]:
     """Loss, LoRA gradients, device memory after the build and the step's device peak (bytes), and the parts."""
     torch.cuda.empty_cache()
-    cfg = validate(compose_config(["attention.backend=triton", "attention.block_size=64", "attention.deterministic=true",
-                                   "train.mixed_precision=bf16", "model.dtype=bfloat16", *extra]))  # fmt: skip
-    torch.manual_seed(0)
-    dev = torch.device("cuda")
-    transformer = get_adapter("wan").build_tiny(seed=cfg.seed, device=dev, dtype=torch.bfloat16, **TINY)
-    parts = build_model(cfg, dev, transformer=transformer)
-    model = parts.transformer
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # PEFT starts B at zero: give the LoRA path a gradient into A as well
-            with torch.no_grad():
-                p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
-    latents = parts.adapter.make_dummy_latents(model, 1, 8, 64, 64, seed=1).to(dev)
-    conds = {k: v.to(dev) for k, v in parts.adapter.make_dummy_conditions(model, 1, text_len=4, seed=2).items()}
-    torch.cuda.synchronize()
-    built = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = flow_matching_loss(
-            parts.adapter, model, FlowMatching(), latents, conds, torch.Generator().manual_seed(3), input_dtype(model)
-        )
-    loss.backward()
-    torch.cuda.synchronize()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads, built, torch.cuda.max_memory_allocated(), parts
+    record: dict = {}
+    settings = ("attention.backend=triton", "attention.block_size=64", "attention.deterministic=true", *extra)
+    loss, grads = compiled_step(None, *settings, device="cuda", frames=8, size=64, record=record, **TINY)
+    grads = {n: g.detach().clone() for n, g in grads.items()}
+    return loss, grads, record["built"], record["peak"], record["parts"]
 
 
 def _same(a, b) -> None:
