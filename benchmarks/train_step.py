@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from radial.errors import ConfigError  # noqa: E402
 from radial.kernels.dense import DENSE_KERNEL_ENV  # noqa: E402
 
 # Dense entries of --backends: name -> RADIAL_DENSE_KERNEL
@@ -59,12 +60,13 @@ CASES = {
     "wan4x": ("wan", 81, 60, 104),
     "hun2x": ("hunyuan", 65, 90, 160),
     "hun4x": ("hunyuan", 129, 90, 160),
+    "wan14b4x": ("wan", 81, 60, 104),  # Wan2.1 T2V-14B 480p at 4x
     "wan_i2v4x": ("wan", 81, 60, 104),  # Wan2.1 I2V-14B 480p at 4x: image states and mask + first-frame channels
     # HunyuanVideo-1.5 I2V 480p at 2x (241 frames): SigLIP states and first-frame latent + mask channels
     "hy15_i2v2x": ("hunyuan15", 61, 30, 53),
 }
 # Cases of another architecture than the family's default: case -> (full-size variant, tiny variant for --smoke)
-VARIANTS = {"wan_i2v4x": ("i2v-14b", "i2v"), "hy15_i2v2x": ("i2v", "i2v")}
+VARIANTS = {"wan_i2v4x": ("i2v-14b", "i2v"), "hy15_i2v2x": ("i2v", "i2v"), "wan14b4x": ("t2v-14b", None)}
 
 
 def _config(family: str, backend: str, dense_layers: int, save_attention: bool, step_settings: tuple[str, ...] = ()):
@@ -384,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{case} {backend}: out of memory ({err})", flush=True)
                 rows.append({"case": case, "backend": backend, "error": "out of memory"})
                 _reset_memory()
+            except ConfigError as err:  # --memory auto found no plan that fits: its one line is the result
+                print(f"{case} {backend}: {err}", flush=True)
+                rows.append({"case": case, "backend": backend, "error": str(err)})
             if int(os.environ.get("RANK", "0")) == 0:  # after every row, so a run cut short keeps what it measured
                 print(write_results(rows, args), flush=True)
 
