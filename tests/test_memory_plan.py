@@ -135,7 +135,7 @@ def test_plan_config_applies_the_plan_and_the_cap(monkeypatch):
     cfg = validate(compose_config(["model=wan_full", "model.variant=i2v-14b", "lora.rank=128"]))
     line = mp.plan_config(cfg, 81, WAN4X, torch.device("cuda"))
     assert cfg.train.offload_activations and cfg.train.offload_blocks
-    assert line.startswith("memory:     train.memory=auto plan for wan i2v-14b at 126,360 tokens on 80 GB (Fake H100)")
+    assert line.startswith("plan:       train.memory=auto for wan i2v-14b at 126,360 tokens on 80 GB (Fake H100)")
     assert "expected peak" in line and "pinned on the host" in line and not calls
     small = validate(compose_config(["model=wan_full", "lora.rank=128", "train.memory_cap_gb=24"]))
     line = mp.plan_config(small, 81, WAN4X, torch.device("cuda"))
@@ -144,6 +144,13 @@ def test_plan_config_applies_the_plan_and_the_cap(monkeypatch):
     off = validate(compose_config(["model=wan_full", "model.variant=i2v-14b", "train.memory=off"]))
     assert mp.plan_config(off, 81, WAN4X, torch.device("cuda")) is None and not off.train.offload_blocks
     assert mp.plan_config(cfg, 81, WAN4X, torch.device("cpu")) is None
+
+
+def test_host_memory_is_shared_by_the_processes_of_a_host(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    whole = mp.host_memory_gb()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert mp.host_memory_gb() == pytest.approx(whole / 4)
 
 
 def test_memory_keys_are_checked():
@@ -192,3 +199,18 @@ def test_hunyuan_out_of_sample_errs_on_the_safe_side():
                     if r["backend"] == "fa4")["peak_gb"]  # fmt: skip
     predicted = mp.predict(shape, 464_400 + 256, mp.Plan(2, True, False, False), mp.fit()).peak_gb
     assert measured <= predicted <= 1.15 * measured
+
+
+def test_plan_run_plans_for_the_largest_bucket_per_rank(tmp_path, monkeypatch):
+    """The trainer's call: the tokens of the run's largest bucket (tiny Wan: 5 latent frames of 16 tokens), divided
+    over a sequence-parallel group; on the CPU nothing is planned."""
+    from train.components import dataset_roots, synthetic_latents
+
+    _fake_card(monkeypatch, 80.0)
+    cfg = validate(compose_config(tiny_overrides(tmp_path / "run", tmp_path / "data")))
+    roots = dataset_roots(cfg, synthetic_latents(cfg, True))
+    line = mp.plan_run(cfg, roots, torch.device("cuda"))
+    assert "at 80 tokens on 80 GB" in line and "everything on the device, 2 of 2 blocks checkpointed" in line
+    cfg.parallel.sp_degree = 2
+    assert "at 40 tokens" in mp.plan_run(cfg, roots, torch.device("cuda"))
+    assert mp.plan_run(cfg, roots, torch.device("cpu")) is None

@@ -261,7 +261,7 @@ def describe(plan: Plan, shape: ModelShape, tokens: int, card: Card) -> str:
     """The summary line of a plan."""
     attention = "attention saved" if plan.save_attention else "attention recomputed"
     return (
-        f"memory:     train.memory=auto plan for {shape.name} at {tokens:,} tokens on {card.memory_gb:.0f} GB "
+        f"plan:       train.memory=auto for {shape.name} at {tokens:,} tokens on {card.memory_gb:.0f} GB "
         f"({card.name}): {plan.measures()}, {plan.checkpointed} of {shape.blocks} blocks checkpointed, {attention}; "
         f"expected peak {plan.peak_gb:.1f} GB of {card.usable_gb:.1f} usable ({MARGIN:.0%} kept free)"
         + (f", {plan.host_gb:.1f} GB pinned on the host" if plan.host_gb else "")
@@ -269,8 +269,9 @@ def describe(plan: Plan, shape: ModelShape, tokens: int, card: Card) -> str:
 
 
 def host_memory_gb() -> float:
-    """Physical memory of this machine, GiB."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    """This process's share of the machine's physical memory, GiB (the processes of one host share it)."""
+    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB / share
 
 
 def plan_or_refuse(
@@ -348,4 +349,6 @@ def plan_run(cfg, datasets: tuple[list, list[int]], device: torch.device) -> str
         return None
     g = get_adapter(cfg.model.family).geometry
     frames = g.latent_frames(largest[0])
-    return plan_config(cfg, frames, frames * g.tokens_per_frame(largest[1], largest[2]), device)
+    # Ulysses sequence parallelism: each rank holds its share of the tokens' activations (and all the weights).
+    tokens = frames * g.tokens_per_frame(largest[1], largest[2]) // cfg.parallel.sp_degree
+    return plan_config(cfg, frames, tokens, device)
