@@ -44,10 +44,12 @@ from radial.generation.pipeline import (
     pipeline_family,
     read_text_settings,
     resolve_prompt_template,
+    transformer_config_of,
 )
 from radial.generation.run import build_sidecar, generate, load_image, save_result
 from radial.generation.settings import ATTENTION_BACKENDS, ClipSpec, LoraSpec, RadialSettings, frames_for_length
 from radial.hub import resolve_pipeline_path
+from radial.mask.stats import density_text
 from radial.models import get_adapter
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -171,7 +173,11 @@ def load_from_args(args: argparse.Namespace):
     """The pipeline named by --model (text encoders skipped with --no-text-encoder or embeddings only)."""
     # The LoRA files and the folders are checked before minutes of loading.
     check_pipeline_folder(args.model)
-    check_lora_specs([LoraSpec.parse(s) for s in args.lora], args.family or family_of_folder(args.model))
+    check_lora_specs(
+        [LoraSpec.parse(s) for s in args.lora],
+        args.family or family_of_folder(args.model),
+        transformer_config_of(args.model, args.transformer),
+    )
     text = not (args.no_text_encoder or (args.prompt_embeds and not args.prompt))
     offload = getattr(args, "offload", "none") == "model"
     pipe = load_pipeline(
@@ -268,9 +274,13 @@ def run(
                     results.append(result)
                 if not sidecar["finite"]:
                     print(f"warning: {name}: the latents contain NaN or inf", file=sys.stderr)
+                att = result.attention
+                density = "dense attention"
+                if "mask_block_density" in att:
+                    density = density_text(att["mask_block_density"], att["model_block_density"], "dense layers, steps")
                 print(
-                    f"{name}: {result.wall_time_s:.2f} s ({result.denoise_time_s:.2f} s denoising), "
-                    f"density {result.attention.get('effective_density', 1.0):.3f} -> {sidecar['files'].get('video') or sidecar['files'].get('latents')}"
+                    f"{name}: {result.wall_time_s:.2f} s ({result.denoise_time_s:.2f} s denoising), {density} -> "
+                    f"{sidecar['files'].get('video') or sidecar['files'].get('latents')}"
                 )
         return records
     finally:
