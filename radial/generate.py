@@ -119,6 +119,7 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     out.add_argument("--name", default=None, help="file name stem (default: FAMILY_FRAMESf_ATTENTION)")
     out.add_argument("--no-decode", action="store_true", help="skip the VAE: latents and sidecar only")
     out.add_argument("--no-latents", action="store_true", help="don't save the final latents")
+    out.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
     out.add_argument("--debug", action="store_true", help="full tracebacks for errors (also RADIAL_DEBUG=1)")
 
     repo = p.add_argument_group("tiny pipelines and comparison (this repository's data/ and train/ packages)")
@@ -342,6 +343,8 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
         else:
             args.model = str(resolve_pipeline_path(args.model))
             pipe, source, text_settings = load_from_args(args), args.model, None
+        # the pipeline's own per-step bar (off when pipelines are built, e.g. for samples inside the training bar)
+        pipe.set_progress_bar_config(disable=args.no_progress, desc="denoising", leave=False)
         kept: list = []
         records = run(args, pipe, source=source, text_settings=text_settings, results=kept)
         result: dict = {"generated": records}
