@@ -177,3 +177,16 @@ def export_comfy(state_dict: Mapping[str, torch.Tensor], out_path: str | Path, i
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     _atomic_save(tensors, out_path, {"format": "pt", METADATA_KEY: json.dumps(dict(info), sort_keys=True, default=str)})
     return out_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m radial.lora info FILE`: a LoRA's base, settings and matching ComfyUI inputs (radial.lora_info)."""
+    from radial.lora_info import main as info
+
+    return info(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

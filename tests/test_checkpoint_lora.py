@@ -102,3 +102,34 @@ def test_lora_on_another_base_warns_in_one_line(run_dir, tmp_path, capsys):
     assert record["finite"]
     warnings = [line for line in capsys.readouterr().err.splitlines() if "differs" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: ") and "weights" in warnings[0]
+
+
+def test_lora_info_prints_base_settings_and_comfy_inputs(run_dir, capsys):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "radial.lora", "info", str(run_dir / "lora")], capture_output=True, text=True, check=True
+    )
+    out = proc.stdout
+    info = read_metadata(run_dir / "lora" / "pytorch_lora_weights.safetensors")
+    assert "base:       wan T2V, tiny" in out and info["base_model"]["config_hash"] in out
+    assert "rank:       8 (alpha 8" in out and "to_out" in out
+    assert "decay_factor 1.0, dense_layers 1, block_size 16" in out
+    assert "PatchRadialAttn: decay_factor=1.0, dense_block=1, dense_timestep=0, last_dense_timestep=0" in out
+    assert "WanVideoSetRadialAttention: decay_factor=1.0, dense_blocks=1, dense_timesteps=0, block_size=128" in out
+    assert "trained with 16-token blocks; the nodes offer 64 or 128" in out
+
+
+def test_lora_info_of_a_missing_or_foreign_file(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from radial.lora_info import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["info", str(tmp_path / "none.safetensors")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: ") and "\n" not in err
+    save_file({"a.lora_A.weight": torch.zeros(4, 8)}, str(tmp_path / "other.safetensors"))
+    main(["info", str(tmp_path / "other.safetensors")])
+    assert "no radial_lora header" in capsys.readouterr().out
