@@ -133,3 +133,42 @@ def test_lora_info_of_a_missing_or_foreign_file(tmp_path, capsys):
     save_file({"a.lora_A.weight": torch.zeros(4, 8)}, str(tmp_path / "other.safetensors"))
     main(["info", str(tmp_path / "other.safetensors")])
     assert "no radial_lora header" in capsys.readouterr().out
+
+
+def test_export_of_an_older_checkpoint_takes_the_runs_settings(run_dir, tmp_path, capsys):
+    import shutil
+
+    from train.export import main
+
+    old = tmp_path / "run" / "checkpoints" / "checkpoint-00000002"
+    shutil.copytree(run_dir / "checkpoints" / "checkpoint-00000002", old)
+    shutil.rmtree(old / "lora")  # as checkpoints were written before they held their LoRA
+    with pytest.raises(SystemExit) as e:
+        main([str(old)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and "lora/pytorch_lora_weights.safetensors" in err
+    shutil.copytree(run_dir / "lora", tmp_path / "run" / "lora")  # the run's final LoRA gives the settings
+    written = main([str(old), "--no-comfy"])
+    exported = load_file(written["lora_diffusers"])
+    own = load_file(str(run_dir / "checkpoints" / "checkpoint-00000002" / "lora" / "pytorch_lora_weights.safetensors"))
+    assert exported.keys() == own.keys() and all(torch.equal(exported[k], own[k]) for k in own)
+    assert read_metadata(written["lora_diffusers"])["training"]["steps"] == 2
+
+
+def test_fused_comfy_export_from_the_recorded_config_alone():
+    """Fused original modules (HunyuanVideo's qkv) take their row layout from a meta-device model of the recorded
+    config: the same file as from the real model."""
+    from radial.base_id import plain_config
+    from radial.lora import attach_lora, lora_state_dict
+    from radial.models import get_adapter
+    from train.config import empty_transformer
+
+    adapter = get_adapter("hunyuan")
+    model = adapter.build_tiny(seed=0)
+    attach_lora(model, rank=4, alpha=8, target_modules=adapter.lora_target_modules(("q", "k", "v", "o")), init=False)
+    sd = lora_state_dict(model)
+    meta = empty_transformer(adapter, json.loads(json.dumps(plain_config(model.config))))
+    assert next(meta.parameters()).device.type == "meta"
+    a, b = adapter.comfy_lora_state_dict(sd, model, 2.0), adapter.comfy_lora_state_dict(sd, meta, 2.0)
+    assert any(k.endswith("img_attn_qkv.lora_B.weight") for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -166,11 +166,17 @@ def _checkpoint_lora(checkpoint: Path) -> tuple[dict, dict, dict]:
         raise MissingPathError(f"{checkpoint}: not a complete checkpoint (no {DONE}); give a checkpoints/checkpoint-N")
     if (checkpoint / FULL_FILE).is_file():
         raise CheckpointError(f"{checkpoint}: a train.mode=full checkpoint (the whole transformer), not a LoRA")
-    header = checkpoint / "lora" / DIFFUSERS_WEIGHT_NAME
-    if not (checkpoint / LORA_FILE).is_file() or not header.is_file():
+    if not (checkpoint / LORA_FILE).is_file():
+        raise CheckpointError(f"{checkpoint}: no {LORA_FILE} (its LoRA weights); the checkpoint is incomplete")
+    # The settings: from the checkpoint's own LoRA header; a checkpoint written before checkpoints held their LoRA
+    # takes them from the run's final LoRA (a run's settings do not change between its checkpoints).
+    own, final = checkpoint / "lora" / DIFFUSERS_WEIGHT_NAME, checkpoint.parent.parent / "lora" / DIFFUSERS_WEIGHT_NAME
+    header = own if own.is_file() else final
+    if not header.is_file():
         raise CheckpointError(
-            f"{checkpoint}: no {LORA_FILE} with lora/{DIFFUSERS_WEIGHT_NAME} beside it (a checkpoint written before "
-            "checkpoints held their LoRA); resume it with train.resume and save again"
+            f"{checkpoint}: neither lora/{DIFFUSERS_WEIGHT_NAME} in it (checkpoints written by an older version lack "
+            f"it) nor the run's final {final} to take the LoRA settings from; resume the run with train.resume to "
+            "write a checkpoint that has it"
         )
     with safe_open(str(header), framework="pt") as f:
         meta = f.metadata() or {}
@@ -179,6 +185,8 @@ def _checkpoint_lora(checkpoint: Path) -> tuple[dict, dict, dict]:
     info = json.loads(meta.get("radial_lora", "{}"))
     if not lora_meta or not info:
         raise CheckpointError(f"{header}: its header lacks the adapter settings or the radial_lora record")
+    if header == final:  # the run's record, at this checkpoint's step
+        info.setdefault("training", {})["steps"] = int(json.loads((checkpoint / DONE).read_text())["step"])
     return load_file(str(checkpoint / LORA_FILE)), lora_meta, info
 
 
