@@ -22,17 +22,3 @@ def bar_safe_logging() -> Iterator[None]:
     """Log records of the root logger's console handlers go through tqdm.write for the block."""
     with logging_redirect_tqdm(loggers=[logging.root]):
         yield
-
-
-@contextlib.contextmanager
-def quiet(*names: str, level: int = logging.WARNING) -> Iterator[None]:
-    """The named loggers at `level` or above for the block (Accelerate logs six INFO lines per checkpoint)."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(level, lg.getEffectiveLevel()))
-    try:
-        yield
-    finally:
-        for lg, old in zip(loggers, levels, strict=True):
-            lg.setLevel(old)

@@ -25,7 +25,7 @@ from radial.parallel import init_sequence_parallel, sequence_parallel_groups
 from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState, resolve_resume
 from train.components import build_data, build_model, dataset_roots, synthetic_latents
 from train.config import Config
-from train.console import bar_safe_logging, quiet, say
+from train.console import bar_safe_logging, say
 from train.flow import FlowMatching
 from train.records import append_metrics
 from train.run_dir import check_output_dir, clear_previous_run
@@ -255,8 +255,7 @@ class Trainer:
     def _save_checkpoint(self, step: int) -> Path:
         self._lora_snapshot = self.lora_state_dict() if self._sharded_lora() else None
         try:
-            with quiet("accelerate"):  # its six INFO lines per save, for our one
-                path = self.checkpoints.save(step)
+            path = self.checkpoints.save(step)
         finally:
             self._lora_snapshot = None
         say(self.accelerator, f"step {step}: checkpoint {path}" + ("" if self.full else f" (LoRA in {path / 'lora'})"))
