@@ -172,3 +172,22 @@ def test_fused_comfy_export_from_the_recorded_config_alone():
     a, b = adapter.comfy_lora_state_dict(sd, model, 2.0), adapter.comfy_lora_state_dict(sd, meta, 2.0)
     assert any(k.endswith("img_attn_qkv.lora_B.weight") for k in a)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_variant_is_refused_before_a_pipeline_folder_loads(run_dir, tmp_path, capsys, monkeypatch):
+    import radial.generate as gen
+    from radial.generate import main
+
+    folder = tmp_path / "pipe"
+    main(["--tiny", "wan", "--save-tiny", str(folder)])
+    file = tmp_path / "i2v.safetensors"
+    file.write_bytes((run_dir / "lora" / "pytorch_lora_weights.safetensors").read_bytes())
+    info = read_metadata(file)
+    info["base_model"]["variant"] = "I2V"
+    add_metadata(file, info)
+    monkeypatch.setattr(gen, "load_pipeline", lambda *a, **k: pytest.fail("loaded the pipeline before refusing"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(folder), "--lora", str(file), "--prompt", "a", "--out", str(tmp_path / "gen")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and "I2V base" in err and "image-to-video model" in err

@@ -304,9 +304,10 @@ def check_lora_variant(recorded: dict, actual: str, option: str) -> None:
     """A LoRA trained for another task variant than the base's (e.g. an I2V LoRA onto a T2V model) is refused."""
     variant = recorded.get("variant")
     if variant and variant != actual:
+        kinds = {"T2V": "text-to-video", "I2V": "image-to-video", "TI2V": "Wan2.2 TI2V-5B"}
         raise LoraFileError(
-            f"{option}: trained for {variant} ({recorded.get('family', '?')} {variant} base), but this transformer is "
-            f"{actual}; use a {variant} model" + (" with --image FILE" if variant == "I2V" else "")
+            f"{option}: trained on a {variant} base ({recorded.get('family', '?')}), but this transformer is {actual}; "
+            f"give a {kinds.get(variant, variant)} model" + (" and --image FILE" if variant == "I2V" else "")
         )
 
 
