@@ -70,8 +70,9 @@ def describe(path: str | Path) -> str:
     from radial.generation.pipeline import LORA_WEIGHT_NAME, check_lora_file
 
     file = Path(path)
-    if file.is_dir():
-        file = file / LORA_WEIGHT_NAME
+    if file.is_dir():  # a LoRA folder, or a run / checkpoint folder holding lora/
+        inside = [f for f in (file / LORA_WEIGHT_NAME, file / "lora" / LORA_WEIGHT_NAME) if f.is_file()]
+        file = inside[0] if inside else file / LORA_WEIGHT_NAME
     if not file.is_file():
         from radial.errors import MissingPathError
 
@@ -82,7 +83,8 @@ def describe(path: str | Path) -> str:
     if not info:
         return f"file:       {file}\nno radial_lora header: not written by this trainer (base, variant and settings unknown)"
     base, radial, training = info.get("base_model") or {}, info.get("radial") or {}, info.get("training") or {}
-    source = base.get("path") or f"{base.get('source', '?')} (no path)"
+    kinds = {"tiny": "tiny random-init (its base_transformer/ beside the run)", "full": "full-size, random weights"}
+    source = base.get("path") or kinds.get(base.get("source"), base.get("source", "?"))
     lines = [
         f"file:       {file}",
         f"base:       {base.get('family', '?')} {base.get('variant', '?')}, {source}"
@@ -114,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m radial.lora", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print a LoRA's base, variant, rank, targets, attention and ComfyUI settings")
-    info.add_argument("files", nargs="+", help="LoRA .safetensors files or folders (pytorch_lora_weights.safetensors)")
+    info.add_argument(
+        "files", nargs="+", help="LoRA .safetensors files, or folders holding one (a run's or checkpoint's: in lora/)"
+    )
     args = p.parse_args(argv)
     with cli_errors():
         print("\n\n".join(describe(f) for f in args.files))
