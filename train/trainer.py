@@ -114,6 +114,8 @@ class Trainer:
         self.run_lock = lock_for_launch(self.out, "output_dir")
         check_output_dir(self.out, t.resume, t.overwrite)  # on every rank, before any rank writes
         self._configure_deepspeed()
+        # Read once: Accelerate's state can be reset under a live trainer (tests, the extension benchmark).
+        self._deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.full = t.mode == "full"
         if self.full and acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
             raise ConfigError(
@@ -272,7 +274,7 @@ class Trainer:
 
     # -- checkpoint hooks -----------------------------------------------------------------------------------------
     def _unwrapped(self) -> torch.nn.Module:
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if self._deepspeed:
             return self.accelerator.unwrap_model(self.model)
         # Accelerate's unwrap imports DeepSpeed whenever it is installed, and that import logs an accelerator
         # warning on every run; without DeepSpeed the wrappers are torch's (DDP, FSDP1, a whole-model compile).
