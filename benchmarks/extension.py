@@ -669,7 +669,8 @@ def _versions() -> dict:
 
 def _metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [x for x in lines if "step_time_s" in x]  # training steps (validation lines hold val/* only)
 
 
 def _cost(run: Path) -> dict:
@@ -681,7 +682,7 @@ def _cost(run: Path) -> dict:
         "step_s": statistics.median(steady) if steady else math.nan,
         "train_s": sum(times),
         "peak_memory_gb": max((x.get("peak_memory_gb", 0.0) for x in m), default=math.nan),
-        "attention_density": m[-1].get("attention_density", 1.0) if m else math.nan,
+        "attention_density": m[-1].get("block_density", 1.0) if m else math.nan,
     }
 
 

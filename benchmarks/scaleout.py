@@ -238,6 +238,7 @@ def launch_run(name: str, args, data_roots: dict) -> dict:
         row["set"] = " ".join(args.set)
     metrics_file = out / "metrics.jsonl"
     metrics = [json.loads(x) for x in metrics_file.read_text().splitlines()] if metrics_file.is_file() else []
+    metrics = [m for m in metrics if "step_time_s" in m]  # training steps (validation lines hold val/* only)
     if rc != 0 or len(metrics) < steps:
         row["error"] = "timeout" if rc == 124 else _tail(log)
         if metrics:
@@ -256,7 +257,7 @@ def launch_run(name: str, args, data_roots: dict) -> dict:
         tokens_per_s=samples_per_step * tokens / step_s,
         peak_gb=max(m["peak_memory_gb"] for m in metrics),
         losses=[m["loss"] for m in metrics],
-        density=metrics[-1].get("attention_density"),
+        density=metrics[-1].get("block_density"),
         checkpoint_mb=_dir_mb(out / "checkpoints"),
         lora_mb=_dir_mb(out / "lora"),
         exported=bool(summary.get("files", {}).get("lora_diffusers")),

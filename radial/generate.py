@@ -47,11 +47,13 @@ from radial.generation.pipeline import (
     pipeline_family,
     read_text_settings,
     resolve_prompt_template,
+    transformer_config_of,
 )
 from radial.generation.run import build_sidecar, generate, load_image, save_result
 from radial.generation.settings import ATTENTION_BACKENDS, ClipSpec, LoraSpec, RadialSettings, frames_for_length
 from radial.help_format import DefaultsHelpFormatter
 from radial.hub import resolve_pipeline_path
+from radial.mask.stats import density_text
 from radial.models import get_adapter
 from radial.rope_extension import ROPE_EXTENSIONS
 
@@ -143,6 +145,7 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     out.add_argument("--name", default=None, help="file name stem (default: FAMILY_FRAMESf_ATTENTION)")
     out.add_argument("--no-decode", action="store_true", help="skip the VAE: latents and sidecar only")
     out.add_argument("--no-latents", action="store_true", help="don't save the final latents")
+    out.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
     out.add_argument("--debug", action="store_true", help="full tracebacks for errors (also RADIAL_DEBUG=1)")
 
     repo = p.add_argument_group("tiny pipelines and comparison (this repository's data/ and train/ packages)")
@@ -197,7 +200,11 @@ def load_from_args(args: argparse.Namespace):
     """The pipeline named by --model (text encoders skipped with --no-text-encoder or embeddings only)."""
     # The LoRA files and the folders are checked before minutes of loading.
     check_pipeline_folder(args.model)
-    check_lora_specs([LoraSpec.parse(s) for s in args.lora], args.family or family_of_folder(args.model))
+    check_lora_specs(
+        [LoraSpec.parse(s) for s in args.lora],
+        args.family or family_of_folder(args.model),
+        transformer_config_of(args.model, args.transformer),
+    )
     text = not (args.no_text_encoder or (args.prompt_embeds and not args.prompt))
     offload = getattr(args, "offload", "none") == "model"
     pipe = load_pipeline(
@@ -294,9 +301,13 @@ def run(
                     results.append(result)
                 if not sidecar["finite"]:
                     print(f"warning: {name}: the latents contain NaN or inf", file=sys.stderr)
+                att = result.attention
+                density = "dense attention"
+                if "mask_block_density" in att:
+                    density = density_text(att["mask_block_density"], att["model_block_density"], "dense layers, steps")
                 print(
-                    f"{name}: {result.wall_time_s:.2f} s ({result.denoise_time_s:.2f} s denoising), "
-                    f"density {result.attention.get('effective_density', 1.0):.3f} -> {sidecar['files'].get('video') or sidecar['files'].get('latents')}"
+                    f"{name}: {result.wall_time_s:.2f} s ({result.denoise_time_s:.2f} s denoising), {density} -> "
+                    f"{sidecar['files'].get('video') or sidecar['files'].get('latents')}"
                 )
         return records
     finally:
@@ -368,6 +379,8 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
                     "--transformer" if args.transformer else "--model",
                 )
             pipe, source, text_settings = load_from_args(args), args.model, None
+        # the pipeline's own per-step bar (off when pipelines are built, e.g. for samples inside the training bar)
+        pipe.set_progress_bar_config(disable=args.no_progress, desc="denoising", leave=False)
         kept: list = []
         records = run(args, pipe, source=source, text_settings=text_settings, results=kept)
         result: dict = {"generated": records}

@@ -146,6 +146,36 @@ def lora_saver(pipeline_class: type) -> type:
     return HunyuanVideoLoraLoaderMixin
 
 
+def adapter_metadata(config: LoraConfig) -> dict[str, Any]:
+    """The adapter settings diffusers stores beside the weights (and reads back to rebuild the LoRA config)."""
+    targets = config.target_modules
+    return {
+        "r": config.r,
+        "lora_alpha": config.lora_alpha,
+        "target_modules": targets if isinstance(targets, str) else sorted(targets),
+        "lora_dropout": config.lora_dropout,
+    }
+
+
+def write_diffusers_lora(
+    layers: Mapping[str, torch.Tensor],
+    pipeline_class: type,
+    out_dir: str | Path,
+    adapter_meta: Mapping[str, Any],
+    info: Mapping[str, Any],
+) -> Path:
+    """Write PEFT-keyed LoRA weights as `pytorch_lora_weights.safetensors` with the pipeline's own saver (keys
+    `transformer.*`, so `load_lora_weights` accepts it), our `info` in the header."""
+    out_dir = Path(out_dir)
+    layers = {k: v.detach().to("cpu").contiguous() for k, v in layers.items()}
+    lora_saver(pipeline_class).save_lora_weights(
+        out_dir, transformer_lora_layers=layers, transformer_lora_adapter_metadata=dict(adapter_meta)
+    )
+    path = out_dir / DIFFUSERS_WEIGHT_NAME
+    add_metadata(path, info)
+    return path
+
+
 def export_diffusers(
     transformer: torch.nn.Module,
     pipeline_class: type,
@@ -153,23 +183,8 @@ def export_diffusers(
     config: LoraConfig,
     info: Mapping[str, Any],
 ) -> Path:
-    """Write `pytorch_lora_weights.safetensors` with the pipeline's own saver (so `load_lora_weights` accepts it)."""
-    out_dir = Path(out_dir)
-    layers = {k: v.to("cpu") for k, v in lora_state_dict(transformer).items()}
-    adapter_meta = {
-        "r": config.r,
-        "lora_alpha": config.lora_alpha,
-        "target_modules": config.target_modules
-        if isinstance(config.target_modules, str)
-        else sorted(config.target_modules),
-        "lora_dropout": config.lora_dropout,
-    }
-    lora_saver(pipeline_class).save_lora_weights(
-        out_dir, transformer_lora_layers=layers, transformer_lora_adapter_metadata=adapter_meta
-    )
-    path = out_dir / DIFFUSERS_WEIGHT_NAME
-    add_metadata(path, info)
-    return path
+    """Write the transformer's adapter as `pytorch_lora_weights.safetensors` (write_diffusers_lora)."""
+    return write_diffusers_lora(lora_state_dict(transformer), pipeline_class, out_dir, adapter_metadata(config), info)
 
 
 def export_comfy(state_dict: Mapping[str, torch.Tensor], out_path: str | Path, info: Mapping[str, Any]) -> Path:
@@ -179,3 +194,16 @@ def export_comfy(state_dict: Mapping[str, torch.Tensor], out_path: str | Path, i
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     _atomic_save(tensors, out_path, {"format": "pt", METADATA_KEY: json.dumps(dict(info), sort_keys=True, default=str)})
     return out_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m radial.lora info FILE`: a LoRA's base, settings and matching ComfyUI inputs (radial.lora_info)."""
+    from radial.lora_info import main as info
+
+    return info(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 import radial
 from radial.attention import resolve_backend
+from radial.base_id import base_identity
 from radial.checkpointing import enable_checkpointing
 from radial.compile import compile_blocks
 from radial.lora import attach_lora
@@ -35,6 +36,7 @@ class ModelParts:
     target_modules: Any
     backend: str = "reference"  # the attention backend that runs (`auto` resolved for the device)
     recompute: RecomputeBudget | None = None  # train.checkpoint_blocks (None without gradient checkpointing)
+    base: dict | None = None  # the base's identity for the LoRA header (radial.base_id), taken before training
     offload: ActivationOffload | None = None  # train.offload_activations
     streamer: BlockStreamer | None = None  # train.offload_blocks
 
@@ -65,6 +67,7 @@ def build_model(
     if base_dir is not None and cfg.model.source == "tiny":
         # A LoRA is useless without its base: random tiny bases are saved beside the run.
         transformer.save_pretrained(base_dir)
+    base = base_identity(adapter, transformer)  # before fp8 storage and training change the weights
     if cfg.model.storage_dtype is not None:
         # Before LoRA is attached, so only the frozen base layers are stored in fp8.
         transformer.enable_layerwise_casting(
@@ -118,7 +121,7 @@ def build_model(
     offload = enable_activation_offload(transformer, device) if t.offload_activations else None
     streamer = BlockStreamer(blocks, device) if t.offload_blocks else None
     transformer.train()
-    return ModelParts(adapter, transformer, handle, lora_config, targets, backend, budget, offload, streamer)
+    return ModelParts(adapter, transformer, handle, lora_config, targets, backend, budget, base, offload, streamer)
 
 
 def synthetic_latents(cfg: Config, main_process: bool) -> Path:

@@ -275,8 +275,6 @@ def _check_finite(section, prefix: str = "") -> None:
 def meta_transformer(m: ModelConfig):
     """The configured transformer's structure on the meta device (no weights read or allocated), from its config
     alone; None when model.path has no readable transformer config (the loader's check names what is missing)."""
-    from accelerate import init_empty_weights
-
     from radial.models import get_adapter
 
     adapter = get_adapter(m.family)
@@ -298,10 +296,16 @@ def meta_transformer(m: ModelConfig):
             config = None
         if config is None:
             return None
+    return empty_transformer(adapter, config, loaded=m.source == "pretrained")
+
+
+def empty_transformer(adapter, config: dict, *, loaded: bool = True):
+    """The adapter's transformer class built from `config` on the meta device (`loaded`: a config.json as read from
+    disk, through from_config; else the constructor's keyword arguments)."""
+    from accelerate import init_empty_weights
+
     with init_empty_weights(include_buffers=True):
-        if m.source == "pretrained":
-            return adapter.transformer_class.from_config(config)
-        return adapter.transformer_class(**config)
+        return adapter.transformer_class.from_config(config) if loaded else adapter.transformer_class(**config)
 
 
 def _attention_layer_count(c: Config, model) -> int | None:

@@ -48,9 +48,14 @@ def run(cfg: DictConfig) -> None:
     summary = trainer.fit()
     if trainer.accelerator.is_main_process:
         head = "stopped by Ctrl-C" if summary["interrupted"] else "done"
-        print(f"{head}: step {summary['step']}, outputs in {config.output_dir}")
+        loss = summary.get("final_loss")
+        print(
+            f"{head}: {summary['step']} steps in {summary['wall_s']:.0f} s, final loss "
+            + (f"{loss:.4f} (mean of the last {summary['final_loss_steps']} steps)" if loss is not None else "n/a")
+            + f", outputs in {config.output_dir}"
+        )
         for name, value in summary.items():
-            if name not in ("step", "eval", "interrupted") and value:
+            if name not in ("step", "eval", "interrupted", "wall_s", "final_loss", "final_loss_steps") and value:
                 print(f"  {name}: {value}")
     if summary["interrupted"]:
         print("continue with train.resume=latest", flush=True)

@@ -6,7 +6,9 @@ the whole line. A skipped step's loss is unknown, hence null.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -19,3 +21,9 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def append_metrics(out: Path, step: int, logs: dict[str, Any]) -> None:
+    """One line of metrics.jsonl (training steps and validations alike; benchmarks read it)."""
+    with open(Path(out) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(json_safe({"step": step, **logs}), allow_nan=False) + "\n")

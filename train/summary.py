@@ -49,6 +49,7 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
     import radial
     from radial.attention import resolve_backend
     from radial.mask import mask_stats
+    from radial.mask.stats import density_text, model_density
     from radial.models import get_adapter
     from train.checkpoint import list_checkpoints
 
@@ -98,16 +99,15 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
             sink=a.sink, decay_adjacent=a.decay_adjacent,
         )  # fmt: skip
         stats = mask_stats(mask, frames * tokens, a.block_size)
-        density = (
-            f", density {stats.token_density:.3f} at {largest[0]}f {largest[1]}x{largest[2]} ({frames * tokens} tokens)"
-        )
+        whole = model_density(stats.block_density, layers, min(a.dense_layers, layers))
+        density = f"; at {largest[0]}f {largest[1]}x{largest[2]} ({frames * tokens} tokens): {density_text(stats.block_density, whole)}"
     dense = min(a.dense_layers, layers)
     lines.append(
         f"attention:  {kind}, backend {backend}" + (" (auto)" if a.backend == "auto" else "")
-        + f"{density}; {dense} of {layers} layers dense"
-        + (f", first {a.dense_timesteps} timesteps dense" if a.dense_timesteps else "")
+        + f"; {dense} of {layers} layers dense" + (f", first {a.dense_timesteps} timesteps dense" if a.dense_timesteps else "")
         + (f"; RIFLEx past {a.train_frames} latent frames" if a.rope_extension == "riflex" else "")
         + (f"; decay {a.extrapolation_decay} past {a.train_frames} frames" if a.extrapolation_decay != 1 else "")
+        + density
     )  # fmt: skip
     if t.resume == "latest":
         found = list_checkpoints(Path(cfg.output_dir) / "checkpoints")

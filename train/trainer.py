@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import time
@@ -19,16 +18,18 @@ from tqdm.auto import tqdm
 from data import data_parallel_rank
 from radial.compile import CompileWatch, without_ddp_optimizer
 from radial.errors import CheckpointError, ConfigError, TrainingError
-from radial.lora import load_lora_state_dict, lora_state_dict
+from radial.lora import adapter_metadata, load_lora_state_dict, lora_state_dict
+from radial.mask.stats import model_density
 from radial.parallel import enable as enable_sequence_parallel
 from radial.parallel import init_sequence_parallel, sequence_parallel_groups
 from radial.run_lock import lock_for_launch
 from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState, resolve_resume
 from train.components import build_data, build_model, dataset_roots, synthetic_latents
 from train.config import Config
+from train.console import bar_safe_logging, say
 from train.flow import FlowMatching
 from train.launcher import report_stop
-from train.records import json_safe
+from train.records import append_metrics
 from train.resume_fit import check_resume_fits
 from train.run_dir import check_output_dir, clear_previous_run
 from train.signals import StopFlag, stop_signals_blocked
@@ -113,6 +114,8 @@ class Trainer:
         self.run_lock = lock_for_launch(self.out, "output_dir")
         check_output_dir(self.out, t.resume, t.overwrite)  # on every rank, before any rank writes
         self._configure_deepspeed()
+        # Read once: Accelerate's state can be reset under a live trainer (tests, the extension benchmark).
+        self._deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.full = t.mode == "full"
         if self.full and acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
             raise ConfigError(
@@ -268,13 +271,15 @@ class Trainer:
     def _save_checkpoint(self, step: int) -> Path:
         self._lora_snapshot = self.lora_state_dict() if self._sharded_lora() else None
         try:
-            return self.checkpoints.save(step)
+            path = self.checkpoints.save(step)
         finally:
             self._lora_snapshot = None
+        say(self.accelerator, f"step {step}: checkpoint {path}" + ("" if self.full else f" (LoRA in {path / 'lora'})"))
+        return path
 
     # -- checkpoint hooks -----------------------------------------------------------------------------------------
     def _unwrapped(self) -> torch.nn.Module:
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if self._deepspeed:
             return self.accelerator.unwrap_model(self.model)
         # Accelerate's unwrap imports DeepSpeed whenever it is installed, and that import logs an accelerator
         # warning on every run; without DeepSpeed the wrappers are torch's (DDP, FSDP1, a whole-model compile).
@@ -295,7 +300,19 @@ class Trainer:
         state = self._lora_snapshot
         if state is None:
             state = {k: v.cpu() for k, v in lora_state_dict(self._unwrapped()).items()}
-        save_file(state, str(path))
+        save_file(state, str(path))  # PEFT keys: what resume loads
+        from train.export import lora_info, write_lora_files
+
+        # and the LoRA as the final export writes it, so any checkpoint can be generated with or shared
+        write_lora_files(
+            path.parent / "lora",
+            state,
+            adapter=self.parts.adapter,
+            lora_meta=adapter_metadata(self.parts.lora_config),
+            info=lora_info(self),
+            comfy=self.cfg.train.export_comfy,
+            transformer=self._unwrapped(),
+        )
 
     def _load_lora(self, path: Path) -> None:  # on every rank
         from safetensors.torch import load_file
@@ -325,12 +342,12 @@ class Trainer:
         acc, recompute = self.accelerator, self.parts.recompute
         line = recompute.after_step() if recompute is not None else None
         if line:
-            acc.print(line)
+            say(acc, line)
         grid = self.parts.handle.last_grid
         if self.compile_watch is not None and grid is not None:
             line = self.compile_watch.check(f"{grid.frames}x{grid.height}x{grid.width}")
             if line:
-                acc.print(line)
+                say(acc, line)
 
     def _all_ranks(self, flag: bool) -> bool:
         value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
@@ -352,7 +369,7 @@ class Trainer:
         nan_streak, stopped_by, ended_early, interrupted = 0, None, None, False
         self._best_val, self._stale = math.inf, 0
         fit_started = time.perf_counter()
-        with StopFlag() as stop, contextlib.closing(self.cursor):  # the loader workers stop with the loop
+        with StopFlag() as stop, contextlib.closing(self.cursor), bar_safe_logging():  # workers stop with the loop
             while self.state.step < t.max_steps:
                 step = self.state.step
                 started = time.perf_counter()
@@ -377,7 +394,7 @@ class Trainer:
                     msg = f"step {step}: non-finite loss"
                     if t.on_nan == "stop" or nan_streak > t.max_nan_skips:
                         raise NonFiniteLoss(f"{msg}; stopping (train.on_nan={t.on_nan}, {nan_streak} in a row)")
-                    acc.print(f"{msg}; step skipped ({nan_streak} in a row, train.max_nan_skips={t.max_nan_skips})")
+                    say(acc, f"{msg}; step skipped ({nan_streak} in a row, train.max_nan_skips={t.max_nan_skips})")
                 else:
                     nan_streak = 0
                     if cfg.optim.max_grad_norm > 0:
@@ -396,7 +413,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 ended_early = self._ended_early(self.validator.maybe_run(step + 1), fit_started)
                 if ended_early:
-                    acc.print(f"step {step + 1}: {ended_early}; ending the run here")
+                    say(acc, f"step {step + 1}: {ended_early}; ending the run here")
                     break
                 if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.max_steps:
                     self._save_checkpoint(step + 1)
@@ -412,6 +429,8 @@ class Trainer:
             "stopped_by": stopped_by,
             "ended_early": ended_early,
             "interrupted": interrupted,
+            "wall_s": time.perf_counter() - fit_started,
+            **final_loss(self.state.losses),
         }
         if not stopped_by or interrupted:
             self._check_skipped(final)
@@ -498,13 +517,24 @@ class Trainer:
         }
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
-        if plan is not None:
-            logs["attention_density"] = plan.stats.block_density
+        if plan is not None:  # the sparse layers' block density, and the whole model's with dense layers counted
+            h = self.parts.handle
+            logs["block_density"] = plan.stats.block_density
+            logs["model_block_density"] = model_density(plan.stats.block_density, h.num_layers, h.config.dense_layers)
         logs = {k: v for k, v in logs.items() if not (isinstance(v, float) and math.isnan(v) and k != "loss")}
         acc.log(logs, step=step)
         if acc.is_main_process:  # machine-readable beside the trackers (benchmarks read it)
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(json_safe({"step": step, **logs}), allow_nan=False) + "\n")
+            append_metrics(self.out, step, logs)
+
+
+#: the final loss is the mean over this many last steps (one step's loss is as noisy as its timestep draw)
+FINAL_LOSS_STEPS = 10
+
+
+def final_loss(losses: list[tuple[int, float]]) -> dict:
+    """{"final_loss": mean of the last FINAL_LOSS_STEPS finite step losses, "final_loss_steps": how many}."""
+    tail = [v for _, v in losses[-FINAL_LOSS_STEPS:] if math.isfinite(v)]
+    return {"final_loss": sum(tail) / len(tail) if tail else None, "final_loss_steps": len(tail)}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

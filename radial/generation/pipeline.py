@@ -11,6 +11,7 @@ tests and the demo are built by `train.generate` (behind `python -m radial.gener
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -250,6 +251,9 @@ def family_of_folder(path: str | Path) -> str | None:
     family = PIPELINE_FAMILIES.get(index.get("_class_name"))
     if family == "wan" and (index.get("transformer_2") or [None])[0] is not None:
         return "wan22"
+    config = transformer_config_of(path) or {}
+    if family == "wan" and (config.get("out_channels") or config.get("in_channels")) == 48:
+        return "wan22_ti2v"  # as pipeline_family tells a loaded TI2V-5B pipeline
     return family
 
 
@@ -294,15 +298,65 @@ def check_lora_file(file: Path, option: str, family: str | None = None) -> dict:
     return info
 
 
+def check_lora_base(info: dict, transformer, option: str, family: str) -> None:
+    """The base a LoRA's header records against the transformer it goes into: another task variant (T2V / I2V /
+    TI2V) is a LoraFileError; another config or other weights a one-line warning on stderr."""
+    from radial.base_id import base_differences, base_identity, task_variant
+    from radial.models import get_adapter
+
+    recorded = info.get("base_model") or {}
+    if not recorded:
+        return
+    adapter = get_adapter(family)
+    config = transformer if isinstance(transformer, dict) else transformer.config
+    check_lora_variant(recorded, task_variant(adapter, config), option)
+    if isinstance(transformer, dict):
+        return
+    differs = base_differences(recorded, base_identity(adapter, transformer))
+    if differs:
+        source = recorded.get("path") or f"a {recorded.get('source', '?')} {recorded.get('family', '?')} model"
+        print(
+            f"warning: {option}: this base's {differs[0]} differs from the one the LoRA was trained on ({source}); "
+            "give the transformer it was trained with (--transformer, e.g. OUTPUT_DIR/base_transformer)",
+            file=sys.stderr,
+        )
+
+
+def check_lora_variant(recorded: dict, actual: str, option: str) -> None:
+    """A LoRA trained for another task variant than the base's (e.g. an I2V LoRA onto a T2V model) is refused."""
+    variant = recorded.get("variant")
+    if variant and variant != actual:
+        kinds = {"T2V": "text-to-video", "I2V": "image-to-video", "TI2V": "Wan2.2 TI2V-5B"}
+        raise LoraFileError(
+            f"{option}: trained on a {variant} base ({recorded.get('family', '?')}), but this transformer is {actual}; "
+            f"give a {kinds.get(variant, variant)} model" + (" and --image FILE" if variant == "I2V" else "")
+        )
+
+
 def lora_metadata(path: Path) -> dict:
     """Our training metadata from a LoRA header ({} for other LoRAs); read without importing train/."""
     return check_lora_file(Path(path), "--lora")
 
 
-def check_lora_specs(specs: Sequence[LoraSpec], family: str | None = None) -> None:
-    """Every LoRA file exists and reads back (and fits `family` when known), before any model is loaded."""
+def check_lora_specs(
+    specs: Sequence[LoraSpec], family: str | None = None, transformer_config: dict | None = None
+) -> None:
+    """Every LoRA file exists and reads back (and fits `family` and the task variant of `transformer_config` when
+    known), before any model is loaded."""
     for spec in specs:
-        check_lora_file(_lora_file(spec), f"--lora {spec.path}", family)
+        info = check_lora_file(_lora_file(spec), f"--lora {spec.path}", family)
+        if family is not None and transformer_config is not None:
+            check_lora_base(info, transformer_config, f"--lora {spec.path}", family)
+
+
+def transformer_config_of(model: str | Path, transformer: str | Path | None = None) -> dict | None:
+    """The config.json of a pipeline folder's transformer (or of the `transformer` folder given instead); None when
+    it cannot be read (the loader reports that)."""
+    path = Path(transformer or Path(model) / "transformer").expanduser() / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, radial: RadialSettings | None = None):
@@ -323,6 +377,9 @@ def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, ra
         if name in names:
             raise ValueError(f"two LoRAs are named {name!r}; give distinct names (PATH:SCALE:NAME)")
         info = check_lora_file(file, f"--lora {spec.path}", family)
+        expert = (info.get("base_model") or {}).get("expert") or "transformer"
+        if getattr(pipe, expert, None) is not None:
+            check_lora_base(info, getattr(pipe, expert), f"--lora {spec.path}", family)
         trained = info.get("radial") or {}
         if radial is not None and trained:
             if not radial.enabled:

@@ -32,6 +32,7 @@ from radial.generation.embeds import PromptEmbeds
 from radial.generation.pipeline import image_pipeline_names, pipeline_family, set_scheduler_shift
 from radial.generation.settings import ClipSpec
 from radial.generation.video import to_uint8_frames, write_mp4
+from radial.mask.stats import model_density
 
 
 @dataclass
@@ -114,7 +115,8 @@ def _handle_list(handles) -> list:
 
 
 def attention_summary(handles, clip: ClipSpec) -> dict[str, Any]:
-    """Mask density of the radial layers and the density of attention overall (dense layers and steps count 1)."""
+    """The sparse layers' mask density (blocks, token pairs) and the whole model's (dense layers and steps count 1):
+    `model_block_density`, and `effective_density` of token pairs."""
     hs = _handle_list(handles)
     if not hs:
         return {"radial": False, "effective_density": 1.0}
@@ -134,10 +136,11 @@ def attention_summary(handles, clip: ClipSpec) -> dict[str, Any]:
         ideal_speedup=plan.stats.ideal_speedup,
         text_tokens=plan.text_tokens,
     )
-    radial_layers = (h.num_layers - cfg.dense_layers) / h.num_layers
-    steps = clip.num_inference_steps
-    radial_steps = max(0, steps - cfg.dense_timesteps) / steps
-    out["effective_density"] = 1.0 - (1.0 - plan.stats.token_density) * radial_layers * radial_steps
+    # dense layers and steps count 1: the whole model's density, of blocks, and of token pairs (the FLOPs)
+    counted = dict(layers=h.num_layers, dense_layers=cfg.dense_layers, steps=clip.num_inference_steps)
+    counted["dense_steps"] = cfg.dense_timesteps
+    out["model_block_density"] = model_density(plan.stats.block_density, **counted)
+    out["effective_density"] = model_density(plan.stats.token_density, **counted)
     return out
 
 

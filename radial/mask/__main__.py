@@ -14,7 +14,7 @@ from radial.geometry import GEOMETRY, geometry
 from radial.mask.build import check_layout, radial_block_mask_numpy
 from radial.mask.options import MaskOptions
 from radial.mask.plot import frame_block_edges, save_mask_png
-from radial.mask.stats import mask_stats
+from radial.mask.stats import density_text, mask_stats
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tokens/frame     {tpf}")
     print(f"tokens           {seq} ({frames * tpf} video + {args.text_tokens} text)")
     print(f"blocks           {mask.shape[0]} x {mask.shape[1]} of {opts.block_size}, kept {stats.kept_blocks}")
-    print(f"density          {stats.block_density:.4f} (blocks), {stats.token_density:.4f} (tokens)")
+    print(f"block density    {stats.block_density:.4f} (kept blocks; the sparse layers', dense ones not counted)")
+    print(f"token density    {stats.token_density:.4f} (kept token pairs: what the FLOPs scale with)")
     print(f"ideal speed-up   {stats.ideal_speedup:.2f}x attention FLOPs")
     print(f"built in         {elapsed * 1e3:.1f} ms")
     out = Path(args.out)
     if not args.no_png:
-        title = f"{args.model}: {frames} frames x {tpf} tokens (+{args.text_tokens} text), density {stats.block_density:.3f}"
+        title = f"{args.model}: {frames} frames x {tpf} tokens (+{args.text_tokens} text), {density_text(stats.block_density)}"
         edges = frame_block_edges(frames, tpf, opts.block_size)
         print(f"picture          {save_mask_png(mask, out.with_suffix('.png'), title=title, frame_edges=edges)}")
     if args.npy:

@@ -35,3 +35,17 @@ def mask_stats(mask: torch.Tensor | np.ndarray, seq_len: int, block_size: int) -
     per_row = m.sum(axis=1, dtype=np.int64) * block_size - m[:, -1] * (block_size - sizes[-1])
     kept_tokens = float(per_row @ sizes)
     return MaskStats(nb * nb, int(m.sum()), float(m.mean()), kept_tokens / float(seq_len) ** 2)
+
+
+def model_density(sparse_density: float, layers: int, dense_layers: int, steps: int = 1, dense_steps: int = 0) -> float:
+    """The whole model's attention density: the sparse layers' density, dense layers and dense steps counted as 1."""
+    sparse_layers = max(0, layers - dense_layers) / layers if layers else 0.0
+    sparse_steps = max(0, steps - dense_steps) / steps if steps else 0.0
+    return 1.0 - (1.0 - sparse_density) * sparse_layers * sparse_steps
+
+
+def density_text(block_density: float, whole: float | None = None, counted: str = "dense layers") -> str:
+    """The densities as every printout and picture names them: the sparse layers' block density, and the whole
+    model's with `counted` (dense layers, steps) at density 1."""
+    text = f"block density {block_density:.3f} (sparse layers)"
+    return text if whole is None else f"{text}, {whole:.3f} whole model ({counted} counted)"

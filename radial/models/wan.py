@@ -105,7 +105,7 @@ _WAN_TINY = {
     "num_layers": 2,
     "cross_attn_norm": True,
     "qk_norm": "rms_norm_across_heads",
-    "rope_max_seq_len": 64,
+    "rope_max_seq_len": 1024,  # positions for 4x of the longest clip (Wan 321 frames: 81 latent frames)
 }
 
 

@@ -46,8 +46,9 @@ from typing import Any
 import torch
 
 from train.config import EvalConfig, check_eval, check_eval_images
+from train.console import say
 from train.flow import flow_loss, noisy_latents
-from train.records import json_safe
+from train.records import append_metrics, json_safe
 from train.step import conditions_of, input_dtype
 
 #: the text states of an item that a sample is generated from (those its family has)
@@ -107,6 +108,12 @@ class Validator:
     def run(self, step: int, *, samples: bool = True, folder: Path | None = None) -> dict:
         acc = self.trainer.accelerator
         started = time.perf_counter()
+        items = len(self.heldout_indices())
+        if not self.history and not self.settings.heldout_root:
+            say(acc, f"note: the held-out loss is measured on the first {items} training items (eval.heldout_root is "
+                "not set): it shows fit, not generalisation; point eval.heldout_root at latents not trained on")  # fmt: skip
+        sampled = self._num_prompts() if samples else 0
+        say(acc, f"step {step}: validating ({items} held-out items" + (f", {sampled} samples)" if sampled else ")"))
         metrics: dict[str, Any] = {}
         metrics.update(self.heldout_loss())
         folder = folder or self.trainer.out / "validation" / f"step-{step:06d}"
@@ -123,8 +130,15 @@ class Validator:
                 if acc.is_main_process:
                     traceback.print_exc()
         metrics["val/seconds"] = time.perf_counter() - started
-        acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        acc.log(numbers, step=step)
+        if "val/loss" in metrics:
+            say(
+                acc,
+                f"step {step}: held-out loss {metrics['val/loss']:.4f} ({items} items, {metrics['val/seconds']:.1f} s)",
+            )
         if acc.is_main_process:
+            append_metrics(self.trainer.out, step, numbers)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "metrics.json").write_text(json.dumps(json_safe({"step": step, **metrics}), indent=1))
             self._log_media(records, step)
