@@ -8,17 +8,18 @@ bf16 hidden state; n blocks of which c are checkpointed):
                streaming the c checkpointed blocks' weights are on the host, `STREAM_WINDOW` blocks on the device
   LoRA         trainable parameters x 16 bytes (fp32 weight, gradient, two AdamW moments)
   outside      OUTSIDE x u (the fp32 copy of the hidden states kept outside the blocks)
-  checkpointed 1 u (the block's input) + ATTENTION x u with saved attention; activation offload moves the input
+  checkpointed 1 u (the block's input) + attention x u with saved attention; activation offload moves the input
                to the host (2 u of prefetch window stay) but not the attention cache (see train/offload.py)
-  kept         a block that is not checkpointed: the checkpointed cost + 2*T*(2 f + KEPT_HIDDEN d) bytes (its
+  kept         a block that is not checkpointed: the checkpointed cost + 2*T*(2 f + kept_hidden d) bytes (its
                GELU input and output are feed-forward wide, the rest hidden wide); offloaded whole with offload
-  working set  WORK_CONST GiB + 2*T*(WORK_HIDDEN d + WORK_FFN f) bytes: one block's recomputation and backward
-The coefficients are fitted to the step peaks the repo measured (MEASURED, with their files); `fit()` shows how.
+  working set  work_const GiB + 2*T*(work_hidden d + work_ffn f) bytes: one block's recomputation and backward
+The coefficients (MemoryModel's fields) are fitted to the step peaks the repo measured (MEASURED, with their files); `fit()` shows how.
 Plans are tried cheapest first by COSTS: activation offload (PCIe traffic on a side stream) before weight
 streaming (the blocks' weights cross PCIe twice per step: forward and recomputation) before recomputing attention
 (about a third more attention work); a combination costs the sum of its savers.
-train.checkpoint_blocks=auto takes the fewest checkpointed blocks that fit (and is measured again at run time,
-train/recompute.py); `all` or N is kept as set. Options the user turned on are never turned off.
+train.checkpoint_blocks=auto takes the fewest checkpointed blocks that fit without activation offload (and is
+measured again at run time, train/recompute.py); `all` or N is kept as set. Options the user turned on are never
+turned off. Text tokens outside the video sequence are not counted (HunyuanVideo's 256 are within a rounding).
 """
 
 from __future__ import annotations
