@@ -2,7 +2,7 @@
 # One device call: install the carried wheels, then run the named steps; logs and results land in $OUT.
 #   bash benchmarks/gpu_run.sh models-tests "train-step wan1x wan2x wan4x" ...
 # Steps: models-tests (tests/gpu/test_models_gpu.py), attention-tests (tests/gpu/test_attention_gpu.py), fa4-tests
-# (tests/gpu/test_fa4_gpu.py), "pytest FILES..." (any test files), "attention-bench ARGS..." (benchmarks/attention.py ARGS, results in $OUT/attention),
+# (tests/gpu/test_fa4_gpu.py), memory-tests (tests/gpu/test_offload_gpu.py), "pytest FILES..." (any test files), "attention-bench ARGS..." (benchmarks/attention.py ARGS, results in $OUT/attention),
 # "train-step ARGS..." (benchmarks/train_step.py ARGS, results in $OUT/stepN for the N-th step), "train-step-sp K
 # ARGS..." (the same under torchrun on K GPUs with --sp K, results in $OUT/spK-N), "generate-bench ARGS..."
 # (benchmarks/generate.py ARGS, results in $OUT/generateN), "extension ARGS..." (benchmarks/extension.py ARGS: the
@@ -48,6 +48,7 @@ for step in "$@"; do
     models-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_models_gpu.py >"$log" 2>&1 ;;
     attention-tests) python3 -m pytest -q -p no:cacheprovider tests/gpu/test_attention_gpu.py >"$log" 2>&1 ;;
     pytest) python3 -m pytest -q -p no:cacheprovider -rs "$@" >"$log" 2>&1 ;;
+    memory-tests) python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_offload_gpu.py >"$log" 2>&1 ;;
     fa4-tests) python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_fa4_gpu.py >"$log" 2>&1 ;;
     attention-bench) python3 benchmarks/attention.py --out "$OUT/attention" "$@" >"$log" 2>&1 ;;
     train-step) python3 benchmarks/train_step.py --out "$OUT/step$n" "$@" >"$log" 2>&1 ;;

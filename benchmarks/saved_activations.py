@@ -209,7 +209,9 @@ def census_step(args, compile_: bool) -> dict:
     torch._dynamo.reset()
     step_args = argparse.Namespace(**{**vars(args), "compile": compile_})
     acc = Accelerator(mixed_precision="bf16")
-    cfg, parts, latents, conds = _build(args.case, args.backend, step_args, torch.device(args.device), torch.bfloat16)
+    cfg, parts, latents, conds, _ = _build(
+        args.case, args.backend, step_args, torch.device(args.device), torch.bfloat16
+    )
     model = acc.prepare(parts.transformer)
     flow = FlowMatching(shift=cfg.model.flow_shift)
     model_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad)

@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from radial.errors import ConfigError  # noqa: E402
 from radial.kernels.dense import DENSE_KERNEL_ENV  # noqa: E402
 
 # Dense entries of --backends: name -> RADIAL_DENSE_KERNEL
@@ -58,12 +60,13 @@ CASES = {
     "wan4x": ("wan", 81, 60, 104),
     "hun2x": ("hunyuan", 65, 90, 160),
     "hun4x": ("hunyuan", 129, 90, 160),
+    "wan14b4x": ("wan", 81, 60, 104),  # Wan2.1 T2V-14B 480p at 4x
     "wan_i2v4x": ("wan", 81, 60, 104),  # Wan2.1 I2V-14B 480p at 4x: image states and mask + first-frame channels
     # HunyuanVideo-1.5 I2V 480p at 2x (241 frames): SigLIP states and first-frame latent + mask channels
     "hy15_i2v2x": ("hunyuan15", 61, 30, 53),
 }
 # Cases of another architecture than the family's default: case -> (full-size variant, tiny variant for --smoke)
-VARIANTS = {"wan_i2v4x": ("i2v-14b", "i2v"), "hy15_i2v2x": ("i2v", "i2v")}
+VARIANTS = {"wan_i2v4x": ("i2v-14b", "i2v"), "hy15_i2v2x": ("i2v", "i2v"), "wan14b4x": ("t2v-14b", None)}
 
 
 def _config(family: str, backend: str, dense_layers: int, save_attention: bool, step_settings: tuple[str, ...] = ()):
@@ -113,13 +116,19 @@ def _build(case: str, entry: str, args, device, tiny_dtype: torch.dtype = torch.
         frames, h, w = 3, 8, 8
     else:
         transformer = adapter.build_full(full_variant, dtype=torch.bfloat16, device=device, **_layers(family, args))
+    memory_plan = None
+    if device.type == "cuda":  # --memory auto: the trainer's planner for this case's tokens (and --memory-cap-gb)
+        from train.memory_plan import plan_config
+
+        _, ph, pw = adapter.patch_size(transformer)
+        memory_plan = plan_config(cfg, frames, frames * (h // ph) * (w // pw), device)
     with torch.random.fork_rng(devices=[]):  # the same LoRA initialisation on every rank (sequence parallelism)
         torch.manual_seed(0)
         parts = build_model(cfg, device, transformer=transformer)
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(1, adapter.latent_channels(transformer), frames, h, w, generator=gen).to(device)
     conds = adapter.make_dummy_conditions(transformer, 1, latent_shape=latents.shape)
-    return cfg, parts, latents, conds
+    return cfg, parts, latents, conds, memory_plan
 
 
 def _layers(family: str, args) -> dict[str, int]:
@@ -134,6 +143,13 @@ def _settings(args) -> tuple[str, ...]:
     """The training-step settings of issue 17, as trainer overrides, for every entry alike."""
     out = [f"train.checkpoint_blocks={args.checkpoint_blocks}", f"train.compile={str(args.compile).lower()}"]
     out.append(f"train.fuse_qkv={str(args.fuse_qkv).lower()}")
+    # the memory options (saved_activations.py's args have none: off)
+    out += [
+        f"train.memory={getattr(args, 'memory', 'off')}",
+        f"train.memory_cap_gb={getattr(args, 'memory_cap_gb', 0)}",
+    ]
+    out.append(f"train.offload_activations={str(getattr(args, 'offload_activations', False)).lower()}")
+    out.append(f"train.offload_blocks={str(getattr(args, 'offload_blocks', False)).lower()}")
     if args.compile:
         out.append(f"train.compile_backend={args.compile_backend}")
     return tuple(out)
@@ -212,7 +228,9 @@ def _run_case(case: str, backend: str, args) -> dict:
         torch._dynamo.reset()
     acc = Accelerator(mixed_precision="bf16")
     device = acc.device if acc.num_processes > 1 else torch.device(args.device)
-    cfg, parts, latents, conds = _build(case, backend, args, device)
+    cfg, parts, latents, conds, memory_plan = _build(case, backend, args, device)
+    if memory_plan and acc.is_main_process:
+        print(f"{case} {backend}: {memory_plan.strip()}", flush=True)
     # --sp K: the processes form Ulysses groups of K that train one sample together, as the trainer does.
     sp = init_sequence_parallel(args.sp, device) if args.sp > 1 else None
     sp_handle = enable_sequence_parallel(parts.handle, sp) if sp is not None else None
@@ -282,6 +300,11 @@ def _run_case(case: str, backend: str, args) -> dict:
         "attention_share": attn_ms / total_ms if total_ms and args.profile else float("nan"),
         "attention_kernels_ms": kernels,
         "density": plan.stats.block_density if plan is not None and not _is_dense(backend) else 1.0,
+        "memory_plan": memory_plan,  # --memory auto: the planner's line
+        "offload_activations": cfg.train.offload_activations,
+        "offload_blocks": cfg.train.offload_blocks,
+        "memory_cap_gb": args.memory_cap_gb,
+        "peak_host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
         "loss": losses[-1],
     }
     if sp_handle is not None:
@@ -323,6 +346,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--compile-backend", default="inductor", help="train.compile_backend (smoke runs: eager)")
     p.add_argument(
+        "--memory", choices=("auto", "off"), default="off", help="train.memory: auto plans the savers for each case"
+    )
+    p.add_argument(
+        "--memory-cap-gb", type=float, default=0.0, help="use at most this many GB of the card (emulates a smaller one)"
+    )
+    p.add_argument(
+        "--offload-activations", action=argparse.BooleanOptionalAction, default=False,
+        help="train.offload_activations, every entry",
+    )  # fmt: skip
+    p.add_argument(
+        "--offload-blocks",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="train.offload_blocks, every entry",
+    )
+    p.add_argument(
         "--profile",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -347,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{case} {backend}: out of memory ({err})", flush=True)
                 rows.append({"case": case, "backend": backend, "error": "out of memory"})
                 _reset_memory()
+            except ConfigError as err:  # --memory auto found no plan that fits: its one line is the result
+                print(f"{case} {backend}: {err}", flush=True)
+                rows.append({"case": case, "backend": backend, "error": str(err)})
             if int(os.environ.get("RANK", "0")) == 0:  # after every row, so a run cut short keeps what it measured
                 print(write_results(rows, args), flush=True)
 

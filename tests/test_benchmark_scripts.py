@@ -25,6 +25,17 @@ def test_train_step_settings_apply_to_both_arms(tmp_path):
     assert "1/2 blocks, compiled, fused qkv" in (tmp_path / "train_step.md").read_text()
 
 
+def test_train_step_memory_savers(tmp_path):
+    """--offload-activations / --offload-blocks reach the trainer's step and its row; the loss is unchanged."""
+    args = ["--smoke", "--device", "cpu", "--cases", "wan1x", "--steps", "1", "--backends", "reference"]
+    train_step.main([*args, "--out", str(tmp_path / "a"), "--no-profile"])
+    train_step.main([*args, "--out", str(tmp_path / "b"), "--no-profile", "--offload-activations", "--offload-blocks"])
+    (plain,) = json.loads((tmp_path / "a" / "train_step.json").read_text())["rows"]
+    (saved,) = json.loads((tmp_path / "b" / "train_step.json").read_text())["rows"]
+    assert not plain["offload_activations"] and saved["offload_activations"] and saved["offload_blocks"]
+    assert saved["loss"] == plain["loss"] and saved["peak_host_gb"] > 0 and saved["memory_plan"] is None
+
+
 @pytest.mark.parametrize("case,tokens", [("wan_i2v4x", 3 * 16), ("hy15_i2v2x", 3 * 64)])
 def test_train_step_i2v_smoke(tmp_path, case, tokens):
     """The I2V cases (Wan2.1 I2V, HunyuanVideo-1.5 I2V): the I2V architecture with its image conditioning through

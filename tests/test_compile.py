@@ -17,10 +17,17 @@ from train.step import flow_matching_loss, input_dtype
 
 
 def compiled_step(
-    compile_backend: str | None, *extra: str, device: str = "cpu", frames: int = 3, size: int = 8, **tiny
+    compile_backend: str | None,
+    *extra: str,
+    device: str = "cpu",
+    frames: int = 3,
+    size: int = 8,
+    record: dict | None = None,
+    **tiny,
 ):
     """Loss and gradients of one bf16-autocast LoRA step of a tiny Wan built by the trainer's `build_model` (with
-    `extra` overrides; `tiny`: the tiny config's overrides), compiled with `compile_backend` (None: eager)."""
+    `extra` overrides; `tiny`: the tiny config's overrides), compiled with `compile_backend` (None: eager).
+    `record` (CUDA) receives the model parts, the memory allocated once built and the step's peak (bytes)."""
     torch._dynamo.reset()
     overrides = ["train.save_attention=true", "train.mixed_precision=bf16", *extra]
     if compile_backend:
@@ -37,11 +44,18 @@ def compiled_step(
                 p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
     latents = parts.adapter.make_dummy_latents(model, 1, frames, size, size, seed=1).to(dev)
     conds = {k: v.to(dev) for k, v in parts.adapter.make_dummy_conditions(model, 1, text_len=4, seed=2).items()}
+    if record is not None:
+        torch.cuda.synchronize()
+        record.update(parts=parts, built=torch.cuda.memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
     with torch.autocast(dev.type, dtype=torch.bfloat16):
         loss = flow_matching_loss(
             parts.adapter, model, FlowMatching(), latents, conds, torch.Generator().manual_seed(3), input_dtype(model)
         )
     loss.backward()
+    if record is not None:
+        torch.cuda.synchronize()
+        record["peak"] = torch.cuda.max_memory_allocated()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads
 

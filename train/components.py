@@ -19,8 +19,10 @@ from radial.compile import compile_blocks
 from radial.lora import attach_lora
 from radial.models import ModelAdapter, get_adapter
 from train.config import Config
+from train.offload import ActivationOffload, enable_activation_offload
 from train.recompute import RecomputeBudget, parse_checkpoint_blocks
 from train.signals import ignore_stop_signals
+from train.weight_stream import BlockStreamer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,6 +37,8 @@ class ModelParts:
     backend: str = "reference"  # the attention backend that runs (`auto` resolved for the device)
     recompute: RecomputeBudget | None = None  # train.checkpoint_blocks (None without gradient checkpointing)
     base: dict | None = None  # the base's identity for the LoRA header (radial.base_id), taken before training
+    offload: ActivationOffload | None = None  # train.offload_activations
+    streamer: BlockStreamer | None = None  # train.offload_blocks
 
 
 def build_transformer(cfg: Config, adapter: ModelAdapter, device: torch.device) -> torch.nn.Module:
@@ -114,8 +118,10 @@ def build_model(
         budget = RecomputeBudget(blocks, parse_checkpoint_blocks(t.checkpoint_blocks, len(blocks)), device)
     if t.compile:  # after LoRA and checkpointing: the compiled blocks hold the LoRA layers, checkpointing wraps them
         compile_blocks(blocks, backend=t.compile_backend, mode=t.compile_mode)
+    offload = enable_activation_offload(transformer, device) if t.offload_activations else None
+    streamer = BlockStreamer(blocks, device) if t.offload_blocks else None
     transformer.train()
-    return ModelParts(adapter, transformer, handle, lora_config, targets, backend, budget, base)
+    return ModelParts(adapter, transformer, handle, lora_config, targets, backend, budget, base, offload, streamer)
 
 
 def synthetic_latents(cfg: Config, main_process: bool) -> Path:

@@ -29,6 +29,7 @@ PRECISIONS = ("no", "fp16", "bf16")
 BACKENDS = ("auto", "fa4", "triton", "flex", "reference", "dense", "flashinfer")
 TRACKERS = ("tensorboard", "wandb")
 MODES = ("lora", "full")
+MEMORY_MODES = ("auto", "off")
 # torch.compile modes that leave the eager attention calls between graphs alone (no CUDA graphs)
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
@@ -124,6 +125,10 @@ class TrainSection:
     gradient_checkpointing: bool = True
     save_attention: bool = True
     checkpoint_blocks: str = "all"  # auto | all | N: blocks under checkpointing (train/recompute.py)
+    memory: str = "auto"  # auto (CUDA: train/memory_plan.py picks the savers below) | off
+    offload_activations: bool = False  # saved activations to pinned host memory (train/offload.py)
+    offload_blocks: bool = False  # frozen block weights streamed from host memory (train/weight_stream.py)
+    memory_cap_gb: float = 0.0  # > 0: use at most this much of the card (emulates a smaller one); 0 = all of it
     compile: bool = False  # regional torch.compile of the transformer blocks (radial/compile.py)
     compile_backend: str = "inductor"
     compile_mode: str | None = None
@@ -597,6 +602,13 @@ def validate(cfg: DictConfig | dict) -> Config:
             parse_checkpoint_blocks(t.checkpoint_blocks, blocks if blocks is not None else 1 << 30)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    _choice("train.memory", t.memory, MEMORY_MODES)
+    _at_least("train.memory_cap_gb", t.memory_cap_gb, 0.0)
+    if t.offload_blocks and (t.mode == "full" or not t.gradient_checkpointing):
+        raise ConfigError(
+            "train.offload_blocks=true streams the frozen weights of checkpointed blocks: it needs train.mode=lora "
+            "and train.gradient_checkpointing=true"
+        )
     if t.mode == "full" and c.model.storage_dtype is not None:
         raise ConfigError("model.storage_dtype stores frozen weights; train.mode=full has none: leave it null")
     from train.flow import SAMPLINGS, WEIGHTINGS, FlowMatching

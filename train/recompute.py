@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from radial.checkpointing import set_checkpointed_blocks
+from train.memory_cap import memory_limit_bytes
 
 #: share of the usable device memory left free by `auto` (layouts of other buckets, fragmentation, the allocator)
 MARGIN = 0.15
@@ -78,7 +79,7 @@ class RecomputeBudget:
         elif self._steps == 3:
             per_block = peak - self._peak_all
             free, _ = torch.cuda.mem_get_info(self.device)
-            capacity = free + torch.cuda.memory_reserved(self.device)
+            capacity = min(free + torch.cuda.memory_reserved(self.device), memory_limit_bytes(self.device))
             self.count = _agreed_max(blocks_to_checkpoint(n, capacity, self._peak_all, per_block), self.device)
             set_checkpointed_blocks(self.blocks, self.count)
             gb = 2**30

@@ -145,10 +145,15 @@ class Trainer:
             synthetic_latents(cfg, acc.is_main_process) if cfg.data.kind == "synthetic" else Path(cfg.data.root)
         )
         acc.wait_for_everyone()
+        from train.memory_plan import plan_run  # train.memory=auto: on every rank, before the model is built
+
+        memory_plan = plan_run(cfg, dataset_roots(cfg, latents_root), acc.device)
         if acc.is_main_process:  # before the model is built: what will run, where, roughly how big
             from train.summary import run_summary
 
             print(run_summary(cfg, dataset_roots(cfg, latents_root), acc.device), flush=True)
+            if memory_plan:
+                print(memory_plan, flush=True)
         # Ulysses sequence parallelism (parallel.sp_degree > 1): groups of consecutive ranks share one sample.
         sp_degree = cfg.parallel.sp_degree
         self.dp_rank, self.dp_world = data_parallel_rank(acc.process_index, acc.num_processes, sp_degree)

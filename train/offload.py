@@ -1,0 +1,136 @@
+"""Activation offload, train.offload_activations: the tensors autograd keeps between forward and backward go to
+(pinned) host memory during the forward and come back, one ahead, during the backward.
+
+Built on `torch.autograd.graph.saved_tensors_hooks`, which sees every saved tensor, including the inputs that
+non-reentrant gradient checkpointing keeps per block (torch.utils.checkpoint saves them as saved tensors, so outer
+hooks apply). Why not `torch.autograd.graph.save_on_cpu(pin_memory=True)` as is:
+- it copies device -> host on the compute stream, so every copy delays the kernels queued behind it; here the copy
+  runs on a side stream that waits only for the tensor's producer;
+- it moves every saved tensor, parameters included (the frozen weights would cross PCIe every step and double in
+  host memory); here parameters and small tensors stay where they are;
+- it copies back only when the backward asks, on the critical path; here each unpack also starts the copy of the
+  tensor saved just before it (the backward's next need, saved tensors being used in about reverse order).
+Not covered: the attention outputs that selective checkpointing keeps (train.save_attention) live in
+torch.utils.checkpoint's own cache, not in saved tensors; they stay on the device (the memory planner counts them).
+On a CPU the "host" is the CPU too: packing copies (the CPU tests exercise the same pack / unpack / prefetch logic).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: saved tensors smaller than this stay on the device (scales, LSEs, indices: copying costs more than they free)
+MIN_BYTES = 1 << 20
+
+
+@dataclass
+class _Packed:
+    """One offloaded tensor: its host copy, where it came from, and (once prefetched) its copy back."""
+
+    index: int
+    host: torch.Tensor
+    device: torch.device
+    ready: torch.cuda.Event | None = None  # the device -> host copy is complete
+    back: torch.Tensor | None = None  # prefetched device copy, handed out once
+    back_ready: torch.cuda.Event | None = None
+    used: bool = False
+
+
+class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
+    """saved_tensors_hooks that keep large activations of `device` in host memory (pinned on CUDA), copied on a side
+    stream and prefetched during the backward; re-entered for every forward (a fresh set of packed tensors)."""
+
+    def __init__(self, device: torch.device, min_bytes: int | None = None) -> None:
+        self.device = torch.device(device)
+        self.min_bytes = MIN_BYTES if min_bytes is None else min_bytes
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.packed: list[_Packed] = []
+        self.offloaded_bytes = 0
+        self.prefetch_hits = 0
+        super().__init__(self._pack, self._unpack)
+
+    def __enter__(self):
+        self.packed, self.offloaded_bytes, self.prefetch_hits = [], 0, 0
+        return super().__enter__()
+
+    def _pack(self, tensor: torch.Tensor):
+        if (
+            isinstance(tensor, nn.Parameter)
+            or tensor.device.type != self.device.type
+            or tensor.layout != torch.strided
+            or tensor.numel() * tensor.element_size() < self.min_bytes
+        ):
+            return tensor
+        item = _Packed(len(self.packed), self._to_host(tensor), tensor.device)
+        if self.cuda:
+            item.ready = torch.cuda.Event()
+            item.ready.record(self.stream)
+        self.packed.append(item)
+        self.offloaded_bytes += tensor.numel() * tensor.element_size()
+        return item
+
+    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=self.cuda)
+        if not self.cuda:
+            return host.copy_(tensor)
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            host.copy_(tensor, non_blocking=True)
+        tensor.record_stream(self.stream)  # not reused by the allocator before the copy has read it
+        return host
+
+    def _to_device(self, item: _Packed) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        if not self.cuda:
+            return item.host.to(item.device, copy=True), None
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(item.ready)
+            back = item.host.to(item.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return back, done
+
+    def _unpack(self, item):
+        if not isinstance(item, _Packed):
+            return item
+        if item.back is not None:
+            tensor, done = item.back, item.back_ready
+            item.back = item.back_ready = None
+            self.prefetch_hits += 1
+        else:
+            tensor, done = self._to_device(item)
+        if done is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(done)
+            tensor.record_stream(current)
+        item.used = True
+        self._prefetch_before(item.index)
+        return tensor
+
+    def _prefetch_before(self, index: int) -> None:
+        """Start copying back the latest tensor saved before `index` that the backward has not used yet."""
+        for i in range(index - 1, -1, -1):
+            item = self.packed[i]
+            if item.used:
+                continue
+            if item.back is None:
+                item.back, item.back_ready = self._to_device(item)
+            return
+
+
+def enable_activation_offload(module: nn.Module, device: torch.device) -> ActivationOffload:
+    """Run `module`'s forward under an ActivationOffload (its saved tensors offloaded); returns it (its counters)."""
+    offload = ActivationOffload(device)
+    forward = module.forward
+
+    @functools.wraps(forward)
+    def offloaded_forward(*args, **kwargs):
+        with offload:
+            return forward(*args, **kwargs)
+
+    module.forward = offloaded_forward
+    return offload
