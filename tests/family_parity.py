@@ -2,13 +2,19 @@
 training run (the demo and every family and image-to-video variant), and of the final latents of a tiny 2-step
 `radial.generate`. Refactors that must not change behaviour compare these before and after, bitwise.
 
+The runs read fixed synthetic videos (tests/data/family_parity_videos/, written once with --make-videos): libx264
+does not encode the same frames to the same bytes from one call to the next, so freshly made videos would make
+the fingerprints differ between runs of the same code.
+
     python -m tests.family_parity OUT.json      # writes the fingerprints (tests/test_family_spec_parity.py compares)
+    python -m tests.family_parity --make-videos # writes the fixed videos (once)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +22,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+VIDEOS = Path(__file__).resolve().parent / "data" / "family_parity_videos"
+#: fixed video sets: name -> (videos, frames, size, fps); "demo" is data=synthetic's default, "f17" tiny_overrides'
+VIDEO_SETS = {"demo": (8, 49, 96, 8), "f17": (3, 17, 64, 8), "f13": (3, 13, 64, 8), "i2v": (2, 17, 64, 16)}
 #: name -> (model config, extra overrides, data to prepare: None for data=synthetic, else (family, i2v))
 TRAIN_CASES: dict[str, tuple[str, list[str], tuple[str, bool] | None]] = {
     "wan": ("tiny_wan", [], None),
@@ -46,10 +55,20 @@ def _tensor_hashes(path: Path) -> dict[str, str]:
     return {k: _digest(v) for k, v in sorted(load_file(path).items())}
 
 
-def _train(out: Path, overrides: list[str]) -> dict:
+def make_videos() -> None:
+    """Write the fixed video sets under VIDEOS (replacing any)."""
+    from data.synthetic import make_synthetic_videos
+
+    for name, (num, frames, size, fps) in VIDEO_SETS.items():
+        shutil.rmtree(VIDEOS / name, ignore_errors=True)
+        make_synthetic_videos(VIDEOS / name, num=num, frames=frames, fps=fps, sizes=((size, size),), seed=0)
+
+
+def _train(out: Path, overrides: list[str], videos: str) -> dict:
     from train.config import compose, validate
     from train.trainer import Trainer
 
+    shutil.copytree(VIDEOS / videos, out / "data" / "videos")  # data=synthetic reuses videos it finds there
     Trainer(validate(compose([f"output_dir={out}", *overrides, *QUIET]))).fit()
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     lora = out / "lora"
@@ -62,11 +81,8 @@ def _train(out: Path, overrides: list[str]) -> dict:
 
 def _prepared(root: Path, family: str, image: bool) -> Path:
     from data.prepare import PrepareConfig, prepare
-    from data.synthetic import make_synthetic_videos
 
-    videos = root / "videos"
-    if not (videos / "manifest.jsonl").is_file():
-        make_synthetic_videos(videos, num=2, frames=17, fps=16, sizes=((64, 64),), seed=0)
+    videos = VIDEOS / "i2v"
     out = root / f"{family}_{'i2v' if image else 't2v'}"
     prepare(
         PrepareConfig(
@@ -96,7 +112,7 @@ def fingerprints(work: Path) -> dict:
     torch.set_num_threads(1)  # reductions in one fixed order, whatever the machine's core count
     result: dict = {"train": {}, "generate": {}}
     out = work / "demo"  # the embedded demo: every default, three steps
-    result["train"]["demo"] = _train(out, ["train.max_steps=3"])
+    result["train"]["demo"] = _train(out, ["train.max_steps=3"], "demo")
     for name, (model, extra, data) in TRAIN_CASES.items():
         out = work / name
         base = tiny_overrides(out, out / "data", model=model, steps=3)
@@ -107,7 +123,8 @@ def fingerprints(work: Path) -> dict:
                 f"data.root={root}",
                 "data.num_workers=0",
             ]
-        result["train"][name] = _train(out, [*base, *extra])
+        videos = "f13" if "data.frames=13" in extra else "f17"
+        result["train"][name] = _train(out, [*base, *extra], videos)
     for family, frames in GENERATE_CASES.items():
         result["generate"][family] = _generate(work / f"gen_{family}", family, frames)
     return result
@@ -115,8 +132,11 @@ def fingerprints(work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--make-videos"]:
+        make_videos()
+        return 0
     if len(argv) != 1:
-        print("usage: python -m tests.family_parity OUT.json", file=sys.stderr)
+        print("usage: python -m tests.family_parity OUT.json | --make-videos", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         data = fingerprints(Path(tmp))
