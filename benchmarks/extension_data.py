@@ -27,7 +27,7 @@ import torch
 
 from data.latents import make_latent_norm
 from data.shards import ShardWriter, build_index
-from radial.geometry import geometry
+from radial.families import geometry
 
 CHANNELS = 16
 OCCLUDER_CHANNELS = slice(0, 4)

@@ -104,7 +104,7 @@ def write_random_dataset(
 
     from data.latents import make_latent_norm
     from data.shards import DTYPES, ShardWriter, build_index
-    from radial.geometry import geometry
+    from radial.families import geometry
 
     if (root / "index.json").is_file():
         return root

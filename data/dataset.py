@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 from data.encoders.base import TextField
 from data.shards import ShardError, dtype_name, load_index, verify_shards
 from radial.errors import DataError
-from radial.geometry import geometry
+from radial.families import family_spec, geometry
 
 BucketKey = tuple[int, int, int]  # (frames, height, width) in pixels
 VERIFY_MODES = ("header", "full")
@@ -68,7 +68,7 @@ class Expect:
         c = dict(config)
         channels = c.get("out_channels") or c.get("in_channels")
         text_dim = c.get("text_dim") or c.get("text_embed_dim")
-        pooled = c.get("pooled_projection_dim") if model == "hunyuan" else None
+        pooled = c.get("pooled_projection_dim") if "pooled_prompt_embeds" in family_spec(model).text_fields else None
         conditioning = {}
         if model in ("wan", "wan22") and c.get("in_channels"):  # in_channels = noisy latents + image conditioning
             extra_channels = c["in_channels"] - (c.get("out_channels") or c["in_channels"])  # Wan I2V: 36 - 16

@@ -60,7 +60,7 @@ from data.video import (
     to_pixels,
 )
 from radial.errors import USER_ERRORS, cli_errors
-from radial.geometry import geometry
+from radial.families import geometry
 from radial.help_format import DefaultsHelpFormatter
 from radial.parent_death import say, when_parent_dies
 from radial.run_lock import lock_folder, lock_for_launch

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from radial.errors import DataError, cli_errors
-from radial.geometry import LatentGeometry, geometry
+from radial.families import FAMILIES, LatentGeometry, family_spec, geometry
 
 FORMAT = "radial-latents"
 FORMAT_VERSION = 1
@@ -54,15 +54,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "float": "float32", "half": "float16"}
 SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
-#: text fields each family's dataset must have (the encoders produce exactly these; tests keep them in sync)
-TEXT_FIELDS = {
-    "wan": ("prompt_embeds",),
-    "wan22": ("prompt_embeds",),
-    "wan22_ti2v": ("prompt_embeds",),
-    "hunyuan": ("prompt_embeds", "pooled_prompt_embeds"),
-    "mochi": ("prompt_embeds",),
-    "hunyuan15": ("prompt_embeds", "prompt_embeds_2"),  # Qwen2.5-VL states, ByT5 states of the quoted text
-}
+#: text fields each family's dataset must have (FamilySpec.text_fields), kept for the users of this name
+TEXT_FIELDS = {name: spec.text_fields for name, spec in FAMILIES.items()}
 #: the optional image conditioning an image-to-video dataset's header lists under "image_fields"
 IMAGE_FIELDS = ("image_latents", "image_embeds", "first_frame_mask")
 HEADER_KEYS = (
@@ -291,7 +284,7 @@ def check_header(header: dict, model: str, where: str) -> None:
             f"{model} has {g.latent_channels} channels"
         )
     fields = header["text_fields"]
-    want = TEXT_FIELDS.get(model, ())
+    want = family_spec(model).text_fields
     if not isinstance(fields, dict) or sorted(fields) != sorted(want):
         got = sorted(fields) if isinstance(fields, dict) else fields
         raise ShardError(f"{where}: text fields are {got}, model {model} needs {sorted(want)}")
@@ -318,14 +311,16 @@ def _check_image_fields(fields, g: LatentGeometry, where: str) -> None:
     ok = ok and all(isinstance(v, list) and all(isinstance(n, int) and n > 0 for n in v) for v in fields.values())
     if not ok:
         raise ShardError(f"{where}: image_fields must name image_latents [channels] (and image_embeds [tokens, dim])")
-    ti2v = g.family == "wan22_ti2v"
-    want = [g.latent_channels, 1] if ti2v else [g.latent_channels + (1 if g.family == "hunyuan15" else 4)]
+    spec = family_spec(g.family)
+    if spec.i2v_latents is None:
+        raise ShardError(f"{where}: image_fields given, but model {g.family} takes no image conditioning")
+    want = list(spec.i2v_latents)
     if fields["image_latents"] != want:
         raise ShardError(f"{where}: image_latents lead with {fields['image_latents']}, expected {want}")
-    if g.family == "hunyuan15" and "image_embeds" not in fields:
-        raise ShardError(f"{where}: HunyuanVideo-1.5 image conditioning needs image_embeds [tokens, dim]")
-    if ti2v and fields.get("first_frame_mask") != [1]:
-        raise ShardError(f"{where}: Wan2.2 TI2V image conditioning needs first_frame_mask [1]")
+    if "image_embeds" in spec.i2v_fields and "image_embeds" not in fields:
+        raise ShardError(f"{where}: {spec.title} image conditioning needs image_embeds [tokens, dim]")
+    if "first_frame_mask" in spec.i2v_fields and fields.get("first_frame_mask") != [1]:
+        raise ShardError(f"{where}: {spec.title} image conditioning needs first_frame_mask [1]")
     if "image_embeds" in fields and len(fields["image_embeds"]) != 2:
         raise ShardError(f"{where}: image_embeds must be [tokens, dim], got {fields['image_embeds']}")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radial.geometry import LatentGeometry
+from radial.families import LatentGeometry
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi")
 CLIP_MODES = ("uniform", "start")

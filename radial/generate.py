@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from radial.errors import USER_ERRORS, cli_errors
+from radial.families import family_spec
 from radial.generation.embeds import load_prompt_embeds
 from radial.generation.pipeline import (
     apply_radial,
@@ -59,7 +60,6 @@ from radial.rope_extension import ROPE_EXTENSIONS
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 DTYPES.update({"fp32": torch.float32, "float32": torch.float32})
-GUIDANCE_DEFAULTS = {"wan": 5.0, "wan22": 4.0, "wan22_ti2v": 5.0, "hunyuan": 6.0, "hunyuan15": 6.0, "mochi": 4.5}
 RADIAL_DEFAULTS = {
     "decay_factor": 1.0,
     "dense_layers": 0,
@@ -226,7 +226,7 @@ def _vae_tiling(pipe, args) -> None:
 
 
 def clip_from_args(args, family: str, text_settings: dict) -> ClipSpec:
-    from radial.geometry import geometry
+    from radial.families import geometry
 
     g = geometry(family)
     if args.length is not None and args.frames is not None:
@@ -237,7 +237,7 @@ def clip_from_args(args, family: str, text_settings: dict) -> ClipSpec:
         height=args.height or g.base_height,
         width=args.width or g.base_width,
         num_inference_steps=args.steps,
-        guidance_scale=GUIDANCE_DEFAULTS[family] if args.guidance_scale is None else args.guidance_scale,
+        guidance_scale=family_spec(family).guidance_scale if args.guidance_scale is None else args.guidance_scale,
         true_cfg_scale=args.true_cfg_scale,
         guidance_scale_2=args.guidance_scale_2,
         shift=args.shift,

@@ -12,17 +12,8 @@ import re
 from pathlib import Path
 
 from radial.errors import MissingPathError
+from radial.families import FAMILIES
 
-#: the diffusers repository of each family's reference checkpoint (what to download for `model=<family>`)
-HUB_REPOS = {
-    "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-    "wan22": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
-    "wan22_ti2v": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
-    "hunyuan": "hunyuanvideo-community/HunyuanVideo",
-    # I2V: the I2V pipeline's docstring names hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v (not verified here)
-    "hunyuan15": "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v",
-    "mochi": "genmo/mochi-1-preview",
-}
 LAYOUT = "model_index.json, transformer/ (config.json + *.safetensors), vae/, text_encoder/, tokenizer/, scheduler/"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -53,7 +44,7 @@ def cached_snapshot(repo_id: str) -> Path | None:
 
 def download_hint(family: str | None) -> str:
     """What to download for `family` and the folder layout expected (for errors about a missing model path)."""
-    repo = HUB_REPOS.get(family or "", "<org>/<model>-Diffusers")
+    repo = FAMILIES[family].hub_repo if family in FAMILIES else "<org>/<model>-Diffusers"
     return (
         f"download it with `hf download {repo}` (then pass the Hub id) or with `--local-dir "
         f"/models/{repo.split('/')[-1]}` (then pass that folder); a diffusers folder holds {LAYOUT}"

@@ -16,36 +16,23 @@ Family -> classes (diffusers folder subfolders):
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
 
 from data.encoders.base import PRETRAINED_KEY, FamilyEncoders, TextField
-from radial.geometry import geometry
+from radial.families import FAMILIES, family_spec
 
-TINY_TEXT_DIM = 32  # text hidden size of every tiny text encoder (= text_dim of radial.models' tiny transformers)
-TINY_POOLED_DIM = 16  # hidden size of HunyuanVideo's tiny CLIP (= pooled_projection_dim of radial.models' tiny one)
+TINY_TEXT_DIM = family_spec("wan").tiny_text_dim  # the tiny text hidden size (FamilySpec.tiny_text_dim)
+TINY_POOLED_DIM = family_spec("hunyuan").tiny_pooled_dim  # HunyuanVideo's tiny CLIP size (FamilySpec.tiny_pooled_dim)
 
 
 def encoder_class(family: str) -> type[FamilyEncoders]:
-    geometry(family)  # unknown names fail here with the list of known ones
-    if family.startswith("wan"):
-        from data.encoders.wan import WanEncoders
-
-        return WanEncoders
-    if family == "hunyuan":
-        from data.encoders.hunyuan import HunyuanEncoders
-
-        return HunyuanEncoders
-    if family == "mochi":
-        from data.encoders.mochi import MochiEncoders
-
-        return MochiEncoders
-    if family == "hunyuan15":
-        from data.encoders.hunyuan15 import Hunyuan15Encoders
-
-        return Hunyuan15Encoders
-    raise ValueError(f"model family {family!r} has a geometry but no encoders in data/encoders")
+    """The FamilyEncoders class of a family: FamilySpec.encoder_class in data/encoders/<FamilySpec.module>.py."""
+    spec = family_spec(family)  # unknown names fail here with the list of known ones
+    module = importlib.import_module(f"data.encoders.{spec.module}")
+    return getattr(module, spec.encoder_class)
 
 
 def check_pretrained(family: str, pretrained_path: str | Path | None) -> Path:
@@ -79,7 +66,7 @@ def load_encoders(
         if pretrained_path:
             raise ValueError(f"give either tiny=True or {PRETRAINED_KEY}, not both")
         kwargs = {"text_dim": tiny_text_dim}
-        if family == "hunyuan":
+        if family_spec(family).tiny_pooled_dim is not None:  # a pooled-text encoder (HunyuanVideo's CLIP)
             kwargs["pooled_dim"] = tiny_pooled_dim
         enc = cls.tiny(family, seed=seed, device=device, **kwargs)
     else:
@@ -101,9 +88,9 @@ def load_image_encoder(
     return _pretrained_image_encoder(family, pretrained_path, device)
 
 
-#: families whose image-to-video models prepare can condition (Wan2.1 I2V with CLIP states, Wan2.2 A14B I2V without;
-#: Wan2.2 TI2V-5B: a clean first latent frame; HunyuanVideo-1.5 I2V: SigLIP states and the first frame's latent)
-IMAGE_FAMILIES = ("wan", "wan22", "wan22_ti2v", "hunyuan15")
+#: families whose image-to-video models prepare can condition (FamilySpec.i2v_latents set: Wan2.1 I2V with CLIP
+#: states, Wan2.2 A14B I2V without; Wan2.2 TI2V-5B: a clean first latent frame; HunyuanVideo-1.5 I2V: SigLIP states)
+IMAGE_FAMILIES = tuple(name for name, spec in FAMILIES.items() if spec.i2v_latents is not None)
 
 
 def check_image_family(family: str, image: bool) -> None:
@@ -114,30 +101,12 @@ def check_image_family(family: str, image: bool) -> None:
 
 
 def _tiny_image_encoder(family: str, seed: int):
-    """The tiny image encoder and processor of a family's I2V model ((None, None) where it has none)."""
-    if family == "hunyuan15":
-        from data.encoders.hunyuan15 import tiny_image_encoder
-
-        return tiny_image_encoder(seed)
-    if family == "wan":
-        from data.encoders.wan import tiny_image_encoder
-
-        return tiny_image_encoder(seed)
-    return None, None
-
-
-#: family -> the I2V folder's (encoder class, its subfolder, processor class, its subfolder, the layout to name);
-#: Wan2.2 A14B I2V and TI2V have no image encoder
-PRETRAINED_IMAGE_ENCODERS = {
-    "wan": (
-        "CLIPVisionModel", "image_encoder", "CLIPImageProcessor", "image_processor",
-        "a Wan2.1 I2V diffusers folder (Wan-AI/Wan2.1-I2V-14B-480P-Diffusers layout)",
-    ),
-    "hunyuan15": (
-        "SiglipVisionModel", "image_encoder", "SiglipImageProcessor", "feature_extractor",
-        "a HunyuanVideo-1.5 I2V diffusers folder (HunyuanVideo15ImageToVideoPipeline layout)",
-    ),
-}  # fmt: skip
+    """The tiny image encoder and processor of a family's I2V model ((None, None) where it has none): the
+    `tiny_image_encoder` of its encoder module."""
+    spec = family_spec(family)
+    if spec.image_encoder is None:
+        return None, None
+    return importlib.import_module(f"data.encoders.{spec.module}").tiny_image_encoder(seed)
 
 
 def _pretrained_image_encoder(family: str, path, device):
@@ -145,18 +114,20 @@ def _pretrained_image_encoder(family: str, path, device):
     families whose I2V model has none."""
     import transformers
 
-    if family not in PRETRAINED_IMAGE_ENCODERS:
+    image = family_spec(family).image_encoder
+    if image is None:
         return None, None
-    encoder_cls, encoder_dir, processor_cls, processor_dir, layout = PRETRAINED_IMAGE_ENCODERS[family]
     root = Path(path).expanduser()
-    missing = [s for s in (encoder_dir, processor_dir) if not (root / s).is_dir()]
+    missing = [s for s in (image.encoder_dir, image.processor_dir) if not (root / s).is_dir()]
     if missing:
         raise FileNotFoundError(
             f"{PRETRAINED_KEY}={path}: missing {', '.join(m + '/' for m in missing)}; image conditioning of model "
-            f"{family} needs {layout}"
+            f"{family} needs {image.layout}"
         )
-    encoder = getattr(transformers, encoder_cls).from_pretrained(root, subfolder=encoder_dir, dtype=torch.float32)
-    processor = getattr(transformers, processor_cls).from_pretrained(root, subfolder=processor_dir)
+    encoder = getattr(transformers, image.encoder_class).from_pretrained(
+        root, subfolder=image.encoder_dir, dtype=torch.float32
+    )
+    processor = getattr(transformers, image.processor_class).from_pretrained(root, subfolder=image.processor_dir)
     return encoder.to(device), processor
 
 

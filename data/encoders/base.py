@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from data.latents import normalize_latents
-from radial.geometry import geometry
+from radial.families import FAMILIES, LatentGeometry, family_spec, geometry
 
 PRETRAINED_KEY = "pretrained_path"  # the config key / CLI argument (--pretrained) that names a local diffusers folder
 SETTINGS_FILE = "radial_text_settings.json"  # written by save_pretrained: text lengths / template of tiny encoders
@@ -136,6 +136,11 @@ def load_components(
     return out
 
 
+def _vae_of(g: LatentGeometry) -> tuple[int, int, int]:
+    """(latent channels, temporal, spatial compression): what a family's VAE must have."""
+    return g.latent_channels, g.temporal_factor, g.spatial_factor
+
+
 class FamilyEncoders:
     """The VAE and text encoder(s) of one family. Subclasses set `components`, `text_fields`, `latent_norm`."""
 
@@ -176,11 +181,12 @@ class FamilyEncoders:
     # ----- shared -----
     def _check_channels(self, channels: int, temporal: int, spatial: int) -> None:
         g = self.geometry
-        got, want = (channels, temporal, spatial), (g.latent_channels, g.temporal_factor, g.spatial_factor)
+        got, want = (channels, temporal, spatial), _vae_of(g)
         if got != want:
-            hint = ""
-            if self.family.startswith("wan") and channels in (16, 48):
-                hint = " (Wan2.2 TI2V's 48-channel VAE is model wan22_ti2v; the 16-channel one is wan / wan22)"
+            # the families of the same encoder file that this VAE fits (Wan2.2 TI2V's 48-channel VAE: wan22_ti2v)
+            module = family_spec(self.family).module
+            fits = [n for n, s in FAMILIES.items() if s.module == module and _vae_of(s.geometry) == got]
+            hint = f" (this VAE is model {' / '.join(fits)}'s)" if fits else ""
             raise ValueError(
                 f"{PRETRAINED_KEY}={self.source}: vae/ has {channels} latent channels, {temporal}x temporal and "
                 f"{spatial}x spatial compression; model {self.family} expects {want[0]} channels, {want[1]}x and "
@@ -230,7 +236,7 @@ class FamilyEncoders:
         if tuple(raw.shape) != expected:
             raise RuntimeError(
                 f"{self.family} VAE returned latents {tuple(raw.shape)} for pixels {tuple(video.shape)}; "
-                f"expected {expected} from radial.geometry"
+                f"expected {expected} from radial.families"
             )
         return normalize_latents(raw.float(), self.latent_norm, channel_dim=1).cpu()
 

@@ -13,6 +13,7 @@ import torch
 
 from data.encoders.base import DualTextEncoders, TextField, load_components, read_text_settings, require_folder
 from data.latents import make_latent_norm
+from radial.families import family_spec
 
 MAX_SEQUENCE_LENGTH = 1000  # HunyuanVideo15Pipeline.tokenizer_max_length (Qwen tokens after the cropped template)
 CROP_START = 108  # its prompt_template_encode_start_idx: the system message's tokens in Qwen's chat template
@@ -34,7 +35,7 @@ TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-TINY_IMAGE_DIM = 16  # hidden size of the tiny SigLIP (= image_embed_dim of radial.models' tiny HunyuanVideo-1.5)
+TINY_IMAGE_DIM = family_spec("hunyuan15").tiny_image_dim  # the tiny SigLIP (= the tiny transformer's image_embed_dim)
 TINY_IMAGE_SIZE = 32  # its input resolution (patch 8: 16 image tokens)
 MASK_CHANNELS = 1  # the pipelines' conditioning mask: one channel, 1 on the first latent frame for I2V
 

@@ -7,6 +7,7 @@ import torch
 from data.encoders.t5 import TINY_MAX_SEQUENCE_LENGTH as TINY_MAX_SEQUENCE_LENGTH  # public here too
 from data.encoders.t5 import T5FamilyEncoders
 from data.latents import make_latent_norm
+from radial.families import family_spec
 
 MAX_SEQUENCE_LENGTH = 512  # WanPipeline.__call__ default
 
@@ -33,7 +34,7 @@ def tiny_vae_config(family: str) -> dict:
     return {**base, "z_dim": 16}  # the class defaults keep the real Wan2.1 latents_mean / latents_std
 
 
-TINY_IMAGE_DIM = 24  # hidden size of the tiny CLIP vision encoder (= image_dim of radial.models' tiny Wan I2V)
+TINY_IMAGE_DIM = family_spec("wan").tiny_image_dim  # the tiny CLIP vision encoder (= the tiny Wan I2V image_dim)
 TINY_IMAGE_SIZE = 32  # its input resolution (patch 8: 16 patches + the class token = 17 image tokens)
 I2V_MASK_CHANNELS = 4  # WanImageToVideoPipeline's mask: one channel per pixel frame of a latent frame
 

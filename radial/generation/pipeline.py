@@ -20,17 +20,11 @@ from typing import Any
 import torch
 
 from radial.errors import ConfigError, LoraFileError, MissingPathError
+from radial.families import pipeline_families
 from radial.generation.settings import LoraSpec, RadialSettings
 
 #: diffusers pipeline class -> model family (Wan2.2 A14B: a WanPipeline with transformer_2; TI2V: 48 channels).
-PIPELINE_FAMILIES = {
-    "WanPipeline": "wan",
-    "WanImageToVideoPipeline": "wan",
-    "HunyuanVideoPipeline": "hunyuan",
-    "MochiPipeline": "mochi",
-    "HunyuanVideo15Pipeline": "hunyuan15",
-    "HunyuanVideo15ImageToVideoPipeline": "hunyuan15",
-}
+PIPELINE_FAMILIES = pipeline_families()
 TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 #: written beside tiny / custom encoders by data.encoders (FamilyEncoders.save_pretrained): text length, template
 TEXT_SETTINGS_FILE = "radial_text_settings.json"

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radial.geometry import LatentGeometry
+from radial.families import LatentGeometry
 from radial.models.context import check_length_extension
 
 ATTENTION_BACKENDS = ("auto", "fa4", "triton", "flex", "flashinfer", "reference", "dense")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from radial.errors import USER_ERRORS, cli_errors
-from radial.geometry import GEOMETRY, geometry
+from radial.families import GEOMETRY, geometry
 from radial.mask.build import check_layout, radial_block_mask_numpy
 from radial.mask.options import MaskOptions
 from radial.mask.plot import frame_block_edges, save_mask_png

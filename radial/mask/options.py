@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Key frame 0 stays dense for every query frame in Wan (the official code's attention sink), not in HunyuanVideo.
-MODEL_SINK = {"wan": True, "wan22": True, "wan22_ti2v": True, "hunyuan": False, "hunyuan15": False, "mochi": False}
+from radial.families import FAMILIES
+
+#: each family's default attention sink (FamilySpec.sink), kept for the users of `radial.mask.MODEL_SINK`
+MODEL_SINK = {name: spec.sink for name, spec in FAMILIES.items()}
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,8 @@ class MaskOptions:
         window_frames: int = 0,
     ) -> MaskOptions:
         """Validate user values (errors name the argument) and resolve the model's default sink."""
-        if model not in MODEL_SINK:
-            raise ValueError(f"model must be one of {sorted(MODEL_SINK)}, got {model!r}")
+        if model not in FAMILIES:
+            raise ValueError(f"model must be one of {sorted(FAMILIES)}, got {model!r}")
         if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 16 or block_size % 16:
             raise ValueError(
                 f"block_size must be a positive multiple of 16 (64 or 128 for the kernels), got {block_size!r}"
@@ -48,5 +50,5 @@ class MaskOptions:
             raise ValueError(f"decay_adjacent must be true or false, got {decay_adjacent!r}")
         if not isinstance(window_frames, int) or isinstance(window_frames, bool) or window_frames < 0:
             raise ValueError(f"window_frames must be an integer >= 0 (0 = radial), got {window_frames!r}")
-        resolved = MODEL_SINK[model] if sink is None else sink
+        resolved = FAMILIES[model].sink if sink is None else sink
         return cls(block_size, float(decay_factor), resolved, decay_adjacent, window_frames)

@@ -42,7 +42,7 @@ from torch import nn
 
 from radial.comfy import ComfyRule, to_comfy
 from radial.errors import ConfigError
-from radial.geometry import LatentGeometry, geometry
+from radial.families import FAMILIES, FamilySpec, LatentGeometry, family_spec
 from radial.models.context import InjectionState, LatentGrid, RadialProcessor
 from radial.rope_extension import RotarySpec
 
@@ -76,8 +76,13 @@ class ModelAdapter:
 
     # -- identity -----------------------------------------------------------------------------------------------
     @property
+    def spec(self) -> FamilySpec:
+        """The family's data (radial.families): geometry, sink, Hub id, pipelines, text fields, tiny sizes."""
+        return family_spec(self.family)
+
+    @property
     def geometry(self) -> LatentGeometry:
-        return geometry(self.family)
+        return self.spec.geometry
 
     @property
     def transformer_class(self) -> type[nn.Module]:
@@ -188,7 +193,10 @@ class ModelAdapter:
         return []
 
     # -- export -------------------------------------------------------------------------------------------------
-    pipeline_class_name: ClassVar[str]  # diffusers pipeline whose `save_lora_weights` / `load_lora_weights` fit
+    @property
+    def pipeline_class_name(self) -> str:
+        """The diffusers pipeline whose `save_lora_weights` / `load_lora_weights` fit (FamilySpec.pipeline_class)."""
+        return self.spec.pipeline_class
 
     def comfy_rules(self) -> list[ComfyRule]:
         """Diffusers module -> original-checkpoint module names (ComfyUI keys); empty if the family has none."""
@@ -204,7 +212,11 @@ class ModelAdapter:
         return to_comfy(lora_sd, rules, transformer, scale)
 
     # -- sampling -----------------------------------------------------------------------------------------------
-    image_pipeline_class_name: ClassVar[str | None] = None  # diffusers pipeline that generates from a first frame
+    @property
+    def image_pipeline_class_name(self) -> str | None:
+        """The diffusers pipeline that generates from a first frame (FamilySpec.image_pipeline_class)."""
+        return self.spec.image_pipeline_class
+
     pipeline_config: ClassVar[Mapping[str, Any]] = {}  # the family pipelines' config beyond their components
 
     def image_input(self, config: Mapping[str, Any]) -> str:
@@ -473,7 +485,8 @@ def detect_adapter(transformer: nn.Module) -> ModelAdapter:
     )
 
 
-FAMILY_MODULES = ("radial.models.wan", "radial.models.hunyuan", "radial.models.mochi", "radial.models.hunyuan15")
+#: the adapter modules, radial/models/<FamilySpec.module>.py (one may register several families)
+FAMILY_MODULES = tuple(dict.fromkeys(f"radial.models.{spec.module}" for spec in FAMILIES.values()))
 
 
 def _load_families() -> None:

@@ -17,6 +17,7 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
 from radial.comfy import ComfyRule, fused
+from radial.families import family_spec
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor, project_qkv
 from radial.rope_extension import RotarySpec
@@ -150,8 +151,6 @@ _HUNYUAN_COMFY = [
 class HunyuanVideoAdapter(ModelAdapter):
     """HunyuanVideo T2V (13B: 20 double-stream + 40 single-stream blocks), 720p x 129 frames at 1x."""
 
-    pipeline_class_name = "HunyuanVideoPipeline"
-
     family = "hunyuan"
     class_name = "HunyuanVideoTransformer3DModel"
     mask_model = "hunyuan"
@@ -190,8 +189,8 @@ class HunyuanVideoAdapter(ModelAdapter):
         "patch_size_t": 1,
         "qk_norm": "rms_norm",
         "guidance_embeds": True,
-        "text_embed_dim": 32,
-        "pooled_projection_dim": 16,
+        "text_embed_dim": family_spec("hunyuan").tiny_text_dim,
+        "pooled_projection_dim": family_spec("hunyuan").tiny_pooled_dim,
         "rope_axes_dim": (4, 6, 6),
     }
 

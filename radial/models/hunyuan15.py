@@ -20,12 +20,10 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
 from radial.comfy import ComfyRule
-from radial.geometry import LatentGeometry, geometry
+from radial.families import family_spec
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
 from radial.models.hunyuan import DOUBLE_BLOCK_ATTN_COMFY, append_text_stream, project_out, video_split_plan
-
-GEOMETRY = geometry("hunyuan15")
 
 
 class HunyuanVideo15RadialProcessor(RadialProcessor):
@@ -86,9 +84,6 @@ class HunyuanVideo15Adapter(ModelAdapter):
     """HunyuanVideo-1.5 (8.3B), 480p x 121 frames at 1x; latents are concatenated with 32 conditioning channels
     and a mask channel (zeros for text-to-video), as the pipeline does."""
 
-    pipeline_class_name = "HunyuanVideo15Pipeline"
-    image_pipeline_class_name = "HunyuanVideo15ImageToVideoPipeline"
-
     family = "hunyuan15"
     class_name = "HunyuanVideo15Transformer3DModel"
     mask_model = "hunyuan"
@@ -106,18 +101,14 @@ class HunyuanVideo15Adapter(ModelAdapter):
         "num_layers": 2,
         "num_refiner_layers": 1,
         "mlp_ratio": 2.0,
-        "text_embed_dim": 32,
+        "text_embed_dim": family_spec("hunyuan15").tiny_text_dim,
         "text_embed_2_dim": 16,
-        "image_embed_dim": 16,
+        "image_embed_dim": family_spec("hunyuan15").tiny_image_dim,
         "rope_axes_dim": (4, 6, 6),
         "target_size": 64,
         "task_type": "t2v",
     }
     tiny_variants = {"i2v": {**tiny_config, "task_type": "i2v"}}
-
-    @property
-    def geometry(self) -> LatentGeometry:
-        return GEOMETRY
 
     def image_input(self, config: Mapping[str, Any]) -> str:
         # T2V and I2V share 65 input channels; the config's task_type (diffusers' default "i2v") tells them apart.

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from radial.comfy import ComfyRule, fused
+from radial.families import family_spec
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor, project_qkv
 
@@ -101,8 +102,6 @@ _MOCHI_COMFY = [
 class MochiAdapter(ModelAdapter):
     """Mochi-1 preview (10B, 48 blocks), 480x848 x 163 frames at 1x; its VAE needs frames = 6k+1."""
 
-    pipeline_class_name = "MochiPipeline"
-
     family = "mochi"
     class_name = "MochiTransformer3DModel"
     mask_model = "mochi"
@@ -131,7 +130,7 @@ class MochiAdapter(ModelAdapter):
         "num_layers": 2,
         "pooled_projection_dim": 16,
         "in_channels": 12,
-        "text_embed_dim": 32,  # the caption pooling has 8 heads: a multiple of 8
+        "text_embed_dim": family_spec("mochi").tiny_text_dim,  # the caption pooling has 8 heads: a multiple of 8
         "time_embed_dim": 32,
         "max_sequence_length": 16,
     }

@@ -17,6 +17,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 from radial.comfy import ComfyRule
+from radial.families import family_spec
 from radial.fused import fused_linears
 from radial.models.base import ModelAdapter, register
 from radial.models.context import RadialProcessor
@@ -99,7 +100,7 @@ _WAN_TINY = {
     "attention_head_dim": 16,
     "in_channels": 16,
     "out_channels": 16,
-    "text_dim": 32,
+    "text_dim": family_spec("wan").tiny_text_dim,
     "freq_dim": 32,
     "ffn_dim": 64,
     "num_layers": 2,
@@ -123,9 +124,6 @@ _WAN_COMFY = [
 class WanAdapter(ModelAdapter):
     """Wan2.1: self-attention `attn1` of every block is radial; the Wan mask keeps key frame 0 (attention sink)."""
 
-    pipeline_class_name = "WanPipeline"
-    image_pipeline_class_name = "WanImageToVideoPipeline"
-
     family = "wan"
     class_name = "WanTransformer3DModel"
     mask_model = "wan"
@@ -139,7 +137,9 @@ class WanAdapter(ModelAdapter):
     tiny_config = _WAN_TINY
     # Tiny image-to-video: 16 noisy + 4 mask + 16 first-frame latent channels, the image states of the tiny CLIP
     # vision encoder of data/encoders (hidden size TINY_IMAGE_DIM) and the image key/value projections of I2V-14B.
-    tiny_variants = {"i2v": {**_WAN_TINY, "in_channels": 36, "image_dim": 24, "added_kv_proj_dim": 32}}
+    tiny_variants = {
+        "i2v": {**_WAN_TINY, "in_channels": 36, "image_dim": family_spec("wan").tiny_image_dim, "added_kv_proj_dim": 32}
+    }
     image_tokens = 257  # CLIP ViT-H/14 states of Wan2.1 I2V
 
     def comfy_rules(self) -> list[ComfyRule]:

@@ -485,8 +485,8 @@ class Validator:
         return pipe
 
     def _clip(self, seed: int):
+        from radial.families import geometry
         from radial.generation import ClipSpec
-        from radial.geometry import geometry
 
         s = self.settings
         first = self.heldout_dataset()[self.heldout_indices()[0]]["meta"] if self.heldout_indices() else {}
