@@ -11,7 +11,7 @@ import torch
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
 from train.flow import FlowMatching, flow_loss, noisy_latents
-from train.step import flow_matching_loss
+from train.step import conditions_of, flow_matching_loss, input_dtype
 
 LOW, HIGH = 1e-5, 1 - 1e-5  # the clamp of u before the shift (log(0) and division by zero in the weights)
 
@@ -164,3 +164,33 @@ def test_training_loss_replays_from_the_generator(masked):
     expected = flow_loss(xt, noise - x0, flow.loss_weight(sigma), mask if masked else None)
     assert math.isfinite(loss.item())
     torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+
+
+def test_conditions_of_a_batch():
+    """Guards conditions_of: the batch less latents / meta / cursor; floating tensors in the model's dtype, integer
+    masks kept as they are, other values untouched; no dtype given keeps every dtype."""
+    batch = {
+        "latents": torch.zeros(1),
+        "meta": [{"key": "a"}],
+        "cursor": 3,
+        "prompt_embeds": torch.ones(1, 2, dtype=torch.bfloat16),
+        "prompt_attention_mask": torch.ones(1, 2, dtype=torch.int64),
+        "guidance": 4.0,
+    }
+    got = conditions_of(batch, torch.device("cpu"), torch.float32)
+    assert set(got) == {"prompt_embeds", "prompt_attention_mask", "guidance"}
+    assert got["prompt_embeds"].dtype == torch.float32 and got["prompt_attention_mask"].dtype == torch.int64
+    assert got["guidance"] == 4.0
+    kept = conditions_of(batch, torch.device("cpu"))
+    assert kept["prompt_embeds"].dtype == torch.bfloat16 and torch.equal(
+        kept["prompt_attention_mask"], batch["prompt_attention_mask"]
+    )
+
+
+def test_input_dtype_is_the_frozen_weights():
+    """Guards input_dtype: the dtype of the frozen (base) weights; fp32 when every weight trains (train.mode=full)."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0].to(torch.bfloat16).requires_grad_(False)
+    assert input_dtype(model) == torch.bfloat16
+    model[0].requires_grad_(True)
+    assert input_dtype(model) == torch.float32
