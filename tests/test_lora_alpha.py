@@ -79,3 +79,39 @@ def test_comfy_file_carries_the_trained_update(trained):
         for name, delta in want.items():
             got = back[f"{name}.lora_B.weight"] @ back[f"{name}.lora_A.weight"]
             torch.testing.assert_close(got, delta, rtol=1e-5, atol=1e-6, msg=f"{name}")
+
+
+def test_header_records_how_the_lora_was_made(trained):
+    """Guards lora_info: every field of the header both exported files carry (radial.lora.read_metadata), each one
+    against the run's config and what the run saw (the trained steps, the latent grid of its data)."""
+    import radial
+
+    family, trainer, out = trained
+    cfg, a = trainer.cfg, trainer.cfg.attention
+    info = read_metadata(out / "lora" / "pytorch_lora_weights.safetensors")
+    frames = 19 if family == "mochi" else 17
+    assert info == {
+        "format": "radial-lora/1",
+        "radial_lora_version": radial.__version__,
+        "base_model": {"family": family, "source": "tiny", "path": None, "expert": None},
+        "rank": RANK,
+        "alpha": ALPHA,
+        "target_modules": trainer.parts.adapter.lora_target_modules(tuple(cfg.lora.projections), text=False),
+        "radial": {
+            "backend": "reference",
+            "decay_factor": a.decay_factor,
+            "dense_layers": a.dense_layers,
+            "block_size": a.block_size,
+            "sink": a.sink,
+            "decay_adjacent": a.decay_adjacent,
+        },
+        "training": {
+            "steps": 2,
+            "latent_frames": trainer.parts.adapter.geometry.latent_frames(frames),
+            "latent_height": 4,  # 64 px / 8 (VAE) / 2 (patch)
+            "latent_width": 4,
+            "frames": None,  # read from a prepared dataset's items; synthetic data (these runs) has none
+            "timestep_range": None,
+        },
+    }
+    assert read_metadata(out / "lora" / "comfyui_lora.safetensors") == info
