@@ -194,3 +194,34 @@ def test_input_dtype_is_the_frozen_weights():
     assert input_dtype(model) == torch.bfloat16
     model[0].requires_grad_(True)
     assert input_dtype(model) == torch.float32
+
+
+def test_full_range_of_bounds_draws_exactly_the_unrestricted_noise_levels():
+    """Guards the inclusive bounds of the first draw: with the range at the clamp values, every draw is inside it
+    (most on a bound, from a wide logit-normal), so the range changes nothing: the same values in the same order."""
+    fm = FlowMatching(logit_std=60.0, sigma_range=(LOW, HIGH))
+    free = FlowMatching(logit_std=60.0).sample_sigmas(256, torch.Generator().manual_seed(2))
+    assert ((free == torch.tensor(LOW)) | (free == torch.tensor(HIGH))).sum() > 100
+    assert torch.equal(fm.sample_sigmas(256, torch.Generator().manual_seed(2)), free)
+
+
+@pytest.mark.parametrize("lo, hi", [(LOW, 0.5), (0.5, HIGH)])
+def test_redraws_keep_their_bounds_too(lo, hi):
+    """Guards the inclusive bounds of the redraws: about half of a wide logit-normal's first draw falls outside a
+    half range, so most of the result comes from redraws, and those keep the draws on the bound (84% of the draws
+    inside either half sit on its clamp value; a redraw that dropped them would leave about half)."""
+    s = FlowMatching(logit_std=60.0, sigma_range=(lo, hi)).sample_sigmas(512, torch.Generator().manual_seed(1))
+    bound = torch.tensor(lo if lo == LOW else hi)
+    assert (s == bound).float().mean() > 0.75
+
+
+def test_noise_levels_and_loss_stay_on_the_latents_device():
+    """Guards every `.to(device)` of the step and of sample_sigmas: drawn on the CPU, everything the model sees and
+    the loss land on the latents' device (the meta device stands in for a GPU here: mixing it with CPU tensors
+    fails)."""
+    assert FlowMatching().sample_sigmas(4, torch.Generator().manual_seed(0), device="meta").device.type == "meta"
+    x0 = torch.empty(2, 3, 4, 2, 2, device="meta")
+    adapter = EchoAdapter()
+    loss = flow_matching_loss(adapter, None, FlowMatching(), x0, {}, torch.Generator().manual_seed(0), torch.float32)
+    ((latents, timestep),) = adapter.calls
+    assert loss.device.type == latents.device.type == timestep.device.type == "meta"
