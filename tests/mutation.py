@@ -35,7 +35,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "export": (
         ["radial/lora.py", "radial/comfy.py", "train/export.py"],
-        ["tests/test_lora_comfy.py", "tests/test_lora_alpha.py"],
+        ["tests/test_lora_attach.py", "tests/test_lora_comfy.py", "tests/test_lora_alpha.py"],
     ),
     "mask": (
         ["radial/mask/build.py", "radial/mask/options.py", "radial/mask/window.py", "radial/plan.py"],
