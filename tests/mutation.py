@@ -3,6 +3,7 @@
     python tests/mutation.py step            # one module group: step, checkpoint, export, mask
     python tests/mutation.py all             # every group, one after the other
     python tests/mutation.py mask --keep     # leave the scratch copy (mutmut results / show there)
+    python tests/mutation.py mask --rerun /tmp/radial-mutation/mask.json   # only the mutants a record left alive
 
 Each group runs in a scratch copy of the tracked tree (mutmut writes `mutants/` beside its config, and a group's
 config is its own), mutates only that group's files and runs, per mutant, only the tests of the group's few test
@@ -39,7 +40,13 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "mask": (
         ["radial/mask/build.py", "radial/mask/options.py", "radial/mask/window.py", "radial/plan.py"],
-        ["tests/test_mask_parity.py", "tests/test_mask_options.py", "tests/test_plan.py", "tests/test_mask_window.py"],
+        [
+            "tests/test_mask_parity.py",
+            "tests/test_mask_options.py",
+            "tests/test_plan.py",
+            "tests/test_plan_options.py",
+            "tests/test_mask_window.py",
+        ],
     ),
 }
 COPIED = ["benchmarks", "configs", "launch", "README.md", "Makefile"]
@@ -77,8 +84,10 @@ def scratch_copy(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
-def run_group(name: str, work: Path, keep: bool) -> dict:
-    """Run mutmut on one group in `work`/name; return mutmut's stats (killed, survived, timeout, ...) and survivors."""
+def run_group(name: str, work: Path, keep: bool, only: list[str] | None = None, record: str | None = None) -> dict:
+    """Run mutmut on one group in `work`/name (`only`: these mutants, the rest stay "not checked"); return mutmut's
+    stats (killed, survived, timeout, ...) and the mutants not killed, with their diffs; also written to `record`
+    (default: `work`/name.json)."""
     files, tests = GROUPS[name]
     d = work / name
     if d.exists():
@@ -88,17 +97,21 @@ def run_group(name: str, work: Path, keep: bool) -> dict:
     (d / "setup.cfg").write_text(setup_cfg(files, tests))
     mutmut = [str(Path(sys.executable).parent / "mutmut")]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TRITON_INTERPRET": "1"}
-    subprocess.run(["nice", "-n", "10", *mutmut, "run", "--max-children", "1"], cwd=d, env=env, check=False)
+    subprocess.run(["nice", "-n", "10", *mutmut, "run", "--max-children", "1", *(only or [])], cwd=d, env=env)
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=d, env=env, check=True, capture_output=True)
     stats = json.loads((d / "mutants" / "mutmut-cicd-stats.json").read_text())
     listing = subprocess.run([*mutmut, "results"], cwd=d, env=env, check=True, capture_output=True, text=True).stdout
     stats["not_killed"] = {}
     for line in filter(None, map(str.strip, listing.splitlines())):
         mutant, _, status = line.rpartition(": ")
+        if only and mutant not in only:
+            continue  # "not checked": outside this rerun
         shown = subprocess.run([*mutmut, "show", mutant], cwd=d, env=env, capture_output=True, text=True).stdout
         diff = [x for x in shown.splitlines() if x[:1] in ("-", "+") and x[:3] not in ("---", "+++")]
         stats["not_killed"][mutant] = {"status": status, "diff": diff or shown.splitlines()[-6:]}
-    (work / f"{name}.json").write_text(json.dumps({"group": name, **stats}, indent=1))
+    if only:
+        stats["rerun_of"] = len(only)
+    Path(record or work / f"{name}.json").write_text(json.dumps({"group": name, **stats}, indent=1))
     if not keep:
         shutil.rmtree(d)
     return stats
@@ -109,14 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("group", choices=[*GROUPS, "all"])
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "radial-mutation")
     p.add_argument("--keep", action="store_true", help="keep the scratch copy (mutmut show NAME works there)")
+    p.add_argument("--rerun", type=Path, help="a group's record: run only the mutants it did not see killed")
     args = p.parse_args(argv)
+    alive = json.loads(args.rerun.read_text())["not_killed"] if args.rerun else {}
+    only = sorted(m for m, info in alive.items() if info["status"] != "not checked") if args.rerun else None
+    if only is not None and args.group == "all":
+        p.error("--rerun takes one group")
     for name in GROUPS if args.group == "all" else [args.group]:
-        stats = run_group(name, args.work, args.keep)
+        record = str(args.work / f"{name}-rerun.json") if only else None
+        stats = run_group(name, args.work, args.keep, only, record)
         counts = {k: v for k, v in stats.items() if k != "not_killed"}
         print(json.dumps({"group": name, **counts}))
         for mutant, info in stats["not_killed"].items():
             print(f"{info['status']}: {mutant}", *info["diff"], sep="\n    ")
-        print(f"(record: {args.work / name}.json)")
+        print(f"(record: {record or args.work / f'{name}.json'})")
     return 0
 
 
