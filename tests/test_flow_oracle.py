@@ -167,8 +167,8 @@ def test_training_loss_replays_from_the_generator(masked):
 
 
 def test_conditions_of_a_batch():
-    """Guards conditions_of: the batch less latents / meta / cursor; floating tensors in the model's dtype, integer
-    masks kept as they are, other values untouched; no dtype given keeps every dtype."""
+    """Guards conditions_of: the batch less latents / meta / cursor, on the device; floating tensors in the model's
+    dtype, integer masks kept as they are, other values untouched; no dtype given keeps every dtype."""
     batch = {
         "latents": torch.zeros(1),
         "meta": [{"key": "a"}],
@@ -181,6 +181,9 @@ def test_conditions_of_a_batch():
     assert set(got) == {"prompt_embeds", "prompt_attention_mask", "guidance"}
     assert got["prompt_embeds"].dtype == torch.float32 and got["prompt_attention_mask"].dtype == torch.int64
     assert got["guidance"] == 4.0
+    on = conditions_of(batch, torch.device("meta"), torch.float32)  # meta stands in for a GPU
+    assert on["prompt_embeds"].device.type == on["prompt_attention_mask"].device.type == "meta"
+    assert conditions_of(batch, torch.device("meta"))["prompt_embeds"].device.type == "meta"
     kept = conditions_of(batch, torch.device("cpu"))
     assert kept["prompt_embeds"].dtype == torch.bfloat16 and torch.equal(
         kept["prompt_attention_mask"], batch["prompt_attention_mask"]
