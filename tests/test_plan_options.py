@@ -5,10 +5,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from radial.mask import MaskOptions, radial_block_mask
 from radial.mask.window import window_block_mask_numpy
-from radial.plan import dense_plan, make_plan
+from radial.plan import _canonical_device, block_index_lists, dense_plan, make_plan
 
 
 def test_make_plan_defaults_are_the_papers_wan_setting():
@@ -57,3 +58,20 @@ def test_window_mask_without_text_has_the_videos_blocks_only():
     """Guards window_block_mask_numpy's default of no text tokens: a video of whole blocks gives exactly its blocks."""
     mask = window_block_mask_numpy(4, 32, MaskOptions.create(block_size=16, window_frames=1))
     assert mask.shape == (8, 8) and not mask.all()
+
+
+def test_block_index_lists_of_any_mask():
+    """Guards block_index_lists on a non-square mask (R rows of C columns, as the backward's per-row-block lists
+    use): int32 lists of each row's ascending columns, padded with the row's last index (0 for an empty row),
+    int32 counts; a mask without rows gives [0, 1]."""
+    mask = torch.tensor([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    lists, counts = block_index_lists(mask)
+    assert lists.dtype == counts.dtype == torch.int32
+    assert lists.tolist() == [[1, 3, 4], [0, 0, 0], [0, 0, 0]] and counts.tolist() == [3, 0, 1]
+    empty, none = block_index_lists(torch.zeros(0, 4, dtype=torch.bool))
+    assert empty.shape == (0, 1) and none.numel() == 0
+
+
+def test_canonical_device_keeps_a_given_device():
+    """Guards _canonical_device: a given device is kept (the plan cache keys on it); none means the CPU."""
+    assert _canonical_device("meta") == torch.device("meta") and _canonical_device(None) == torch.device("cpu")
