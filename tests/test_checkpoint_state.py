@@ -187,9 +187,9 @@ def test_permission_denied_is_one_error_and_other_errors_pass_through(tmp_path, 
 def test_newest_file_is_the_last_written(tmp_path):
     """The file a failed write names when the error has none: the most recently modified one."""
     assert ckpt._newest_file(tmp_path / "none") is None
-    (tmp_path / "a").write_text("a")
+    (tmp_path / "z").write_text("z")  # named last, written first: the name must not decide
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b").write_text("b")
-    os.utime(tmp_path / "a", ns=(1, 10**18))
-    os.utime(tmp_path / "sub" / "b", ns=(1, 2 * 10**18))
-    assert ckpt._newest_file(tmp_path) == tmp_path / "sub" / "b"
+    (tmp_path / "sub" / "a").write_text("a")
+    os.utime(tmp_path / "z", ns=(1, 10**18))
+    os.utime(tmp_path / "sub" / "a", ns=(1, 2 * 10**18))
+    assert ckpt._newest_file(tmp_path) == tmp_path / "sub" / "a"
