@@ -36,7 +36,12 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "export": (
         ["radial/lora.py", "radial/comfy.py", "train/export.py"],
-        ["tests/test_lora_attach.py", "tests/test_lora_comfy.py", "tests/test_lora_alpha.py"],
+        [
+            "tests/test_lora_attach.py",
+            "tests/test_lora_comfy.py",
+            "tests/test_lora_alpha.py",
+            "tests/test_loss_curve.py",
+        ],
     ),
     "mask": (
         ["radial/mask/build.py", "radial/mask/options.py", "radial/mask/window.py", "radial/plan.py"],
