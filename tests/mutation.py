@@ -109,8 +109,8 @@ def run_group(name: str, work: Path, keep: bool, only: list[str] | None = None, 
     stats["not_killed"] = {}
     for line in filter(None, map(str.strip, listing.splitlines())):
         mutant, _, status = line.rpartition(": ")
-        if only and mutant not in only:
-            continue  # "not checked": outside this rerun
+        if status == "not checked":
+            continue  # outside this rerun, or a run cut short: counted by mutmut's stats
         shown = subprocess.run([*mutmut, "show", mutant], cwd=d, env=env, capture_output=True, text=True).stdout
         diff = [x for x in shown.splitlines() if x[:1] in ("-", "+") and x[:3] not in ("---", "+++")]
         stats["not_killed"][mutant] = {"status": status, "diff": diff or shown.splitlines()[-6:]}
