@@ -83,13 +83,17 @@ def test_state_dict_round_trip_and_foreign_keys(tmp_path):
     new = {k: torch.randn_like(v) for k, v in sd.items()}
     load_lora_state_dict(a, new)
     assert all(torch.equal(lora_state_dict(a)[k], v) for k, v in new.items())
+    tail = r"; it was written for other LoRA targets \(lora.projections, lora.text, lora.target_modules\) or another model$"
+    key = r"blocks\.0\.ffn\.net\.\d\.lora_A\.weight"
     foreign = dict(new, **{f"blocks.0.ffn.net.{i}.lora_A.weight": torch.zeros(2, 2) for i in range(4)})
-    with pytest.raises(
-        LoraFileError, match=r"^x.safetensors: LoRA weights do not fit .*: 4 unexpected keys \(.*, \.\.\.\)"
-    ):
+    four = rf"^x.safetensors: LoRA weights do not fit this transformer's adapter: 4 unexpected keys \({key}, {key}, {key}, \.\.\.\)"
+    with pytest.raises(LoraFileError, match=four + tail):
         load_lora_state_dict(a, foreign, source="x.safetensors")
-    with pytest.raises(LoraFileError, match=r"^LoRA weights do not fit"):
-        load_lora_state_dict(a, foreign)
+    three = {k: v for k, v in foreign.items() if not k.startswith("blocks.0.ffn.net.3.")}
+    with pytest.raises(
+        LoraFileError, match=rf"^LoRA weights do not fit .*: 3 unexpected keys \({key}, {key}, {key}\)" + tail
+    ):
+        load_lora_state_dict(a, three)
 
 
 def test_header_is_added_read_and_kept(tmp_path):
