@@ -228,3 +228,11 @@ def test_noise_levels_and_loss_stay_on_the_latents_device():
     loss = flow_matching_loss(adapter, None, FlowMatching(), x0, {}, torch.Generator().manual_seed(0), torch.float32)
     ((latents, timestep),) = adapter.calls
     assert loss.device.type == latents.device.type == timestep.device.type == "meta"
+
+
+def test_masked_loss_of_a_single_element():
+    """Guards the masked mean's divisor (clamped at 1 only so that an empty mask gives 0): one masked-in element's
+    loss is its own squared error."""
+    pred, target = torch.zeros(1, 1, 2, 1, 1), torch.tensor([3.0, 5.0]).view(1, 1, 2, 1, 1)
+    mask = torch.tensor([0.0, 1.0]).view(1, 1, 2, 1, 1)
+    assert flow_loss(pred, target, torch.ones(1), mask).item() == 25.0
