@@ -9,10 +9,13 @@
 # length-extension experiment, its 4 record files in $OUT, work in /tmp/ext), "fa4-bwd-tile ARGS..."
 # (benchmarks/fa4_bwd_tile.py ARGS: flash-attn-4's dense vs block-sparse backward tile, results in $OUT/fa4_tile),
 # "saved-activations ARGS..." (benchmarks/saved_activations.py ARGS: what each block saves for backward, by dtype,
-# eager and with --compile; results in $OUT/savedN), "extension-bg TAG ARGS..." (benchmarks/extension.py ARGS detached
-# with setsid, so it outlives the call: a run longer than one call's 10 minutes, or several runs sharing the GPU;
-# record and log in /tmp/extbg/TAG), "extension-wait SECONDS" (waits until every detached run has ended or SECONDS
+# eager and with --compile; results in $OUT/savedN), "mask-bench ARGS..." (benchmarks/mask.py ARGS: mask and plan
+# construction on one CPU core, results in $OUT/maskN), "extension-bg TAG ARGS..." (benchmarks/extension.py ARGS
+# detached with setsid, so it outlives the call: a run longer than one call's 10 minutes, or several runs sharing the
+# GPU; record and log in /tmp/extbg/TAG), "extension-wait SECONDS" (waits until every detached run has ended or SECONDS
 # passed, then tars /tmp/extbg into $OUT/extbg.tar.gz; call it again, on the same warm machine, to keep waiting).
+# At the end every JSON under $OUT is also bundled into $OUT/results_bundle.json (benchmarks/bundle_results.py), so
+# the raw numbers come back even when the call returns only some of its files.
 # Each step logs to $OUT/<step>-N.log. Wheels: .whl/ (diffusers, hydra-core, omegaconf, antlr4;
 # the GPU image has torch, triton, accelerate, peft, transformers, safetensors).
 # flash-attn-4 (optional) travels in two parts (../shared/gpu/fa4_wheels.sh), in two calls on one machine:
@@ -57,6 +60,7 @@ for step in "$@"; do
         >"$log" 2>&1 ;;
     saved-activations) python3 benchmarks/saved_activations.py --out "$OUT/saved$n" "$@" >"$log" 2>&1 ;;
     generate-bench) python3 benchmarks/generate.py --out "$OUT/generate$n" "$@" >"$log" 2>&1 ;;
+    mask-bench) python3 benchmarks/mask.py --out "$OUT/mask$n/mask.md" "$@" >"$log" 2>&1 ;;
     fa4-bwd-tile) python3 benchmarks/fa4_bwd_tile.py --out "$OUT/fa4_tile" "$@" >"$log" 2>&1 ;;
     extension) TQDM_DISABLE=1 python3 benchmarks/extension.py --out "$OUT" --work /tmp/ext --no-log-file "$@" >"$log" 2>&1 ;;
     extension-bg) tag=$1; shift  # detached: outlives this call on the same (warm) machine; extension-wait collects it
@@ -78,4 +82,5 @@ for step in "$@"; do
   grep -v -e "^$" -e USDT "$log" 2>/dev/null | tail -n 25
   [ $rc = 0 ] || status=1
 done
+python3 benchmarks/bundle_results.py "$OUT" || status=1
 exit $status

@@ -2,6 +2,8 @@
 
     python benchmarks/mask.py [--official PATH/TO/radial_attn/attn_mask.py] [--out benchmarks/results/mask.md]
 
+Writes the table (`--out`) and its raw numbers beside it (the same name with .json: seconds, not rounded).
+
 The official file imports GPU-only packages at its top, so only its mask functions are extracted (by AST) and
 run on the CPU; the official masks are also compared with ours for equality.
 """
@@ -12,6 +14,7 @@ import argparse
 import ast
 import datetime
 import functools
+import json
 import math
 import platform
 import statistics
@@ -63,13 +66,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     official = _load_official(args.official) if args.official else None
-    rows = []
+    rows, raw = [], []
     for name, frames, tpf, text, model in CASES:
         kwargs = dict(model=model, text_tokens=text)
         mask_s = _median_time(functools.partial(radial_block_mask, frames, tpf, **kwargs), 5)
         plan_s = _median_time(functools.partial(_fresh_plan, frames, tpf, **kwargs), 3)
         nb = math.ceil((frames * tpf + text) / 128)
-        off = ""
+        off, off_s, same = "", None, None
         if official is not None and frames <= args.official_max_frames:
             q = torch.empty(1, 1, 1, 1)
             start = time.perf_counter()
@@ -86,6 +89,10 @@ def main() -> None:
             off_s = time.perf_counter() - start
             same = torch.equal(theirs, radial_block_mask(frames, tpf, model=model, text_tokens=text))
             off = f"{off_s:.1f} s ({'equal' if same else 'DIFFERENT'})"
+        raw.append(
+            {"case": name, "frames": frames, "tokens_per_frame": tpf, "text_tokens": text, "model": model,
+             "blocks": nb, "mask_s": mask_s, "mask_plan_s": plan_s, "official_s": off_s, "official_equal": same}
+        )  # fmt: skip
         rows.append(
             (
                 name,
@@ -106,6 +113,10 @@ def main() -> None:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("# Radial mask construction time\n\n" + meta + "\n" + table)
+    info = {"date": str(datetime.date.today()), "machine": platform.processor() or platform.machine(),
+            "threads": 1, "torch": torch.__version__, "python": platform.python_version(),
+            "repeats": {"mask": 5, "mask_plan": 3}, "official": str(args.official) if args.official else None}  # fmt: skip
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": info, "rows": raw}, indent=1))
     print(table)
 
 

@@ -22,32 +22,35 @@ def _tiny_with_lora(family: str, text: bool):
     return adapter, model
 
 
+def comfy_parts(adapter, model, comfy) -> list[tuple[str, torch.Tensor]]:
+    """(diffusers module, its rows of its original module's update up @ down in `comfy`) for every LoRA module of
+    `model`; asserts each module has one rule and the file its target."""
+    modules = sorted({k.rsplit(".lora_", 1)[0] for k in lora_state_dict(model)})
+    found = []
+    for module in modules:
+        (rule, m), *more = [(r, m) for r in adapter.comfy_rules() if (m := re.fullmatch(r.pattern, module))] or [
+            (None, None)
+        ]
+        assert rule is not None and not more, f"{module}: {0 if rule is None else 1 + len(more)} ComfyUI rules"
+        delta = fused_delta(comfy, m.expand(rule.target))
+        if rule.slot is not None:
+            sizes = [model.get_submodule(m.expand(t)).out_features for t in rule.parts]
+            start = sum(sizes[: rule.slot])
+            delta = delta[start : start + sizes[rule.slot]]
+        found.append((module, delta))
+    return found
+
+
 @pytest.mark.parametrize("family", ["wan", "hunyuan", "hunyuan15", "mochi"])
 def test_every_update_is_preserved(family):
     """Each original module's up @ down equals the diffusers parts' scaled updates, stacked in their rows."""
     adapter, model = _tiny_with_lora(family, text=True)
     sd = lora_state_dict(model)
     comfy = adapter.comfy_lora_state_dict(sd, model, scale=2.0)
-    targets = {k[len(PREFIX) :].rsplit(".lora_", 1)[0] for k in comfy}
     assert all(k.startswith(PREFIX) for k in comfy)
-    covered = 0
-    for rule in adapter.comfy_rules():
-        for module in {k.rsplit(".lora_", 1)[0] for k in sd}:
-            m = re.fullmatch(rule.pattern, module)
-            if not m:
-                continue
-            covered += 1
-            target = m.expand(rule.target)
-            assert target in targets
-            part = 2.0 * sd[f"{module}.lora_B.weight"] @ sd[f"{module}.lora_A.weight"]
-            delta = fused_delta(comfy, target)
-            if rule.slot is None:
-                torch.testing.assert_close(delta, part)
-                continue
-            sizes = [model.get_submodule(m.expand(t)).out_features for t in rule.parts]
-            start = sum(sizes[: rule.slot])
-            torch.testing.assert_close(delta[start : start + sizes[rule.slot]], part, atol=1e-5, rtol=1e-5)
-    assert covered == len({k.rsplit(".lora_", 1)[0] for k in sd})
+    for module, delta in comfy_parts(adapter, model, comfy):
+        part = 2.0 * sd[f"{module}.lora_B.weight"] @ sd[f"{module}.lora_A.weight"]
+        torch.testing.assert_close(delta, part, atol=1e-5, rtol=1e-5)
 
 
 def test_fused_rows_of_untrained_parts_are_zero():
