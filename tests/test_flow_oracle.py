@@ -117,11 +117,12 @@ def test_noisy_latents_keep_the_latents_dtype():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(logit_std=0.0), "train.logit_std must be > 0, got 0.0"),
-        (dict(sigma_range=(0.5, 1.5)), r"train.timestep_range must be \[lo, hi\] with 0 <= lo < hi <= 1, got \[0.5, 1.5\]"),
-        (dict(sampling="beta"), r"train.timestep_sampling must be one of \('logit_normal', 'uniform', 'mode'\), got 'beta'"),
-        (dict(weighting="snr"), r"train.loss_weighting must be one of \('none', 'sigma_sqrt', 'cosmap'\), got 'snr'"),
-        (dict(shift=-1.0), "model.flow_shift must be > 0, got -1.0"),
+        (dict(logit_std=0.0), "train.logit_std=0.0: expected > 0"),
+        (dict(sigma_range=(0.5, 1.5)), r"train.timestep_range=\[0.5, 1.5\]: expected \[lo, hi\] noise levels with 0 <= lo < hi <= 1"),
+        (dict(sigma_range=(0.8, 0.2)), r"train.timestep_range=\[0.8, 0.2\]: expected \[lo, hi\] noise levels with 0 <= lo < hi <= 1 \(reversed\? train.timestep_range=\[0.2,0.8\]\)"),
+        (dict(sampling="beta"), r"train.timestep_sampling='beta': expected one of \['logit_normal', 'uniform', 'mode'\]"),
+        (dict(weighting="snr"), r"train.loss_weighting='snr': expected one of \['none', 'sigma_sqrt', 'cosmap'\]"),
+        (dict(shift=-1.0), r"model.flow_shift=-1.0: expected > 0"),
     ],
 )  # fmt: skip
 def test_bad_values_name_the_key_and_value(kwargs, match):

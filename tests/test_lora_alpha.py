@@ -85,6 +85,7 @@ def test_header_records_how_the_lora_was_made(trained):
     """Guards lora_info: every field of the header both exported files carry (radial.lora.read_metadata), each one
     against the run's config and what the run saw (the trained steps, the latent grid of its data)."""
     import radial
+    from radial.base_id import plain_config
 
     family, trainer, out = trained
     cfg, a = trainer.cfg, trainer.cfg.attention
@@ -93,7 +94,14 @@ def test_header_records_how_the_lora_was_made(trained):
     assert info == {
         "format": "radial-lora/1",
         "radial_lora_version": radial.__version__,
-        "base_model": {"family": family, "source": "tiny", "path": None, "expert": None},
+        "base_model": {
+            "family": family,
+            "source": "tiny",
+            "path": None,
+            "expert": None,
+            **trainer.parts.base,  # variant, config hash, weight fingerprint (radial.base_id)
+            "config": plain_config(trainer._unwrapped().config),
+        },
         "rank": RANK,
         "alpha": ALPHA,
         "target_modules": trainer.parts.adapter.lora_target_modules(tuple(cfg.lora.projections), text=False),
@@ -104,6 +112,9 @@ def test_header_records_how_the_lora_was_made(trained):
             "block_size": a.block_size,
             "sink": a.sink,
             "decay_adjacent": a.decay_adjacent,
+            "train_frames": a.train_frames,
+            "rope_extension": a.rope_extension,
+            "extrapolation_decay": a.extrapolation_decay,
         },
         "training": {
             "steps": 2,
@@ -114,4 +125,5 @@ def test_header_records_how_the_lora_was_made(trained):
             "timestep_range": None,
         },
     }
+    assert info["base_model"]["variant"] == "T2V" and len(info["base_model"]["config_hash"]) == 16
     assert read_metadata(out / "lora" / "comfyui_lora.safetensors") == info
