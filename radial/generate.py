@@ -66,6 +66,7 @@ RADIAL_DEFAULTS = {
     "dense_timesteps": 0,
     "block_size": 128,
     "sink": None,
+    "window_frames": 0,
     "train_frames": 0,
     "rope_extension": "none",
     "extrapolation_decay": 1.0,
@@ -122,6 +123,12 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     att.add_argument("--block-size", type=int, default=None)
     att.add_argument("--sink", action=argparse.BooleanOptionalAction, default=None, help="key frame 0 dense")
     att.add_argument("--decay-adjacent", action="store_true")
+    att.add_argument(
+        "--window-frames",
+        type=int,
+        default=None,
+        help="> 0: a temporal-window mask of that many frames each side instead of radial (a window LoRA's own)",
+    )
     ext = p.add_argument_group("training-free length extension (also with --attention dense)")
     ext.add_argument("--train-frames", type=int, default=None, help="latent frames the base model was trained on")
     ext.add_argument(

@@ -191,3 +191,24 @@ def test_variant_is_refused_before_a_pipeline_folder_loads(run_dir, tmp_path, ca
         main(["--model", str(folder), "--lora", str(file), "--prompt", "a", "--out", str(tmp_path / "gen")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "\n" not in err and "I2V base" in err and "image-to-video model" in err
+
+
+def test_window_lora_records_its_window_and_generates_with_it(tmp_path):
+    """Guards the window baseline end to end: a LoRA trained with `attention.window_frames` stores the window in its
+    header, and `radial.generate` restores it (the same mask density as a window plan), instead of sampling a window
+    LoRA with the radial mask."""
+    from radial.plan import make_plan
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, tmp_path / "data", steps=1)
+    overrides += ["attention.window_frames=1", "attention.backend=reference", "attention.block_size=16"]
+    Trainer(validate(compose_config(overrides))).fit()
+    info = read_metadata(out / "lora" / "pytorch_lora_weights.safetensors")
+    assert info["radial"]["window_frames"] == 1
+    record = generate(tmp_path, out / "lora", "--transformer", str(out / "base_transformer"), "--frames", "17",
+                      "--height", "64", "--width", "64", "--backend", "reference")  # fmt: skip
+    assert record["radial"]["window_frames"] == 1
+    frames, tokens = 5, 16  # 17 frames at 64x64: 5 latent frames of 4x4 tokens
+    window = make_plan(frames, tokens, block_size=16, model="wan", window_frames=1).stats.block_density
+    radial = make_plan(frames, tokens, block_size=16, model="wan").stats.block_density
+    assert window != radial and record["attention"]["mask_block_density"] == pytest.approx(window)

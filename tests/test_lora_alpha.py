@@ -112,6 +112,7 @@ def test_header_records_how_the_lora_was_made(trained):
             "block_size": a.block_size,
             "sink": a.sink,
             "decay_adjacent": a.decay_adjacent,
+            "window_frames": a.window_frames,
             "train_frames": a.train_frames,
             "rope_extension": a.rope_extension,
             "extrapolation_decay": a.extrapolation_decay,

@@ -52,6 +52,7 @@ def lora_info(trainer) -> dict:
             "block_size": cfg.attention.block_size,
             "sink": cfg.attention.sink,
             "decay_adjacent": cfg.attention.decay_adjacent,
+            "window_frames": cfg.attention.window_frames,  # > 0: trained under the temporal-window mask, not radial
             "train_frames": cfg.attention.train_frames,
             "rope_extension": cfg.attention.rope_extension,
             "extrapolation_decay": cfg.attention.extrapolation_decay,

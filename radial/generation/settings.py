@@ -28,6 +28,7 @@ class RadialSettings:
     block_size: int = 128
     sink: bool | None = None
     decay_adjacent: bool = False
+    window_frames: int = 0  # > 0: the temporal-window mask of that many frames each side instead of radial
     train_frames: int = 0
     rope_extension: str = "none"
     extrapolation_decay: float = 1.0
@@ -37,7 +38,7 @@ class RadialSettings:
             raise ValueError(f"backend must be one of {list(ATTENTION_BACKENDS)}, got {self.backend!r}")
         if not self.decay_factor > 0:
             raise ValueError(f"decay_factor must be > 0, got {self.decay_factor}")
-        for name in ("dense_layers", "dense_timesteps"):
+        for name in ("dense_layers", "dense_timesteps", "window_frames"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
