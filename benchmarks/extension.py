@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -40,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.extension_data import ClipGeometry, object_token_mask, text_states, write_split  # noqa: E402
+from benchmarks.extension_data import ClipGeometry, derive, write_split  # noqa: E402
+from benchmarks.extension_measure import heldout_loss, run_cost, sample_scores  # noqa: E402
 from benchmarks.extension_score import base_check, mean_scores, score_clip, track_error  # noqa: E402
 
 PRESETS = Path(__file__).with_name("extension.yaml")
@@ -57,12 +56,6 @@ ARMS: dict[str, tuple[str, str, bool, tuple[str, ...]]] = {
 }
 UNTUNED = [a for a, v in ARMS.items() if not v[2]]
 TUNED = [a for a, v in ARMS.items() if v[2]]
-
-
-def derive(seed: int, *parts) -> int:
-    """A 31-bit seed from the experiment seed and a name: every random choice of a run comes from `--seed`."""
-    text = ":".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 class Log:
@@ -245,101 +238,15 @@ class Experiment:
         return Trainer(validate(compose(overrides)))
 
     # -- measurements of one model ------------------------------------------------------------------------------
-    def heldout(self, trainer, split: str) -> dict[str, float]:
-        """Held-out flow-matching loss over all tokens and over the content tokens; the noise of each item and level
-        comes from the experiment seed alone, so every arm is measured on the same draws (a paired comparison)."""
-        from data import LatentDataset, collate
-        from train.flow import noisy_latents
-        from train.step import conditions_of, input_dtype
-
-        ds = LatentDataset(self.roots[split], model="wan")
-        model = trainer.model
-        was_training = model.training
-        model.eval()
-        device = trainer.accelerator.device
-        dtype = input_dtype(model)
-        total, content = [], []
-        try:
-            with torch.no_grad():
-                for i in range(min(len(ds), self.p["eval"]["heldout"])):
-                    item = ds[i]
-                    key = item["meta"]["key"]
-                    batch = collate([item])
-                    x0 = batch["latents"].to(device, torch.float32)
-                    conds = conditions_of(batch, device, dtype)
-                    mask = object_token_mask(self.truth[split][key], self.geom, x0.shape[2]).to(device)
-                    for j, sigma in enumerate(self.p["eval"]["timesteps"]):
-                        gen = torch.Generator().manual_seed(derive(self.seed, "heldout", key, j))
-                        noise = torch.randn(x0.shape, generator=gen).to(device)
-                        sig = torch.full((1,), float(sigma), device=device)
-                        x_t, target = noisy_latents(x0, noise, sig)
-                        with trainer.accelerator.autocast():
-                            pred = trainer.parts.adapter.predict(model, x_t.to(dtype), sig * 1000, conds)
-                        err = ((pred.float() - target) ** 2).mean(1)  # [1, F, H, W]
-                        tokens = torch.nn.functional.avg_pool2d(err, 2)[0]  # [F, H/2, W/2]: Wan's 2x2 patches
-                        total.append(float(tokens.mean()))
-                        content.append(float(tokens[mask].mean()))
-        finally:
-            model.train(was_training)
-        return {"loss": statistics.fmean(total), "loss_content": statistics.fmean(content)}
-
-    def samples(self, trainer, frames: int, count: int, tag: str) -> tuple[list[dict], torch.Tensor]:
-        """`count` clips of `frames` latent frames sampled from the trainer's model (seeded by the experiment seed
-        and the sample index alone: every arm starts from the same noise), their scores, and the first clip."""
-        from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
-
-        from radial.generation import ClipSpec, PromptEmbeds, generate
-
-        p = self.p
-        model = trainer._unwrapped()
-        was_training = model.training
-        model.eval()
-        pipe = WanPipeline(
-            tokenizer=None,
-            text_encoder=None,
-            transformer=model,
-            vae=None,
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=p["flow_shift"]),
-        )
-        pipe.set_progress_bar_config(disable=True)
-        embeds = PromptEmbeds(
-            {
-                "prompt_embeds": text_states(p["text_len"], p["text_dim"])[None],
-                "prompt_attention_mask": torch.ones(1, p["text_len"], dtype=torch.int64),
-            },
-            prompt="synthetic",
-        )
-        scores, first = [], None
-        try:
-            for k in range(count):
-                clip = ClipSpec(
-                    frames=4 * (frames - 1) + 1,
-                    height=8 * p["latent_size"],
-                    width=8 * p["latent_size"],
-                    num_inference_steps=p["eval"]["sample_steps"],
-                    guidance_scale=1.0,
-                    seed=derive(self.seed, "sample", tag, k),
-                    max_sequence_length=p["text_len"],
-                )
-                with trainer.accelerator.autocast():
-                    result = generate(
-                        pipe, clip, embeds=embeds, handles=trainer.parts.handle, decode=False, family="wan"
-                    )
-                latents = result.latents[0].float().cpu()
-                scores.append(score_clip(latents, self.geom))
-                first = latents if first is None else first
-        finally:
-            model.train(was_training)
-        return scores, first
-
     def evaluate(self, trainer, sample_seed: int) -> dict:
         """One arm at one seed: held-out losses at L and 4L, scored 4L samples."""
         out = {}
         for name, split in (("base", "heldout_base"), ("long", "heldout_long")):
-            r = self.heldout(trainer, split)
+            r = heldout_loss(trainer, self.roots[split], self.truth[split], self.geom, self.p, self.seed)
             out[f"loss_{name}"], out[f"content_{name}"] = r["loss"], r["loss_content"]
-        scores, clip = self.samples(
-            trainer, self.p["frames_long"], self.p["eval"]["samples_per_seed"], f"long-{sample_seed}"
+        count = self.p["eval"]["samples_per_seed"]
+        scores, clip = sample_scores(
+            trainer, self.p["frames_long"], count, f"long-{sample_seed}", self.geom, self.p, self.seed
         )
         out.update(mean_scores(scores))
         out["_clip"] = clip
@@ -375,7 +282,6 @@ class Experiment:
         t0 = time.perf_counter()
         p, b = self.p, self.p["base"]
         init = self.work / "base_init"
-        torch.manual_seed(derive(self.seed, "base-init"))
         model = get_adapter("wan").build_tiny(seed=derive(self.seed, "base-init"), **p["model"])
         self.record["model"] = {
             "class": type(model).__name__,
@@ -403,7 +309,9 @@ class Experiment:
             trainer = self.trainer(o)
             summary = trainer.fit()
             step = summary["step"]
-            scores, clip = self.samples(trainer, p["frames_base"], b["check_samples"], f"check-{step}")
+            scores, clip = sample_scores(
+                trainer, p["frames_base"], b["check_samples"], f"check-{step}", self.geom, p, self.seed
+            )
             sample = mean_scores(scores)
             check = base_check(sample, ref, self.record["data_reference"]["base"]["scorer_track_error"])
             val = [h["val/loss"] for h in trainer.validator.history if "val/loss" in h]
@@ -424,7 +332,7 @@ class Experiment:
                 f"base check at step {step}: {'PASS' if check['pass'] else 'fail'} "
                 + ", ".join(f"{k} {v['value']:.3f} ({v['op']} {v['limit']:.3f})" for k, v in check["checks"].items())
             )
-            cost = _cost(trainer.out)
+            cost = run_cost(trainer.out)
             del trainer
             if check["pass"]:
                 passed = True
@@ -522,7 +430,7 @@ class Experiment:
                     w0 = time.perf_counter()
                     trainer.fit()
                     wall = time.perf_counter() - w0
-                    cost = _cost(trainer.out)
+                    cost = run_cost(trainer.out)
                     cost["fit_wall_s"] = wall
                     curve = [(h["step"], h["val/loss"]) for h in trainer.validator.history if "val/loss" in h]
                     result = self.evaluate(trainer, k)
@@ -665,25 +573,6 @@ def _versions() -> dict:
     except Exception:  # noqa: BLE001 - not installed
         pass
     return out
-
-
-def _metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    return [x for x in lines if "step_time_s" in x]  # training steps (validation lines hold val/* only)
-
-
-def _cost(run: Path) -> dict:
-    """Step time (median after two warm-up steps), training time (sum of step times), peak memory of a run."""
-    m = [x for x in _metrics(run) if "step_time_s" in x]
-    times = [x["step_time_s"] for x in m]
-    steady = times[2:] or times
-    return {
-        "step_s": statistics.median(steady) if steady else math.nan,
-        "train_s": sum(times),
-        "peak_memory_gb": max((x.get("peak_memory_gb", 0.0) for x in m), default=math.nan),
-        "attention_density": m[-1].get("block_density", 1.0) if m else math.nan,
-    }
 
 
 def set_value(preset: dict, item: str) -> None:

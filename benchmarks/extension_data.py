@@ -19,6 +19,7 @@ tracks.json beside the shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +63,12 @@ class ClipGeometry:
             raise ValueError(f"period={self.period}: expected 2 <= lo <= hi")
         if self.objects > len(COLOURS):
             raise ValueError(f"objects={self.objects}: at most {len(COLOURS)} (one colour each)")
+
+
+def derive(seed: int, *parts) -> int:
+    """A 31-bit seed from the experiment seed and a name: every random choice of a run comes from `--seed`."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 def palette() -> torch.Tensor:

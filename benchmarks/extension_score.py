@@ -28,7 +28,6 @@ import math
 import torch
 
 from benchmarks.extension_data import (
-    COLOURS,
     FLASH_CHANNELS,
     OBJECT_CHANNELS,
     OCCLUDER_CHANNELS,
@@ -196,6 +195,3 @@ def base_check(samples: dict[str, float], data: dict[str, float], scorer_error: 
         ok = (value >= limit) if op == ">=" else (value <= limit)
         result[name] = {"value": value, "limit": limit, "op": op, "pass": bool(ok and not math.isnan(value))}
     return {"pass": all(r["pass"] for r in result.values()), "checks": result}
-
-
-__all__ = ["COLOURS", "base_check", "detect", "mean_scores", "score_clip", "track_error"]
