@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import shutil
 import statistics
@@ -43,6 +44,7 @@ from benchmarks.extension_measure import heldout_loss, run_cost, sample_scores  
 from benchmarks.extension_score import base_check, mean_scores, score_clip, track_error  # noqa: E402
 
 PRESETS = Path(__file__).with_name("extension.yaml")
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' file of a one-file model
 # name: (label, attention kind, tuned, extra attention settings)
 ARMS: dict[str, tuple[str, str, bool, tuple[str, ...]]] = {
     "a": ("base, dense", "dense", False, ()),
@@ -101,11 +103,13 @@ class Experiment:
         arms_anyway: bool = False,
         arms: list[str] | None = None,
         reuse: bool = False,
+        base_dir: Path | None = None,
     ):
         self.p, self.work, self.out, self.log = preset, work, out, log
         self.arms_anyway = arms_anyway
         self.arms = arms or list(ARMS)
         self.reuse = reuse
+        self.base_dir = base_dir
         self.backend, self.seed = backend, seed
         self.started = time.perf_counter()
         self.deadline = self.started + budget_s
@@ -204,7 +208,6 @@ class Experiment:
             "eval.num_samples=0",
             "logging.trackers=[]",
             "logging.loss_curve=false",
-            "optim.scheduler=constant_with_warmup",
         ]
         if full:
             b = p["base"]
@@ -214,12 +217,16 @@ class Experiment:
                 f"data.batch_size={b['batch_size']}",
                 f"optim.lr={b['lr']}",
                 f"optim.warmup_steps={b['warmup']}",
+                f"optim.scheduler={b['schedule']}",
+                f"optim.schedule_steps={b['max_steps']}",  # one decay over the planned steps, checked in rounds
+                f"train.ema_decay={b['ema_decay']}",
                 f"train.checkpoint_every={b['round_steps']}",
                 "train.keep_last=1",
             ]
         else:
             o += self.attention_overrides(ARMS[arm][1], ARMS[arm][3])
             o += [
+                "optim.scheduler=constant_with_warmup",
                 "train.checkpoint_every=0",
                 "train.keep_last=1",
                 "data.batch_size=1",
@@ -346,6 +353,62 @@ class Experiment:
         }
         self.phases["base_s"] = time.perf_counter() - t0
         self.log(f"base: {step} steps, check {'passed' if passed else 'FAILED'}, {self.phases['base_s']:.0f}s")
+        return passed
+
+    def data_fingerprint(self) -> str:
+        """A hash of every split's ground truth: the same seed and preset on the same device kind give the same."""
+        h = hashlib.sha256()
+        for name in sorted(self.roots):
+            h.update((self.roots[name] / "tracks.json").read_bytes())
+        return h.hexdigest()[:16]
+
+    def keep_base(self) -> None:
+        """The base (its exported weights in bf16, what the arms load: 14 MB) and its record in --out/base, so that
+        the arms can run from it in another session (--base)."""
+        from safetensors.torch import load_file, save_file
+
+        dst = self.out / "base"
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir(parents=True)
+        shutil.copy(self.base_path / "config.json", dst / "config.json")
+        weights = load_file(str(self.base_path / WEIGHTS))
+        save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(dst / WEIGHTS))
+        kept = {"seed": self.seed, "data": self.data_fingerprint(), "model": self.record["model"]}
+        (dst / "base.json").write_text(json.dumps({**kept, "base": self.record["base"]}, indent=1, default=str))
+        self.log(f"base kept in {dst} (bf16)")
+
+    def use_base(self, folder: Path) -> bool:
+        """--base: a base kept by an earlier run of this seed and preset, checked again here on fresh sample noise
+        (its own checks are in its record); the arms run only if both passed."""
+        prior = json.loads((folder / "base.json").read_text())
+        if prior["seed"] != self.seed or prior["data"] != self.data_fingerprint():
+            raise SystemExit(
+                f"error: --base {folder}: kept by seed {prior['seed']} on data {prior['data']}; this run is seed "
+                f"{self.seed} on data {self.data_fingerprint()} (the same --seed, preset and device kind are needed)"
+            )
+        self.base_path = self.work / "runs" / "base" / "transformer"
+        self.base_path.mkdir(parents=True)
+        for name in ("config.json", WEIGHTS):
+            shutil.copy(folder / name, self.base_path / name)
+        self.record["model"] = prior["model"]
+        o = self.overrides("base-recheck", seed=derive(self.seed, "base"), steps=1, model_path=self.base_path,
+                           arm="a", validate_every=0)  # fmt: skip
+        trainer = self.trainer(o)
+        ref = self.record["data_reference"]["base"]
+        scores, clip = sample_scores(
+            trainer, self.p["frames_base"], self.p["base"]["check_samples"], "recheck", self.geom, self.p, self.seed
+        )
+        del trainer
+        check = base_check(mean_scores(scores), ref, ref["scorer_track_error"])
+        self.frames["base_L"] = clip
+        passed = bool(prior["base"]["passed"]) and check["pass"]
+        self.record["base"] = {**prior["base"], "from": str(folder), "recheck": check, "passed": passed}
+        self.log(
+            f"base from {folder}: trained {prior['base']['steps']} steps, its check "
+            f"{'passed' if prior['base']['passed'] else 'FAILED'}; checked again here: "
+            f"{'PASS' if check['pass'] else 'fail'} "
+            + ", ".join(f"{k} {v['value']:.3f} ({v['op']} {v['limit']:.3f})" for k, v in check["checks"].items())
+        )
         return passed
 
     # -- geometry ------------------------------------------------------------------------------------------------
@@ -524,7 +587,11 @@ class Experiment:
             self.geometry()
             self.reference()
             self.save_partial()
-            passed = self.base()
+            if self.base_dir is not None:
+                passed = self.use_base(self.base_dir)
+            else:
+                passed = self.base()
+                self.keep_base()
             self.save_partial()
         self.seeds_done = 0
         if passed or self.arms_anyway:
@@ -607,6 +674,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="keep the data, base and arms of the finished run in --work / --out and run --arms into that record",
     )
     ap.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        help="a base kept by an earlier run of this --seed (its --out/base): checked again, then the arms run from it",
+    )
+    ap.add_argument(
         "--arms-anyway",
         action="store_true",
         help="run the arms even from a base that failed its check (pipeline tests, timing pilots; no valid verdict)",
@@ -650,6 +723,7 @@ def main(argv: list[str] | None = None) -> dict:
         arms_anyway=args.arms_anyway,
         arms=args.arms,
         reuse=args.reuse,
+        base_dir=args.base,
     )
     try:
         record = exp.run()

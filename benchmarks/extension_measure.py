@@ -29,7 +29,7 @@ def heldout_loss(trainer, root: Path, truth: dict, geom: ClipGeometry, preset: d
     dtype = input_dtype(model)
     total, content = [], []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), trainer.averaged_weights():  # a base trained with train.ema_decay: its average
             for i in range(min(len(ds), preset["eval"]["heldout"])):
                 item = ds[i]
                 key = item["meta"]["key"]
@@ -93,7 +93,7 @@ def sample_scores(
                 seed=derive(seed, "sample", tag, k),
                 max_sequence_length=p["text_len"],
             )
-            with trainer.accelerator.autocast():
+            with trainer.averaged_weights(), trainer.accelerator.autocast():
                 result = generate(pipe, clip, embeds=embeds, handles=trainer.parts.handle, decode=False, family="wan")
             latents = result.latents[0].float().cpu()
             scores.append(score_clip(latents, geom))

@@ -164,6 +164,7 @@ def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
     assert all(record["arms"][a]["seeds"] == [0, 1] for a in ARMS)
     assert record["arms_anyway"] and record["base"]["checks"]
     assert sorted(p.name for p in out.iterdir()) == [
+        "base",
         "extension.json",
         "extension.log",
         "extension.md",
@@ -177,3 +178,14 @@ def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
     assert "| (d) radial LoRA |" in md and "no answer below is a valid verdict" in md
     assert (tmp_path / "work" / "runs" / "base" / "transformer" / "config.json").is_file()
     assert json.loads((tmp_path / "work" / "data" / "train_long" / "tracks.json").read_text())["items"]
+    kept = json.loads((out / "base" / "base.json").read_text())
+    assert kept["seed"] == 0 and [c["step"] for c in kept["base"]["checks"]] == [2, 4]
+
+    # the kept base serves a later run of the same seed (checked again there); another seed's data is refused
+    again = main(["--smoke", "--arms", "a", "--arms-anyway", "--base", str(out / "base"), "--out",
+                  str(tmp_path / "out2"), "--work", str(tmp_path / "work2")])  # fmt: skip
+    assert again["base"]["from"] == str(out / "base") and again["base"]["recheck"]["checks"]
+    assert again["base"]["steps"] == record["base"]["steps"] and sorted(again["arms"]) == ["a"]
+    with pytest.raises(SystemExit, match="kept by seed 0 on data"):
+        main(["--smoke", "--seed", "1", "--arms", "a", "--base", str(out / "base"), "--out", str(tmp_path / "out3"),
+              "--work", str(tmp_path / "work3")])  # fmt: skip

@@ -114,6 +114,9 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     scheduler: str = "constant_with_warmup"
     warmup_steps: int = 0
+    # the schedule's length in steps (null = train.max_steps): a run planned for N steps and trained in stages
+    # (train.max_steps raised at each resume) keeps one decay
+    schedule_steps: int | None = None
 
 
 @dataclass
@@ -152,6 +155,9 @@ class TrainSection:
     early_stop_min_delta: float = 0.01
     # ... or once this many seconds of training have passed (0 = no limit).
     time_limit_s: float = 0.0
+    # > 0: an exponential moving average of the trained weights with this decay (e.g. 0.999) is what validation
+    # samples, checkpoints' lora/ and the final export hold; the raw weights keep training and resume
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -581,6 +587,13 @@ def validate(cfg: DictConfig | dict) -> Config:
     _at_least("train.early_stop_patience", t.early_stop_patience, 0)
     _at_least("train.early_stop_min_delta", t.early_stop_min_delta, 0.0)
     _at_least("train.time_limit_s", t.time_limit_s, 0.0)
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay={t.ema_decay}: expected in [0, 1) (0 = no average; e.g. 0.999)")
+    if c.optim.schedule_steps is not None and c.optim.schedule_steps < t.max_steps:
+        raise ConfigError(
+            f"optim.schedule_steps={c.optim.schedule_steps}: expected >= train.max_steps={t.max_steps} "
+            "(past its end a schedule restarts), or null for train.max_steps"
+        )
     if t.early_stop_patience and not c.eval.validation_every:
         raise ConfigError(
             f"train.early_stop_patience={t.early_stop_patience} needs validations: set eval.validation_every > 0"

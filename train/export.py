@@ -64,6 +64,7 @@ def lora_info(trainer) -> dict:
             "latent_width": grid.width if grid else None,
             "frames": meta.get("frames") if isinstance(meta, dict) else None,
             "timestep_range": cfg.train.timestep_range,  # the noise levels trained (null: all)
+            "ema_decay": cfg.train.ema_decay,  # > 0: the weights are this moving average of the trained ones
         },
     }
 

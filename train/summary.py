@@ -84,6 +84,8 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
     lines.append(
         f"training:   {t.max_steps} steps x batch {cfg.data.batch_size} x accumulation {t.gradient_accumulation_steps}"
         f" (~{epochs:.1f} epochs per data-parallel rank), lr {cfg.optim.lr}, mixed precision {t.mixed_precision}"
+        + (f", {cfg.optim.scheduler} over {cfg.optim.schedule_steps} steps" if cfg.optim.schedule_steps else "")
+        + (f", weights averaged (EMA {t.ema_decay})" if t.ema_decay else "")
     )
     layers = len(adapter.attention_layers(model))
     backend = resolve_backend(a.backend, device)

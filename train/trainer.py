@@ -27,6 +27,7 @@ from train.checkpoint import FULL_FILE, LORA_FILE, CheckpointManager, TrainState
 from train.components import build_data, build_model, dataset_roots, synthetic_latents
 from train.config import Config
 from train.console import bar_safe_logging, say
+from train.ema import has_weight_average
 from train.flow import FlowMatching
 from train.launcher import report_stop
 from train.records import append_metrics
@@ -186,7 +187,7 @@ class Trainer:
             o.scheduler,
             optimizer=optimizer,
             num_warmup_steps=o.warmup_steps * acc.num_processes,
-            num_training_steps=t.max_steps * acc.num_processes,
+            num_training_steps=(o.schedule_steps or t.max_steps) * acc.num_processes,
         )
         self.model, self.optimizer, self.scheduler = acc.prepare(self.parts.transformer, optimizer, scheduler)
         if t.compile and isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
@@ -195,6 +196,7 @@ class Trainer:
                 acc.print(line)
         self.state = TrainState()
         acc.register_for_checkpointing(self.state, self.cursor)
+        self.ema = self._weight_average(params)
         deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.checkpoints = CheckpointManager(
             acc,
@@ -211,6 +213,30 @@ class Trainer:
         from train.eval.validation import Validator
 
         self.validator = Validator(self)
+
+    def _weight_average(self, params: list[torch.nn.Parameter]):
+        """train.ema_decay > 0: the moving average (train/ema.py), registered for checkpointing now unless the
+        checkpoint being resumed has none (it then starts from the resumed weights, registered after the load)."""
+        decay = self.cfg.train.ema_decay
+        if not decay:
+            return None
+        if self._zero3() or self.accelerator.distributed_type == DistributedType.FSDP:
+            raise ConfigError(
+                f"train.ema_decay={decay} needs whole parameters on every rank: DDP, ZeRO-1/2 or one process, "
+                "not ZeRO-3 / FSDP (set train.ema_decay=0)"
+            )
+        from train.ema import WeightAverage
+
+        ema = WeightAverage(params, decay)
+        self._ema_pending = self._resume is not None and not has_weight_average(self._resume)
+        if not self._ema_pending:
+            self.accelerator.register_for_checkpointing(ema)
+        return ema
+
+    def averaged_weights(self):
+        """A context with the weights' moving average in the model (train.ema_decay > 0), else the weights as
+        they are: what validation samples and exports hold."""
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
 
     def _configure_deepspeed(self) -> None:
         """Batch size, accumulation and clipping into the DeepSpeed config: our loader is not `prepare`d (the sampler
@@ -301,6 +327,9 @@ class Trainer:
         if state is None:
             state = {k: v.cpu() for k, v in lora_state_dict(self._unwrapped()).items()}
         save_file(state, str(path))  # PEFT keys: what resume loads
+        if self.ema is not None:  # the export holds the average (train.ema_decay; never sharded, see _weight_average)
+            with self.ema.swapped_in():
+                state = {k: v.detach().cpu().clone() for k, v in lora_state_dict(self._unwrapped()).items()}
         from train.export import lora_info, write_lora_files
 
         # and the LoRA as the final export writes it, so any checkpoint can be generated with or shared
@@ -361,6 +390,9 @@ class Trainer:
         if resume is not None:
             self.checkpoints.load(resume)
             acc.print(f"resumed from {resume} at step {self.state.step}")
+            if self.ema is not None and self._ema_pending:
+                acc.register_for_checkpointing(self.ema)
+                acc.print(f"train.ema_decay={t.ema_decay}: {resume} holds no average; it starts from these weights")
         if acc.is_main_process and cfg.logging.trackers:
             flat = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
             init = {"wandb": {"mode": cfg.logging.wandb_mode, "name": cfg.logging.run_name}}
@@ -402,6 +434,8 @@ class Trainer:
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                    if self.ema is not None:
+                        self.ema.update()
                 self.state.step = step + 1
                 self._after_step()
                 loss_value = acc.reduce(torch.stack(losses).mean(), "mean").item() if losses else float("nan")
@@ -440,11 +474,13 @@ class Trainer:
         else:
             from train.export import export_run
 
-            with self._full_lora():  # ZeRO-3 / FSDP: the LoRA whole on every rank while the main process exports
+            # ZeRO-3 / FSDP: the LoRA whole on every rank while the main process exports
+            with self._full_lora(), self.averaged_weights():
                 if acc.is_main_process:
                     summary.update(export_run(self))
             if not interrupted:  # Ctrl-C: the user wants out; the end hooks (sampling, metrics) can take minutes
-                summary["eval"] = self.validator.run_end_hooks()
+                with self.averaged_weights():
+                    summary["eval"] = self.validator.run_end_hooks()
         acc.wait_for_everyone()
         acc.end_training()
         self.run_lock.release()  # after the last write

@@ -115,12 +115,14 @@ class Validator:
         sampled = self._num_prompts() if samples else 0
         say(acc, f"step {step}: validating ({items} held-out items" + (f", {sampled} samples)" if sampled else ")"))
         metrics: dict[str, Any] = {}
-        metrics.update(self.heldout_loss())
+        with self.trainer.averaged_weights():  # train.ema_decay: the average is what is validated
+            metrics.update(self.heldout_loss())
         folder = folder or self.trainer.out / "validation" / f"step-{step:06d}"
         records: list[dict] = []
         if samples and self._num_prompts() > 0:
             try:
-                records = self.sample(folder, step)
+                with self.trainer.averaged_weights():
+                    records = self.sample(folder, step)
                 metrics["val/sample_seconds"] = sum(r["time"]["wall_s"] for r in records)
             except Exception as e:  # noqa: BLE001 - sampling trouble is reported, training goes on
                 metrics["val/sample_failed"] = 1.0
