@@ -13,7 +13,8 @@
 # construction on one CPU core, results in $OUT/maskN), "extension-bg TAG ARGS..." (benchmarks/extension.py ARGS
 # detached with setsid, so it outlives the call: a run longer than one call's 10 minutes, or several runs sharing the
 # GPU; record and log in /tmp/extbg/TAG), "extension-wait SECONDS" (waits until every detached run has ended or SECONDS
-# passed, then tars /tmp/extbg into $OUT/extbg.tar.gz; call it again, on the same warm machine, to keep waiting).
+# passed, then tars /tmp/extbg into $OUT/extbg.tar.gz and copies each kept base to $OUT/base_TAG; call it again, on
+# the same warm machine, to keep waiting).
 # At the end every JSON under $OUT is also bundled into $OUT/results_bundle.json (benchmarks/bundle_results.py), so
 # the raw numbers come back even when the call returns only some of its files.
 # Each step logs to $OUT/<step>-N.log. Wheels: .whl/ (diffusers, hydra-core, omegaconf, antlr4;
@@ -74,7 +75,9 @@ for step in "$@"; do
       while pgrep -f "benchmarks/extension.py" >/dev/null && [ $((SECONDS - t0)) -lt "$secs" ]; do sleep 10; done
       { pgrep -af "benchmarks/extension.py" || echo "no extension run alive"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
         for f in /tmp/extbg/*/extension.log; do echo "== $f"; grep "^\[" "$f" | tail -n 12; done; } >"$log" 2>&1
-      tar czf "$OUT/extbg.tar.gz" -C /tmp extbg ;;
+      # a kept base (14 MB of bf16 weights) comes back as its own files: in the tar it could pass the size limit
+      tar czf "$OUT/extbg.tar.gz" --exclude="extbg/*/base" -C /tmp extbg
+      for d in /tmp/extbg/*/base; do [ -d "$d" ] && cp -r "$d" "$OUT/base_$(basename "$(dirname "$d")")"; done; true ;;
     *) echo "unknown step $name" >"$log"; false ;;
   esac
   rc=$?
