@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from radial.errors import ConfigError, MissingPathError
+from radial.kernels import registry
 from radial.models.context import check_length_extension
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -26,7 +27,6 @@ SOURCES = ("tiny", "full", "pretrained")
 DTYPES = ("float32", "bfloat16", "float16")
 STORAGE_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 PRECISIONS = ("no", "fp16", "bf16")
-BACKENDS = ("auto", "fa4", "triton", "flex", "reference", "dense", "flashinfer")
 TRACKERS = ("tensorboard", "wandb")
 MODES = ("lora", "full")
 MEMORY_MODES = ("auto", "off")
@@ -519,11 +519,12 @@ def validate(cfg: DictConfig | dict) -> Config:
     # The meta build behind the layer count takes seconds for full-size models: at most once per validation.
     meta = functools.cache(lambda: meta_transformer(c.model))
     layer_count = functools.cache(lambda: _attention_layer_count(c, meta()))
-    _choice("attention.backend", a.backend, BACKENDS)
-    if a.deterministic and a.backend in ("fa4", "flex", "flashinfer"):
+    _choice("attention.backend", a.backend, registry.backend_choices())
+    if a.deterministic and a.backend != "auto" and not registry.get(a.backend).deterministic:
+        deterministic = [b for b in registry.backend_names() if registry.get(b).deterministic]
         raise ConfigError(
-            f"attention.deterministic=true with attention.backend={a.backend}: expected auto, triton, reference or "
-            "dense (the deterministic backends)"
+            f"attention.deterministic=true with attention.backend={a.backend}: expected auto or a deterministic "
+            f"backend ({', '.join(deterministic)})"
         )
     if a.block_size not in (16, 32, 64, 128):
         raise ConfigError(f"attention.block_size={a.block_size}: expected 16, 32, 64 or 128 (128 on GPU)")

@@ -86,7 +86,7 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
         f" (~{epochs:.1f} epochs per data-parallel rank), lr {cfg.optim.lr}, mixed precision {t.mixed_precision}"
     )
     layers = len(adapter.attention_layers(model))
-    backend = resolve_backend(a.backend, device)
+    backend = resolve_backend(a.backend, device, a.block_size, a.deterministic or None)
     density = ""
     kind = "dense (stock attention)" if a.backend == "dense" else "radial"
     if a.window_frames:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from radial.families import LatentGeometry
+from radial.kernels import registry
 from radial.models.context import check_length_extension
 
-ATTENTION_BACKENDS = ("auto", "fa4", "triton", "flex", "flashinfer", "reference", "dense")
+ATTENTION_BACKENDS = registry.backend_choices()  # kept for importers; the registry is the list
 
 
 @dataclass(frozen=True)
