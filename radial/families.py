@@ -87,6 +87,7 @@ class FamilySpec:
     i2v_fields: tuple[str, ...] = ()  # image fields its I2V datasets must hold besides image_latents
     image_encoder: ImageEncoderSpec | None = None  # the I2V folder's image encoder (None: the latents alone condition)
     tiny_image_dim: int | None = None  # hidden size of the tiny image encoder = the tiny I2V transformer's image dim
+    comfy_radial_nodes: bool = False  # ComfyUI's radial-attention nodes (RadialAttn, WanVideoWrapper) run its models
 
 
 _WAN_GEOMETRY = dict(temporal_factor=4, spatial_factor=8, latent_channels=16, patch_t=1, patch_hw=2)
@@ -99,6 +100,7 @@ _WAN_DIT = dict(
     image_pipeline_class="WanImageToVideoPipeline",
     text_fields=("prompt_embeds",),
     tiny_text_dim=32,
+    comfy_radial_nodes=True,
 )
 
 FAMILIES: dict[str, FamilySpec] = {

@@ -14,11 +14,13 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from radial.attention_settings import recorded_settings
 from radial.errors import ConfigError, LoraFileError, MissingPathError
 from radial.families import pipeline_families
 from radial.generation.settings import LoraSpec, RadialSettings
@@ -177,10 +179,10 @@ def apply_radial(pipe, settings: RadialSettings, family: str | None = None):
     import radial
 
     family = family or pipeline_family(pipe)
-    kwargs = settings.inject_kwargs()
+    attention = settings.attention()
     if not settings.enabled:
-        kwargs.update(backend="dense", dense_layers=0, dense_timesteps=0)
-    return radial.inject_pipeline(pipe, family=family, **kwargs)
+        attention = replace(attention, backend="dense", dense_layers=0, dense_timesteps=0)
+    return radial.inject_pipeline(pipe, attention, family=family)
 
 
 def _lora_file(spec: LoraSpec) -> Path:
@@ -374,7 +376,7 @@ def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, ra
         expert = (info.get("base_model") or {}).get("expert") or "transformer"
         if getattr(pipe, expert, None) is not None:
             check_lora_base(info, getattr(pipe, expert), f"--lora {spec.path}", family)
-        trained = info.get("radial") or {}
+        trained = recorded_settings(info)
         if radial is not None and trained:
             if not radial.enabled:
                 warnings.warn(

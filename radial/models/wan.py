@@ -49,7 +49,7 @@ class WanRadialProcessor(RadialProcessor):
         if encoder_hidden_states is not None or attention_mask is not None or attn.is_cross_attention:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
-        if self.state.config.fuse_qkv:
+        if self.state.fuse_qkv:
             query, key, value = fused_linears((attn.to_q, attn.to_k, attn.to_v), hidden_states)
         else:
             query, key, value = _get_qkv_projections(attn, hidden_states, None)
