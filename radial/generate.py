@@ -367,7 +367,7 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
                 image=args.image is not None,
             )
             source, text_settings = None, pipe._radial_text_settings
-            args.family = args.family or (args.tiny if args.tiny == "wan22" else None)
+            args.family = args.family or args.tiny
         else:
             args.model = str(resolve_pipeline_path(args.model))
             if args.image is None:
