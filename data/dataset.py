@@ -69,15 +69,9 @@ class Expect:
         channels = c.get("out_channels") or c.get("in_channels")
         text_dim = c.get("text_dim") or c.get("text_embed_dim")
         pooled = c.get("pooled_projection_dim") if "pooled_prompt_embeds" in family_spec(model).text_fields else None
-        conditioning = {}
-        if model in ("wan", "wan22") and c.get("in_channels"):  # in_channels = noisy latents + image conditioning
-            extra_channels = c["in_channels"] - (c.get("out_channels") or c["in_channels"])  # Wan I2V: 36 - 16
-            conditioning = {"image_channels": extra_channels, "image_dim": c.get("image_dim") or 0}
-        if model == "hunyuan15":  # 65 input channels either way (T2V feeds zeros): the task type tells them apart
-            i2v = c.get("task_type", "i2v") == "i2v"  # diffusers' default
-            conditioning = {"image_channels": c["in_channels"] - channels if i2v else 0}
-            conditioning["image_dim"] = c.get("image_embed_dim", 0) if i2v else 0
-            conditioning["text_dim_2"] = c.get("text_embed_2_dim")
+        from radial.models import get_adapter  # the adapters import diffusers: only where a transformer is at hand
+
+        conditioning = get_adapter(model).dataset_expectations(c)  # image conditioning, second text states
         return cls(latent_channels=channels, text_dim=text_dim, pooled_dim=pooled, **conditioning, **extra)
 
 

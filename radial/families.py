@@ -87,6 +87,11 @@ class FamilySpec:
     i2v_fields: tuple[str, ...] = ()  # image fields its I2V datasets must hold besides image_latents
     image_encoder: ImageEncoderSpec | None = None  # the I2V folder's image encoder (None: the latents alone condition)
     tiny_image_dim: int | None = None  # hidden size of the tiny image encoder = the tiny I2V transformer's image dim
+    comfy_radial_nodes: bool = False  # ComfyUI's radial-attention nodes (RadialAttn, WanVideoWrapper) run its models
+    pipeline_text_masks: bool = True  # its pipelines take the text attention masks (prompt_attention_mask, ...)
+    # Its pipelines' guidance_scale is the guidance distilled into the transformer; real classifier-free guidance is
+    # true_cfg_scale, and the pipelines always take a negative prompt (HunyuanVideo).
+    true_cfg: bool = False
 
 
 _WAN_GEOMETRY = dict(temporal_factor=4, spatial_factor=8, latent_channels=16, patch_t=1, patch_hw=2)
@@ -99,6 +104,8 @@ _WAN_DIT = dict(
     image_pipeline_class="WanImageToVideoPipeline",
     text_fields=("prompt_embeds",),
     tiny_text_dim=32,
+    comfy_radial_nodes=True,
+    pipeline_text_masks=False,
 )
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -164,6 +171,7 @@ FAMILIES: dict[str, FamilySpec] = {
             configs=("hunyuan", "hunyuan_full", "tiny_hunyuan"),
             tiny_text_dim=32,
             tiny_pooled_dim=16,
+            true_cfg=True,
         ),
         # HunyuanVideo-1.5: a 16x, 32-channel VAE and patch size 1 (480p x 121 frames at 1x).
         FamilySpec(

@@ -14,9 +14,10 @@ peak memory, versions), and generate_summary.json. `--prompt-embeds FILE` (see r
 loading the text encoders. `--attention dense` keeps the stock attention (the baseline; same seeds give the same
 noise); `--compare-dense` generates both and compares them (PSNR / SSIM per frame, latent error, flicker).
 
-Radial settings left unset follow the first LoRA trained by this framework (its header records decay_factor,
-dense_layers, block_size, sink, and the length-extension settings train_frames, rope_extension,
-extrapolation_decay); otherwise the defaults below. `--rope-extension riflex` and `--extrapolation-decay LAMBDA`
+Radial settings left unset follow the first LoRA trained by this framework (its header records every attention
+setting, radial.attention_settings: decay_factor, dense_layers, block_size, sink, window_frames, the length-extension
+settings train_frames, rope_extension, extrapolation_decay, ...; the backend is this machine's); otherwise the
+defaults below. `--rope-extension riflex` and `--extrapolation-decay LAMBDA`
 (with `--train-frames N`) are training-free length extension, with radial or with `--attention dense`. `--tiny FAMILY` (tiny random-init pipelines of the
 real classes, for tests and the CPU demo), `--save-tiny` and `--compare-dense` use this repository's data/ and
 train/ packages, imported only for those options: the library itself depends on nothing of ours.
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from radial.attention_settings import recorded_settings
 from radial.errors import USER_ERRORS, cli_errors
 from radial.families import family_spec
 from radial.generation.embeds import load_prompt_embeds
@@ -51,26 +53,16 @@ from radial.generation.pipeline import (
     transformer_config_of,
 )
 from radial.generation.run import build_sidecar, generate, load_image, save_result
-from radial.generation.settings import ATTENTION_BACKENDS, ClipSpec, LoraSpec, RadialSettings, frames_for_length
+from radial.generation.settings import ClipSpec, LoraSpec, RadialSettings, frames_for_length
 from radial.help_format import DefaultsHelpFormatter
 from radial.hub import resolve_pipeline_path
+from radial.kernels import registry
 from radial.mask.stats import density_text
 from radial.models import get_adapter
 from radial.rope_extension import ROPE_EXTENSIONS
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 DTYPES.update({"fp32": torch.float32, "float32": torch.float32})
-RADIAL_DEFAULTS = {
-    "decay_factor": 1.0,
-    "dense_layers": 0,
-    "dense_timesteps": 0,
-    "block_size": 128,
-    "sink": None,
-    "window_frames": 0,
-    "train_frames": 0,
-    "rope_extension": "none",
-    "extrapolation_decay": 1.0,
-}
 
 
 def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> argparse.ArgumentParser:
@@ -116,13 +108,15 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
 
     att = p.add_argument_group("radial attention")
     att.add_argument("--attention", choices=("radial", "dense"), default="radial", help="dense = stock attention")
-    att.add_argument("--backend", choices=ATTENTION_BACKENDS, default="auto")
+    att.add_argument("--backend", choices=registry.backend_choices(), default="auto")
     att.add_argument("--decay-factor", type=float, default=None)
     att.add_argument("--dense-layers", type=int, default=None, help="first k attention layers dense")
     att.add_argument("--dense-timesteps", type=int, default=None, help="first t denoising steps dense")
     att.add_argument("--block-size", type=int, default=None)
     att.add_argument("--sink", action=argparse.BooleanOptionalAction, default=None, help="key frame 0 dense")
-    att.add_argument("--decay-adjacent", action="store_true")
+    att.add_argument(
+        "--decay-adjacent", action=argparse.BooleanOptionalAction, default=None, help="a band at frame distance 1 too"
+    )
     att.add_argument(
         "--window-frames",
         type=int,
@@ -179,24 +173,22 @@ def build_parser(prog: str = "python -m radial.generate") -> argparse.ArgumentPa
 
 
 def resolve_radial(args: argparse.Namespace, loras: Sequence[LoraSpec]) -> tuple[RadialSettings, str]:
-    """Explicit options, else the first radial LoRA's training settings, else the defaults; and where they came from."""
+    """The first radial LoRA's attention settings, whole (radial.attention_settings: every option it was trained with
+    but the machine's own, backend and deterministic), with the options given here on top, else the defaults; and
+    where they came from."""
     trained: dict = {}
     origin = "defaults"
     for spec in loras:
         path = Path(spec.path)
         file = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
         if file.is_file():
-            trained = lora_metadata(file).get("radial") or {}
+            trained = recorded_settings(lora_metadata(file))
             if trained:
                 origin = f"LoRA {spec.path}"
                 break
-    values = {}
-    for key, default in RADIAL_DEFAULTS.items():
-        given = getattr(args, key)
-        values[key] = given if given is not None else trained.get(key, default)
-    values["decay_adjacent"] = bool(args.decay_adjacent or trained.get("decay_adjacent", False))
-    settings = RadialSettings(enabled=args.attention == "radial", backend=args.backend, **values)
-    return settings, origin
+    given = {name: getattr(args, name, None) for name in RadialSettings.names()}  # the options are named as the fields
+    given["enabled"] = args.attention == "radial"
+    return RadialSettings.restore(trained, **given), origin
 
 
 def _device(args) -> str:
@@ -375,7 +367,7 @@ def main(argv: Sequence[str] | None = None, *, parser=None) -> dict:
                 image=args.image is not None,
             )
             source, text_settings = None, pipe._radial_text_settings
-            args.family = args.family or (args.tiny if args.tiny == "wan22" else None)
+            args.family = args.family or args.tiny
         else:
             args.model = str(resolve_pipeline_path(args.model))
             if args.image is None:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from dataclasses import replace
 
 from torch import nn
 
+from radial.attention_settings import AttentionSettings
 from radial.errors import ConfigError
-from radial.models.context import InjectionState, LatentGrid, RadialConfig, RadialProcessor
+from radial.models.context import InjectionState, LatentGrid, RadialProcessor
 from radial.plan import RadialPlan
 from radial.rope_extension import RiflexHook
 
@@ -56,7 +58,8 @@ class RadialHandle:
 
     # -- options and introspection ------------------------------------------------------------------------------
     @property
-    def config(self) -> RadialConfig:
+    def config(self) -> AttentionSettings:
+        """The attention settings of this injection (what the LoRA header records)."""
         return self.state.config
 
     @property
@@ -175,85 +178,66 @@ class RadialHandles:
 
 def inject(
     transformer: nn.Module,
+    settings: AttentionSettings | None = None,
     *,
     family: str | None = None,
-    backend: str = "auto",
-    decay_factor: float = 1.0,
-    dense_layers: int = 0,
-    dense_timesteps: int = 0,
-    block_size: int = 128,
-    sink: bool | None = None,
-    decay_adjacent: bool = False,
-    window_frames: int = 0,
     fuse_qkv: bool = False,
-    train_frames: int = 0,
-    rope_extension: str = "none",
-    extrapolation_decay: float = 1.0,
+    **options,
 ) -> RadialHandle:
     """Put radial attention into `transformer` (family detected from its class unless named) and return the handle.
 
-    backend: "auto" (fa4 on Hopper with flash-attn-4 installed, else triton on CUDA, reference elsewhere), "fa4",
-        "triton", "flex", "flashinfer", "reference", "dense".
+    `settings` (radial.AttentionSettings, default: its defaults) with `options` (any of its fields, by name) on top:
+    backend: "auto" (fa4 on Hopper with flash-attn-4 installed, else triton on CUDA, reference elsewhere), or one of
+        radial.kernels.registry.backend_names().
     dense_layers: the first k attention layers run dense (the paper trained with 2).
     dense_timesteps: the first t sampling steps run dense (inference; tell the handle the step, see module doc).
     block_size, decay_factor, sink, decay_adjacent: the radial mask options (`radial.mask.MaskOptions`).
     window_frames > 0: a temporal sliding-window mask of that many frames each side instead (a sparse baseline).
-    fuse_qkv: the q, k, v projections (and their LoRA) of the radial layers as one matmul each (`radial.fused`).
-    Dense layers and steps use the "dense" backend (flash-attn-4 dense or SDPA) with the same key padding.
     Training-free length extension, for forwards longer than `train_frames` latent frames (the base model's):
     rope_extension="riflex" lowers the intrinsic temporal RoPE frequency (`radial.rope_extension`; Wan and
     HunyuanVideo), extrapolation_decay=lambda < 1 multiplies the weights of keys >= train_frames frames away by
     lambda (`radial.frame_decay`; runs on the reference or flex backend). backend="dense" with either is a dense
     model with the extension only.
+    fuse_qkv: the q, k, v projections (and their LoRA) of the radial layers as one matmul each (`radial.fused`).
+    Dense layers and steps use the "dense" backend (flash-attn-4 dense or SDPA) with the same key padding.
     """
     from radial.models import detect_adapter, get_adapter
 
     if not isinstance(transformer, nn.Module):
         raise ValueError(f"transformer must be a diffusers transformer module, got {type(transformer).__name__}")
+    settings = replace(settings or AttentionSettings(), **options)
     adapter = get_adapter(family) if family is not None else detect_adapter(transformer)
     adapter.check_transformer(transformer)
     layers = adapter.attention_layers(transformer)
     if any(isinstance(_get_processor(attn), RadialProcessor) for attn in layers):
         raise ValueError("this transformer already has radial attention; call handle.remove() before injecting again")
-    config = RadialConfig.create(
-        num_layers=len(layers),
-        mask_model=adapter.mask_model,
-        backend=backend,
-        decay_factor=decay_factor,
-        dense_layers=dense_layers,
-        dense_timesteps=dense_timesteps,
-        block_size=block_size,
-        sink=sink,
-        decay_adjacent=decay_adjacent,
-        window_frames=window_frames,
-        fuse_qkv=fuse_qkv,
-        train_frames=train_frames,
-        rope_extension=rope_extension,
-        extrapolation_decay=extrapolation_decay,
-    )
+    if settings.dense_layers > len(layers):
+        raise ValueError(f"dense_layers={settings.dense_layers} exceeds the model's {len(layers)} attention layers")
+    if not isinstance(fuse_qkv, bool):
+        raise ValueError(f"fuse_qkv must be true or false, got {fuse_qkv!r}")
     extras = []
-    if config.rope_extension == "riflex":
+    if settings.rope_extension == "riflex":
         spec = adapter.rotary_spec(transformer)
         if spec is None:
             raise ConfigError(
                 f"attention.rope_extension=riflex is not supported for family {adapter.family!r} (supported: the Wan "
                 "families and hunyuan)"
             )
-        extras.append(RiflexHook(spec, config.train_frames))
-    state = InjectionState(config, adapter.mask_model)
+        extras.append(RiflexHook(spec, settings.train_frames))
+    state = InjectionState(settings, adapter.mask_model, fuse_qkv)
     stocks = [_get_processor(attn) for attn in layers]
     for index, (attn, stock) in enumerate(zip(layers, stocks, strict=True)):
         _set_processor(attn, adapter.make_processor(state, index, stock))
     return RadialHandle(transformer, adapter, state, layers, stocks, extras)
 
 
-def inject_pipeline(pipe, **kwargs) -> RadialHandles:
+def inject_pipeline(pipe, settings: AttentionSettings | None = None, **kwargs) -> RadialHandles:
     """`inject` every transformer of a diffusers pipeline (`transformer`, and Wan2.2's `transformer_2`)."""
     handles = {}
     for name in ("transformer", "transformer_2"):
         module = getattr(pipe, name, None)
         if module is not None:
-            handles[name] = inject(module, **kwargs)
+            handles[name] = inject(module, settings, **kwargs)
     if not handles:
         raise ValueError(f"{type(pipe).__name__} has no transformer to inject")
     return RadialHandles(handles)

@@ -14,15 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from radial.attention_settings import recorded_settings
+from radial.families import FAMILIES
+
 #: the block sizes the ComfyUI nodes offer
 COMFY_BLOCK_SIZES = (64, 128)
-COMFY_FAMILIES = ("wan", "wan22", "wan22_ti2v")
 
 
 def comfy_settings(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The ComfyUI nodes' inputs that match the LoRA's training attention (empty for other families)."""
-    base, radial = info.get("base_model") or {}, info.get("radial") or {}
-    if base.get("family") not in COMFY_FAMILIES or not radial:
+    base, radial = info.get("base_model") or {}, recorded_settings(info)
+    if base.get("family") not in FAMILIES or not FAMILIES[base["family"]].comfy_radial_nodes or not radial:
         return {}
     decay, dense = radial.get("decay_factor", 1.0), radial.get("dense_layers", 0)
     block = radial.get("block_size", 128)
@@ -46,7 +48,7 @@ def comfy_settings(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _notes(info: dict[str, Any]) -> list[str]:
     """Where the ComfyUI nodes cannot run what the LoRA was trained with."""
-    radial = info.get("radial") or {}
+    radial = recorded_settings(info)
     notes = []
     if radial.get("block_size", 128) not in COMFY_BLOCK_SIZES:
         notes.append(f"trained with {radial['block_size']}-token blocks; the nodes offer 64 or 128")
@@ -82,7 +84,7 @@ def describe(path: str | Path) -> str:
     info = check_lora_file(file, str(path))
     if not info:
         return f"file:       {file}\nno radial_lora header: not written by this trainer (base, variant and settings unknown)"
-    base, radial, training = info.get("base_model") or {}, info.get("radial") or {}, info.get("training") or {}
+    base, radial, training = info.get("base_model") or {}, recorded_settings(info), info.get("training") or {}
     kinds = {"tiny": "tiny random-init (its base_transformer/ beside the run)", "full": "full-size, random weights"}
     source = base.get("path") or kinds.get(base.get("source"), base.get("source", "?"))
     lines = [

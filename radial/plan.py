@@ -125,7 +125,6 @@ def make_plan(
     """The radial plan for a layout, built once per (layout, options, device) and reused by every layer and step.
 
     `window_frames` > 0 builds the temporal-window baseline instead (radial.mask.window), e.g. for comparisons."""
-    check_layout(num_frames, tokens_per_frame, text_tokens)
     options = MaskOptions.create(
         block_size=block_size,
         decay_factor=decay_factor,
@@ -134,6 +133,19 @@ def make_plan(
         decay_adjacent=decay_adjacent,
         window_frames=window_frames,
     )
+    return plan_for(num_frames, tokens_per_frame, options, text_tokens=text_tokens, device=device)
+
+
+def plan_for(
+    num_frames: int,
+    tokens_per_frame: int,
+    options: MaskOptions,
+    *,
+    text_tokens: int = 0,
+    device: torch.device | str | None = None,
+) -> RadialPlan:
+    """`make_plan` for validated mask options (`AttentionSettings.mask_options`: what the injector's calls use)."""
+    check_layout(num_frames, tokens_per_frame, text_tokens)
     return _cached_plan(int(num_frames), int(tokens_per_frame), int(text_tokens), options, _canonical_device(device))
 
 

@@ -204,7 +204,7 @@ def test_window_lora_records_its_window_and_generates_with_it(tmp_path):
     overrides += ["attention.window_frames=1", "attention.backend=reference", "attention.block_size=16"]
     Trainer(validate(compose_config(overrides))).fit()
     info = read_metadata(out / "lora" / "pytorch_lora_weights.safetensors")
-    assert info["radial"]["window_frames"] == 1
+    assert info["attention"]["window_frames"] == 1
     record = generate(tmp_path, out / "lora", "--transformer", str(out / "base_transformer"), "--frames", "17",
                       "--height", "64", "--width", "64", "--backend", "reference")  # fmt: skip
     assert record["radial"]["window_frames"] == 1

@@ -23,7 +23,7 @@ import radial
 from radial import attention
 from radial.checkpointing import attention_saving_checkpoint, saved_ops
 from radial.kernels import dense as dense_mod
-from radial.kernels import fa4
+from radial.kernels import fa4, registry
 from radial.kernels.reference import reference_attention
 from radial.mask import MaskOptions
 
@@ -148,7 +148,7 @@ def fake(monkeypatch):
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setattr(fa4, "_REQUIRE_CUDA", False)
     monkeypatch.setattr(fa4, "_import_error", [])
-    monkeypatch.setattr(fa4, "_logged", set())
+    monkeypatch.setattr(registry, "_logged", set())
     return interface
 
 
@@ -296,7 +296,7 @@ def test_missing_module_and_cpu_tensors(monkeypatch):
 def test_auto_selection(monkeypatch, major, installed, deterministic, block, want):
     monkeypatch.setattr(fa4, "_capability_major", lambda device: major)
     monkeypatch.setattr(fa4, "_import_error", [None if installed else "flash_attn.cute does not import"])
-    monkeypatch.setattr(fa4, "_logged", set())
+    monkeypatch.setattr(registry, "_logged", set())
     torch.use_deterministic_algorithms(deterministic)
     try:
         assert attention.resolve_backend("auto", torch.device("cuda", 0), block) == want

@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
+from radial.families import FAMILIES
 from radial.models import ModelPathError, available_adapters, detect_adapter, get_adapter
-
-FAMILIES = ["wan", "wan22", "wan22_ti2v", "hunyuan", "mochi", "hunyuan15"]
 
 
 def test_registry_and_detection():

@@ -9,9 +9,10 @@ import torch
 
 import radial
 import radial.models.context as context
+from radial.attention_settings import AttentionSettings
 from radial.inject import RadialHandle, inject_pipeline
 from radial.models import get_adapter
-from radial.models.context import InjectionState, LatentGrid, RadialConfig, RadialProcessor
+from radial.models.context import InjectionState, LatentGrid, RadialProcessor
 
 BLOCK = 16
 
@@ -224,7 +225,7 @@ def test_checkpoint_recomputation_uses_its_own_forward_layout(wan):
 
 
 def test_recomputation_outside_the_forward_falls_back_to_the_newest_matching_layout():
-    state = InjectionState(RadialConfig(), "wan")
+    state = InjectionState(AttentionSettings(), "wan")
     for grid in (LatentGrid(8, 4, 4), LatentGrid(4, 4, 8), LatentGrid(6, 4, 6)):
         state.end(state.begin(grid))
     assert state.current(128).grid == LatentGrid(4, 4, 8)
@@ -241,7 +242,7 @@ def test_handle_surface(wan):
     model = _wan(wan)
     handle = radial.inject(model, backend="reference", block_size=BLOCK, dense_layers=1)
     assert isinstance(handle, RadialHandle) and handle.last_plan is None and handle.last_grid is None
-    assert handle.config == RadialConfig(backend="reference", block_size=BLOCK, dense_layers=1)
+    assert handle.config == AttentionSettings(backend="reference", block_size=BLOCK, dense_layers=1)
     with torch.no_grad():
         _run(wan, model)
     assert handle.last_plan.stats.block_density < 0.5

@@ -120,7 +120,7 @@ def test_one_lora_step_with_riflex_and_decay(tmp_path, monkeypatch):
     assert summary["step"] == 1 and calls
     loss = json.loads((tmp_path / "run_summary.json").read_text())["losses"][0]
     assert math.isfinite(loss[1] if isinstance(loss, list) else loss["loss"])
-    info = read_metadata(tmp_path / "lora" / "pytorch_lora_weights.safetensors")["radial"]
+    info = read_metadata(tmp_path / "lora" / "pytorch_lora_weights.safetensors")["attention"]
     assert (info["train_frames"], info["rope_extension"], info["extrapolation_decay"]) == (2, "riflex", 0.5)
 
 

@@ -42,7 +42,7 @@ def test_run_writes_checkpoints_and_lora(straight):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-00000004", "checkpoint-00000006"]
     info = read_metadata(out / "lora" / "pytorch_lora_weights.safetensors")
     assert info["rank"] == 8 and info["base_model"]["family"] == "wan" and info["training"]["latent_frames"] == 5
-    assert info["radial"]["backend"] == "reference"  # `auto` resolved before it is written (CPU: reference)
+    assert info["attention"]["backend"] == "reference"  # `auto` resolved before it is written (CPU: reference)
     assert (out / "mask.png").is_file() and (out / "base_transformer" / "config.json").is_file()
     comfy = read_metadata(out / "lora" / "comfyui_lora.safetensors")
     assert comfy == info

@@ -73,26 +73,11 @@ def build_model(
         transformer.enable_layerwise_casting(
             storage_dtype=getattr(torch, cfg.model.storage_dtype), compute_dtype=DTYPES[cfg.model.dtype]
         )
-    a = cfg.attention
-    if a.deterministic:  # before the backend is resolved: `auto` then picks a deterministic kernel
+    settings = cfg.attention.settings()
+    if settings.deterministic:  # before the backend is resolved: `auto` then picks a deterministic kernel
         torch.use_deterministic_algorithms(True, warn_only=True)
-    backend = resolve_backend(a.backend, device, a.block_size)
-    handle = radial.inject(
-        transformer,
-        family=cfg.model.family,
-        backend=backend,
-        decay_factor=a.decay_factor,
-        dense_layers=a.dense_layers,
-        dense_timesteps=a.dense_timesteps,
-        block_size=a.block_size,
-        sink=a.sink,
-        decay_adjacent=a.decay_adjacent,
-        window_frames=a.window_frames,
-        fuse_qkv=cfg.train.fuse_qkv,
-        train_frames=a.train_frames,
-        rope_extension=a.rope_extension,
-        extrapolation_decay=a.extrapolation_decay,
-    )
+    backend = resolve_backend(settings.backend, device, settings.block_size)
+    handle = radial.inject(transformer, settings, family=cfg.model.family, backend=backend, fuse_qkv=cfg.train.fuse_qkv)
     if cfg.train.mode == "full":  # every weight trains; no adapter
         targets = lora_config = None
         transformer.requires_grad_(True)

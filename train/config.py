@@ -11,22 +11,23 @@ import difflib
 import functools
 import json
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from radial.attention_settings import AttentionSettings
 from radial.errors import ConfigError, MissingPathError
-from radial.models.context import check_length_extension
+from radial.kernels import registry
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SOURCES = ("tiny", "full", "pretrained")
 DTYPES = ("float32", "bfloat16", "float16")
 STORAGE_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 PRECISIONS = ("no", "fp16", "bf16")
-BACKENDS = ("auto", "fa4", "triton", "flex", "reference", "dense", "flashinfer")
 TRACKERS = ("tensorboard", "wandb")
 MODES = ("lora", "full")
 MEMORY_MODES = ("auto", "off")
@@ -47,22 +48,22 @@ class ModelConfig:
     storage_dtype: str | None = None
 
 
-@dataclass
-class AttentionConfig:
-    backend: str = "auto"
-    decay_factor: float = 1.0
-    dense_layers: int = 2
-    dense_timesteps: int = 0
-    block_size: int = 128
-    sink: bool | None = None
-    decay_adjacent: bool = False
-    # torch.use_deterministic_algorithms for the run; `auto` then picks triton (fa4's backward is not deterministic)
-    deterministic: bool = False
-    window_frames: int = 0  # > 0: a temporal sliding-window mask (a sparse baseline) instead of radial
-    # Training-free length extension (radial.rope_extension, radial.frame_decay); both need train_frames > 0.
-    train_frames: int = 0  # latent frames the base model was trained on (0 = unknown)
-    rope_extension: str = "none"  # none | riflex
-    extrapolation_decay: float = 1.0  # 0 < lambda <= 1; 1 = off
+def _mutable_section(frozen: type, name: str, **defaults) -> type:
+    """A mutable dataclass with the fields of the frozen dataclass `frozen` (OmegaConf merges into its instances),
+    `defaults` replacing some of its defaults, and `settings()`: the `frozen` object of its values."""
+    hints = typing.get_type_hints(frozen)
+    specs = [(f.name, hints[f.name], field(default=defaults.get(f.name, f.default))) for f in fields(frozen)]
+
+    def settings(self):
+        return frozen(**{f.name: getattr(self, f.name) for f in fields(frozen)})
+
+    settings.__doc__ = f"The section as a {frozen.__name__} (validated: errors name the key)."
+    return make_dataclass(name, specs, namespace={"settings": settings, "__module__": __name__})
+
+
+#: attention.*: radial.AttentionSettings, field for field (a new option there is a key here); the trainer runs with
+#: `cfg.attention.settings()`. Training default: 2 dense layers, as the paper trained.
+AttentionConfig = _mutable_section(AttentionSettings, "AttentionConfig", dense_layers=2)
 
 
 @dataclass
@@ -525,20 +526,15 @@ def validate(cfg: DictConfig | dict) -> Config:
     # The meta build behind the layer count takes seconds for full-size models: at most once per validation.
     meta = functools.cache(lambda: meta_transformer(c.model))
     layer_count = functools.cache(lambda: _attention_layer_count(c, meta()))
-    _choice("attention.backend", a.backend, BACKENDS)
-    if a.deterministic and a.backend in ("fa4", "flex", "flashinfer"):
+    a.settings()  # every attention.* key in range (radial.AttentionSettings), errors naming the key
+    if a.deterministic and a.backend != "auto" and not registry.get(a.backend).deterministic:
+        deterministic = [b for b in registry.backend_names() if registry.get(b).deterministic]
         raise ConfigError(
-            f"attention.deterministic=true with attention.backend={a.backend}: expected auto, triton, reference or "
-            "dense (the deterministic backends)"
+            f"attention.deterministic=true with attention.backend={a.backend}: expected auto or a deterministic "
+            f"backend ({', '.join(deterministic)})"
         )
     if a.block_size not in (16, 32, 64, 128):
         raise ConfigError(f"attention.block_size={a.block_size}: expected 16, 32, 64 or 128 (128 on GPU)")
-    if a.decay_factor <= 0:
-        raise ConfigError(f"attention.decay_factor={a.decay_factor}: expected > 0")
-    _at_least("attention.dense_layers", a.dense_layers, 0)
-    _at_least("attention.dense_timesteps", a.dense_timesteps, 0)
-    _at_least("attention.window_frames", a.window_frames, 0)
-    check_length_extension(a.train_frames, a.rope_extension, a.extrapolation_decay)
 
     _choice("data.kind", c.data.kind, ("synthetic", "latents"))
     _at_least("data.batch_size", c.data.batch_size, 1)

@@ -45,18 +45,8 @@ def lora_info(trainer) -> dict:
         "rank": cfg.lora.rank,
         "alpha": cfg.lora.alpha,
         "target_modules": parts.target_modules,
-        "radial": {
-            "backend": parts.backend,  # `auto` resolved: the kernel the LoRA was trained with
-            "decay_factor": cfg.attention.decay_factor,
-            "dense_layers": cfg.attention.dense_layers,
-            "block_size": cfg.attention.block_size,
-            "sink": cfg.attention.sink,
-            "decay_adjacent": cfg.attention.decay_adjacent,
-            "window_frames": cfg.attention.window_frames,  # > 0: trained under the temporal-window mask, not radial
-            "train_frames": cfg.attention.train_frames,
-            "rope_extension": cfg.attention.rope_extension,
-            "extrapolation_decay": cfg.attention.extrapolation_decay,
-        },
+        # every attention setting, whole (radial.attention_settings), `auto` resolved: the kernel it trained with
+        "attention": cfg.attention.settings().recorded(parts.backend),
         "training": {
             "steps": trainer.state.step,
             "latent_frames": grid.frames if grid else None,

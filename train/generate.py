@@ -59,7 +59,7 @@ def build_tiny_pipeline(
         folder = check_local_folder(transformer, "--transformer", "a local diffusers transformer folder")
         transformer = adapter.transformer_class.from_pretrained(str(folder), torch_dtype=dtype)
     channels = transformer.config.in_channels
-    if image and family != "wan22_ti2v" and channels == adapter.latent_channels(transformer):
+    if image and adapter.image_input(transformer.config) == "none":
         raise ValueError(
             f"--image: the {family} transformer is text-to-video (in_channels {channels}); image-to-video needs the "
             "mask and first-frame channels (a tiny run with model.variant=i2v)"
@@ -71,20 +71,18 @@ def build_tiny_pipeline(
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
     name = adapter.image_pipeline_class_name if image else adapter.pipeline_class_name
     extra: dict = dict(adapter.pipeline_config) if image else {}  # the tiny text-to-video pipelines keep their defaults
-    if getattr(adapter, "experts", ()):
+    if adapter.experts:
         extra["transformer_2"] = copy.deepcopy(transformer)
         extra["boundary_ratio"] = adapter.boundary_ratios[variant or adapter.default_variant]
-    if family == "hunyuan15":  # its guidance is a component (radial.generate sets the scale per clip)
-        extra["guider"] = diffusers.ClassifierFreeGuidance(guidance_scale=TINY_DEFAULTS["guidance_scale"])
+    extra.update(adapter.pipeline_components(TINY_DEFAULTS["guidance_scale"]))  # radial.generate sets it per clip
     pipe = getattr(diffusers, name)(transformer=transformer, scheduler=scheduler, **components, **extra)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe._radial_text_settings = enc.text_settings()
     apply_text_settings(pipe, pipe._radial_text_settings)
-    if (
-        image and transformer.config.get("added_kv_proj_dim") is not None
-    ):  # diffusers splits I2V states at 512 text tokens
-        pipe._radial_text_settings["max_sequence_length"] = 512
+    fixed = adapter.fixed_text_len(transformer.config)
+    if image and fixed:  # diffusers splits Wan2.1 I2V states at 512 text tokens
+        pipe._radial_text_settings["max_sequence_length"] = fixed
     return pipe
 
 

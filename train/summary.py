@@ -88,7 +88,7 @@ def run_summary(cfg: Config, datasets: tuple[list[Path], list[int]], device: tor
         + (f", weights averaged (EMA {t.ema_decay})" if t.ema_decay else "")
     )
     layers = len(adapter.attention_layers(model))
-    backend = resolve_backend(a.backend, device)
+    backend = resolve_backend(a.backend, device, a.block_size, a.deterministic or None)
     density = ""
     kind = "dense (stock attention)" if a.backend == "dense" else "radial"
     if a.window_frames:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from radial.families import family_spec
+
 SEQUENCE_KEYS = ("prompt_embeds", "negative_prompt_embeds")
 MASK_OF = {"prompt_embeds": "prompt_attention_mask", "negative_prompt_embeds": "negative_prompt_attention_mask"}
 POOLED_KEYS = ("pooled_prompt_embeds", "negative_pooled_prompt_embeds")
@@ -45,12 +47,14 @@ class PromptEmbeds:
         return "negative_prompt_embeds" in self.tensors
 
     def call_kwargs(self, family: str, device=None, dtype=None) -> dict[str, torch.Tensor]:
-        """The pipeline arguments: Wan takes no masks or pooled states; HunyuanVideo and Mochi take masks."""
+        """The pipeline arguments the family's pipelines take (radial.families): masks where they take masks (not
+        Wan's), pooled states where its text states have them (HunyuanVideo's)."""
+        spec = family_spec(family)
         out = {}
         for key, t in self.tensors.items():
-            if family.startswith("wan") and (key in MASK_OF.values() or key in POOLED_KEYS):
+            if key in MASK_OF.values() and not spec.pipeline_text_masks:
                 continue
-            if family == "mochi" and key in POOLED_KEYS:
+            if key in POOLED_KEYS and "pooled_prompt_embeds" not in spec.text_fields:
                 continue
             t = t.to(device) if device is not None else t
             if dtype is not None and t.is_floating_point():

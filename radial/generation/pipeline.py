@@ -14,13 +14,15 @@ import json
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from radial.attention_settings import recorded_settings
 from radial.errors import ConfigError, LoraFileError, MissingPathError
-from radial.families import pipeline_families
+from radial.families import family_spec, pipeline_families
 from radial.generation.settings import LoraSpec, RadialSettings
 
 #: diffusers pipeline class -> model family (Wan2.2 A14B: a WanPipeline with transformer_2; TI2V: 48 channels).
@@ -31,19 +33,40 @@ TEXT_SETTINGS_FILE = "radial_text_settings.json"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
+def family_of_parts(pipeline_class: str, *, second_expert: bool, channels: int | None) -> str:
+    """The family of a pipeline from its class, whether it holds a second expert transformer and its transformer's
+    latent channels: among the families whose pipelines these are (radial.families), the one with experts where there
+    are two, else one whose VAE has exactly these channels (Wan2.2 TI2V-5B's 48), else the family the class names."""
+    from radial.models import available_adapters, get_adapter
+
+    named = PIPELINE_FAMILIES[pipeline_class]
+    kin = [
+        a
+        for a in map(get_adapter, available_adapters())
+        if pipeline_class in (a.spec.pipeline_class, a.spec.image_pipeline_class) and bool(a.experts) == second_expert
+    ]
+    exact = [a.family for a in kin if a.geometry.latent_channels == channels]
+    names = [a.family for a in kin]
+    for candidates in (exact, names):
+        if named in candidates:
+            return named
+        if candidates:
+            return candidates[0]
+    return named
+
+
 def pipeline_family(pipe) -> str:
     """The model family of a pipeline instance (for the mask options and the sidecar)."""
     name = type(pipe).__name__
     if name not in PIPELINE_FAMILIES:
         raise ValueError(f"unsupported pipeline {name}; supported: {sorted(PIPELINE_FAMILIES)}")
-    family = PIPELINE_FAMILIES[name]
-    if family == "wan":
-        if getattr(pipe, "transformer_2", None) is not None:
-            return "wan22"
-        transformer = getattr(pipe, "transformer", None)
-        if transformer is not None and (transformer.config.out_channels or transformer.config.in_channels) == 48:
-            return "wan22_ti2v"
-    return family
+    transformer = getattr(pipe, "transformer", None)
+    config = {} if transformer is None else transformer.config
+    return family_of_parts(
+        name,
+        second_expert=getattr(pipe, "transformer_2", None) is not None,
+        channels=config.get("out_channels") or config.get("in_channels"),
+    )
 
 
 def image_pipeline_names() -> set[str]:
@@ -54,23 +77,12 @@ def image_pipeline_names() -> set[str]:
     return {get_adapter(f).image_pipeline_class_name for f in available_adapters()} - {None}
 
 
-#: text settings (radial_text_settings.json keys) -> the HunyuanVideo-1.5 pipelines' attributes that hold them
-HUNYUAN15_TEXT_ATTRS = {
-    "max_sequence_length": "tokenizer_max_length",
-    "crop_start": "prompt_template_encode_start_idx",
-    "glyph_max_length": "tokenizer_2_max_length",
-    "system_message": "system_message",
-}
-
-
 def apply_text_settings(pipe, settings: dict) -> None:
-    """Non-default text settings of tiny / custom encoders onto a HunyuanVideo-1.5 pipeline, whose encode_prompt
-    reads them from attributes (other pipelines take them as call arguments: nothing to do)."""
-    if pipeline_family(pipe) != "hunyuan15":
-        return
-    for key, attr in HUNYUAN15_TEXT_ATTRS.items():
-        if key in settings:
-            setattr(pipe, attr, settings[key])
+    """Non-default text settings of tiny / custom encoders onto a pipeline that reads them from attributes
+    (HunyuanVideo-1.5's; the family adapter's `apply_text_settings`); other pipelines take them as call arguments."""
+    from radial.models import get_adapter
+
+    get_adapter(pipeline_family(pipe)).apply_text_settings(pipe, settings)
 
 
 def read_text_settings(root: str | Path | None) -> dict:
@@ -177,10 +189,10 @@ def apply_radial(pipe, settings: RadialSettings, family: str | None = None):
     import radial
 
     family = family or pipeline_family(pipe)
-    kwargs = settings.inject_kwargs()
+    attention = settings.attention()
     if not settings.enabled:
-        kwargs.update(backend="dense", dense_layers=0, dense_timesteps=0)
-    return radial.inject_pipeline(pipe, family=family, **kwargs)
+        attention = replace(attention, backend="dense", dense_layers=0, dense_timesteps=0)
+    return radial.inject_pipeline(pipe, attention, family=family)
 
 
 def _lora_file(spec: LoraSpec) -> Path:
@@ -242,17 +254,24 @@ def family_of_folder(path: str | Path) -> str | None:
         index = json.loads((Path(path).expanduser() / "model_index.json").read_text())
     except (OSError, ValueError):
         return None
-    family = PIPELINE_FAMILIES.get(index.get("_class_name"))
-    if family == "wan" and (index.get("transformer_2") or [None])[0] is not None:
-        return "wan22"
+    if index.get("_class_name") not in PIPELINE_FAMILIES:
+        return None
     config = transformer_config_of(path) or {}
-    if family == "wan" and (config.get("out_channels") or config.get("in_channels")) == 48:
-        return "wan22_ti2v"  # as pipeline_family tells a loaded TI2V-5B pipeline
-    return family
+    return family_of_parts(
+        index["_class_name"],
+        second_expert=(index.get("transformer_2") or [None])[0] is not None,
+        channels=config.get("out_channels") or config.get("in_channels"),
+    )
 
 
 def _same_family(a: str, b: str) -> bool:
-    return a == b or (a.startswith("wan") and b.startswith("wan"))
+    """Whether a LoRA of family `a` fits family `b`: the same family, or families of one adapter file (the Wan ones)."""
+    if a == b:
+        return True
+    try:
+        return family_spec(a).module == family_spec(b).module
+    except ValueError:  # a family this version does not know
+        return False
 
 
 def check_lora_file(file: Path, option: str, family: str | None = None) -> dict:
@@ -374,7 +393,7 @@ def load_loras(pipe, specs: Sequence[LoraSpec], *, family: str | None = None, ra
         expert = (info.get("base_model") or {}).get("expert") or "transformer"
         if getattr(pipe, expert, None) is not None:
             check_lora_base(info, getattr(pipe, expert), f"--lora {spec.path}", family)
-        trained = info.get("radial") or {}
+        trained = recorded_settings(info)
         if radial is not None and trained:
             if not radial.enabled:
                 warnings.warn(

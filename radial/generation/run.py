@@ -27,6 +27,7 @@ import torch
 
 from radial.attention import resolve_backend
 from radial.errors import ConfigError, MissingPathError
+from radial.families import FamilySpec
 from radial.files import share_like_umask
 from radial.generation.embeds import PromptEmbeds
 from radial.generation.pipeline import image_pipeline_names, pipeline_family, set_scheduler_shift
@@ -152,29 +153,10 @@ def _memory(device: torch.device) -> dict[str, float]:
     return out
 
 
-def _uses_cfg(family: str, clip: ClipSpec) -> bool:
-    if family == "hunyuan":
+def _uses_cfg(spec: FamilySpec, clip: ClipSpec) -> bool:
+    if spec.true_cfg:
         return (clip.true_cfg_scale or 1.0) > 1.0
     return clip.guidance_scale > 1.0
-
-
-def _hunyuan15_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None) -> dict[str, Any]:
-    """HunyuanVideo-1.5's call: guidance is its guider component's scale (set here), text settings are pipeline
-    attributes (radial.generation.pipeline.apply_text_settings), and the I2V pipeline sizes the video from the image
-    (its transformer's target_size bucket), so it takes no height / width."""
-    pipe.guider.guidance_scale = clip.guidance_scale
-    kw: dict[str, Any] = dict(num_frames=clip.frames, num_inference_steps=clip.num_inference_steps)
-    if embeds is not None:
-        kw.update(_hunyuan15_embeds(pipe, clip, embeds))
-    elif clip.prompt is None:
-        raise ValueError("nothing to generate from: give a prompt")
-    elif getattr(pipe, "text_encoder", None) is None:
-        raise ValueError("a text prompt needs the pipeline's text encoder; load it")
-    else:
-        kw.update(prompt=clip.prompt, negative_prompt=clip.negative_prompt)
-    kw.update(_image_kwargs(pipe, clip) or dict(height=clip.height, width=clip.width))
-    kw.update(clip.extra)
-    return kw
 
 
 def _image_kwargs(pipe, clip: ClipSpec) -> dict[str, Any]:
@@ -188,39 +170,17 @@ def _image_kwargs(pipe, clip: ClipSpec) -> dict[str, Any]:
     return {"image": load_image(clip.image)} if image_pipeline else {}
 
 
-#: stored HunyuanVideo-1.5 text states (data.prepare's names) -> its pipelines' argument names
-HUNYUAN15_EMBED_ARGS = {
-    "prompt_embeds": "prompt_embeds",
-    "prompt_attention_mask": "prompt_embeds_mask",
-    "prompt_embeds_2": "prompt_embeds_2",
-    "prompt_attention_mask_2": "prompt_embeds_mask_2",
-}
-
-
-def _hunyuan15_embeds(pipe, clip: ClipSpec, embeds: PromptEmbeds) -> dict[str, Any]:
-    """The pipelines' prompt-state arguments from stored Qwen and ByT5 states (and their negatives, needed when the
-    guider does classifier-free guidance: the pipeline has no text encoder to make them)."""
-    if clip.prompt is not None:
-        raise ValueError("give a prompt or prompt embeddings, not both")
-    cfg = pipe.guider._enabled and pipe.guider.num_conditions > 1  # the pipeline's test (its scale is set)
-    wanted = list(HUNYUAN15_EMBED_ARGS.items())
-    if cfg:
-        wanted += [(f"negative_{k}", f"negative_{v}") for k, v in HUNYUAN15_EMBED_ARGS.items()]
-    missing = [k for k, _ in wanted if k not in embeds.tensors]
-    if missing:
-        need = " (classifier-free guidance needs the negative prompt's states)" if cfg else ""
-        raise ValueError(
-            f"{embeds.source}: HunyuanVideo-1.5 prompt embeddings lack {', '.join(missing)}{need}; they need the Qwen "
-            "states (prompt_embeds) and the ByT5 glyph states (prompt_embeds_2), each with its mask"
-        )
-    tensors = embeds.call_kwargs("hunyuan15", pipe.transformer.device, pipe.transformer.dtype)
-    return {arg: tensors[k] for k, arg in wanted}
-
-
 def call_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None, family: str) -> dict[str, Any]:
-    """The pipeline call arguments for a clip (prompt text or embeddings), checked for what the pipeline lacks."""
-    if family == "hunyuan15":
-        return _hunyuan15_kwargs(pipe, clip, embeds)
+    """The pipeline call arguments for a clip (prompt text or embeddings), checked for what the pipeline lacks: the
+    family adapter's own call where it has one, else diffusers' common arguments as the family spec qualifies them."""
+    from radial.models import get_adapter
+
+    adapter = get_adapter(family)
+    spec = adapter.spec
+    image = _image_kwargs(pipe, clip)
+    own = adapter.pipeline_call_kwargs(pipe, clip, embeds, image)
+    if own is not None:
+        return own
     kw: dict[str, Any] = dict(
         height=clip.height,
         width=clip.width,
@@ -230,19 +190,19 @@ def call_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None, family: str) 
     )
     if clip.max_sequence_length is not None:
         kw["max_sequence_length"] = clip.max_sequence_length
-    if family == "hunyuan" and clip.true_cfg_scale is not None:
+    if spec.true_cfg and clip.true_cfg_scale is not None:
         kw["true_cfg_scale"] = clip.true_cfg_scale
     if clip.guidance_scale_2 is not None:
         kw["guidance_scale_2"] = clip.guidance_scale_2
     has_text_encoder = getattr(pipe, "text_encoder", None) is not None
-    cfg = _uses_cfg(family, clip)
+    cfg = _uses_cfg(spec, clip)
     if embeds is not None:
         if clip.prompt is not None:
             raise ValueError("give a prompt or prompt embeddings, not both")
         dtype = getattr(pipe.transformer, "dtype", None)
         kw.update(embeds.call_kwargs(family, pipe.transformer.device, dtype))
-        if family == "hunyuan" and "pooled_prompt_embeds" not in kw:
-            raise ValueError(f"{embeds.source}: HunyuanVideo needs pooled_prompt_embeds (its CLIP state)")
+        if "pooled_prompt_embeds" in spec.text_fields and "pooled_prompt_embeds" not in kw:
+            raise ValueError(f"{embeds.source}: {spec.title} needs pooled_prompt_embeds (its CLIP state)")
         if cfg and not embeds.has_negative:
             if not has_text_encoder:
                 raise ValueError(
@@ -251,21 +211,18 @@ def call_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None, family: str) 
                     "or pass --guidance-scale 1 (Wan, Mochi) / leave --true-cfg-scale unset (HunyuanVideo)"
                 )
             kw["negative_prompt"] = clip.negative_prompt
-        if family == "hunyuan" and not cfg:
-            for key in ("negative_prompt_embeds", "negative_prompt_attention_mask", "negative_pooled_prompt_embeds"):
-                kw.pop(key, None)
-        if not cfg and family != "hunyuan":
-            for key in ("negative_prompt_embeds", "negative_prompt_attention_mask"):
-                kw.pop(key, None)
+        if not cfg:  # the negative states of the stored embeddings are not used
+            for key in [k for k in kw if k.startswith("negative_") and k != "negative_prompt"]:
+                kw.pop(key)
     else:
         if clip.prompt is None:
             raise ValueError("nothing to generate from: give a prompt or prompt embeddings (--prompt-embeds)")
         if not has_text_encoder:
             raise ValueError("a text prompt needs the pipeline's text encoder; load it or pass --prompt-embeds")
         kw["prompt"] = clip.prompt
-        if cfg or family == "hunyuan":
+        if cfg or spec.true_cfg:
             kw["negative_prompt"] = clip.negative_prompt
-    kw.update(_image_kwargs(pipe, clip))
+    kw.update(image)
     if "image" in kw and "prompt" in kw:
         _ftfy_fallback(pipe)
     kw.update(clip.extra)

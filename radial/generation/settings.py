@@ -10,49 +10,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from radial.attention_settings import AttentionSettings
 from radial.families import LatentGeometry
-from radial.models.context import check_length_extension
-
-ATTENTION_BACKENDS = ("auto", "fa4", "triton", "flex", "flashinfer", "reference", "dense")
 
 
 @dataclass(frozen=True)
-class RadialSettings:
-    """`radial.inject` options; `enabled=False` keeps the pipeline's stock attention (the dense baseline)."""
+class RadialSettings(AttentionSettings):
+    """The attention settings of a generation; `enabled=False` keeps the pipeline's stock attention (the dense
+    baseline)."""
 
     enabled: bool = True
-    backend: str = "auto"
-    decay_factor: float = 1.0
-    dense_layers: int = 0
-    dense_timesteps: int = 0
-    block_size: int = 128
-    sink: bool | None = None
-    decay_adjacent: bool = False
-    window_frames: int = 0  # > 0: the temporal-window mask of that many frames each side instead of radial
-    train_frames: int = 0
-    rope_extension: str = "none"
-    extrapolation_decay: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"backend must be one of {list(ATTENTION_BACKENDS)}, got {self.backend!r}")
-        if not self.decay_factor > 0:
-            raise ValueError(f"decay_factor must be > 0, got {self.decay_factor}")
-        for name in ("dense_layers", "dense_timesteps", "window_frames"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        check_length_extension(self.train_frames, self.rope_extension, self.extrapolation_decay)
-
-    @property
-    def extends_length(self) -> bool:
-        """Whether a training-free length extension is on (it needs the injection even with dense attention)."""
-        return self.rope_extension != "none" or self.extrapolation_decay != 1.0
-
-    def inject_kwargs(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("enabled")
-        return d
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

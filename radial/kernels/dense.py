@@ -12,6 +12,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from radial.kernels.registry import Backend, register
 from radial.plan import RadialPlan
 
 
@@ -77,3 +78,13 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torc
 def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None):
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+
+
+BACKEND = register(
+    Backend(
+        name="dense",
+        function=dense_attention,
+        deterministic=True,  # flash-attn-4's dense kernel, whose dQ is not, is skipped in deterministic runs
+        description="no sparsity: flash-attn-4's dense kernel or SDPA",
+    )
+)

@@ -29,28 +29,17 @@ Without block tensors the same ops run flash-attn-4's dense kernel (the `dense` 
 
 from __future__ import annotations
 
-import logging
 import weakref
 
 import torch
 
+from radial.kernels.registry import Backend, log_once, register
 from radial.plan import RadialPlan, block_index_lists
-
-log = logging.getLogger(__name__)
 
 AUTO_MAJORS = (9,)  # compute capability majors where `auto` picks fa4 (see the module doc for 10.x)
 DENSE_MAJORS = (9, 10)  # where flash-attn-4's dense kernel is used by the dense backend
 BLOCK_SIZES = (128,)
 _REQUIRE_CUDA = True  # the CPU tests run this module against a fake flash_attn.cute
-_logged: set[str] = set()
-
-
-def log_once(message: str, level: int = logging.WARNING) -> None:
-    """Log a fallback (a warning) or a choice (info) once per process (each attention call would repeat it)."""
-    if not torch.compiler.is_compiling() and message not in _logged:
-        _logged.add(message)
-        log.log(level, message)
-
 
 _import_error: list[str | None] = []  # [] = not tried yet; a plain global (not functools.cache) for torch.compile
 
@@ -83,17 +72,25 @@ def _capability_major(device: torch.device) -> int | None:
     return torch.cuda.get_device_capability(device)[0]
 
 
-def auto_reason(device: torch.device, block_size: int) -> str | None:
+def auto_reason(device: torch.device, block_size: int, deterministic: bool | None = None) -> str | None:
     """None when `auto` should run fa4 on this device and block size, else why it runs triton."""
+    if device.type != "cuda":
+        return f"device {device} is not CUDA"
     major = _capability_major(device)
     if major not in AUTO_MAJORS:
         return f"compute capability {major}.x is not {'/'.join(f'{m}.x' for m in AUTO_MAJORS)}"
-    return _available() or unsupported_reason(block_size)
+    return _available() or unsupported_reason(block_size, deterministic=deterministic)
 
 
-def unsupported_reason(block_size: int, dtype: torch.dtype | None = None, head_dim: int | None = None) -> str | None:
-    """Why the fa4 kernels cannot run this call (None: they can): determinism, block size, dtype, head dim."""
-    if torch.are_deterministic_algorithms_enabled():
+def unsupported_reason(
+    block_size: int,
+    dtype: torch.dtype | None = None,
+    head_dim: int | None = None,
+    deterministic: bool | None = None,
+) -> str | None:
+    """Why the fa4 kernels cannot run this call (None: they can): determinism (None: torch's flag), block size,
+    dtype, head dim."""
+    if torch.are_deterministic_algorithms_enabled() if deterministic is None else deterministic:
         return "deterministic algorithms are on and flash-attn-4's block-sparse backward is not deterministic"
     if block_size not in BLOCK_SIZES:
         return f"flash-attn-4 needs 128-token blocks on Hopper (its backward tile), got block_size={block_size}"
@@ -295,3 +292,22 @@ def fa4_attention(
         q = query[b : b + 1]
         outs.append(torch.zeros_like(q) if n == 0 else run(q, key[b : b + 1, :n], value[b : b + 1, :n]))
     return torch.cat(outs)
+
+
+def _request_reason(device: torch.device, block_size: int, deterministic: bool) -> str | None:
+    # off CUDA the call itself says that fa4 needs CUDA tensors (the CPU tests run it against a fake)
+    return unsupported_reason(block_size, deterministic=deterministic) if device.type == "cuda" else None
+
+
+BACKEND = register(
+    Backend(
+        name="fa4",
+        function=fa4_attention,
+        deterministic=False,
+        description="flash-attn-4 block-sparse",
+        unsupported_reason=_request_reason,
+        fallback="triton",
+        auto=True,
+        auto_reason=auto_reason,
+    )
+)

@@ -29,6 +29,7 @@ import weakref
 
 import torch
 
+from radial.kernels.registry import Backend, register
 from radial.plan import RadialPlan
 
 _WORKSPACE_BYTES = 128 * 2**20
@@ -183,3 +184,13 @@ def flashinfer_attention(
             mask = tail_rows if keep is None else tail_rows & keep[b, None, :]
             out[b, cut:] = fi.single_prefill_with_kv_cache(q[cut:], k, v, custom_mask=mask, causal=False)
     return out
+
+
+BACKEND = register(
+    Backend(
+        name="flashinfer",
+        function=flashinfer_attention,
+        deterministic=False,
+        description="FlashInfer block-sparse, forward only (inference)",
+    )
+)

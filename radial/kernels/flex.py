@@ -13,6 +13,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from radial.frame_decay import FrameDecay
+from radial.kernels.registry import Backend, needs_cuda, register
 from radial.plan import RadialPlan
 
 _compiled = None
@@ -106,3 +107,15 @@ def flex_attention_backend(
     score_mod = None if decay is None else decay.score_mod(plan)
     out = fn(q, k, v, block_mask=block_mask, score_mod=score_mod)
     return out.transpose(1, 2)
+
+
+BACKEND = register(
+    Backend(
+        name="flex",
+        function=flex_attention_backend,
+        deterministic=False,
+        description="PyTorch FlexAttention",
+        auto_reason=needs_cuda,  # where an extrapolation decay falls back to it
+        score_bias=True,
+    )
+)

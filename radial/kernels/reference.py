@@ -6,6 +6,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from radial.frame_decay import FrameDecay
+from radial.kernels.registry import Backend, register
 from radial.plan import RadialPlan
 
 # Scores of one query chunk are [B, H, chunk, S] fp32; keep them near this many bytes.
@@ -63,3 +64,15 @@ def reference_attention(
         else:
             outs.append(_chunk(*args))
     return torch.cat(outs, dim=2).transpose(1, 2).to(query.dtype)
+
+
+BACKEND = register(
+    Backend(
+        name="reference",
+        function=reference_attention,
+        deterministic=True,
+        description="dense masked attention in PyTorch: the CPU path and the tests' oracle",
+        auto=True,
+        score_bias=True,
+    )
+)

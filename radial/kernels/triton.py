@@ -10,9 +10,7 @@ import weakref
 
 import torch
 
-from radial.kernels.triton_bwd import attention_backward
-from radial.kernels.triton_common import check_tensors, key_mask_bytes, pad_starts
-from radial.kernels.triton_fwd import attention_forward
+from radial.kernels.registry import Backend, needs_cuda, register
 from radial.plan import RadialPlan
 
 
@@ -37,6 +35,10 @@ def sparse_attn_fwd(
 
     q_indices/q_counts (the transposed lists) are unused here; they are inputs so that backward can reach them.
     """
+    # the kernels import triton: on first use, so that the registry lists this backend where triton is missing
+    from radial.kernels.triton_common import key_mask_bytes, pad_starts
+    from radial.kernels.triton_fwd import attention_forward
+
     q, k, v = _contiguous(query), _contiguous(key), _contiguous(value)
     seq = q.shape[1]
     return attention_forward(
@@ -69,6 +71,9 @@ def sparse_attn_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of `sparse_attn_fwd`."""
+    from radial.kernels.triton_bwd import attention_backward
+    from radial.kernels.triton_common import key_mask_bytes, pad_starts
+
     q, k, v, o, do = (_contiguous(t) for t in (query, key, value, out, grad_out))
     seq = q.shape[1]
     return attention_backward(
@@ -143,6 +148,8 @@ def triton_attention(
     scale: float | None = None,
 ) -> torch.Tensor:
     """Block-sparse attention [B, S, H, D] under the plan, forward and backward in Triton."""
+    from radial.kernels.triton_common import check_tensors
+
     check_tensors(query, key, value, plan.block_size)
     if query.shape[1] != plan.seq_len:
         raise ValueError(f"sequence length {query.shape[1]} does not match the plan's seq_len={plan.seq_len}")
@@ -154,3 +161,15 @@ def triton_attention(
         query, key, value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, plan.block_size, scale
     )
     return out
+
+
+BACKEND = register(
+    Backend(
+        name="triton",
+        function=triton_attention,
+        deterministic=True,
+        description="our block-sparse kernels, forward and backward",
+        auto=True,
+        auto_reason=needs_cuda,
+    )
+)

@@ -12,13 +12,12 @@ from radial.models.base import (
     get_adapter,
     register,
 )
-from radial.models.context import LatentGrid, RadialConfig
+from radial.models.context import LatentGrid
 
 __all__ = [
     "LatentGrid",
     "ModelAdapter",
     "ModelPathError",
-    "RadialConfig",
     "available_adapters",
     "detect_adapter",
     "get_adapter",

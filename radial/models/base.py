@@ -229,6 +229,32 @@ class ModelAdapter:
         for validation samples); None when the item has none or the family does not say where it is."""
         return None
 
+    # The family's pipelines, where they differ from the diffusers call every other family takes.
+    experts: ClassVar[tuple[str, ...]] = ()  # pipeline components holding its experts (Wan2.2 A14B), else none
+
+    def pipeline_components(self, guidance_scale: float) -> dict[str, Any]:
+        """Components its pipelines take besides transformer, VAE, scheduler and encoders (built for tiny ones)."""
+        return {}
+
+    def apply_text_settings(self, pipe, settings: Mapping[str, Any]) -> None:
+        """Non-default text settings of tiny / custom encoders onto a pipeline that reads them from attributes (the
+        others take them as call arguments: nothing to do)."""
+
+    def pipeline_call_kwargs(self, pipe, clip, embeds, image: dict[str, Any]) -> dict[str, Any] | None:
+        """The pipeline call for a clip (radial.generation.settings.ClipSpec) from a prompt or stored embeddings
+        (radial.generation.embeds.PromptEmbeds) and `image` ({"image": first frame} or {}); None: the call of
+        radial.generation.run.call_kwargs, which the families with diffusers' common arguments take."""
+        return None
+
+    def fixed_text_len(self, config: Mapping[str, Any]) -> int | None:
+        """The text length a transformer of this config requires of its prompt states (None: any)."""
+        return None
+
+    def dataset_expectations(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """What a dataset must hold for a transformer of this config besides latents and text states
+        (data.dataset.Expect fields: image_channels, image_dim, text_dim_2); {}: nothing more to check."""
+        return {}
+
     # -- building -----------------------------------------------------------------------------------------------
     def tiny_config_of(self, variant: str | None = None) -> dict[str, Any]:
         """The tiny config, or that of the tiny variant `variant`; a full-size variant's name keeps the tiny default

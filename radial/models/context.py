@@ -23,13 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from radial.attention import BACKENDS, radial_attention
-from radial.errors import ConfigError
-from radial.frame_decay import FrameDecay
+from radial.attention import radial_attention
+from radial.attention_settings import AttentionSettings
 from radial.fused import fused_linears
-from radial.mask import MaskOptions
-from radial.plan import RadialPlan, make_plan
-from radial.rope_extension import ROPE_EXTENSIONS
+from radial.plan import RadialPlan, plan_for
 
 
 @dataclass(frozen=True)
@@ -58,88 +55,16 @@ class ForwardRecord:
     step: int | None
 
 
-@dataclass(frozen=True)
-class RadialConfig:
-    """Validated injection options; errors name the argument (the Hydra key `attention.<name>`)."""
-
-    backend: str = "auto"
-    decay_factor: float = 1.0
-    dense_layers: int = 0
-    dense_timesteps: int = 0
-    block_size: int = 128
-    sink: bool | None = None
-    decay_adjacent: bool = False
-    window_frames: int = 0  # > 0: the temporal-window baseline mask instead of radial (radial.mask.window)
-    fuse_qkv: bool = False  # q, k, v projections (and their LoRA) as one matmul each (radial.fused)
-    # Training-free length extension (both need train_frames > 0): radial.rope_extension, radial.frame_decay.
-    train_frames: int = 0  # latent frames the base model was trained on (0 = unknown)
-    rope_extension: str = "none"  # "riflex": lower the intrinsic temporal RoPE frequency past train_frames
-    extrapolation_decay: float = 1.0  # lambda < 1: weights of keys >= train_frames frames away times lambda
-
-    @classmethod
-    def create(cls, *, num_layers: int, mask_model: str, **kwargs) -> RadialConfig:
-        config = cls(**kwargs)
-        if config.backend != "auto" and config.backend not in BACKENDS:
-            raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {config.backend!r}")
-        for name in ("dense_layers", "dense_timesteps"):
-            value = getattr(config, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if config.dense_layers > num_layers:
-            raise ValueError(f"dense_layers={config.dense_layers} exceeds the model's {num_layers} attention layers")
-        if not isinstance(config.fuse_qkv, bool):
-            raise ValueError(f"fuse_qkv must be true or false, got {config.fuse_qkv!r}")
-        config.mask_options(mask_model)  # validates block_size, decay_factor, sink, decay_adjacent
-        check_length_extension(config.train_frames, config.rope_extension, config.extrapolation_decay)
-        return config
-
-    @property
-    def frame_decay(self) -> FrameDecay | None:
-        """The extrapolation decay of the attention calls (None when extrapolation_decay is 1)."""
-        if self.extrapolation_decay == 1.0:
-            return None
-        return FrameDecay(float(self.extrapolation_decay), self.train_frames)
-
-    def mask_options(self, mask_model: str) -> MaskOptions:
-        return MaskOptions.create(
-            block_size=self.block_size,
-            decay_factor=self.decay_factor,
-            model=mask_model,
-            sink=self.sink,
-            decay_adjacent=self.decay_adjacent,
-            window_frames=self.window_frames,
-        )
-
-
-def check_length_extension(train_frames: int, rope_extension: str, extrapolation_decay: float) -> None:
-    """The length-extension options (`attention.train_frames`, `.rope_extension`, `.extrapolation_decay`) in range
-    and consistent; a ConfigError naming the key otherwise."""
-    if not isinstance(train_frames, int) or isinstance(train_frames, bool) or train_frames < 0:
-        raise ConfigError(f"attention.train_frames={train_frames!r}: expected an integer >= 0 (0 = unknown)")
-    if rope_extension not in ROPE_EXTENSIONS:
-        raise ConfigError(f"attention.rope_extension={rope_extension!r}: expected one of {list(ROPE_EXTENSIONS)}")
-    if isinstance(extrapolation_decay, bool) or not isinstance(extrapolation_decay, int | float):
-        raise ConfigError(f"attention.extrapolation_decay={extrapolation_decay!r}: expected a number in (0, 1]")
-    if not 0.0 < extrapolation_decay <= 1.0:
-        raise ConfigError(
-            f"attention.extrapolation_decay={extrapolation_decay!r}: expected 0 < lambda <= 1 (1 = no decay)"
-        )
-    for key, on in (("rope_extension", rope_extension != "none"), ("extrapolation_decay", extrapolation_decay < 1)):
-        if on and train_frames == 0:
-            raise ConfigError(
-                f"attention.{key} needs attention.train_frames: set it to the latent frames the base model was "
-                "trained on (> 0)"
-            )
-
-
 class InjectionState:
     """Layouts of the in-flight forward calls of one injected transformer, and the attention call itself."""
 
     HISTORY = 8
 
-    def __init__(self, config: RadialConfig, mask_model: str):
+    def __init__(self, config: AttentionSettings, mask_model: str, fuse_qkv: bool = False):
         self.config = config
         self.mask_model = mask_model
+        self.mask_options = config.mask_options(mask_model)  # validated once; keys the plans
+        self.fuse_qkv = fuse_qkv  # q, k, v projections (and their LoRA) as one matmul each (radial.fused)
         self.step: int | None = None
         self.last_plan: RadialPlan | None = None
         self.last_record: ForwardRecord | None = None
@@ -217,16 +142,11 @@ class InjectionState:
         """[B, S, H, D] attention, S = video tokens then text; radial unless the layer or the step is dense."""
         record = self.current(video_tokens)
         cfg = self.config
-        plan = make_plan(
+        plan = plan_for(
             record.grid.frames,
             record.grid.tokens_per_frame,
+            self.mask_options,
             text_tokens=query.shape[1] - video_tokens,
-            block_size=cfg.block_size,
-            decay_factor=cfg.decay_factor,
-            model=self.mask_model,
-            sink=cfg.sink,
-            decay_adjacent=cfg.decay_adjacent,
-            window_frames=cfg.window_frames,
             device=query.device,
         )
         dense = record.dense or layer_index < cfg.dense_layers

@@ -95,7 +95,7 @@ class HunyuanVideoRadialProcessor(RadialProcessor):
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)  # single-stream block
 
         # 1. QKV projections, 2. QK norm
-        query, key, value = project_qkv(attn, hidden_states, fuse=self.state.config.fuse_qkv)
+        query, key, value = project_qkv(attn, hidden_states, fuse=self.state.fuse_qkv)
 
         # 3. Rotary embedding on the video tokens only
         if image_rotary_emb is not None:

@@ -80,6 +80,42 @@ _HY15 = {
 }
 
 
+#: text settings (radial_text_settings.json keys) -> the pipelines' attributes that hold them
+TEXT_ATTRS = {
+    "max_sequence_length": "tokenizer_max_length",
+    "crop_start": "prompt_template_encode_start_idx",
+    "glyph_max_length": "tokenizer_2_max_length",
+    "system_message": "system_message",
+}
+#: stored text states (data.prepare's names) -> the pipelines' argument names
+EMBED_ARGS = {
+    "prompt_embeds": "prompt_embeds",
+    "prompt_attention_mask": "prompt_embeds_mask",
+    "prompt_embeds_2": "prompt_embeds_2",
+    "prompt_attention_mask_2": "prompt_embeds_mask_2",
+}
+
+
+def _embeds_kwargs(pipe, clip, embeds) -> dict[str, Any]:
+    """The pipelines' prompt-state arguments from stored Qwen and ByT5 states (and their negatives, needed when the
+    guider does classifier-free guidance: the pipeline has no text encoder to make them)."""
+    if clip.prompt is not None:
+        raise ValueError("give a prompt or prompt embeddings, not both")
+    cfg = pipe.guider._enabled and pipe.guider.num_conditions > 1  # the pipeline's test (its scale is set)
+    wanted = list(EMBED_ARGS.items())
+    if cfg:
+        wanted += [(f"negative_{k}", f"negative_{v}") for k, v in EMBED_ARGS.items()]
+    missing = [k for k, _ in wanted if k not in embeds.tensors]
+    if missing:
+        need = " (classifier-free guidance needs the negative prompt's states)" if cfg else ""
+        raise ValueError(
+            f"{embeds.source}: HunyuanVideo-1.5 prompt embeddings lack {', '.join(missing)}{need}; they need the Qwen "
+            "states (prompt_embeds) and the ByT5 glyph states (prompt_embeds_2), each with its mask"
+        )
+    tensors = embeds.call_kwargs("hunyuan15", pipe.transformer.device, pipe.transformer.dtype)
+    return {arg: tensors[k] for k, arg in wanted}
+
+
 class HunyuanVideo15Adapter(ModelAdapter):
     """HunyuanVideo-1.5 (8.3B), 480p x 121 frames at 1x; latents are concatenated with 32 conditioning channels
     and a mask channel (zeros for text-to-video), as the pipeline does."""
@@ -118,6 +154,46 @@ class HunyuanVideo15Adapter(ModelAdapter):
         # image_latents: [C first-frame latent (on latent frame 0), 1 mask, F, h, w]
         latents = item.get("image_latents")
         return None if latents is None else latents[: self.geometry.latent_channels, :1]
+
+    def dataset_expectations(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        # 65 input channels either way (T2V feeds zeros): the task type tells them apart
+        c = dict(config)
+        i2v = self.image_input(c) == "required"
+        channels = c.get("out_channels") or c.get("in_channels")
+        return {
+            "image_channels": c["in_channels"] - channels if i2v else 0,
+            "image_dim": c.get("image_embed_dim", 0) if i2v else 0,
+            "text_dim_2": c.get("text_embed_2_dim"),
+        }
+
+    # -- its pipelines: guidance is a guider component, text settings are attributes, embeddings other arguments --
+    def pipeline_components(self, guidance_scale: float) -> dict[str, Any]:
+        import diffusers
+
+        return {"guider": diffusers.ClassifierFreeGuidance(guidance_scale=guidance_scale)}
+
+    def apply_text_settings(self, pipe, settings: Mapping[str, Any]) -> None:
+        for key, attr in TEXT_ATTRS.items():
+            if key in settings:
+                setattr(pipe, attr, settings[key])
+
+    def pipeline_call_kwargs(self, pipe, clip, embeds, image: dict[str, Any]) -> dict[str, Any]:
+        """Its guidance is the guider's scale (set here), its text settings pipeline attributes
+        (`apply_text_settings`), and the I2V pipeline sizes the video from the image (its transformer's target_size
+        bucket), so it takes no height / width."""
+        pipe.guider.guidance_scale = clip.guidance_scale
+        kw: dict[str, Any] = dict(num_frames=clip.frames, num_inference_steps=clip.num_inference_steps)
+        if embeds is not None:
+            kw.update(_embeds_kwargs(pipe, clip, embeds))
+        elif clip.prompt is None:
+            raise ValueError("nothing to generate from: give a prompt")
+        elif getattr(pipe, "text_encoder", None) is None:
+            raise ValueError("a text prompt needs the pipeline's text encoder; load it")
+        else:
+            kw.update(prompt=clip.prompt, negative_prompt=clip.negative_prompt)
+        kw.update(image or dict(height=clip.height, width=clip.width))
+        kw.update(clip.extra)
+        return kw
 
     def comfy_rules(self) -> list[ComfyRule]:
         # ComfyUI runs HunyuanVideo-1.5 in its HunyuanVideo model: q, k, v (img_attn_q/k/v and txt_attn_q/k/v in the

@@ -52,7 +52,7 @@ class MochiRadialProcessor(RadialProcessor):
         attention_mask: torch.Tensor | None,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        query, key, value = project_qkv(attn, hidden_states, fuse=self.state.config.fuse_qkv)
+        query, key, value = project_qkv(attn, hidden_states, fuse=self.state.fuse_qkv)
         encoder_query, encoder_key, encoder_value = project_qkv(attn, encoder_hidden_states, added=True)
 
         if image_rotary_emb is not None:

@@ -49,7 +49,7 @@ class WanRadialProcessor(RadialProcessor):
         if encoder_hidden_states is not None or attention_mask is not None or attn.is_cross_attention:
             return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
 
-        if self.state.config.fuse_qkv:
+        if self.state.fuse_qkv:
             query, key, value = fused_linears((attn.to_q, attn.to_k, attn.to_v), hidden_states)
         else:
             query, key, value = _get_qkv_projections(attn, hidden_states, None)
@@ -223,6 +223,17 @@ class WanAdapter(ModelAdapter):
         c = dict(config)
         return "required" if (c.get("out_channels") or c["in_channels"]) != c["in_channels"] else "none"
 
+    def fixed_text_len(self, config: Mapping[str, Any]) -> int | None:
+        # Wan2.1 I2V splits its context at the last 512 tokens: text, then the image states
+        return I2V_TEXT_LEN if dict(config).get("added_kv_proj_dim") else None
+
+    def dataset_expectations(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        c = dict(config)
+        if not c.get("in_channels"):
+            return {}
+        extra_channels = c["in_channels"] - (c.get("out_channels") or c["in_channels"])  # Wan I2V: 36 - 16
+        return {"image_channels": extra_channels, "image_dim": c.get("image_dim") or 0}
+
     def first_frame_latent(self, item: Mapping[str, Any]) -> torch.Tensor | None:
         # image_latents: [4 mask + C, F, h, w] (I2V; the first latent frame encodes the first pixel frame alone) or
         # [C, 1, h, w] (TI2V): the latent is the last C channels either way.
@@ -275,6 +286,9 @@ class Wan22TI2VAdapter(WanAdapter):
 
     def image_input(self, config: Mapping[str, Any]) -> str:
         return "optional"  # a clean first latent frame, or none
+
+    def dataset_expectations(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {}  # its first frame is a clean latent frame, not conditioning channels
 
     def matches(self, transformer) -> bool:
         return ModelAdapter.matches(self, transformer) and self.latent_channels(transformer) == 48

@@ -261,10 +261,10 @@ class Validator:
 
     def _text_len(self) -> int:
         from radial.models import get_adapter
-        from radial.models.wan import I2V_TEXT_LEN
 
-        if self.family.startswith("wan") and self.trainer.parts.transformer.config.get("added_kv_proj_dim"):
-            return I2V_TEXT_LEN  # Wan2.1 I2V splits its context at the last 512 tokens: text after the image states
+        fixed = get_adapter(self.family).fixed_text_len(self.trainer.parts.transformer.config)
+        if fixed:
+            return fixed  # Wan2.1 I2V splits its context at the last 512 tokens: text after the image states
         fields = getattr(self.heldout_dataset(), "text_fields", {})
         seq = fields.get("prompt_embeds")
         return seq.max_len if seq is not None and seq.max_len else get_adapter(self.family).text_len
