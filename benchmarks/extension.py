@@ -104,12 +104,14 @@ class Experiment:
         arms: list[str] | None = None,
         reuse: bool = False,
         base_dir: Path | None = None,
+        continue_base: bool = False,
     ):
         self.p, self.work, self.out, self.log = preset, work, out, log
         self.arms_anyway = arms_anyway
         self.arms = arms or list(ARMS)
         self.reuse = reuse
         self.base_dir = base_dir
+        self.continue_base = continue_base
         self.backend, self.seed = backend, seed
         self.started = time.perf_counter()
         self.deadline = self.started + budget_s
@@ -282,30 +284,35 @@ class Experiment:
             f"scorer track error {ref['long']['scorer_track_error']:.2f} px"
         )
 
-    def base(self) -> bool:
-        """Full training at L in rounds until the base's own samples at L pass `base_check` (or steps / time end)."""
+    def base(self, start: Path | None = None, earlier: list[dict] | None = None) -> bool:
+        """Full training at L in rounds until the base's own samples at L pass `base_check` (or steps / time end):
+        from a seeded initialisation, or (`start`) from a kept base, a further stage after `earlier` ones."""
         from radial.models import get_adapter
 
         t0 = time.perf_counter()
         p, b = self.p, self.p["base"]
-        init = self.work / "base_init"
-        model = get_adapter("wan").build_tiny(seed=derive(self.seed, "base-init"), **p["model"])
-        self.record["model"] = {
-            "class": type(model).__name__,
-            "parameters": sum(x.numel() for x in model.parameters()),
-            **p["model"],
-        }
-        model.save_pretrained(init)
-        del model
+        init = start or self.work / "base_init"
+        if start is None:
+            model = get_adapter("wan").build_tiny(seed=derive(self.seed, "base-init"), **p["model"])
+            self.record["model"] = {
+                "class": type(model).__name__,
+                "parameters": sum(x.numel() for x in model.parameters()),
+                **p["model"],
+            }
+            model.save_pretrained(init)
+            del model
         limit = t0 + b["budget_share"] * self.left()
         ref = self.record["data_reference"]["base"]
         checks, passed, step, cost = [], False, 0, {}
-        self.log(f"base: {self.record['model']['parameters'] / 1e6:.2f}M parameters, full training at L in rounds")
+        self.log(
+            f"base: {self.record['model']['parameters'] / 1e6:.2f}M parameters, full training at L in rounds"
+            + (f", stage {len(earlier) + 1} from {start} (flow shift {p['flow_shift']})" if earlier else "")
+        )
         while step < b["max_steps"] and time.perf_counter() < limit:
             target = min(step + b["round_steps"], b["max_steps"])
             o = self.overrides(
                 "base",
-                seed=derive(self.seed, "base"),
+                seed=derive(self.seed, "base", *([len(earlier)] if earlier else [])),  # a stage: its own data order
                 steps=target,
                 model_path=init,
                 arm=None,
@@ -344,12 +351,15 @@ class Experiment:
             if check["pass"]:
                 passed = True
                 break
+        stage = {"steps": step, "flow_shift": p["flow_shift"], "settings": b, "passed": passed}
+        stages = [*(earlier or []), stage]
         self.record["base"] = {
-            "steps": step,
+            "steps": sum(x["steps"] for x in stages),
             "passed": passed,
             "checks": checks,
             "cost": cost,
             "curve": [(c["step"], c["val_loss"]) for c in checks],
+            "stages": stages,
         }
         self.phases["base_s"] = time.perf_counter() - t0
         self.log(f"base: {step} steps, check {'passed' if passed else 'FAILED'}, {self.phases['base_s']:.0f}s")
@@ -373,24 +383,41 @@ class Experiment:
         shutil.copy(self.base_path / "config.json", dst / "config.json")
         weights = load_file(str(self.base_path / WEIGHTS))
         save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(dst / WEIGHTS))
-        kept = {"seed": self.seed, "data": self.data_fingerprint(), "model": self.record["model"]}
+        kept = {
+            "seed": self.seed,
+            "data": self.data_fingerprint(),
+            "model": self.record["model"],
+            "flow_shift": self.p["flow_shift"],
+        }
         (dst / "base.json").write_text(json.dumps({**kept, "base": self.record["base"]}, indent=1, default=str))
         self.log(f"base kept in {dst} (bf16)")
 
-    def use_base(self, folder: Path) -> bool:
+    def use_base(self, folder: Path, train_more: bool = False) -> bool:
         """--base: a base kept by an earlier run of this seed and preset, checked again here on fresh sample noise
-        (its own checks are in its record); the arms run only if both passed."""
+        (its own checks are in its record); the arms run only if both passed. `train_more` (--continue-base): a
+        further training stage from it instead (the preset's base schedule, fresh optimizer), then its checks."""
         prior = json.loads((folder / "base.json").read_text())
         if prior["seed"] != self.seed or prior["data"] != self.data_fingerprint():
             raise SystemExit(
                 f"error: --base {folder}: kept by seed {prior['seed']} on data {prior['data']}; this run is seed "
                 f"{self.seed} on data {self.data_fingerprint()} (the same --seed, preset and device kind are needed)"
             )
+        shift = prior.get("flow_shift", self.p["flow_shift"])
+        if shift != self.p["flow_shift"] and not train_more:
+            raise SystemExit(
+                f"error: --base {folder} was trained at flow_shift={shift}, this run samples at "
+                f"{self.p['flow_shift']}: --set flow_shift={shift}, or --continue-base to train it at the new shift"
+            )
+        self.record["model"] = prior["model"]
+        if train_more:
+            earlier = prior["base"].get("stages") or [
+                {"steps": prior["base"]["steps"], "flow_shift": shift, "passed": prior["base"]["passed"]}
+            ]
+            return self.base(start=folder, earlier=earlier)
         self.base_path = self.work / "runs" / "base" / "transformer"
         self.base_path.mkdir(parents=True)
         for name in ("config.json", WEIGHTS):
             shutil.copy(folder / name, self.base_path / name)
-        self.record["model"] = prior["model"]
         o = self.overrides("base-recheck", seed=derive(self.seed, "base"), steps=1, model_path=self.base_path,
                            arm="a", validate_every=0)  # fmt: skip
         trainer = self.trainer(o)
@@ -588,9 +615,10 @@ class Experiment:
             self.reference()
             self.save_partial()
             if self.base_dir is not None:
-                passed = self.use_base(self.base_dir)
+                passed = self.use_base(self.base_dir, train_more=self.continue_base)
             else:
                 passed = self.base()
+            if self.base_dir is None or self.continue_base:
                 self.keep_base()
             self.save_partial()
         self.seeds_done = 0
@@ -680,6 +708,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="a base kept by an earlier run of this --seed (its --out/base): checked again, then the arms run from it",
     )
     ap.add_argument(
+        "--continue-base",
+        action="store_true",
+        help="with --base: train it further (the preset's base schedule and settings, e.g. another flow_shift), check, "
+        "keep it in --out/base, then the arms if it passes",
+    )
+    ap.add_argument(
         "--arms-anyway",
         action="store_true",
         help="run the arms even from a base that failed its check (pipeline tests, timing pilots; no valid verdict)",
@@ -692,6 +726,8 @@ def main(argv: list[str] | None = None) -> dict:
         help="override a preset value (benchmarks/extension.yaml), e.g. --set arms.rank=64 --set dense_layers=2",
     )
     args = ap.parse_args(argv)
+    if args.continue_base and args.base is None:
+        ap.error("--continue-base needs --base DIR (the kept base to train further)")
     if args.budget_minutes <= 0:
         ap.error(f"--budget-minutes={args.budget_minutes}: expected > 0")
     if args.seeds is not None and args.seeds < 1:
@@ -724,6 +760,7 @@ def main(argv: list[str] | None = None) -> dict:
         arms=args.arms,
         reuse=args.reuse,
         base_dir=args.base,
+        continue_base=args.continue_base,
     )
     try:
         record = exp.run()

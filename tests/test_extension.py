@@ -186,6 +186,14 @@ def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
                   str(tmp_path / "out2"), "--work", str(tmp_path / "work2")])  # fmt: skip
     assert again["base"]["from"] == str(out / "base") and again["base"]["recheck"]["checks"]
     assert again["base"]["steps"] == record["base"]["steps"] and sorted(again["arms"]) == ["a"]
+    # --continue-base: a further stage from the kept base, at another flow shift, kept again with both stages
+    more = main(["--smoke", "--arms", "a", "--arms-anyway", "--base", str(out / "base"), "--continue-base",
+                 "--set", "flow_shift=5.0", "--out", str(tmp_path / "out4"), "--work", str(tmp_path / "work4")])  # fmt: skip
+    stages = json.loads((tmp_path / "out4" / "base" / "base.json").read_text())["base"]["stages"]
+    assert [(x["steps"], x["flow_shift"]) for x in stages] == [(4, 3.0), (4, 5.0)] and more["base"]["steps"] == 8
+    with pytest.raises(SystemExit, match="trained at flow_shift=5.0"):
+        main(["--smoke", "--arms", "a", "--base", str(tmp_path / "out4" / "base"), "--out", str(tmp_path / "out5"),
+              "--work", str(tmp_path / "work5")])  # fmt: skip
     with pytest.raises(SystemExit, match="kept by seed 0 on data"):
         main(["--smoke", "--seed", "1", "--arms", "a", "--base", str(out / "base"), "--out", str(tmp_path / "out3"),
               "--work", str(tmp_path / "work3")])  # fmt: skip
