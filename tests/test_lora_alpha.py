@@ -105,25 +105,15 @@ def test_header_records_how_the_lora_was_made(trained):
         "rank": RANK,
         "alpha": ALPHA,
         "target_modules": trainer.parts.adapter.lora_target_modules(tuple(cfg.lora.projections), text=False),
-        "radial": {
-            "backend": "reference",
-            "decay_factor": a.decay_factor,
-            "dense_layers": a.dense_layers,
-            "block_size": a.block_size,
-            "sink": a.sink,
-            "decay_adjacent": a.decay_adjacent,
-            "window_frames": a.window_frames,
-            "train_frames": a.train_frames,
-            "rope_extension": a.rope_extension,
-            "extrapolation_decay": a.extrapolation_decay,
-        },
+        "attention": a.settings().recorded("reference"),  # every setting whole, `auto` resolved
         "training": {
             "steps": 2,
             "latent_frames": trainer.parts.adapter.geometry.latent_frames(frames),
             "latent_height": 4,  # 64 px / 8 (VAE) / 2 (patch)
             "latent_width": 4,
-            "frames": None,  # read from a prepared dataset's items; synthetic data (these runs) has none
+            "frames": frames,  # the pixel frames of the clips trained on (the dataset's records)
             "timestep_range": None,
+            "ema_decay": 0.0,
         },
     }
     assert info["base_model"]["variant"] == "T2V" and len(info["base_model"]["config_hash"]) == 16

@@ -30,7 +30,8 @@ def lora_info(trainer) -> dict:
     """What a LoRA file should tell about how it was made (stored in the safetensors header)."""
     cfg, parts = trainer.cfg, trainer.parts
     grid = parts.handle.last_grid
-    meta = trainer.dataset.items[0] if hasattr(trainer.dataset, "items") and trainer.dataset.items else {}
+    # the clip lengths (pixel frames) of the data trained on: one number, or the sorted list with several buckets
+    lengths = sorted({r["frames"] for r in getattr(trainer.dataset, "records", [])})
     return {
         "format": "radial-lora/1",
         "radial_lora_version": radial.__version__,
@@ -52,7 +53,7 @@ def lora_info(trainer) -> dict:
             "latent_frames": grid.frames if grid else None,
             "latent_height": grid.height if grid else None,
             "latent_width": grid.width if grid else None,
-            "frames": meta.get("frames") if isinstance(meta, dict) else None,
+            "frames": (lengths[0] if len(lengths) == 1 else lengths) or None,
             "timestep_range": cfg.train.timestep_range,  # the noise levels trained (null: all)
             "ema_decay": cfg.train.ema_decay,  # > 0: the weights are this moving average of the trained ones
         },
