@@ -50,7 +50,20 @@ def flow_matching_loss(
     sigmas = flow.sample_sigmas(x0.shape[0], generator)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     x_t, target = noisy_latents(x0, noise, sigmas.to(device))
+    weight = flow.loss_weight(sigmas).to(device)
+    joint = adapter.spec.joint_latents
+    if joint:
+        # Streams denoised with the video (MiniMax-H3's sound track): noised at the same t, their flow loss added.
+        conditions, targets = dict(conditions), {}
+        for name in joint:
+            clean = conditions[name].float()
+            noisy, targets[name] = noisy_latents(
+                clean, torch.randn(clean.shape, generator=generator).to(device), sigmas.to(device)
+            )
+            conditions[name] = noisy.to(model_dtype)
+        pred, preds = adapter.predict_joint(model, x_t.to(model_dtype), sigmas.to(device) * 1000, conditions)
+        return flow_loss(pred, target, weight) + sum(flow_loss(preds[n], targets[n], weight) for n in joint)
     pred = adapter.predict(model, x_t.to(model_dtype), sigmas.to(device) * 1000, conditions)
     # Clean conditioning latents (Wan2.2 TI2V's first frame, mask 0) are input, not something to denoise.
     mask = conditions.get("first_frame_mask")
-    return flow_loss(pred, target, flow.loss_weight(sigmas).to(device), mask)
+    return flow_loss(pred, target, weight, mask)

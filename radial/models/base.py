@@ -165,6 +165,11 @@ class ModelAdapter:
             )
         return LatentGrid(f // pt, h // ph, w // pw)
 
+    def forward_grid(self, transformer: nn.Module, arguments: Mapping[str, Any]) -> LatentGrid:
+        """The token grid of one forward call from its bound arguments (what radial.inject's pre-hook reads);
+        default: from the latents `hidden_states`."""
+        return self.latent_grid(transformer, arguments.get("hidden_states"))
+
     def lora_target_modules(self, projections: Sequence[str] = ("q", "k", "v", "o"), *, text: bool = False) -> str:
         """PEFT `target_modules` (a regex, full match): the q/k/v/o projections of the attention that goes radial.
 
