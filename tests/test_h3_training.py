@@ -70,29 +70,37 @@ def test_prepare_writes_the_sound_track_or_silence(tmp_path):
         LatentDataset(out, model="h3")
 
 
-def test_train_exports_a_lora_the_modular_pipeline_loads(tmp_path):
-    from diffusers import MiniMaxH3Transformer3DModel
-    from diffusers.modular_pipelines.minimax_h3 import MiniMaxH3Blocks
-
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 3-step tiny H3 LoRA run on synthetic clips (silence), with the guided target and validation samples."""
     from train.config import compose, validate
     from train.trainer import Trainer
 
-    out = tmp_path / "run"
+    out = tmp_path_factory.mktemp("h3") / "run"
     overrides = ["model=tiny_h3", f"output_dir={out}", "train.max_steps=3", "data.num_videos=2",
-                 "logging.trackers=[]", "logging.loss_curve=false", "train.distill_guidance=2.0"]  # fmt: skip
+                 "logging.trackers=[]", "logging.loss_curve=false", "train.distill_guidance=2.0", "eval=default",
+                 "eval.validation_every=3", "eval.num_inference_steps=3", "eval.sample_frames=124"]  # fmt: skip
     Trainer(validate(compose(overrides))).fit()
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return out
+
+
+def test_train_exports_a_lora_the_modular_pipeline_loads(run):
+    from diffusers import MiniMaxH3Transformer3DModel
+    from diffusers.modular_pipelines.minimax_h3 import MiniMaxH3Blocks
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 3 and all(np.isfinite(losses))
-    lora_file = out / "lora" / "pytorch_lora_weights.safetensors"
+    lora_file = run / "lora" / "pytorch_lora_weights.safetensors"
     assert radial.lora.read_metadata(lora_file)["base_model"]["family"] == "h3"
 
     pipe = MiniMaxH3Blocks().init_pipeline()
-    pipe.update_components(transformer=MiniMaxH3Transformer3DModel.from_pretrained(out / "base_transformer"))
+    pipe.update_components(transformer=MiniMaxH3Transformer3DModel.from_pretrained(run / "base_transformer"))
     latents = ADAPTER.make_dummy_latents(pipe.transformer, 1, 7, 4, 4)
     cond = ADAPTER.make_dummy_conditions(pipe.transformer, 1, 5, latent_shape=latents.shape)
     with torch.no_grad():
         base = ADAPTER.predict(pipe.transformer, latents, 500.0, cond)
-    pipe.load_lora_weights(str(out / "lora"))
+    pipe.load_lora_weights(str(run / "lora"))
     saved = load_file(lora_file)
     loaded = dict(pipe.transformer.named_parameters())
     for key, value in saved.items():  # every exported tensor landed in the pipeline's transformer, unchanged
@@ -101,6 +109,37 @@ def test_train_exports_a_lora_the_modular_pipeline_loads(tmp_path):
     with torch.no_grad():
         tuned = ADAPTER.predict(pipe.transformer, latents, 500.0, cond)
     assert (tuned - base).abs().max() > 1e-6
+
+
+def _wav(path):
+    import wave
+
+    with wave.open(str(path)) as f:
+        return f.getnchannels(), f.getframerate(), f.getnframes()
+
+
+def test_validation_samples_write_video_and_sound(run):
+    """Validation samples go through radial.generate's path (stored text states into the pipeline's blocks after
+    its text encoder): a 124-frame mp4 and its stereo 32 kHz wav."""
+    folder = run / "validation" / "step-000003"
+    sidecar = json.loads((folder / "sample_p0_s0.json").read_text())
+    assert sidecar["frames"] == 124 and sidecar["latent_shape"] == [1, 24, 37, 4, 4] and sidecar["finite"]
+    channels, rate, samples = _wav(folder / "sample_p0_s0.wav")
+    assert (channels, rate) == (2, 32000) and samples == 207 * 800  # 124 frames at 24 fps = 207 audio latents
+    assert sidecar["attention"]["radial"] and sidecar["attention"]["latent_grid"] == [37, 2, 2]
+
+
+def test_radial_generate_t2va_with_the_lora(run, tmp_path):
+    import radial.generate as rgen
+
+    args = ["--tiny", "h3", "--prompt", "a red ball", "--steps", "3", "--out", str(tmp_path), "--lora", str(run / "lora"),
+            "--transformer", str(run / "base_transformer"), "--no-progress"]  # fmt: skip
+    (record,) = rgen.main(args)["generated"]
+    assert record["family"] == "h3" and record["frames"] == 124 and record["loras"][0]["scale"] == 1.0
+    assert set(record["files"]) >= {"video", "audio", "latents"}
+    with av.open(record["files"]["video"]) as video:
+        assert video.streams.video[0].frames == 124
+    assert _wav(record["files"]["audio"])[:2] == (2, 32000)
 
 
 def _guided_tuning(w: float, steps: int = 15):

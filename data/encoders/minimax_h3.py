@@ -29,7 +29,6 @@ PRETRAINED_CLASSES = {
     "tokenizer": "Qwen2TokenizerFast",
 }
 TINY_MAX_SEQUENCE_LENGTH = 64
-TINY_TEXT_LAYER = 2  # of the tiny Qwen3-VL's 3 layers (the real one reads layer 50 of more)
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 TEXT_ONLY_FILE = "text_only_processor.json"
 
@@ -73,6 +72,8 @@ def tiny_vae_configs() -> tuple[dict, dict]:
         "decoder_dim": 128,  # halved by each of the 7 upsamplers
         "resblock_kernel_sizes": (3,),
         "resblock_dilation_sizes": ((1,),),
+        "latents_mean": [0.0] * 8,  # the pipeline normalises with them (the real VAE's config has its own)
+        "latents_std": [1.0] * 8,
     }
     return video, audio
 
@@ -165,14 +166,14 @@ class MiniMaxH3Encoders(FamilyEncoders):
             wave = torch.zeros(AUDIO_CHANNELS, count * self.audio_vae.hop_length)
         dtype = next(self.audio_vae.parameters()).dtype
         raw = self.audio_vae.encode(wave[:, None].to(self.device, dtype)).latent_dist.mode().float().cpu()
-        mean = torch.tensor(c.latents_mean or [0.0] * c.latent_channels).view(1, -1, 1)
-        std = torch.tensor(c.latents_std or [1.0] * c.latent_channels).view(1, -1, 1)
+        mean = torch.tensor(c.latents_mean).view(1, -1, 1)
+        std = torch.tensor(c.latents_std).view(1, -1, 1)
         return {"audio_latents": ((raw - mean) / std)[..., :count].contiguous()}, note
 
     @classmethod
     def tiny(cls, family: str = "h3", seed: int = 0, device="cpu", text_dim: int = 32) -> MiniMaxH3Encoders:
-        """Seeded random-init real classes: a 3-layer Qwen3-VL (1-layer vision tower) over the byte-level tokenizer
-        with Qwen's vision tokens, the tiny video and audio VAEs."""
+        """Seeded random-init real classes: a 51-layer, 32-wide Qwen3-VL (1-layer vision tower) over the byte-level
+        tokenizer with Qwen's vision tokens, the tiny video and audio VAEs."""
         from diffusers import AutoencoderKLMiniMaxH3, AutoencoderKLMiniMaxH3Audio
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
@@ -183,7 +184,8 @@ class MiniMaxH3Encoders(FamilyEncoders):
         image, video, start, end = tokenizer.convert_tokens_to_ids(list(VISION_TOKENS))
         text = tiny_decoder_config(tokenizer, text_dim)
         text = {k: v for k, v in text.items() if k not in ("bos_token_id", "eos_token_id")}
-        text.update(head_dim=8, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+        # the pipeline reads hidden_states[50] and refuses a shorter stack: 51 tiny layers (each ~10k parameters)
+        text.update(num_hidden_layers=TEXT_ENCODER_LAYER + 1, head_dim=8, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                  "mrope_section": [1, 1, 2], "mrope_interleaved": True})  # fmt: skip
         vision = {"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "patch_size": 8,
                   "out_hidden_size": text_dim, "num_position_embeddings": 16, "deepstack_visual_indexes": [0]}  # fmt: skip
@@ -195,7 +197,7 @@ class MiniMaxH3Encoders(FamilyEncoders):
             vae = AutoencoderKLMiniMaxH3(**video_config)
             audio_vae = AutoencoderKLMiniMaxH3Audio(**audio_config)
             qwen = Qwen3VLForConditionalGeneration(config)
-        settings = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH, "text_encoder_layer": TINY_TEXT_LAYER}
+        settings = {"max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
         return cls(family, vae, audio_vae, qwen, tokenizer, TextOnlyTokenTypes(), f"tiny:seed={seed}", device,
                    settings).to(device)  # fmt: skip
 

@@ -31,8 +31,9 @@ from radial.files import share_like_umask
 from radial.generation.embeds import PromptEmbeds
 from radial.generation.pipeline import image_pipeline_names, pipeline_family, set_scheduler_shift
 from radial.generation.settings import ClipSpec
-from radial.generation.video import to_uint8_frames, write_mp4
+from radial.generation.video import to_uint8_frames, write_mp4, write_wav
 from radial.mask.stats import model_density
+from radial.models import get_adapter
 
 
 @dataclass
@@ -51,6 +52,8 @@ class GenerationResult:
     negative_prompt: str | None
     embeds_source: str | None
     attention: dict[str, Any] = field(default_factory=dict)
+    audio: np.ndarray | None = None  # float32 [channels, samples] of a joint audio-video model (MiniMax-H3)
+    audio_rate: int | None = None  # its sample rate
 
     @property
     def denoise_time_s(self) -> float:
@@ -217,8 +220,41 @@ def _hunyuan15_embeds(pipe, clip: ClipSpec, embeds: PromptEmbeds) -> dict[str, A
     return {arg: tensors[k] for k, arg in wanted}
 
 
+def is_modular(pipe) -> bool:
+    """Whether `pipe` is a diffusers ModularPipeline (MiniMax-H3's only integration), called by its blocks' inputs."""
+    from diffusers.modular_pipelines import ModularPipeline
+
+    return isinstance(pipe, ModularPipeline)
+
+
+def _modular_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None) -> dict[str, Any]:
+    """A text-to-video-and-audio call of a modular pipeline: the prompt through its own text encoder step, or stored
+    text states (the valid rows, tagged text) for the blocks after it; a guidance-distilled model (MiniMax-H3)
+    takes no guidance or negative prompt."""
+    kw = dict(
+        height=clip.height, width=clip.width, num_frames=clip.frames, num_inference_steps=clip.num_inference_steps
+    )
+    if clip.image is not None:
+        raise ValueError(f"--image {clip.image}: radial.generate runs {type(pipe).__name__} text-to-video only")
+    if embeds is not None:
+        if clip.prompt is not None:
+            raise ValueError("give a prompt or prompt embeddings, not both")
+        tensors = embeds.call_kwargs("modular", pipe.transformer.device, pipe.transformer.dtype)
+        states, mask = tensors["prompt_embeds"], tensors.get("prompt_attention_mask")
+        n = int(mask[0].sum()) if mask is not None else states.shape[1]
+        tags = torch.full((n,), pipe.text_tag, dtype=torch.long, device=states.device)
+        return {**kw, "prompt_embeds": states[:1, :n], "text_token_tags": tags, **clip.extra}
+    if clip.prompt is None:
+        raise ValueError("nothing to generate from: give a prompt or prompt embeddings (--prompt-embeds)")
+    if getattr(pipe, "text_encoder", None) is None:
+        raise ValueError("a text prompt needs the pipeline's text encoder; load it or pass --prompt-embeds")
+    return {**kw, "prompt": clip.prompt, **clip.extra}
+
+
 def call_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None, family: str) -> dict[str, Any]:
     """The pipeline call arguments for a clip (prompt text or embeddings), checked for what the pipeline lacks."""
+    if is_modular(pipe):
+        return _modular_kwargs(pipe, clip, embeds)
     if family == "hunyuan15":
         return _hunyuan15_kwargs(pipe, clip, embeds)
     kw: dict[str, Any] = dict(
@@ -325,8 +361,17 @@ def generate(
         stepping = contextlib.nullcontext()
     else:
         stepping = _scheduler_clock(pipe, clock)
+    audio = rate = None
     with stepping:
-        out = pipe(**kw, generator=generator, output_type="np" if decode else "latent")
+        if is_modular(pipe):  # its outputs by name; it decodes video and sound in its own last blocks
+            runner = get_adapter(family).pipeline_after_text(pipe) if "prompt_embeds" in kw else pipe
+            names = ["videos", "latents", "audio", "sampling_rate"]
+            out = runner(**kw, generator=generator, output_type="np", output=names)
+            clock.latents = out["latents"]  # the scheduler steps packed rows; the sidecar keeps [1, C, F, H, W]
+            audio, rate = out["audio"][0].float().cpu().numpy(), int(out["sampling_rate"])
+            out = (out["videos"],)
+        else:
+            out = pipe(**kw, generator=generator, output_type="np" if decode else "latent")
     if cuda:
         torch.cuda.synchronize(device)
     ended = time.perf_counter()
@@ -351,6 +396,8 @@ def generate(
         negative_prompt=clip.negative_prompt if embeds is None else embeds.negative_prompt,
         embeds_source=None if embeds is None else embeds.source,
         attention=attention_summary(handles, clip),
+        audio=audio if decode else None,
+        audio_rate=rate,
     )
 
 
@@ -422,6 +469,8 @@ def save_result(result: GenerationResult, out_dir: str | Path, name: str, sideca
     files: dict[str, str] = {}
     if result.frames is not None:
         files["video"] = str(write_mp4(out_dir / f"{name}.mp4", result.frames, result.clip.fps))
+    if result.audio is not None:  # the sound track beside the video (the mp4 writer writes video only)
+        files["audio"] = str(write_wav(out_dir / f"{name}.wav", result.audio, result.audio_rate))
     if save_latents:
         path = out_dir / f"{name}.latents.safetensors"
         save_file({"latents": result.latents.contiguous()}, str(path))

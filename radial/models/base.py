@@ -224,6 +224,14 @@ class ModelAdapter:
 
     pipeline_config: ClassVar[Mapping[str, Any]] = {}  # the family pipelines' config beyond their components
 
+    def build_pipeline(self, name: str, transformer: nn.Module, components: Mapping[str, Any], shift: float, extra):
+        """The diffusers pipeline `name` of this family from its parts, with a FlowMatchEuler scheduler of `shift`
+        (train.generate's tiny pipelines)."""
+        import diffusers
+
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
+        return getattr(diffusers, name)(transformer=transformer, scheduler=scheduler, **components, **extra)
+
     def image_input(self, config: Mapping[str, Any]) -> str:
         """Whether a transformer of this `config` generates from a first frame: "required" (image-to-video),
         "optional" (text- or image-to-video, Wan2.2 TI2V-5B) or "none" (text-to-video)."""

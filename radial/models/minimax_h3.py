@@ -29,6 +29,7 @@ from radial.families import family_spec
 from radial.models.base import ModelAdapter, register
 from radial.models.context import LatentGrid, RadialProcessor
 
+VIDEO_SHIFT, AUDIO_SHIFT = 12.0, 3.0  # the pipeline's two MiniMaxH3Scheduler shifts
 VIDEO_TAG, TEXT_TAG, AUDIO_TAG = 0, 1, 2  # the pipeline's modality tags (a checkpoint contract)
 AUDIO_CHANNELS = 2  # stereo, packed channel-major
 AUDIO_LATENTS_PER_SECOND = 40  # the audio VAE's latent rate
@@ -163,6 +164,42 @@ class MiniMaxH3Adapter(ModelAdapter):
         "time_embed_dim": 24,
         "rope_freq_dim": 4,
     }
+
+    def build_pipeline(self, name, transformer, components, shift, extra):
+        """MiniMaxH3ModularPipeline (t2va) from its parts: the modular blocks' pipeline with the two schedulers of
+        the released shifts (video 12, audio 3; `shift` is the FlowMatchEuler families')."""
+        from diffusers import MiniMaxH3Scheduler
+        from diffusers.modular_pipelines.minimax_h3 import MiniMaxH3Blocks
+        from diffusers.video_processor import VideoProcessor
+
+        pipe = MiniMaxH3Blocks().init_pipeline()
+        parts = {k: v for k, v in components.items() if v is not None}
+        pipe.update_components(
+            transformer=transformer,
+            scheduler=MiniMaxH3Scheduler(shift=VIDEO_SHIFT),
+            audio_scheduler=MiniMaxH3Scheduler(shift=AUDIO_SHIFT),
+            video_processor=VideoProcessor(vae_scale_factor=parts["vae"].spatial_compression_ratio),
+            **parts,
+            **extra,
+        )
+        return pipe
+
+    def pipeline_after_text(self, pipe):
+        """The t2va blocks after the text encoder (layout, noise, denoising, decoding) over `pipe`'s components: the
+        pipeline that stored text states (prompt_embeds, text_token_tags) are given to."""
+        from diffusers.modular_pipelines import SequentialPipelineBlocks
+        from diffusers.modular_pipelines.minimax_h3.modular_blocks_minimax_h3 import (
+            MiniMaxH3CoreDenoiseStep,
+            MiniMaxH3DecodeStep,
+        )
+
+        blocks = SequentialPipelineBlocks.from_blocks_dict(
+            {"denoise": MiniMaxH3CoreDenoiseStep(), "decode": MiniMaxH3DecodeStep()}
+        )
+        names = {spec.name for spec in blocks.expected_components}
+        sub = blocks.init_pipeline()
+        sub.update_components(**{k: v for k, v in pipe.components.items() if k in names and v is not None})
+        return sub
 
     def attention_layers(self, transformer) -> list:
         return [block.attn for block in transformer.transformer_blocks]

@@ -461,6 +461,12 @@ class Validator:
         else:
             scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=s.sample_shift or cfg.model.flow_shift)
         cls = getattr(diffusers, pipeline_name)
+        if issubclass(cls, diffusers.ModularPipeline):  # MiniMax-H3: its blocks' pipeline, with every VAE it decodes
+            parts = {"vae": vae, **self._other_vaes(source, device)}
+            pipe = adapter.build_pipeline(pipeline_name, self._transformer(), parts, cfg.model.flow_shift, {})
+            pipe.set_progress_bar_config(disable=True)
+            self._pipe = pipe
+            return pipe
         takes = inspect.signature(cls.__init__).parameters
         extra = {k: None for k in TEXT_COMPONENTS if k in takes}
         extra.update(adapter.pipeline_config)
@@ -483,6 +489,29 @@ class Validator:
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
         return pipe
+
+    def _other_vaes(self, source: str, device) -> dict:
+        """The family's decoders besides the video VAE (MiniMax-H3's audio_vae): the tiny encoders' for tiny data,
+        else from `eval.vae_path`, the data's encoder folder or `model.path` (classes: the encoder module's
+        PRETRAINED_CLASSES)."""
+        import importlib
+
+        import diffusers
+
+        from data.encoders import encoder_class
+
+        cls = encoder_class(self.family)
+        names = [n for n in cls.components if n.endswith("vae") and n != "vae"]
+        if not names:
+            return {}
+        s = self.settings
+        if s.vae_path is None and source.startswith("tiny"):
+            return {n: getattr(self._encoders(), n).to(device).eval() for n in names}
+        root = Path(s.vae_path or source or self.trainer.cfg.model.path).expanduser()
+        classes = importlib.import_module(cls.__module__).PRETRAINED_CLASSES
+        return {
+            n: getattr(diffusers, classes[n]).from_pretrained(str(root), subfolder=n).to(device).eval() for n in names
+        }
 
     def _clip(self, seed: int):
         from radial.families import geometry
