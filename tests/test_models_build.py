@@ -9,14 +9,21 @@ import torch
 
 from radial.models import ModelPathError, available_adapters, detect_adapter, get_adapter
 
-FAMILIES = ["wan", "wan22", "wan22_ti2v", "hunyuan", "mochi", "hunyuan15"]
+FAMILIES = ["wan", "wan22", "wan22_ti2v", "hunyuan", "mochi", "hunyuan15", "h3"]
 
 
 def test_registry_and_detection():
     assert available_adapters() == sorted(FAMILIES)
     with pytest.raises(ValueError, match="family"):
         get_adapter("ltx")
-    pairs = [("wan", "wan"), ("wan22", "wan"), ("wan22_ti2v", "wan22_ti2v"), ("hunyuan", "hunyuan"), ("hunyuan15",) * 2]
+    pairs = [
+        ("wan", "wan"),
+        ("wan22", "wan"),
+        ("wan22_ti2v", "wan22_ti2v"),
+        ("hunyuan", "hunyuan"),
+        ("hunyuan15",) * 2,
+        ("h3", "h3"),
+    ]
     for family, detected in pairs:
         model = get_adapter(family).build_tiny()
         assert detect_adapter(model).family == detected

@@ -99,3 +99,18 @@ def test_lora_targets_are_the_block_attention():
     names = ADAPTER.lora_target_names(model)
     assert len(names) == 4 * model.config.num_layers
     assert all(n.startswith("transformer_blocks.") and ".attn." in n for n in names)  # not the token refiner
+
+
+def test_comfy_keys_are_comfyui_h3_module_names():
+    """ComfyUI's MiniMaxH3Model (comfy/ldm/minimax/model.py): blocks.N.attn.qkv_proj (q, k, v fused) and out_proj."""
+    from radial.lora import attach_lora, lora_state_dict
+
+    model = ADAPTER.build_tiny()
+    attach_lora(model, rank=4, alpha=4, target_modules=ADAPTER.lora_target_modules())
+    comfy = ADAPTER.comfy_lora_state_dict(lora_state_dict(model), model, scale=1.0)
+    modules = {k.rsplit(".lora_", 1)[0] for k in comfy}
+    blocks = range(model.config.num_layers)
+    expected = {f"diffusion_model.blocks.{i}.attn.{m}" for i in blocks for m in ("qkv_proj", "out_proj")}
+    assert modules == expected
+    inner = model.config.num_attention_heads * model.config.attention_head_dim
+    assert comfy["diffusion_model.blocks.0.attn.qkv_proj.lora_B.weight"].shape[0] == 3 * inner

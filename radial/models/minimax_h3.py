@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from radial.comfy import ComfyRule, fused
 from radial.families import family_spec
 from radial.models.base import ModelAdapter, register
 from radial.models.context import LatentGrid, RadialProcessor
@@ -93,6 +94,14 @@ def audio_from_rows(rows: torch.Tensor, channels: int = AUDIO_CHANNELS) -> torch
     """Channel-major rows [B, 2*A, C] -> audio latents [B, 2, C, A]."""
     b, n, c = rows.shape
     return rows.reshape(b, channels, n // channels, c).permute(0, 1, 3, 2)
+
+
+# ComfyUI's MiniMax-H3 model (comfy/ldm/minimax/model.py, MiniMaxH3Model): `blocks.N.attn.qkv_proj` (q, k, v fused,
+# in that order) and `blocks.N.attn.out_proj`.
+_H3_COMFY = [
+    *fused("transformer_blocks.{i}.attn.", "blocks.{i}.attn.qkv_proj", ("to_q", "to_k", "to_v")),
+    ComfyRule(r"transformer_blocks\.(\d+)\.attn\.to_out\.0", r"blocks.\1.attn.out_proj"),
+]
 
 
 class MiniMaxH3RadialProcessor(RadialProcessor):
@@ -200,6 +209,9 @@ class MiniMaxH3Adapter(ModelAdapter):
         sub = blocks.init_pipeline()
         sub.update_components(**{k: v for k, v in pipe.components.items() if k in names and v is not None})
         return sub
+
+    def comfy_rules(self) -> list[ComfyRule]:
+        return _H3_COMFY
 
     def attention_layers(self, transformer) -> list:
         return [block.attn for block in transformer.transformer_blocks]
