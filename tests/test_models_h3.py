@@ -114,3 +114,10 @@ def test_comfy_keys_are_comfyui_h3_module_names():
     assert modules == expected
     inner = model.config.num_attention_heads * model.config.attention_head_dim
     assert comfy["diffusion_model.blocks.0.attn.qkv_proj.lora_B.weight"].shape[0] == 3 * inner
+
+
+def test_sequence_parallelism_is_refused_naming_the_key():
+    from radial.parallel import context_parallel_plan
+
+    with pytest.raises(NotImplementedError, match="parallel.sp_degree"):
+        context_parallel_plan(ADAPTER.build_tiny())
