@@ -662,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode videos + captions into latent shards for long-video LoRA training.",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="family: wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi")
+    p.add_argument("--model", required=True, help="family: wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi, h3")
     p.add_argument("--input", required=True, help="folder of videos (+ .txt captions) or a .csv / .jsonl manifest")
     p.add_argument("--out", required=True, help="output dataset folder (resumable)")
     g = p.add_mutually_exclusive_group(required=True)

@@ -475,7 +475,7 @@ def available_adapters() -> list[str]:
 
 
 def get_adapter(name: str) -> ModelAdapter:
-    """The adapter of a family by name ("wan", "wan22", "wan22_ti2v", "hunyuan", "hunyuan15", "mochi")."""
+    """The adapter of a family by name ("wan", "wan22", "wan22_ti2v", "hunyuan", "hunyuan15", "mochi", "h3")."""
     _load_families()
     if name not in _REGISTRY:
         raise ValueError(f"family must be one of {sorted(_REGISTRY)}, got {name!r}")
