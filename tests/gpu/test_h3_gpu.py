@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_models_gpu import _lora_model, _timed_training, out_dir  # noqa: F401  (tests/gpu is on sys.path)
+from test_models_gpu import (  # noqa: F401  (tests/gpu is on sys.path)
+    _lora_model,
+    _timed_training,
+    assert_triton_equals_reference,
+    out_dir,
+)
 
-import radial
 from radial.models import get_adapter
 
 pytestmark = pytest.mark.gpu
@@ -30,26 +34,8 @@ def test_h3_blocks_768p_2x_length_train_with_triton(out_dir):  # noqa: F811
 
 def test_h3_triton_equals_reference_in_a_small_cuda_model():
     """bf16 on the GPU: forward and LoRA gradients of the triton backend against the reference one."""
-    from peft import LoraConfig
-
     adapter = get_adapter("h3")
     model = adapter.build_tiny(attention_head_dim=128, rope_freq_dim=16, dtype=torch.bfloat16, device="cuda")
-    model.add_adapter(
-        LoraConfig(r=8, lora_alpha=8, target_modules=adapter.lora_target_modules(), init_lora_weights="gaussian")
-    )
     latents = adapter.make_dummy_latents(model, 2, 32, 16, 32)  # 32 frames x 128 tokens, text + audio dense
     cond = adapter.make_dummy_conditions(model, 2, 64, latent_shape=latents.shape, valid_text=[20, 64])
-
-    def run(backend):
-        model.zero_grad(set_to_none=True)
-        with radial.inject(model, backend=backend, block_size=128) as handle:
-            out = adapter.predict(model, latents, torch.tensor([300.0, 800.0], device="cuda"), cond)
-            out.float().square().mean().backward()
-        return out.float(), {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}, handle
-
-    ref, ref_grads, handle = run("reference")
-    out, grads, _ = run("triton")
-    assert handle.last_plan.stats.block_density < 0.6
-    assert (out - ref).abs().max() / ref.abs().max() < 2e-2
-    for name, g in ref_grads.items():
-        assert (grads[name] - g).abs().max() <= 5e-2 * g.abs().max() + 1e-6, name
+    assert_triton_equals_reference(adapter, model, latents, cond, max_density=0.6)
