@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     args.backend = args.backend or ("triton" if args.device == "cuda" else "reference")
     # train_step's build settings: every block runs plainly (no recompute), its activations kept.
     args.checkpoint_blocks, args.fuse_qkv = 0, False
-    args.wan_layers = args.hy15_layers = args.layers
+    args.wan_layers = args.hy15_layers = args.h3_layers = args.layers
     args.hun_double = args.hun_single = 1
     args.out.mkdir(parents=True, exist_ok=True)
     modes = [True] if args.compile_only else [False, True] if args.compile else [False]

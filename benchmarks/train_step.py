@@ -11,6 +11,8 @@ backward, AdamW step. Full-size architectures with random weights (speed does no
     python benchmarks/train_step.py --out $OUT --cases wan_i2v4x --backends fa4 triton --warmup 1 --steps 1   # I2V-14B
     python benchmarks/train_step.py --out $OUT --cases hy15_i2v2x --backends dense-fa4 fa4 --warmup 1 --steps 1 \
         --hy15-layers 54   # HunyuanVideo-1.5 I2V (8.3B)
+    python benchmarks/train_step.py --out $OUT --cases h3_2x h3_4x --backends dense-fa4 fa4 --warmup 1 --steps 2 \
+        --h3-layers 4   # MiniMax-H3 (33B: 50 blocks; per-block time x 50 for the whole model)
 
 `--backends`: dense kernels `dense-cudnn` (torch SDPA), `dense-fa4` (flash-attn-4's dense kernel), `dense` (the dense
 backend's own choice); radial backends `triton`, `fa4`, `auto`, `flex`; a `+plain` suffix runs that entry with plain
@@ -64,6 +66,10 @@ CASES = {
     "wan_i2v4x": ("wan", 81, 60, 104),  # Wan2.1 I2V-14B 480p at 4x: image states and mask + first-frame channels
     # HunyuanVideo-1.5 I2V 480p at 2x (241 frames): SigLIP states and first-frame latent + mask channels
     "hy15_i2v2x": ("hunyuan15", 61, 30, 53),
+    # MiniMax-H3 T2VA at 768x1344 (its canvas), 2x and 4x of its 5 s clip: 243 and 481 frames (72 and 142 latent
+    # frames of 1,008 tokens), with its packed text and stereo audio rows dense (--h3-layers: blocks built)
+    "h3_2x": ("h3", 72, 48, 84),
+    "h3_4x": ("h3", 142, 48, 84),
 }
 # Cases of another architecture than the family's default: case -> (full-size variant, tiny variant for --smoke)
 VARIANTS = {"wan_i2v4x": ("i2v-14b", "i2v"), "hy15_i2v2x": ("i2v", "i2v"), "wan14b4x": ("t2v-14b", None)}
@@ -135,7 +141,7 @@ def _layers(family: str, args) -> dict[str, int]:
     """build_full's block-count overrides of a case's family (none: the real model's blocks)."""
     if family == "hunyuan":
         return {"num_layers": args.hun_double, "num_single_layers": args.hun_single}
-    layers = {"hunyuan15": args.hy15_layers, "wan": args.wan_layers}.get(family)
+    layers = {"hunyuan15": args.hy15_layers, "wan": args.wan_layers, "h3": args.h3_layers}.get(family)
     return {} if layers is None else {"num_layers": layers}
 
 
@@ -328,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hun-single", type=int, default=1)
     p.add_argument("--hy15-layers", type=int, default=None, help="HunyuanVideo-1.5 blocks (default: the real 54)")
     p.add_argument("--wan-layers", type=int, default=None, help="Wan blocks (default: the real model's)")
+    p.add_argument("--h3-layers", type=int, default=None, help="MiniMax-H3 blocks (default: the real 50)")
     p.add_argument("--device", default="cuda")
     p.add_argument(
         "--save-attention",

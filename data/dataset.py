@@ -43,6 +43,7 @@ class Expect:
     # model) and the image_embeds dim it reads (0: none).
     image_channels: int | None = None
     image_dim: int | None = None
+    audio_channels: int | None = None  # audio_latents channels the transformer reads (MiniMax-H3)
 
     @classmethod
     def coerce(cls, value: Expect | dict | None) -> Expect:
@@ -169,6 +170,7 @@ class LatentDataset(Dataset):
         self.text_fields = {n: TextField.from_json(f) for n, f in self.header["text_fields"].items()}
         self.latent_norm: dict = self.header["latent_norm"]
         self.image_fields: list[str] = sorted(self.header.get("image_fields", {}))
+        self.joint_fields: list[str] = sorted(self.header.get("joint_fields", {}))
         self._check_expect()
         self.empty_prompt = self._empty_prompt() if self.caption_dropout > 0 else None
         # An item of a root with repeats=k stands k times in its bucket: k draws per epoch (musubi-tuner's
@@ -221,6 +223,12 @@ class LatentDataset(Dataset):
                 f"{e.text_dim_2} (HunyuanVideo-1.5's ByT5 states)"
             )
         self._check_image(where)
+        audio = h.get("joint_fields", {}).get("audio_latents", [0, 0])[1]
+        if e.audio_channels is not None and audio != e.audio_channels:
+            raise ShardError(
+                f"{where}: audio_latents have {audio or 'no'} channels, the transformer reads {e.audio_channels} "
+                "(prepare the dataset with the model's audio VAE)"
+            )
         for r in self.records:
             if e.frames is not None and r["frames"] not in e.frames:
                 raise ShardError(
@@ -364,7 +372,7 @@ class LatentDataset(Dataset):
             for name, t in text.items():
                 self._check_finite(t, i, name)
         sample.update(self.padded_text(text))
-        for name in self.image_fields:  # the first frame's conditioning: kept under caption dropout
+        for name in (*self.image_fields, *self.joint_fields):  # kept under caption dropout
             sample[name] = f.get_tensor(r["tensors"][name])
             self._check_finite(sample[name], i, name)
         sample["meta"] = {

@@ -313,7 +313,7 @@ def _process_unit(enc, cfg, unit: Unit, fps: float, buckets, writer: ShardWriter
         return
     bucket = choose_bucket(info.width, info.height, buckets)
     todo = []  # (key, frames, clip, start)
-    fits = longest_clip(info, fps, geometry(cfg.model).temporal_factor)
+    fits = longest_clip(info, fps, geometry(cfg.model))
     for frames in sorted({f for _, f, _ in unit.keys}):
         wanted = [(k, c) for k, f, c in unit.keys if f == frames]
         if fits < frames:
@@ -353,6 +353,13 @@ def _process_unit(enc, cfg, unit: Unit, fps: float, buckets, writer: ShardWriter
         for (key, frames_, clip_idx, start), clip in zip(group, clips, strict=True):
             try:
                 encoded = _encode_clip(enc, cfg, clip, key)
+                notes = {}
+                if enc.joint_fields:  # streams beside the video (MiniMax-H3's sound track) from the same span
+                    joint, notes = enc.encode_joint(src.path, start, frames_, fps)
+                    encoded.update(joint)
+            except VideoError as e:
+                report.skipped.append((key, str(e)))
+                continue
             except torch.OutOfMemoryError:
                 report.skipped.append((key, "out of memory while encoding (try --vae-tiling or smaller buckets)"))
                 if torch.cuda.is_available():
@@ -377,10 +384,13 @@ def _process_unit(enc, cfg, unit: Unit, fps: float, buckets, writer: ShardWriter
                 "source_duration": round(info.duration, 6),
                 "latent_shape": list(latents.shape),
                 "text_lens": {n: int(t.shape[0]) for n, t in text.items() if t.ndim == 2},
+                **notes,
             }
+            if enc.joint_fields:
+                record["joint_shapes"] = {n: list(encoded[n].shape) for n in enc.joint_fields}
             tensors = {"latents": latents.to(_torch_dtype(cfg.latent_dtype))}
             tensors.update({n: t.to(_torch_dtype(cfg.text_dtype)) for n, t in text.items()})
-            for name, t in encoded.items():  # image conditioning: latents in the latent dtype, states in the text one
+            for name, t in encoded.items():  # image / joint latents in the latent dtype, image states in the text one
                 if name != "latents":
                     tensors[name] = t.to(_torch_dtype(cfg.text_dtype if name == "image_embeds" else cfg.latent_dtype))
             writer.add(record, tensors)
@@ -652,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode videos + captions into latent shards for long-video LoRA training.",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="family: wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi")
+    p.add_argument("--model", required=True, help="family: wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi, h3")
     p.add_argument("--input", required=True, help="folder of videos (+ .txt captions) or a .csv / .jsonl manifest")
     p.add_argument("--out", required=True, help="output dataset folder (resumable)")
     g = p.add_mutually_exclusive_group(required=True)

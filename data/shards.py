@@ -117,6 +117,8 @@ def make_header(encoders, latent_dtype: str, text_dtype: str, latent_sample: str
     }
     if encoders.image_fields:  # image-to-video datasets only: text-to-video headers stay as they were
         header["image_fields"] = encoders.image_fields
+    if encoders.joint_fields:  # MiniMax-H3's audio_latents; other families' headers stay as they were
+        header["joint_fields"] = encoders.joint_fields
     return header
 
 
@@ -299,6 +301,21 @@ def check_header(header: dict, model: str, where: str) -> None:
     if header["latent_sample"] not in ("mode", "sample"):
         raise ShardError(f"{where}: latent_sample is {header['latent_sample']!r}, expected 'mode' or 'sample'")
     _check_image_fields(header.get("image_fields"), g, where)
+    _check_joint_fields(header.get("joint_fields"), g, where)
+
+
+def _check_joint_fields(fields, g: LatentGeometry, where: str) -> None:
+    """The latent streams beside the video (FamilySpec.joint_latents): exactly the family's, each [leading dims]."""
+    want = set(family_spec(g.family).joint_latents)
+    got = set(fields) if isinstance(fields, dict) else set()
+    if got != want or (fields is not None and not isinstance(fields, dict)):
+        raise ShardError(
+            f"{where}: joint_fields are {sorted(got)}, model {g.family} needs {sorted(want)} (prepare the dataset "
+            f"again with this version's data.prepare --model {g.family})"
+        )
+    for name, dims in (fields or {}).items():
+        if not isinstance(dims, list) or not dims or not all(isinstance(n, int) and n > 0 for n in dims):
+            raise ShardError(f"{where}: joint_fields[{name}] must be a list of positive sizes, got {dims!r}")
 
 
 def _check_image_fields(fields, g: LatentGeometry, where: str) -> None:
@@ -351,11 +368,15 @@ def check_record(record: dict, header: dict, g: LatentGeometry, where: str) -> N
             f"(expected {want})"
         )
     tensors = record["tensors"]
-    needed = ["latents", *header["text_fields"], *header.get("image_fields", {})]
+    needed = ["latents", *header["text_fields"], *header.get("image_fields", {}), *header.get("joint_fields", {})]
     if not isinstance(tensors, dict) or any(n not in tensors for n in needed):
         raise ShardError(
             f"{at}: tensors must name {needed}, got {sorted(tensors) if isinstance(tensors, dict) else tensors}"
         )
+    for name, dims in header.get("joint_fields", {}).items():
+        shape = record.get("joint_shapes", {}).get(name) if isinstance(record.get("joint_shapes"), dict) else None
+        if not isinstance(shape, list) or shape[: len(dims)] != dims or len(shape) != len(dims) + 1 or shape[-1] < 1:
+            raise ShardError(f"{at}: joint_shapes[{name}] is {shape!r}, expected {dims} + [length]")
     for name, field in header["text_fields"].items():
         if field.get("max_len") is None:
             continue
@@ -377,6 +398,8 @@ def expected_tensor_shapes(record: dict, header: dict) -> dict[str, tuple[list[i
             shapes[name] = (list(dims), header["text_dtype"])
         else:  # latent-grid fields: their leading dims, then the latents' own
             shapes[name] = ([*dims, *record["latent_shape"][len(dims) :]], header["latent_dtype"])
+    for name in header.get("joint_fields", {}):
+        shapes[name] = (list(record["joint_shapes"][name]), header["latent_dtype"])
     return shapes
 
 

@@ -41,7 +41,8 @@ class VideoInfo:
 def clip_frames(geom: LatentGeometry, length: str | int) -> int:
     """Pixel frames of a clip: "1x"/"2x"/"4x" (any "<m>x") of the base model's clip, or an explicit frame count.
 
-    m x base = m * (base_frames - 1) + 1, which keeps the k * temporal_factor + 1 rule (Wan 81 -> 161 -> 321).
+    m x base scales the latent frames after the first (`LatentGeometry.scaled_frames`: Wan 81 -> 161 -> 321), which
+    keeps the VAE's frame rule.
     """
     text = str(length).strip().lower()
     if text.endswith("x"):
@@ -51,7 +52,7 @@ def clip_frames(geom: LatentGeometry, length: str | int) -> int:
             raise ValueError(f"length {length!r}: expected '<m>x' (1x, 2x, 4x) or a frame count") from None
         if mult < 1:
             raise ValueError(f"length {length!r}: the multiple must be >= 1")
-        frames = mult * (geom.base_frames - 1) + 1
+        frames = geom.scaled_frames(mult)
     else:
         try:
             frames = int(text)
@@ -189,12 +190,13 @@ def _demux_duration(path: str | Path, fps: float) -> tuple[float, float]:
     return times[-1] - times[0] + 1.0 / fps, fps
 
 
-def longest_clip(info: VideoInfo, fps: float, temporal_factor: int) -> int:
-    """The most pixel frames (k * temporal_factor + 1) of one clip at `fps` that fit in the video (0: none)."""
+def longest_clip(info: VideoInfo, fps: float, geom: LatentGeometry) -> int:
+    """The most pixel frames (the VAE's rule, e.g. k * temporal_factor + 1) of one clip at `fps` that fit in the
+    video (0: none)."""
     slack = 0.5 / info.fps
     last = info.duration - 1.0 / info.fps
     frames = int(math.floor((last + slack) * fps + 1e-6)) + 1
-    return (frames - 1) // temporal_factor * temporal_factor + 1 if frames >= 1 else 0
+    return geom.longest_frames(frames)
 
 
 def plan_clips(info: VideoInfo, frames: int, fps: float, num_clips: int = 1, mode: str = "uniform") -> list[float]:

@@ -26,20 +26,43 @@ class LatentGeometry:
     base_height: int
     base_width: int
     fps: int
+    # The VAE's frame rule: frames = k * temporal_factor + first_frames encode to k * chunk_latents + first_latents
+    # latent frames. The causal VAEs (1, 1, 1): k*t+1 -> k+1; MiniMax-H3's chunked one (5, 5, 2): 17k+5 -> 5k+2.
+    first_frames: int = 1
+    chunk_latents: int = 1
+    first_latents: int = 1
 
     def latent_frames(self, frames: int) -> int:
-        """Latent frames of a clip; the causal VAEs need frames = k * temporal_factor + 1."""
-        if frames < 1 or (frames - 1) % self.temporal_factor:
-            lower = max(1, (frames - 1) // self.temporal_factor * self.temporal_factor + 1)
+        """Latent frames of a clip; the VAE needs frames = k * temporal_factor + first_frames (k*t+1 for most)."""
+        t, first = self.temporal_factor, self.first_frames
+        if frames < first or (frames - first) % t:
+            lower = max(first, (frames - first) // t * t + first)
             raise ValueError(
-                f"{self.family}: frames must be k*{self.temporal_factor}+1 (the VAE's rule), got {frames}; "
-                f"nearest valid: {lower} or {lower + self.temporal_factor}"
+                f"{self.family}: frames must be k*{t}+{first} (the VAE's rule), got {frames}; "
+                f"nearest valid: {lower} or {lower + t}"
             )
-        return ((frames - 1) // self.temporal_factor + 1) // self.patch_t
+        return ((frames - first) // t * self.chunk_latents + self.first_latents) // self.patch_t
 
     def pixel_frames(self, latent_frames: int) -> int:
-        """Pixel frames that encode to `latent_frames` latent frames."""
-        return (latent_frames * self.patch_t - 1) * self.temporal_factor + 1
+        """Pixel frames that encode to `latent_frames` latent frames (ValueError where none do)."""
+        k, rest = divmod(latent_frames * self.patch_t - self.first_latents, self.chunk_latents)
+        if k < 0 or rest:
+            raise ValueError(
+                f"{self.family}: {latent_frames} latent frames is no k*{self.chunk_latents}+{self.first_latents}"
+            )
+        return k * self.temporal_factor + self.first_frames
+
+    def scaled_frames(self, multiple: int) -> int:
+        """Pixel frames of `multiple` x the base clip, the latent frames beyond the first chunk scaled (Wan 81 ->
+        161 -> 321; MiniMax-H3 124 -> 243 -> 481)."""
+        base = self.latent_frames(self.base_frames) * self.patch_t - self.first_latents
+        return self.pixel_frames((multiple * base + self.first_latents) // self.patch_t)
+
+    def longest_frames(self, frames: int) -> int:
+        """The most valid pixel frames not above `frames` (0: none)."""
+        if frames < self.first_frames:
+            return 0
+        return (frames - self.first_frames) // self.temporal_factor * self.temporal_factor + self.first_frames
 
     def tokens_per_frame(self, height: int, width: int) -> int:
         """Tokens per latent frame after the VAE and the transformer's spatial patchify."""
@@ -92,6 +115,9 @@ class FamilySpec:
     # Its pipelines' guidance_scale is the guidance distilled into the transformer; real classifier-free guidance is
     # true_cfg_scale, and the pipelines always take a negative prompt (HunyuanVideo).
     true_cfg: bool = False
+    # Latent streams denoised together with the video (MiniMax-H3's sound track, "audio_latents"): its datasets hold
+    # them, the trainer noises them at the video's noise level and adds their flow loss (train.step).
+    joint_latents: tuple[str, ...] = ()
 
 
 _WAN_GEOMETRY = dict(temporal_factor=4, spatial_factor=8, latent_channels=16, patch_t=1, patch_hw=2)
@@ -215,6 +241,26 @@ FAMILIES: dict[str, FamilySpec] = {
             text_fields=("prompt_embeds",),
             configs=("mochi", "mochi_full", "tiny_mochi"),
             tiny_text_dim=32,
+        ),
+        # MiniMax-H3 (T2VA): a chunked VAE (17 frames -> 5 latent frames, 16x spatial, 24 channels; 17k+5 frames ->
+        # 5k+2 latent frames), 768x1344 x 124 frames (5 s at 24 fps) at 1x, the stereo sound track denoised jointly.
+        FamilySpec(
+            name="h3",
+            title="MiniMax-H3",
+            module="minimax_h3",
+            encoder_class="MiniMaxH3Encoders",
+            geometry=LatentGeometry(
+                "h3", 17, 16, 24, 1, 2, 124, 768, 1344, 24, first_frames=5, chunk_latents=5, first_latents=2
+            ),
+            sink=False,
+            hub_repo="MiniMaxAI/MiniMax-H3",
+            guidance_scale=1.0,  # guidance-distilled: one forward per step, no guider
+            pipeline_class="MiniMaxH3ModularPipeline",
+            detect_pipelines=True,
+            text_fields=("prompt_embeds",),  # Qwen3-VL hidden_states[50]
+            configs=("h3", "h3_full", "tiny_h3"),
+            tiny_text_dim=32,
+            joint_latents=("audio_latents",),
         ),
     )
 }

@@ -153,7 +153,7 @@ def add_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) ->
     repo.add_argument(
         "--tiny",
         metavar="FAMILY",
-        help="tiny random-init pipeline of FAMILY (wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi)",
+        help="tiny random-init pipeline of FAMILY (wan, wan22, wan22_ti2v, hunyuan, hunyuan15, mochi, h3)",
     )
     repo.add_argument("--tiny-seed", type=int, default=0, help="seed of the tiny components")
     repo.add_argument("--save-tiny", metavar="DIR", help="write the tiny pipeline as a diffusers folder and exit")

@@ -122,10 +122,10 @@ class RadialHandle:
     def _before_forward(self, module, args, kwargs):
         self._frames.append(None)  # popped by _after_forward, which runs even when this hook raises
         try:
-            hidden_states = self._signature.bind_partial(*args, **kwargs).arguments.get("hidden_states")
+            arguments = self._signature.bind_partial(*args, **kwargs).arguments
         except TypeError:
             return None  # the forward itself will report the bad call
-        grid = self.adapter.latent_grid(module, hidden_states)
+        grid = self.adapter.forward_grid(module, arguments)
         record = self.state.begin(grid)
         saved = None
         checkpoint_fn = getattr(module, "_gradient_checkpointing_func", None)

@@ -46,6 +46,16 @@ def test_train_step_i2v_smoke(tmp_path, case, tokens):
     assert row["step_s"] > 0 and row["loss"] == row["loss"] and row["tokens"] == tokens
 
 
+def test_train_step_h3_smoke(tmp_path):
+    """The MiniMax-H3 cases: the packed [text | audio | video] sequence and the joint audio loss through the
+    trainer's step (tiny model, 3 latent frames of 4x4 tokens)."""
+    args = ["--smoke", "--device", "cpu", "--cases", "h3_4x", "--steps", "1", "--warmup", "0"]
+    train_step.main([*args, "--backends", "reference", "dense", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "train_step.json").read_text())["rows"]
+    assert {r["backend"] for r in rows} == {"reference", "dense"} and all(r["tokens"] == 3 * 16 for r in rows)
+    assert all(r["step_s"] > 0 and r["loss"] == r["loss"] for r in rows)
+
+
 def test_train_step_sequence_parallel_smoke(tmp_path):
     """--sp 2 under torchrun (gloo): two processes train one sample together; same loss as one process."""
     import os

@@ -58,6 +58,7 @@ def test_the_pattern_finds_such_branches():
         ("HunyuanVideo15ImageToVideoPipeline", False, 32, "hunyuan15"),
         ("MochiPipeline", False, 12, "mochi"),
         ("MochiPipeline", True, 7, "mochi"),  # no Mochi family has experts or 7 channels: the class's family
+        ("MiniMaxH3ModularPipeline", False, 24, "h3"),
     ],
 )
 def test_pipeline_family_from_the_specs_and_adapters(pipeline, second_expert, channels, family):
@@ -80,3 +81,6 @@ def test_dataset_expectations_come_from_the_adapters():
     assert (t2v.image_channels, t2v.image_dim, t2v.text_dim_2) == (0, 0, h15.tiny_config["text_embed_2_dim"])
     assert Expect.from_transformer_config("hunyuan15", h_i2v).image_dim == h_i2v["image_embed_dim"]
     assert get_adapter("wan").fixed_text_len(i2v) == 512 and get_adapter("wan").fixed_text_len(wan) is None
+    h3 = get_adapter("h3").tiny_config
+    assert Expect.from_transformer_config("h3", h3).audio_channels == h3["audio_in_channels"]  # its sound track
+    assert Expect.from_transformer_config("wan", wan).audio_channels is None

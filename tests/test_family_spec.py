@@ -70,5 +70,7 @@ def test_tiny_build(name):
 
 
 def test_unknown_family_is_one_line_listing_the_known():
-    with pytest.raises(ValueError, match=r"^unknown model family 'cogvideo'; known: \['hunyuan'.*'wan22_ti2v'\]$"):
+    with pytest.raises(
+        ValueError, match=r"^unknown model family 'cogvideo'; known: \['h3', 'hunyuan'.*'wan22_ti2v'\]$"
+    ):
         family_spec("cogvideo")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
+from radial.models import ModelAdapter
 from train.flow import FlowMatching, flow_loss, noisy_latents
 from train.step import conditions_of, flow_matching_loss, input_dtype
 
@@ -131,8 +132,10 @@ def test_bad_values_name_the_key_and_value(kwargs, match):
         FlowMatching(**kwargs)
 
 
-class EchoAdapter:
+class EchoAdapter(ModelAdapter):
     """An adapter whose model returns its input: records what the training step hands it."""
+
+    family = "wan"  # its spec: no streams denoised beside the video
 
     def __init__(self):
         self.calls = []

@@ -41,7 +41,7 @@ def comfy_parts(adapter, model, comfy) -> list[tuple[str, torch.Tensor]]:
     return found
 
 
-@pytest.mark.parametrize("family", ["wan", "hunyuan", "hunyuan15", "mochi"])
+@pytest.mark.parametrize("family", ["wan", "hunyuan", "hunyuan15", "mochi", "h3"])
 def test_every_update_is_preserved(family):
     """Each original module's up @ down equals the diffusers parts' scaled updates, stacked in their rows."""
     adapter, model = _tiny_with_lora(family, text=True)

@@ -15,7 +15,14 @@ def test_registry_and_detection():
     assert available_adapters() == sorted(FAMILIES)
     with pytest.raises(ValueError, match="family"):
         get_adapter("ltx")
-    pairs = [("wan", "wan"), ("wan22", "wan"), ("wan22_ti2v", "wan22_ti2v"), ("hunyuan", "hunyuan"), ("hunyuan15",) * 2]
+    pairs = [
+        ("wan", "wan"),
+        ("wan22", "wan"),
+        ("wan22_ti2v", "wan22_ti2v"),
+        ("hunyuan", "hunyuan"),
+        ("hunyuan15",) * 2,
+        ("h3", "h3"),
+    ]
     for family, detected in pairs:
         model = get_adapter(family).build_tiny()
         assert detect_adapter(model).family == detected

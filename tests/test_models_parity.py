@@ -17,7 +17,10 @@ import radial
 from radial.mask import radial_block_mask
 from radial.models import get_adapter
 
-FAMILIES = ["wan", "wan22_ti2v", "hunyuan", "mochi", "hunyuan15"]
+FAMILIES = ["wan", "wan22_ti2v", "hunyuan", "mochi", "hunyuan15", "h3"]
+# MiniMax-H3 packs [text | audio | video] rows, each item with its own text length, which this oracle's [video, text]
+# layout does not model: its radial mask is checked against the masked stock model in tests/test_models_h3.py.
+ORACLE_FAMILIES = [f for f in FAMILIES if f != "h3"]
 BLOCK = 16
 TEXT = 8
 VALID = [5, 8]  # real text tokens per sample (the rest is padding) where the family has a text mask
@@ -81,7 +84,7 @@ def test_dense_backend_equals_stock(family):
     assert torch.equal(restored, stock)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ORACLE_FAMILIES)
 def test_radial_equals_masked_oracle_and_layout_follows_each_call(family):
     adapter = get_adapter(family)
     model = adapter.build_tiny()

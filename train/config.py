@@ -149,6 +149,7 @@ class TrainSection:
     logit_std: float = 1.0
     loss_weighting: str = "none"
     timestep_range: list[float] | None = None
+    distill_guidance: float = 1.0
     export_comfy: bool = True
     # Early end (checkpoint and export as at max_steps): after this many validations without the held-out loss
     # improving by early_stop_min_delta (relative) over its best (0 = off; needs eval.validation_every) ...
@@ -540,6 +541,12 @@ def validate(cfg: DictConfig | dict) -> Config:
     _at_least("data.batch_size", c.data.batch_size, 1)
     _at_least("data.num_workers", c.data.num_workers, 0)
     _at_least("data.num_videos", c.data.num_videos, 1)
+    if not c.train.distill_guidance >= 1.0:
+        raise ConfigError(f"train.distill_guidance={c.train.distill_guidance}: expected >= 1 (1 = off)")
+    if c.train.distill_guidance != 1.0 and c.train.mode != "lora":
+        raise ConfigError(
+            "train.distill_guidance needs train.mode=lora: its unconditional prediction is the base's (LoRA off)"
+        )
     if not 0.0 <= c.data.caption_dropout < 1.0:
         raise ConfigError(f"data.caption_dropout={c.data.caption_dropout}: expected a probability in [0, 1)")
     for i, entry in enumerate(c.data.datasets):

@@ -30,6 +30,9 @@ class FlowMatching:
     shift: float = 1.0
     weighting: str = "none"
     sigma_range: tuple[float, float] = (0.0, 1.0)
+    # > 1: the guidance-augmented target u + w * (target - u) for a guidance-distilled base, u the base's (LoRA off)
+    # unconditional prediction (train.step.flow_matching_loss)
+    distill_guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -38,6 +41,8 @@ class FlowMatching:
             raise ConfigError(f"train.loss_weighting={self.weighting!r}: expected one of {list(WEIGHTINGS)}")
         if not self.shift > 0:
             raise ConfigError(f"model.flow_shift={self.shift}: expected > 0")
+        if not self.distill_guidance >= 1:
+            raise ConfigError(f"train.distill_guidance={self.distill_guidance}: expected >= 1 (1 = off)")
         if not self.logit_std > 0:
             raise ConfigError(f"train.logit_std={self.logit_std}: expected > 0")
         r = list(self.sigma_range)

@@ -68,14 +68,14 @@ def build_tiny_pipeline(
     components = {name: getattr(enc, name) for name in enc.components}
     if not text_encoder:
         components = {k: (None if k.startswith(("text_encoder", "tokenizer")) else v) for k, v in components.items()}
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
     name = adapter.image_pipeline_class_name if image else adapter.pipeline_class_name
     extra: dict = dict(adapter.pipeline_config) if image else {}  # the tiny text-to-video pipelines keep their defaults
     if adapter.experts:
         extra["transformer_2"] = copy.deepcopy(transformer)
         extra["boundary_ratio"] = adapter.boundary_ratios[variant or adapter.default_variant]
     extra.update(adapter.pipeline_components(TINY_DEFAULTS["guidance_scale"]))  # radial.generate sets it per clip
-    pipe = getattr(diffusers, name)(transformer=transformer, scheduler=scheduler, **components, **extra)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
+    pipe = adapter.build_pipeline(name, transformer, scheduler, {**components, **extra})
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe._radial_text_settings = enc.text_settings()
@@ -103,9 +103,12 @@ def save_tiny_pipeline(
 
 def tiny_defaults(args: argparse.Namespace, argv: Sequence[str]) -> None:
     """Small sizes for --tiny unless given (the tiny models have 16 tokens per frame at 64x64: block 16)."""
+    from radial.families import geometry
+
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     if args.frames is None and args.length is None:
-        args.frames = TINY_DEFAULTS["frames"]
+        g = geometry(args.tiny)
+        args.frames = TINY_DEFAULTS["frames"] if g.longest_frames(TINY_DEFAULTS["frames"]) == 17 else g.base_frames
     for key in ("height", "width", "block_size"):
         if getattr(args, key) is None:
             setattr(args, key, TINY_DEFAULTS[key])

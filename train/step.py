@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,17 +41,56 @@ def flow_matching_loss(
     conditions: Mapping[str, Any],
     generator: torch.Generator,
     model_dtype: torch.dtype,
+    uncond_text: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Noise clean latents x0 [B, C, F, H, W] at sampled t, predict the velocity, return the weighted MSE.
 
     Noise and t come from `generator` on the CPU (reproducible on any device); math outside the model in fp32.
+    Streams the family denoises with the video (FamilySpec.joint_latents: MiniMax-H3's sound track) are noised at the
+    same t and their losses added. `flow.distill_guidance` w > 1 trains towards u + w * (target - u), u the base's
+    (LoRA off) prediction with the text states `uncond_text` (the empty prompt's, batched), for guidance-distilled
+    bases whose one forward must stay the guided one (see README, "guidance-distilled bases").
     """
     device = x0.device
     x0 = x0.float()
     sigmas = flow.sample_sigmas(x0.shape[0], generator)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     x_t, target = noisy_latents(x0, noise, sigmas.to(device))
-    pred = adapter.predict(model, x_t.to(model_dtype), sigmas.to(device) * 1000, conditions)
+    weight = flow.loss_weight(sigmas).to(device)
+    timestep = sigmas.to(device) * 1000
+    joint = adapter.spec.joint_latents
+    targets = {}
+    if joint:
+        conditions = dict(conditions)
+        for name in joint:
+            clean = conditions[name].float()
+            stream_noise = torch.randn(clean.shape, generator=generator).to(device)
+            noisy, targets[name] = noisy_latents(clean, stream_noise, sigmas.to(device))
+            conditions[name] = noisy.to(model_dtype)
+    if flow.distill_guidance != 1.0:
+        if uncond_text is None:
+            raise ValueError("train.distill_guidance > 1 needs the unconditional text states (uncond_text)")
+        with torch.no_grad(), adapters_off(model):
+            base = adapter.predict_joint(model, x_t.to(model_dtype), timestep, {**conditions, **uncond_text})
+        w = flow.distill_guidance
+        target = base[0].float() + w * (target - base[0].float())
+        targets = {n: base[1][n].float() + w * (t - base[1][n].float()) for n, t in targets.items()}
+    pred, preds = adapter.predict_joint(model, x_t.to(model_dtype), timestep, conditions)
     # Clean conditioning latents (Wan2.2 TI2V's first frame, mask 0) are input, not something to denoise.
-    mask = conditions.get("first_frame_mask")
-    return flow_loss(pred, target, flow.loss_weight(sigmas).to(device), mask)
+    loss = flow_loss(pred, target, weight, conditions.get("first_frame_mask"))
+    return loss + sum(flow_loss(preds[n], targets[n], weight) for n in joint) if joint else loss
+
+
+@contextlib.contextmanager
+def adapters_off(model: torch.nn.Module):
+    """The model without its LoRA (PEFT tuner layers disabled) inside the block: the base's prediction."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)

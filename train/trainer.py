@@ -135,6 +135,7 @@ class Trainer:
             shift=cfg.model.flow_shift,
             weighting=t.loss_weighting,
             sigma_range=tuple(t.timestep_range or (0.0, 1.0)),
+            distill_guidance=t.distill_guidance,
         )
         if acc.is_main_process:
             if t.overwrite and not t.resume:
@@ -176,6 +177,14 @@ class Trainer:
         self.dataset, self.sampler, loader = build_data(
             cfg, self.parts, acc.process_index, acc.num_processes, latents_root
         )
+        if self.flow.distill_guidance != 1.0:  # the unconditional text of the guidance-augmented target
+            empty = self.dataset.stored_empty_prompt()
+            if empty is None:
+                raise ConfigError(
+                    "train.distill_guidance needs the empty prompt's text states beside the dataset (empty_prompt."
+                    "safetensors): prepare it again with data.prepare"
+                )
+            self._uncond_text = self.dataset.padded_text(empty)
         self.cursor = DataCursor(loader, self.sampler)
         params = [p for p in self.parts.transformer.parameters() if p.requires_grad]
         self.num_trainable = sum(p.numel() for p in params)
@@ -361,8 +370,12 @@ class Trainer:
         gen = step_generator(self.cfg.seed, step, micro, self.dp_rank)
         model_dtype = input_dtype(self.model)
         conditions = conditions_of(batch, acc.device, model_dtype)
+        uncond = None
+        if self.flow.distill_guidance != 1.0:
+            uncond = {k: v.to(acc.device, model_dtype if v.is_floating_point() else v.dtype).expand(x0.shape[0], *v.shape)
+                      for k, v in self._uncond_text.items()}  # fmt: skip
         with acc.autocast():
-            loss = flow_matching_loss(parts.adapter, self.model, self.flow, x0, conditions, gen, model_dtype)
+            loss = flow_matching_loss(parts.adapter, self.model, self.flow, x0, conditions, gen, model_dtype, uncond)
         tokens = x0.shape[0] * parts.handle.last_grid.video_tokens if parts.handle.last_grid is not None else 0
         return loss, tokens
 

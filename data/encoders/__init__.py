@@ -12,6 +12,8 @@ Family -> classes (diffusers folder subfolders):
   mochi         AutoencoderKLMochi + T5EncoderModel                      vae/ text_encoder/ tokenizer/
   hunyuan15     AutoencoderKLHunyuanVideo15 + Qwen2_5_VLTextModel + T5EncoderModel (ByT5)  + text_encoder_2/ tokenizer_2/
                 (image-to-video: + SiglipVisionModel image_encoder/ feature_extractor/)
+  h3            AutoencoderKLMiniMaxH3 + AutoencoderKLMiniMaxH3Audio + Qwen3VLForConditionalGeneration
+                vae/ audio_vae/ text_encoder/ tokenizer/ processor/ (audio_latents of each clip's sound track)
 """
 
 from __future__ import annotations

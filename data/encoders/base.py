@@ -112,7 +112,7 @@ def default_text_dtype(device: torch.device) -> torch.dtype:
 def load_components(
     root: Path, classes: dict[str, str], device: torch.device, vae_dtype: torch.dtype, text_dtype: torch.dtype | None
 ) -> list:
-    """Each component (subfolder -> class name) of a diffusers folder, in that order: "vae" from diffusers in
+    """Each component (subfolder -> class name) of a diffusers folder, in that order: the VAEs from diffusers in
     `vae_dtype`, the others from transformers (models in `text_dtype`, default bf16 on CUDA, else fp32). The class
     the folder's model_index.json names wins over the given one (as DiffusionPipeline.from_pretrained loads it)."""
     import diffusers
@@ -125,9 +125,9 @@ def load_components(
     for sub, default in classes.items():
         named = index.get(sub)
         name = named[1] if isinstance(named, list) and len(named) == 2 and named[1] else default
-        library = diffusers if sub == "vae" else transformers
+        library = diffusers if sub.endswith("vae") else transformers  # vae/, audio_vae/ (MiniMax-H3)
         name = name if hasattr(library, name) else default
-        if sub == "vae":
+        if sub.endswith("vae"):
             out.append(getattr(library, name).from_pretrained(root, subfolder=sub, torch_dtype=vae_dtype))
         elif sub.startswith("tokenizer"):
             out.append(getattr(library, name).from_pretrained(root, subfolder=sub))
@@ -171,6 +171,17 @@ class FamilyEncoders:
     def image_fields(self) -> dict[str, list[int]]:
         """The image-to-video conditioning these encoders write (see WanEncoders); {} for text-to-video."""
         return {}
+
+    @property
+    def joint_fields(self) -> dict[str, list[int]]:
+        """Latent streams denoised with the video that these encoders write per clip, name -> leading dims
+        (FamilySpec.joint_latents; MiniMax-H3's audio_latents [2, C]); {} for none."""
+        return {}
+
+    def encode_joint(self, path: str | Path, start: float, frames: int, fps: float) -> tuple[dict, dict]:
+        """The `joint_fields` tensors of the clip of `frames` at `fps` from `start` s of the file `path`, and notes
+        for its record; families without joint streams have none to encode."""
+        raise NotImplementedError(f"model {self.family} has no latent streams beside the video")
 
     def _encode_text(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
         raise NotImplementedError

@@ -32,8 +32,9 @@ from radial.files import share_like_umask
 from radial.generation.embeds import PromptEmbeds
 from radial.generation.pipeline import image_pipeline_names, pipeline_family, set_scheduler_shift
 from radial.generation.settings import ClipSpec
-from radial.generation.video import to_uint8_frames, write_mp4
+from radial.generation.video import to_uint8_frames, write_mp4, write_wav
 from radial.mask.stats import model_density
+from radial.models import get_adapter
 
 
 @dataclass
@@ -52,6 +53,8 @@ class GenerationResult:
     negative_prompt: str | None
     embeds_source: str | None
     attention: dict[str, Any] = field(default_factory=dict)
+    audio: np.ndarray | None = None  # float32 [channels, samples] of a joint audio-video model (MiniMax-H3)
+    audio_rate: int | None = None  # its sample rate
 
     @property
     def denoise_time_s(self) -> float:
@@ -173,8 +176,6 @@ def _image_kwargs(pipe, clip: ClipSpec) -> dict[str, Any]:
 def call_kwargs(pipe, clip: ClipSpec, embeds: PromptEmbeds | None, family: str) -> dict[str, Any]:
     """The pipeline call arguments for a clip (prompt text or embeddings), checked for what the pipeline lacks: the
     family adapter's own call where it has one, else diffusers' common arguments as the family spec qualifies them."""
-    from radial.models import get_adapter
-
     adapter = get_adapter(family)
     spec = adapter.spec
     image = _image_kwargs(pipe, clip)
@@ -267,6 +268,7 @@ def generate(
 ) -> GenerationResult:
     """Run the pipeline once for `clip` (seeded on the CPU: the same noise on every device) and measure it."""
     family = family or pipeline_family(pipe)
+    adapter = get_adapter(family)
     set_scheduler_shift(pipe, clip.shift)
     kw = call_kwargs(pipe, clip, embeds, family)
     device = torch.device(getattr(pipe, "_execution_device", None) or pipe.transformer.device)
@@ -283,16 +285,15 @@ def generate(
     else:
         stepping = _scheduler_clock(pipe, clock)
     with stepping:
-        out = pipe(**kw, generator=generator, output_type="np" if decode else "latent")
+        out = adapter.run_pipeline(pipe, kw, generator=generator, decode=decode)
     if cuda:
         torch.cuda.synchronize(device)
     ended = time.perf_counter()
-    video = out.frames if hasattr(out, "frames") else out[0]
     if decode:
-        frames = to_uint8_frames(video[0] if isinstance(video, (list, tuple)) else video)
-        latents = clock.latents
+        frames = to_uint8_frames(out.video[0] if isinstance(out.video, (list, tuple)) else out.video)
+        latents = clock.latents if out.latents is None else out.latents
     else:
-        frames, latents = None, video
+        frames, latents = None, out.video
     if latents is None:
         raise RuntimeError("the pipeline ran no denoising step (num_inference_steps=0?)")
     return GenerationResult(
@@ -308,6 +309,8 @@ def generate(
         negative_prompt=clip.negative_prompt if embeds is None else embeds.negative_prompt,
         embeds_source=None if embeds is None else embeds.source,
         attention=attention_summary(handles, clip),
+        audio=out.audio if decode else None,
+        audio_rate=out.audio_rate,
     )
 
 
@@ -379,6 +382,8 @@ def save_result(result: GenerationResult, out_dir: str | Path, name: str, sideca
     files: dict[str, str] = {}
     if result.frames is not None:
         files["video"] = str(write_mp4(out_dir / f"{name}.mp4", result.frames, result.clip.fps))
+    if result.audio is not None:  # the sound track beside the video (the mp4 writer writes video only)
+        files["audio"] = str(write_wav(out_dir / f"{name}.wav", result.audio, result.audio_rate))
     if save_latents:
         path = out_dir / f"{name}.latents.safetensors"
         save_file({"latents": result.latents.contiguous()}, str(path))

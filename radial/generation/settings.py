@@ -87,17 +87,19 @@ class ClipSpec:
 
 
 def frames_for_length(geom: LatentGeometry, length: str | int) -> int:
-    """Pixel frames of "1x".."4x" (m x the base model's clip, m * (base - 1) + 1) or of an explicit count.
+    """Pixel frames of "1x".."4x" (m x the base model's clip, `LatentGeometry.scaled_frames`) or of an explicit count.
 
     Wan: 1x = 81 frames (21 latent), 2x = 161, 4x = 321 (81 latent frames); HunyuanVideo 129 -> 513; Mochi 163.
     The same rule as data.video.clip_frames (datasets are prepared at these lengths).
     """
     text = str(length).strip().lower()
     try:
-        frames = int(text[:-1]) * (geom.base_frames - 1) + 1 if text.endswith("x") else int(text)
+        frames = int(text[:-1]) if text.endswith("x") else int(text)
     except ValueError:
         raise ValueError(f"length {length!r}: expected '<m>x' (1x, 2x, 4x) or a frame count") from None
-    if text.endswith("x") and int(text[:-1]) < 1:
-        raise ValueError(f"length {length!r}: the multiple must be >= 1")
-    geom.latent_frames(frames)  # k * temporal_factor + 1, with the nearest valid counts in the error
+    if text.endswith("x"):
+        if frames < 1:
+            raise ValueError(f"length {length!r}: the multiple must be >= 1")
+        frames = geom.scaled_frames(frames)
+    geom.latent_frames(frames)  # the VAE's frame rule, with the nearest valid counts in the error
     return frames

@@ -60,3 +60,17 @@ def frame_strip(frames: np.ndarray, count: int = 4) -> np.ndarray:
     frames = np.asarray(frames)
     idx = np.linspace(0, len(frames) - 1, num=min(count, len(frames))).round().astype(int)
     return np.concatenate([frames[i] for i in idx], axis=1)
+
+
+def write_wav(path: str | Path, audio: np.ndarray, rate: int) -> Path:
+    """16-bit PCM WAV of float audio [channels, samples] in [-1, 1] (a joint model's sound track)."""
+    import wave
+
+    pcm = (np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767).round().astype("<i2")
+    path = Path(path)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(pcm.shape[0])
+        f.setsampwidth(2)
+        f.setframerate(int(rate))
+        f.writeframes(np.ascontiguousarray(pcm.T).tobytes())
+    return path

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,6 +53,17 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.
 
 class ModelPathError(ConfigError):
     """A bad `model.path`: missing, not a diffusers folder, the wrong class, or without weights."""
+
+
+@dataclass
+class PipelineRun:
+    """What one pipeline call gave (`ModelAdapter.run_pipeline`): the video, decoded or as latents, and what a family
+    adds to it."""
+
+    video: Any  # frames (np [B, F, H, W, 3] or a list) when decoding, else the final latents [B, C, F, H, W]
+    latents: torch.Tensor | None = None  # the final latents where the step callback does not see them in that layout
+    audio: Any = None  # float32 np [channels, samples]: the sound track of a joint audio-video model (MiniMax-H3)
+    audio_rate: int | None = None  # its sample rate
 
 
 class ModelAdapter:
@@ -165,6 +177,11 @@ class ModelAdapter:
             )
         return LatentGrid(f // pt, h // ph, w // pw)
 
+    def forward_grid(self, transformer: nn.Module, arguments: Mapping[str, Any]) -> LatentGrid:
+        """The token grid of one forward call from its bound arguments (what radial.inject's pre-hook reads);
+        default: from the latents `hidden_states`."""
+        return self.latent_grid(transformer, arguments.get("hidden_states"))
+
     def lora_target_modules(self, projections: Sequence[str] = ("q", "k", "v", "o"), *, text: bool = False) -> str:
         """PEFT `target_modules` (a regex, full match): the q/k/v/o projections of the attention that goes radial.
 
@@ -219,6 +236,13 @@ class ModelAdapter:
 
     pipeline_config: ClassVar[Mapping[str, Any]] = {}  # the family pipelines' config beyond their components
 
+    def build_pipeline(self, name: str, transformer: nn.Module, scheduler, components: Mapping[str, Any]):
+        """The diffusers pipeline `name` of this family from its parts (train.generate's tiny pipelines, the
+        validator's): the class called with them."""
+        import diffusers
+
+        return getattr(diffusers, name)(transformer=transformer, scheduler=scheduler, **components)
+
     def image_input(self, config: Mapping[str, Any]) -> str:
         """Whether a transformer of this `config` generates from a first frame: "required" (image-to-video),
         "optional" (text- or image-to-video, Wan2.2 TI2V-5B) or "none" (text-to-video)."""
@@ -246,13 +270,20 @@ class ModelAdapter:
         radial.generation.run.call_kwargs, which the families with diffusers' common arguments take."""
         return None
 
+    def run_pipeline(self, pipe, kwargs: dict[str, Any], *, generator: torch.Generator, decode: bool) -> PipelineRun:
+        """One call of `pipe` with `kwargs` (those of `pipeline_call_kwargs` / radial.generation.run.call_kwargs):
+        decoded frames (`decode`) or the final latents."""
+        out = pipe(**kwargs, generator=generator, output_type="np" if decode else "latent")
+        return PipelineRun(out.frames if hasattr(out, "frames") else out[0])
+
     def fixed_text_len(self, config: Mapping[str, Any]) -> int | None:
         """The text length a transformer of this config requires of its prompt states (None: any)."""
         return None
 
     def dataset_expectations(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """What a dataset must hold for a transformer of this config besides latents and text states
-        (data.dataset.Expect fields: image_channels, image_dim, text_dim_2); {}: nothing more to check."""
+        (data.dataset.Expect fields: image_channels, image_dim, text_dim_2, audio_channels); {}: nothing more to
+        check."""
         return {}
 
     # -- building -----------------------------------------------------------------------------------------------
@@ -402,6 +433,13 @@ class ModelAdapter:
         """The velocity `noise - x0` [B, C, F, H, W] of noised `latents` at noise level `timestep` (x1000)."""
         raise NotImplementedError
 
+    def predict_joint(
+        self, transformer: nn.Module, latents: torch.Tensor, timestep: torch.Tensor | float, conditions
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`predict`, and the velocities of the streams denoised with the video (FamilySpec.joint_latents, noised by
+        the caller in `conditions`) by name; {} for a family without such streams."""
+        return self.predict(transformer, latents, timestep, conditions), {}
+
     # -- helpers for subclasses ---------------------------------------------------------------------------------
     @staticmethod
     def _timesteps(timestep, latents: torch.Tensor) -> torch.Tensor:
@@ -488,7 +526,7 @@ def available_adapters() -> list[str]:
 
 
 def get_adapter(name: str) -> ModelAdapter:
-    """The adapter of a family by name ("wan", "wan22", "wan22_ti2v", "hunyuan", "hunyuan15", "mochi")."""
+    """The adapter of a family by name ("wan", "wan22", "wan22_ti2v", "hunyuan", "hunyuan15", "mochi", "h3")."""
     _load_families()
     if name not in _REGISTRY:
         raise ValueError(f"family must be one of {sorted(_REGISTRY)}, got {name!r}")

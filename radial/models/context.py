@@ -108,6 +108,14 @@ class InjectionState:
         return functools.partial(_checkpoint_bound, checkpoint_fn, self, record)
 
     # -- attention ----------------------------------------------------------------------------------------------
+    def current_grid(self) -> LatentGrid:
+        """The latent grid of the forward call in flight (for processors that must split rows before attending)."""
+        # A checkpoint wrapper from outside recomputes after the forward returned: the newest recorded one.
+        record = self._bound or (self._stack[-1] if self._stack else None) or (self._history or [None])[-1]
+        if record is None:
+            raise RuntimeError("a radial attention processor ran outside a forward call of its injected transformer")
+        return record.grid
+
     def current(self, video_tokens: int) -> ForwardRecord:
         if self._bound is not None:
             record = self._bound

@@ -481,10 +481,34 @@ class Validator:
             )
             extra["image_encoder"] = None if encoder is None else encoder.to(device).eval()
             extra.update({k: processor for k in ("image_processor", "feature_extractor") if k in takes})
-        pipe = cls(transformer=self._transformer(), vae=vae, scheduler=scheduler, **extra)
+        parts = {"vae": vae, **self._other_vaes(source, device), **extra}  # every VAE it decodes with (H3's audio_vae)
+        pipe = adapter.build_pipeline(pipeline_name, self._transformer(), scheduler, parts)
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
         return pipe
+
+    def _other_vaes(self, source: str, device) -> dict:
+        """The family's decoders besides the video VAE (MiniMax-H3's audio_vae): the tiny encoders' for tiny data,
+        else from `eval.vae_path`, the data's encoder folder or `model.path` (classes: the encoder module's
+        PRETRAINED_CLASSES)."""
+        import importlib
+
+        import diffusers
+
+        from data.encoders import encoder_class
+
+        cls = encoder_class(self.family)
+        names = [n for n in cls.components if n.endswith("vae") and n != "vae"]
+        if not names:
+            return {}
+        s = self.settings
+        if s.vae_path is None and source.startswith("tiny"):
+            return {n: getattr(self._encoders(), n).to(device).eval() for n in names}
+        root = Path(s.vae_path or source or self.trainer.cfg.model.path).expanduser()
+        classes = importlib.import_module(cls.__module__).PRETRAINED_CLASSES
+        return {
+            n: getattr(diffusers, classes[n]).from_pretrained(str(root), subfolder=n).to(device).eval() for n in names
+        }
 
     def _clip(self, seed: int):
         from radial.families import geometry
