@@ -129,13 +129,13 @@ def _embeds(pipe, args):
     return PromptEmbeds(tensors, prompt="random embeddings (benchmark)", source="random")
 
 
-def _block_classes(pipe_or_model, family: str) -> list[str]:
+def _block_classes(transformer, family: str) -> list[str]:
     """The block class of every attention layer of a transformer, in layer order."""
     from benchmarks.block_times import blocks_of
     from radial.models import get_adapter
 
-    layers = get_adapter(family).attention_layers(pipe_or_model)
-    return [type(b).__name__ for b in blocks_of(pipe_or_model, layers)]
+    layers = get_adapter(family).attention_layers(transformer)
+    return [type(b).__name__ for b in blocks_of(transformer, layers)]
 
 
 def _settings(mode: str, args, backend: str | None):
