@@ -5,8 +5,10 @@
 # (tests/gpu/test_fa4_gpu.py), memory-tests (tests/gpu/test_offload_gpu.py), "pytest FILES..." (any test files), "attention-bench ARGS..." (benchmarks/attention.py ARGS, results in $OUT/attention),
 # "train-step ARGS..." (benchmarks/train_step.py ARGS, results in $OUT/stepN for the N-th step), "train-step-sp K
 # ARGS..." (the same under torchrun on K GPUs with --sp K, results in $OUT/spK-N), "generate-bench ARGS..."
-# (benchmarks/generate.py ARGS, results in $OUT/generateN), "extension ARGS..." (benchmarks/extension.py ARGS: the
-# length-extension experiment, its 4 record files in $OUT, work in /tmp/ext), "fa4-bwd-tile ARGS..."
+# (benchmarks/generate.py ARGS, results in $OUT/generateN; Wan2.1-1.3B by default, `--family hunyuan [--hun-double N
+# --hun-single M]` HunyuanVideo 13B at 720p 4x: benchmarks/results/memory.md item 6), "extension ARGS..."
+# (benchmarks/extension.py ARGS: the length-extension experiment, its 4 record files in $OUT, work in /tmp/ext),
+# "fa4-bwd-tile ARGS..."
 # (benchmarks/fa4_bwd_tile.py ARGS: flash-attn-4's dense vs block-sparse backward tile, results in $OUT/fa4_tile),
 # "saved-activations ARGS..." (benchmarks/saved_activations.py ARGS: what each block saves for backward, by dtype,
 # eager and with --compile; results in $OUT/savedN), "mask-bench ARGS..." (benchmarks/mask.py ARGS: mask and plan
