@@ -197,3 +197,21 @@ def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
     with pytest.raises(SystemExit, match="kept by seed 0 on data"):
         main(["--smoke", "--seed", "1", "--arms", "a", "--base", str(out / "base"), "--out", str(tmp_path / "out3"),
               "--work", str(tmp_path / "work3")])  # fmt: skip
+
+
+def test_diagnose_scores_predictions_and_partial_sampling(tmp_path):
+    import yaml
+
+    from benchmarks.extension_diagnose import PRESETS, main
+    from radial.models import get_adapter
+
+    preset = yaml.safe_load(PRESETS.read_text())["smoke"]
+    get_adapter("wan").build_tiny(seed=3, **preset["model"]).save_pretrained(tmp_path / "base")
+    report = main([str(tmp_path / "base"), "--smoke", "--out", str(tmp_path / "d"), "--sigmas", "0.5",
+                   "--starts", "0.9", "1.0", "--seeds", "1", "--steps", "2"])  # fmt: skip
+    assert report["data"]["objects_per_frame"] > 0 and set(report["x0"]) == {"0.5"}
+    assert [(r["start"], r["seed"]) for r in report["sdedit"]] == [(0.9, 1), (1.0, 1)]
+    assert (tmp_path / "d" / "x0_predictions.png").stat().st_size > 0
+    assert json.loads((tmp_path / "d" / "diagnose.json").read_text())["device"] == "cpu"
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "base"), "--smoke", "--out", str(tmp_path / "e"), "--starts", "1.5"])
