@@ -1,4 +1,4 @@
-"""Generation with radial attention and LoRAs through diffusers pipelines (the library side of `radial.generate`).
+"""Generation with radial attention and LoRAs through diffusers pipelines (the library side of `train.generate`).
 
     from radial.generation import ClipSpec, RadialSettings, LoraSpec, load_pipeline, apply_radial, load_loras
     from radial.generation import generate, build_sidecar, save_result, load_prompt_embeds

@@ -5,7 +5,7 @@
     loras = load_loras(pipe, [LoraSpec("outputs/run/lora", 1.0), LoraSpec("style.safetensors", 0.6)])
 
 Nothing here needs this repository's data/ or train/ packages (radial stays importable alone); tiny pipelines for
-tests and the demo are built by `train.generate` (behind `python -m radial.generate --tiny`).
+tests and the demo are built by `train.tiny_pipeline` (behind `python -m train.generate --tiny`).
 """
 
 from __future__ import annotations
