@@ -42,7 +42,7 @@ def trainer(tmp_path, data_root):
 
 def make_validator(trainer, **settings):
     trainer.cfg.eval = SimpleNamespace(**{**FAST, **settings})
-    return Validator(trainer)
+    return Validator(trainer.run)
 
 
 def test_schedule_files_and_determinism(trainer):
@@ -139,7 +139,7 @@ def test_end_hooks_never_raise(trainer):
 
 def test_the_current_schema_still_works(trainer):
     trainer.cfg.eval = EvalConfig(validation_every=0, hooks=[])
-    v = Validator(trainer)
+    v = Validator(trainer.run)
     assert v.settings == EvalConfig(validation_every=0, hooks=[]) and v.maybe_run(10) is None
 
 
@@ -150,7 +150,7 @@ def test_default_eval_config_fits_the_settings(trainer):
     default = Path(__file__).resolve().parents[1] / "configs" / "eval" / "default.yaml"
     merged = OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(default))
     trainer.cfg.eval = merged
-    v = Validator(trainer)
+    v = Validator(trainer.run)
     assert v.settings.validation_every == 250 and v.settings.hooks == ["flicker"]
     assert v.settings.hook_settings["vbench"]["dimensions"][-1] == "temporal_flickering"
 

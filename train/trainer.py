@@ -33,6 +33,7 @@ from train.launcher import report_stop
 from train.records import append_metrics
 from train.resume_fit import check_resume_fits
 from train.run_dir import check_output_dir, clear_previous_run
+from train.run_parts import RunView
 from train.signals import StopFlag, stop_signals_blocked
 from train.step import conditions_of, flow_matching_loss, input_dtype
 
@@ -219,9 +220,24 @@ class Trainer:
             weights_file=FULL_FILE if self.full else LORA_FILE,
         )
         self._lora_snapshot: dict | None = None
+        self.run = RunView(
+            cfg=cfg,
+            accelerator=acc,
+            out=self.out,
+            parts=self.parts,
+            dataset=self.dataset,
+            state=self.state,
+            sigma_range=self.flow.sigma_range,
+            dp_rank=self.dp_rank,
+            dp_world=self.dp_world,
+            sp=self.sp,
+            model=lambda: self.model,
+            unwrapped=self.unwrapped,
+            averaged_weights=self.averaged_weights,
+        )
         from train.eval.validation import Validator
 
-        self.validator = Validator(self)
+        self.validator = Validator(self.run)
 
     def _weight_average(self, params: list[torch.nn.Parameter]):
         """train.ema_decay > 0: the moving average (train/ema.py), registered for checkpointing now unless the
@@ -279,7 +295,7 @@ class Trainer:
         if self._zero3():
             import deepspeed
 
-            params = [p for p in self._unwrapped().parameters() if p.requires_grad]
+            params = [p for p in self.unwrapped().parameters() if p.requires_grad]
             with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
                 yield
             return
@@ -287,7 +303,7 @@ class Trainer:
             yield
             return
         swapped = []
-        for module in self._unwrapped().modules():
+        for module in self.unwrapped().modules():
             for name, param in list(module._parameters.items()):
                 if param is not None and param.requires_grad and hasattr(param, "full_tensor"):
                     swapped.append((module, name, param))
@@ -301,7 +317,7 @@ class Trainer:
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The LoRA weights (PEFT keys) on the CPU, whole under every wrapper; collective: call on every rank."""
         with self._full_lora():
-            return {k: v.detach().cpu().clone() for k, v in lora_state_dict(self._unwrapped()).items()}
+            return {k: v.detach().cpu().clone() for k, v in lora_state_dict(self.unwrapped()).items()}
 
     def _save_checkpoint(self, step: int) -> Path:
         self._lora_snapshot = self.lora_state_dict() if self._sharded_lora() else None
@@ -313,7 +329,8 @@ class Trainer:
         return path
 
     # -- checkpoint hooks -----------------------------------------------------------------------------------------
-    def _unwrapped(self) -> torch.nn.Module:
+    def unwrapped(self) -> torch.nn.Module:
+        """The transformer itself, under whatever wrapper Accelerate put around it."""
         if self._deepspeed:
             return self.accelerator.unwrap_model(self.model)
         # Accelerate's unwrap imports DeepSpeed whenever it is installed, and that import logs an accelerator
@@ -330,15 +347,15 @@ class Trainer:
         from safetensors.torch import save_file
 
         if self.full:  # every weight (fp32 masters): exact resume
-            save_file({k: v.detach().cpu().contiguous() for k, v in self._unwrapped().state_dict().items()}, str(path))
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.unwrapped().state_dict().items()}, str(path))
             return
         state = self._lora_snapshot
         if state is None:
-            state = {k: v.cpu() for k, v in lora_state_dict(self._unwrapped()).items()}
+            state = {k: v.cpu() for k, v in lora_state_dict(self.unwrapped()).items()}
         save_file(state, str(path))  # PEFT keys: what resume loads
         if self.ema is not None:  # the export holds the average (train.ema_decay; never sharded, see _weight_average)
             with self.ema.swapped_in():
-                state = {k: v.detach().cpu().clone() for k, v in lora_state_dict(self._unwrapped()).items()}
+                state = {k: v.detach().cpu().clone() for k, v in lora_state_dict(self.unwrapped()).items()}
         from train.export import lora_info, write_lora_files
 
         # and the LoRA as the final export writes it, so any checkpoint can be generated with or shared
@@ -347,21 +364,21 @@ class Trainer:
             state,
             adapter=self.parts.adapter,
             lora_meta=adapter_metadata(self.parts.lora_config),
-            info=lora_info(self),
+            info=lora_info(self.run),
             comfy=self.cfg.train.export_comfy,
-            transformer=self._unwrapped(),
+            transformer=self.unwrapped(),
         )
 
     def _load_lora(self, path: Path) -> None:  # on every rank
         from safetensors.torch import load_file
 
         if self.full:
-            self._unwrapped().load_state_dict(load_file(str(path)), strict=True)
+            self.unwrapped().load_state_dict(load_file(str(path)), strict=True)
             return
         if self.accelerator.distributed_type == DistributedType.FSDP:
             return  # Accelerate's FSDP checkpoint holds the (sharded) model state, LoRA included; it is loaded already
         with self._full_lora(modifier_rank=0):
-            load_lora_state_dict(self._unwrapped(), load_file(str(path)), source=path)  # CPU, copied into the params
+            load_lora_state_dict(self.unwrapped(), load_file(str(path)), source=path)  # CPU, copied into the params
 
     # -- one step -----------------------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, step: int, micro: int) -> tuple[torch.Tensor, int]:
@@ -490,7 +507,7 @@ class Trainer:
             # ZeRO-3 / FSDP: the LoRA whole on every rank while the main process exports
             with self._full_lora(), self.averaged_weights():
                 if acc.is_main_process:
-                    summary.update(export_run(self))
+                    summary.update(export_run(self.run))
             if not interrupted:  # Ctrl-C: the user wants out; the end hooks (sampling, metrics) can take minutes
                 with self.averaged_weights():
                     summary["eval"] = self.validator.run_end_hooks()
