@@ -272,7 +272,7 @@ def test_training_writes_validation_samples(datasets, tmp_path, task):
         assert side["image_source"] == f"heldout:{item['meta']['key']}" and Image.open(side["image"]).size == (64, 64)
         return
     assert side["image_source"] is None and side["negative_prompt"] == ""
-    validator = Validator(trainer.run)
+    validator = Validator(trainer.view)
     (embeds,) = validator.prompt_embeds()
     assert validator._enc is None, "the negative states are the stored empty prompt's: no text encoder loads"
     empty = trainer.dataset.padded_text(trainer.dataset.stored_empty_prompt())
@@ -283,7 +283,7 @@ def test_training_writes_validation_samples(datasets, tmp_path, task):
     trainer.cfg.eval = SimpleNamespace(
         num_inference_steps=2, guidance_scale=2.0, prompts=['a sign that says "stop"'], negative_prompt="blurry"
     )
-    validator = Validator(trainer.run)
+    validator = Validator(trainer.view)
     (record,) = validator.sample(tmp_path / "prompts", step=2)
     (embeds,) = validator.prompt_embeds()
     assert embeds.tensors["prompt_attention_mask_2"].sum() > 0 and embeds.tensors["negative_prompt_embeds_2"].shape[1]

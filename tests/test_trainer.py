@@ -61,19 +61,19 @@ def test_resume_continues_the_same_trajectory(straight, tmp_path, data_root):
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(straight, tmp_path, data_root, monkeypatch):
-    original = Trainer._log
+    original = Trainer.log_step
 
     def log_then_signal(self, step, *args):
         original(self, step, *args)
         if step == 2:
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(Trainer, "_log", log_then_signal)
+    monkeypatch.setattr(Trainer, "log_step", log_then_signal)
     _, summary = run(tmp_path, data_root, "train.checkpoint_every=0")
     assert summary["stopped_by"] == "SIGTERM" and summary["step"] == 2
     assert (tmp_path / "checkpoints" / "checkpoint-00000002").is_dir()
     assert not (tmp_path / "lora").exists()
-    monkeypatch.setattr(Trainer, "_log", original)
+    monkeypatch.setattr(Trainer, "log_step", original)
     _, summary = run(tmp_path, data_root, "train.resume=latest")
     assert summary["step"] == 6 and losses(tmp_path) == losses(straight[0])
 

@@ -21,7 +21,7 @@ the mp4); files under <output_dir>/validation/step-XXXXXX/ (mp4 + JSON sidecar p
 Wiring in train/trainer.py (two calls, both on every rank):
 
     from train.eval.validation import Validator
-    self.validator = Validator(self.run)         # end of Trainer.__init__ (self.run: train.run_parts.RunView)
+    self.validator = Validator(self.view)        # end of Trainer.__init__ (self.view: train.run_parts.RunView)
     ...
     metrics = self.validator.maybe_run(step + 1) # in fit(), after self.state.step = step + 1: None or a dict
     ...
@@ -86,7 +86,7 @@ class Validator:
     """Held-out loss and sample videos every `eval.validation_every` steps; evaluation hooks at the end."""
 
     def __init__(self, run: RunView) -> None:
-        self.run = run
+        self.view = run
         self.settings = eval_settings(getattr(run.cfg, "eval", None))
         self.family = run.cfg.model.family
         check_eval_images(self.settings, self.family, run.parts.transformer.config)
@@ -107,7 +107,7 @@ class Validator:
         return self.run(step)
 
     def run(self, step: int, *, samples: bool = True, folder: Path | None = None) -> dict:
-        acc = self.run.accelerator
+        acc = self.view.accelerator
         started = time.perf_counter()
         items = len(self.heldout_indices())
         if not self.history and not self.settings.heldout_root:
@@ -116,13 +116,13 @@ class Validator:
         sampled = self._num_prompts() if samples else 0
         say(acc, f"step {step}: validating ({items} held-out items" + (f", {sampled} samples)" if sampled else ")"))
         metrics: dict[str, Any] = {}
-        with self.run.averaged_weights():  # train.ema_decay: the average is what is validated
+        with self.view.averaged_weights():  # train.ema_decay: the average is what is validated
             metrics.update(self.heldout_loss())
-        folder = folder or self.run.out / "validation" / f"step-{step:06d}"
+        folder = folder or self.view.out / "validation" / f"step-{step:06d}"
         records: list[dict] = []
         if samples and self._num_prompts() > 0:
             try:
-                with self.run.averaged_weights():
+                with self.view.averaged_weights():
                     records = self.sample(folder, step)
                 metrics["val/sample_seconds"] = sum(r["time"]["wall_s"] for r in records)
             except Exception as e:  # noqa: BLE001 - sampling trouble is reported, training goes on
@@ -141,7 +141,7 @@ class Validator:
                 f"step {step}: held-out loss {metrics['val/loss']:.4f} ({items} items, {metrics['val/seconds']:.1f} s)",
             )
         if acc.is_main_process:
-            append_metrics(self.run.out, step, numbers)
+            append_metrics(self.view.out, step, numbers)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "metrics.json").write_text(json.dumps(json_safe({"step": step, **metrics}), indent=1))
             self._log_media(records, step)
@@ -156,9 +156,9 @@ class Validator:
         s = self.settings
         if not s.hooks:
             return {}
-        acc = self.run.accelerator
-        step = self.run.state.step
-        videos = Path(s.hooks_videos).expanduser() if s.hooks_videos else self.run.out / "validation" / "final"
+        acc = self.view.accelerator
+        step = self.view.state.step
+        videos = Path(s.hooks_videos).expanduser() if s.hooks_videos else self.view.out / "validation" / "final"
         if not s.hooks_videos and self._num_prompts() > 0:
             try:
                 self.sample(videos, step)
@@ -166,7 +166,7 @@ class Validator:
                 acc.print(f"final validation samples failed: {type(e).__name__}: {e}")
         results: dict = {}
         if acc.is_main_process:
-            results = run_hooks(s.hooks, videos, self.run.out / "eval", s.hook_settings, log=acc.print)
+            results = run_hooks(s.hooks, videos, self.view.out / "eval", s.hook_settings, log=acc.print)
             scores = flat_scores(results)
             if scores:
                 try:
@@ -187,7 +187,7 @@ class Validator:
                 expect = Expect.from_transformer_config(self.family, transformer.config)
                 self._heldout = LatentDataset(Path(s.heldout_root).expanduser(), model=self.family, expect=expect)
             else:
-                self._heldout = self.run.dataset
+                self._heldout = self.view.dataset
         return self._heldout
 
     def heldout_indices(self) -> list[int]:
@@ -197,7 +197,7 @@ class Validator:
         """Mean flow-matching loss of the held-out items at each fixed noise level; identical on every rank."""
         from data import collate
 
-        s, t = self.settings, self.run
+        s, t = self.settings, self.view
         acc = t.accelerator
         indices = self.heldout_indices()
         # A run trained on part of the schedule (a Wan2.2 expert, train.timestep_range) is measured on that part.
@@ -257,12 +257,12 @@ class Validator:
         return min(s.num_samples, len(self.heldout_indices()))
 
     def _transformer(self):
-        return self.run.unwrapped()
+        return self.view.unwrapped()
 
     def _text_len(self) -> int:
         from radial.models import get_adapter
 
-        fixed = get_adapter(self.family).fixed_text_len(self.run.parts.transformer.config)
+        fixed = get_adapter(self.family).fixed_text_len(self.view.parts.transformer.config)
         if fixed:
             return fixed  # Wan2.1 I2V splits its context at the last 512 tokens: text after the image states
         fields = getattr(self.heldout_dataset(), "text_fields", {})
@@ -274,13 +274,13 @@ class Validator:
         source = self._data_encoder_source()
         if not source.startswith("tiny"):
             return None
-        return int(source.split("seed=")[1]) if "seed=" in source else self.run.cfg.seed
+        return int(source.split("seed=")[1]) if "seed=" in source else self.view.cfg.seed
 
     def _encoders(self):
         if self._enc is None:
             from data.encoders import load_encoders
 
-            seed, device = self._tiny_seed(), self.run.accelerator.device
+            seed, device = self._tiny_seed(), self.view.accelerator.device
             if seed is not None:
                 self._enc = load_encoders(self.family, tiny=True, seed=seed, device=device)
             else:
@@ -292,7 +292,7 @@ class Validator:
         source = (header.get("encoders") or {}).get("source")
         if source:
             return str(source)
-        cfg = self.run.cfg
+        cfg = self.view.cfg
         return f"tiny:seed={cfg.seed}" if cfg.model.source == "tiny" else str(cfg.model.path)
 
     def prompt_embeds(self) -> list:
@@ -375,7 +375,7 @@ class Validator:
             from radial.models import get_adapter
 
             s, adapter = self.settings, get_adapter(self.family)
-            takes = adapter.image_input(self.run.parts.transformer.config)
+            takes = adapter.image_input(self.view.parts.transformer.config)
             if takes == "none" or s.images or s.prompts or s.prompt_embeds:
                 use = bool(s.images)  # check_eval_images refused the other combinations
             else:
@@ -420,10 +420,10 @@ class Validator:
             pixels = vae.decode(raw.to(vae.device, vae.dtype), return_dict=False)[0][0, :, 0]  # [3, H, W] in [-1, 1]
         frame = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         key = str(item["meta"]["key"])
-        folder = self.run.out / "validation" / "first_frames"
+        folder = self.view.out / "validation" / "first_frames"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / ("".join(c if c.isalnum() or c in "-_." else "_" for c in key) + ".png")
-        tmp = path.with_name(f"{path.stem}.{self.run.accelerator.process_index}.part.png")
+        tmp = path.with_name(f"{path.stem}.{self.view.accelerator.process_index}.part.png")
         Image.fromarray(frame).save(tmp)
         tmp.replace(path)
         return str(path), f"heldout:{key}"
@@ -441,13 +441,13 @@ class Validator:
         from radial.generation.pipeline import TEXT_COMPONENTS
         from radial.models import get_adapter
 
-        cfg, s = self.run.cfg, self.settings
+        cfg, s = self.view.cfg, self.settings
         adapter = get_adapter(self.family)
         image = self.uses_images()
         pipeline_name = adapter.image_pipeline_class_name if image else adapter.pipeline_class_name
         if pipeline_name is None:
             raise ValueError(f"no image-to-video pipeline is known for {self.family} (image_pipeline_class_name)")
-        device = self.run.accelerator.device
+        device = self.view.accelerator.device
         source = self._data_encoder_source()
         if s.vae_path is None and source.startswith("tiny"):
             vae = self._encoders().vae
@@ -504,7 +504,7 @@ class Validator:
         s = self.settings
         if s.vae_path is None and source.startswith("tiny"):
             return {n: getattr(self._encoders(), n).to(device).eval() for n in names}
-        root = Path(s.vae_path or source or self.run.cfg.model.path).expanduser()
+        root = Path(s.vae_path or source or self.view.cfg.model.path).expanduser()
         classes = importlib.import_module(cls.__module__).PRETRAINED_CLASSES
         return {
             n: getattr(diffusers, classes[n]).from_pretrained(str(root), subfolder=n).to(device).eval() for n in names
@@ -532,7 +532,7 @@ class Validator:
         """One video per prompt and seed into `folder` (main process writes); returns the sidecars."""
         from radial.generation import build_sidecar, generate, save_result
 
-        t = self.run
+        t = self.view
         acc = t.accelerator
         pipe = self.pipeline()
         handle = t.parts.handle
@@ -567,7 +567,7 @@ class Validator:
         """Frame strips to TensorBoard, mp4 files to wandb (main process; failures are printed, not raised)."""
         from radial.generation import frame_strip
 
-        acc = self.run.accelerator
+        acc = self.view.accelerator
         for tracker in getattr(acc, "trackers", []):
             for r in records:
                 try:
