@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from radial.generation.assemble import assemble_pipeline, pipeline_name
 from radial.generation.pipeline import apply_text_settings, check_local_folder
 
 TINY_DEFAULTS = {"frames": 17, "height": 64, "width": 64, "steps": 4, "block_size": 16, "guidance_scale": 1.0}
@@ -65,16 +66,20 @@ def build_tiny_pipeline(
     components = {name: getattr(enc, name) for name in enc.components}
     if not text_encoder:
         components = {k: (None if k.startswith(("text_encoder", "tokenizer")) else v) for k, v in components.items()}
-    name = adapter.image_pipeline_class_name if image else adapter.pipeline_class_name
-    extra: dict = dict(adapter.pipeline_config) if image else {}  # the tiny text-to-video pipelines keep their defaults
+    extra: dict = {}
     if adapter.experts:
         extra["transformer_2"] = copy.deepcopy(transformer)
         extra["boundary_ratio"] = adapter.boundary_ratios[variant or adapter.default_variant]
-    extra.update(adapter.pipeline_components(TINY_DEFAULTS["guidance_scale"]))  # train.generate sets it per clip
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
-    pipe = adapter.build_pipeline(name, transformer, scheduler, {**components, **extra})
+    pipe = assemble_pipeline(
+        adapter,
+        pipeline_name(adapter, image),
+        transformer,
+        diffusers.FlowMatchEulerDiscreteScheduler(shift=shift),
+        {**components, **extra},
+        guidance_scale=TINY_DEFAULTS["guidance_scale"],  # train.generate sets it per clip
+        family_config=image,  # the tiny text-to-video pipelines keep their defaults
+    )
     pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
     pipe._radial_text_settings = enc.text_settings()
     apply_text_settings(pipe, pipe._radial_text_settings)
     fixed = adapter.fixed_text_len(transformer.config)
