@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from train.console import bar_safe_logging, say
 from train.data_cursor import DataCursor
 from train.launcher import report_stop
 from train.policies import EarlyStop, NanPolicy, NonFiniteLoss, StopSignal
-from train.records import append_metrics
+from train.records import append_metrics, final_loss, flat_config, peak_memory_gb
 from train.resume_fit import check_resume_fits
 from train.run_dir import check_output_dir
 from train.run_parts import RunView
@@ -47,7 +46,8 @@ from train.setup import (
     zero3,
 )
 from train.signals import StopFlag
-from train.step import conditions_of, flow_matching_loss, input_dtype
+from train.step import conditions_of, flow_matching_loss, input_dtype, step_generator
+from train.wrapped import full_lora, sharded_lora, unwrap
 
 __all__ = ["DataCursor", "NonFiniteLoss", "Trainer", "final_loss", "step_generator"]
 
@@ -64,22 +64,6 @@ class StepResult:
     tokens: int
     bad: bool
     started: float
-
-
-def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """A generator for one micro-step's noise and timesteps: reproducible across resumes and device types.
-
-    `rank` is the data-parallel rank: the ranks of one sequence-parallel group draw the same noise."""
-    digest = hashlib.sha256(f"{seed}/{step}/{micro}/{rank}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
-def _peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 class Trainer:
@@ -166,37 +150,9 @@ class Trainer:
         they are: what validation samples and exports hold."""
         return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
 
-    def _sharded_lora(self) -> bool:
-        """Whether the LoRA parameters are sharded across ranks (DeepSpeed ZeRO-3, FSDP)."""
-        return zero3(self.accelerator) or self.accelerator.distributed_type == DistributedType.FSDP
-
-    @contextlib.contextmanager
     def _full_lora(self, modifier_rank: int | None = None):
-        """The LoRA parameters whole on every rank for the block (collective: every rank enters); a no-op unless they
-        are sharded. ZeRO-3: DeepSpeed's GatheredParameters (`modifier_rank`: the rank whose in-place changes are
-        kept). FSDP2: the sharded (DTensor) LoRA parameters are swapped for whole copies and put back afterwards;
-        changes made inside are not kept."""
-        if zero3(self.accelerator):
-            import deepspeed
-
-            params = [p for p in self.unwrapped().parameters() if p.requires_grad]
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
-                yield
-            return
-        if self.accelerator.distributed_type != DistributedType.FSDP:
-            yield
-            return
-        swapped = []
-        for module in self.unwrapped().modules():
-            for name, param in list(module._parameters.items()):
-                if param is not None and param.requires_grad and hasattr(param, "full_tensor"):
-                    swapped.append((module, name, param))
-                    module._parameters[name] = torch.nn.Parameter(param.full_tensor(), requires_grad=False)
-        try:
-            yield
-        finally:
-            for module, name, param in swapped:
-                module._parameters[name] = param
+        """The LoRA parameters whole on every rank for the block (train.wrapped.full_lora; collective)."""
+        return full_lora(self.accelerator, self.unwrapped(), modifier_rank)
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The LoRA weights (PEFT keys) on the CPU, whole under every wrapper; collective: call on every rank."""
@@ -204,7 +160,7 @@ class Trainer:
             return {k: v.detach().cpu().clone() for k, v in lora_state_dict(self.unwrapped()).items()}
 
     def _save_checkpoint(self, step: int) -> Path:
-        self._lora_snapshot = self.lora_state_dict() if self._sharded_lora() else None
+        self._lora_snapshot = self.lora_state_dict() if sharded_lora(self.accelerator) else None
         try:
             path = self.checkpoints.save(step)
         finally:
@@ -215,17 +171,7 @@ class Trainer:
     # -- checkpoint hooks -----------------------------------------------------------------------------------------
     def unwrapped(self) -> torch.nn.Module:
         """The transformer itself, under whatever wrapper Accelerate put around it."""
-        if self._deepspeed:
-            return self.accelerator.unwrap_model(self.model)
-        # Accelerate's unwrap imports DeepSpeed whenever it is installed, and that import logs an accelerator
-        # warning on every run; without DeepSpeed the wrappers are torch's (DDP, FSDP1, a whole-model compile).
-        from torch._dynamo.eval_frame import OptimizedModule
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        model = self.model
-        while isinstance(model, (torch.nn.parallel.DistributedDataParallel, FullyShardedDataParallel, OptimizedModule)):
-            model = model._orig_mod if isinstance(model, OptimizedModule) else model.module
-        return model
+        return unwrap(self.accelerator, self.model, self._deepspeed)
 
     def _save_lora(self, path: Path) -> None:
         from safetensors.torch import save_file
@@ -382,7 +328,7 @@ class Trainer:
         if acc.is_main_process and cfg.logging.trackers:
             flat = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
             init = {"wandb": {"mode": cfg.logging.wandb_mode, "name": cfg.logging.run_name}}
-            acc.init_trackers(cfg.logging.project, config=_flatten(flat), init_kwargs=init)
+            acc.init_trackers(cfg.logging.project, config=flat_config(flat), init_kwargs=init)
 
     def _finish(self, fit_started: float, ended_early: str | None, stopped_by: str | None, interrupted: bool) -> dict:
         """The final checkpoint, then the export and the end hooks (not after a stop signal other than Ctrl-C: the
@@ -438,7 +384,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "step_time_s": elapsed,
             "tokens_per_s": tokens * self.dp_world / max(elapsed, 1e-9),  # one sample per SP group
-            "peak_memory_gb": _peak_memory_gb(acc.device),
+            "peak_memory_gb": peak_memory_gb(acc.device),
         }
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
@@ -450,24 +396,3 @@ class Trainer:
         acc.log(logs, step=step)
         if acc.is_main_process:  # machine-readable beside the trackers (benchmarks read it)
             append_metrics(self.out, step, logs)
-
-
-#: the final loss is the mean over this many last steps (one step's loss is as noisy as its timestep draw)
-FINAL_LOSS_STEPS = 10
-
-
-def final_loss(losses: list[tuple[int, float]]) -> dict:
-    """{"final_loss": mean of the last FINAL_LOSS_STEPS finite step losses, "final_loss_steps": how many}."""
-    tail = [v for _, v in losses[-FINAL_LOSS_STEPS:] if math.isfinite(v)]
-    return {"final_loss": sum(tail) / len(tail) if tail else None, "final_loss_steps": len(tail)}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-    return out
