@@ -23,7 +23,7 @@ from radial.generation import (
     load_prompt_embeds,
     save_prompt_embeds,
 )
-from radial.generation.pipeline import check_lora_file
+from radial.generation.loras import check_lora_file
 from radial.geometry import geometry
 from radial.lora import attach_lora, export_diffusers
 from radial.models import get_adapter

@@ -167,7 +167,8 @@ def test_tiny_model_trains_exports_and_generates(datasets, tmp_path, task):
     prediction; train.generate makes a video from it (from an image for I2V)."""
     import train.generate as rgen
     import train.tiny_pipeline as tgen
-    from radial.generation.pipeline import apply_text_settings, load_loras, load_pipeline, read_text_settings
+    from radial.generation.loras import load_loras
+    from radial.generation.pipeline import apply_text_settings, load_pipeline, read_text_settings
     from radial.generation.settings import LoraSpec
 
     out = tmp_path / "run"

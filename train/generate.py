@@ -39,16 +39,14 @@ from radial.attention_settings import recorded_settings
 from radial.errors import USER_ERRORS, cli_errors
 from radial.families import family_spec
 from radial.generation.embeds import load_prompt_embeds
+from radial.generation.loras import check_lora_specs, load_loras, lora_metadata
 from radial.generation.pipeline import (
     apply_radial,
     apply_text_settings,
     check_first_frame,
-    check_lora_specs,
     check_pipeline_folder,
     family_of_folder,
-    load_loras,
     load_pipeline,
-    lora_metadata,
     pipeline_family,
     read_text_settings,
     resolve_prompt_template,
