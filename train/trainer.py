@@ -183,7 +183,7 @@ class Trainer:
         if state is None:
             state = {k: v.cpu() for k, v in lora_state_dict(self.unwrapped()).items()}
         save_file(state, str(path))  # PEFT keys: what resume loads
-        if self.ema is not None:  # the export holds the average (train.ema_decay; never sharded, see _weight_average)
+        if self.ema is not None:  # the export holds the average (train.ema_decay; never sharded: train.setup)
             with self.ema.swapped_in():
                 state = {k: v.detach().cpu().clone() for k, v in lora_state_dict(self.unwrapped()).items()}
         from train.export import lora_info, write_lora_files
