@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python train/lora.py output_dir=outputs/demo train.overwrite=true
 	$(BIN)/python -m radial.mask --model wan --height 480 --width 832 --frames 321 --out outputs/demo/wan_480p_4x_mask
-	$(BIN)/python -m radial.generate --tiny wan --transformer outputs/demo/base_transformer --lora outputs/demo/lora \
+	$(BIN)/python -m train.generate --tiny wan --transformer outputs/demo/base_transformer --lora outputs/demo/lora \
 		--prompt "a red ball" --length 4x --out outputs/demo/generate_4x
 
 lint: $(STAMP)

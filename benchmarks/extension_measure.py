@@ -63,7 +63,7 @@ def sample_scores(
     from radial.generation import ClipSpec, PromptEmbeds, generate
 
     p = preset
-    model = trainer._unwrapped()
+    model = trainer.unwrapped()
     was_training = model.training
     model.eval()
     pipe = WanPipeline(

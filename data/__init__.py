@@ -57,7 +57,7 @@ Tiny encoders (tests, CPU demo) are the real classes with tiny configs: text hid
 pooled size TINY_POOLED_DIM (16), text length 128: the text dims of radial.models' tiny transformers.
 
 Modules: encoders/ (VAE + text encoders per family), video.py (decode, sample, resize/crop), sources.py (folders
-and CSV / JSONL manifests -> videos + captions), prepare.py (CLI and `prepare(PrepareConfig)`), shards.py (format, writer, validation, `python -m data.shards`), dataset.py,
+and CSV / JSONL manifests -> videos + captions), prepare.py (CLI and `prepare(PrepareConfig)`), shards.py (format, writer, validation, `python -m data.shards`), dataset.py, buckets.py (sampler, collate),
 synthetic.py, latents.py (normalisation conventions).
 """
 
@@ -68,12 +68,12 @@ import importlib
 # Names resolve on first use, so that `python -m data.shards` (or .prepare) runs its module only once and
 # `import data` stays light.
 _EXPORTS = {
-    "BucketBatchSampler": "data.dataset",
+    "BucketBatchSampler": "data.buckets",
     "Expect": "data.dataset",
     "LatentDataset": "data.dataset",
     "SampleRef": "data.dataset",
-    "collate": "data.dataset",
-    "data_parallel_rank": "data.dataset",
+    "collate": "data.buckets",
+    "data_parallel_rank": "data.buckets",
     "TINY_POOLED_DIM": "data.encoders",
     "TINY_TEXT_DIM": "data.encoders",
     "load_encoders": "data.encoders",

@@ -179,6 +179,8 @@ def write_video(path: str | Path, frames: Iterator[np.ndarray], fps: float, heig
     webm: VP9)."""
     import av
 
+    from radial.generation.video import mux_frames
+
     path = Path(path)
     codec = CODECS.get(path.suffix.lower())
     if codec is None:
@@ -195,11 +197,7 @@ def write_video(path: str | Path, frames: Iterator[np.ndarray], fps: float, heig
             stream.options = {"crf": "18", "preset": "veryfast"}
         else:
             stream.options = {"crf": "32", "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        mux_frames(container, stream, frames)
     tmp.replace(path)
     return path
 

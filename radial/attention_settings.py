@@ -3,7 +3,7 @@
     settings = AttentionSettings(backend="auto", dense_layers=2, window_frames=3)
     radial.inject(transformer, settings)                       # the injector, its plans and its kernel calls
     header = settings.recorded("triton")                       # what a LoRA's header stores (`attention`)
-    AttentionSettings.restore(header, dense_layers=1)          # what radial.generate samples with (CLI on top)
+    AttentionSettings.restore(header, dense_layers=1)          # what train.generate samples with (CLI on top)
 
 The trainer's `attention.*` section converts to it in one place (train.config.AttentionConfig.settings), the
 generator's RadialSettings is one (plus `enabled`), the injector holds one, and the plans take its mask options.

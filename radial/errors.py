@@ -1,6 +1,6 @@
 """The project's own errors (bad config, data, checkpoint, LoRA file, missing path) and how the CLIs print them.
 
-Every CLI (train/lora.py, data.prepare, data.shards, radial.generate, train.generate, radial.mask) runs its work in
+Every CLI (train/lora.py, data.prepare, data.shards, train.generate, radial.mask) runs its work in
 `cli_errors()`: an error of ours, or a permission error from the OS, becomes one line `error: <message>` on stderr
 and exit status 2; anything else keeps its traceback (a bug, not a user mistake). `RADIAL_DEBUG=1` (or
 `HYDRA_FULL_ERROR=1`, or a CLI's `--debug`) shows the full traceback of ours too.

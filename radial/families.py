@@ -97,7 +97,7 @@ class FamilySpec:
     geometry: LatentGeometry
     sink: bool  # the radial mask keeps key frame 0 dense (Wan's attention sink; not in HunyuanVideo's code)
     hub_repo: str  # the diffusers repository of the reference checkpoint (what to download for model=<name>)
-    guidance_scale: float  # the pipeline's default guidance for radial.generate
+    guidance_scale: float  # the pipeline's default guidance for train.generate
     pipeline_class: str  # the text-to-video diffusers pipeline (sampling, LoRA export)
     detect_pipelines: bool  # its pipeline classes name this family (False: told apart from the folder's contents)
     text_fields: tuple[str, ...]  # the text states its datasets hold (the encoders produce exactly these)

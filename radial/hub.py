@@ -69,5 +69,5 @@ def resolve_model_path(value: str | Path, *, key: str, family: str | None = None
 
 
 def resolve_pipeline_path(value: str | Path, family: str | None = None) -> Path:
-    """`radial.generate --model`: a local pipeline folder or a cached Hub id."""
+    """`train.generate --model`: a local pipeline folder or a cached Hub id."""
     return resolve_model_path(value, key="--model", family=family)

@@ -69,7 +69,7 @@ def _text(value: Any) -> str:
 
 def describe(path: str | Path) -> str:
     """The report `python -m radial.lora info` prints for a LoRA file or folder."""
-    from radial.generation.pipeline import LORA_WEIGHT_NAME, check_lora_file
+    from radial.generation.loras import LORA_WEIGHT_NAME, check_lora_file
 
     file = Path(path)
     if file.is_dir():  # a LoRA folder, or a run / checkpoint folder holding lora/

@@ -1,6 +1,6 @@
 """Per-family fingerprints of tiny runs: per-step losses and a SHA-256 of every exported LoRA tensor of a 3-step
 training run (the demo and every family and image-to-video variant), and of the final latents of a tiny 2-step
-`radial.generate`. Refactors that must not change behaviour compare these before and after, bitwise.
+`train.generate`. Refactors that must not change behaviour compare these before and after, bitwise.
 
 The runs read fixed synthetic videos (tests/data/family_parity_videos/, written once with --make-videos): libx264
 does not encode the same frames to the same bytes from one call to the next, so freshly made videos would make
@@ -42,7 +42,7 @@ TRAIN_CASES: dict[str, tuple[str, list[str], tuple[str, bool] | None]] = {
     "wan22_ti2v_i2v": ("tiny_wan", ["model.family=wan22_ti2v"], ("wan22_ti2v", True)),
     "hunyuan15_i2v": ("tiny_hunyuan15", ["model.variant=i2v"], ("hunyuan15", True)),
 }
-#: tiny `radial.generate` runs: family -> frames (the family's k*t+1 rule); default guidance of the family
+#: tiny `train.generate` runs: family -> frames (the family's k*t+1 rule); default guidance of the family
 GENERATE_CASES = {"wan": 17, "wan22": 17, "wan22_ti2v": 17, "hunyuan": 17, "hunyuan15": 17, "mochi": 13}
 QUIET = ["logging.trackers=[]", "logging.loss_curve=false", "train.checkpoint_every=3"]
 
@@ -94,7 +94,7 @@ def _prepared(root: Path, family: str, image: bool) -> Path:
 
 
 def _generate(out: Path, family: str, frames: int) -> dict:
-    import radial.generate as rgen
+    import train.generate as rgen
 
     args = ["--tiny", family, "--prompt", "a red ball", "--frames", str(frames), "--height", "64", "--width", "64"]
     (record,) = rgen.main([*args, "--steps", "2", "--block-size", "16", "--out", str(out)])["generated"]

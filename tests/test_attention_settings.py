@@ -1,5 +1,5 @@
 """One attention-settings object (radial/attention_settings.py) from the config to the kernel and into the LoRA
-header, whole: a LoRA trained with any non-default option is sampled with it by radial.generate (CLI on top), and
+header, whole: a LoRA trained with any non-default option is sampled with it by train.generate (CLI on top), and
 LoRAs written before the object (per-key `radial` header) still restore."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-import radial.generate as rgen
+import train.generate as rgen
 from radial.attention_settings import AttentionSettings
 from radial.errors import ConfigError
 from radial.generation.settings import LoraSpec, RadialSettings

@@ -25,9 +25,9 @@ def test_every_kernel_module_registered_itself():
 
 
 def test_config_and_cli_read_the_names_from_the_registry(monkeypatch):
-    import radial.generate
+    import train.generate
 
-    action = next(a for a in radial.generate.build_parser()._actions if a.dest == "backend")
+    action = next(a for a in train.generate.build_parser()._actions if a.dest == "backend")
     assert tuple(action.choices) == registry.backend_choices()
     with pytest.raises(ConfigError, match=r"attention.backend='magic': expected one of \['auto', 'fa4'"):
         validate(compose(["attention.backend=magic"]))

@@ -1,4 +1,4 @@
-"""Every checkpoint holds a LoRA that radial.generate and diffusers load; `python -m train.export` writes the final
+"""Every checkpoint holds a LoRA that train.generate and diffusers load; `python -m train.export` writes the final
 files from any checkpoint; the header's base identity refuses another task variant and warns about another base."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory):
 
 
 def generate(tmp_path, lora, *extra):
-    from radial.generate import main
+    from train.generate import main
 
     out = tmp_path / "gen"
     main(["--tiny", "wan", "--lora", str(lora), "--prompt", "a red ball", "--steps", "1", "--no-decode"]
@@ -44,7 +44,7 @@ def test_checkpoint_lora_has_diffusers_keys_and_the_header(run_dir):
 
 
 def test_checkpoint_lora_loads_in_diffusers_and_radial_generate(run_dir, tmp_path, capsys):
-    from train.generate import build_tiny_pipeline
+    from train.tiny_pipeline import build_tiny_pipeline
 
     lora = run_dir / "checkpoints" / "checkpoint-00000002" / "lora"
     pipe = build_tiny_pipeline("wan", transformer=run_dir / "base_transformer")
@@ -175,8 +175,8 @@ def test_fused_comfy_export_from_the_recorded_config_alone():
 
 
 def test_variant_is_refused_before_a_pipeline_folder_loads(run_dir, tmp_path, capsys, monkeypatch):
-    import radial.generate as gen
-    from radial.generate import main
+    import train.generate as gen
+    from train.generate import main
 
     folder = tmp_path / "pipe"
     main(["--tiny", "wan", "--save-tiny", str(folder)])
@@ -195,7 +195,7 @@ def test_variant_is_refused_before_a_pipeline_folder_loads(run_dir, tmp_path, ca
 
 def test_window_lora_records_its_window_and_generates_with_it(tmp_path):
     """Guards the window baseline end to end: a LoRA trained with `attention.window_frames` stores the window in its
-    header, and `radial.generate` restores it (the same mask density as a window plan), instead of sampling a window
+    header, and `train.generate` restores it (the same mask density as a window plan), instead of sampling a window
     LoRA with the radial mask."""
     from radial.plan import make_plan
 

@@ -75,7 +75,7 @@ def test_i2v_training_samples_from_heldout_first_frames_and_eval_images(i2v_data
     # (a) eval.images, one per prompt: the same prompt and seed from two first frames gives two videos.
     images = [_image(tmp_path / "a.png", 1), _image(tmp_path / "b.png", 2)]
     trainer.cfg.eval = SimpleNamespace(**FAST, prompts=["a red ball", "a red ball"], images=images)
-    records = Validator(trainer).sample(tmp_path / "samples", step=2)
+    records = Validator(trainer.view).sample(tmp_path / "samples", step=2)
     assert [(r["image"], r["image_source"]) for r in records] == [
         (images[0], "eval.images[0]"),
         (images[1], "eval.images[1]"),
@@ -90,7 +90,7 @@ def test_i2v_training_samples_from_heldout_first_frames_and_eval_images(i2v_data
 
     diffusers.UniPCMultistepScheduler(flow_shift=3.0).save_pretrained(tmp_path / "pipe" / "scheduler")
     trainer.cfg.model.path = str(tmp_path / "pipe")
-    pipe = Validator(trainer).pipeline()
+    pipe = Validator(trainer.view).pipeline()
     assert isinstance(pipe, diffusers.WanImageToVideoPipeline) and pipe.image_encoder is not None
     assert isinstance(pipe.scheduler, diffusers.UniPCMultistepScheduler) and pipe.text_encoder is None
 
@@ -133,7 +133,7 @@ def test_wan22_samples_from_the_heldout_first_frame(tmp_path, family, extra, sha
     overrides = ["data=latents", *base, f"model.family={family}", *extra, "data.num_workers=0"]
     trainer = Trainer(validate(compose_config(overrides)))
     trainer.cfg.eval = SimpleNamespace(**FAST, num_samples=1)
-    v = Validator(trainer)
+    v = Validator(trainer.view)
     (record,) = v.sample(tmp_path / "samples", step=0)
     pipe = v.pipeline()
     assert type(pipe).__name__ == "WanImageToVideoPipeline" and pipe.image_encoder is None

@@ -42,7 +42,7 @@ def trainer(tmp_path, data_root):
 
 def make_validator(trainer, **settings):
     trainer.cfg.eval = SimpleNamespace(**{**FAST, **settings})
-    return Validator(trainer)
+    return Validator(trainer.view)
 
 
 def test_schedule_files_and_determinism(trainer):
@@ -89,8 +89,7 @@ def test_heldout_levels_stay_inside_the_trained_range(trainer):
     import dataclasses
 
     full = make_validator(trainer).heldout_loss()
-    trainer.flow = dataclasses.replace(trainer.flow, sigma_range=(0.5, 1.0))
-    part = make_validator(trainer).heldout_loss()
+    part = Validator(dataclasses.replace(trainer.view, sigma_range=(0.5, 1.0))).heldout_loss()  # explicit inputs
     assert "val/loss_t0.25" in full and "val/loss_t0.25" not in part
     assert part["val/loss"] == part["val/loss_t0.75"] == full["val/loss_t0.75"]
 
@@ -139,7 +138,7 @@ def test_end_hooks_never_raise(trainer):
 
 def test_the_current_schema_still_works(trainer):
     trainer.cfg.eval = EvalConfig(validation_every=0, hooks=[])
-    v = Validator(trainer)
+    v = Validator(trainer.view)
     assert v.settings == EvalConfig(validation_every=0, hooks=[]) and v.maybe_run(10) is None
 
 
@@ -150,7 +149,7 @@ def test_default_eval_config_fits_the_settings(trainer):
     default = Path(__file__).resolve().parents[1] / "configs" / "eval" / "default.yaml"
     merged = OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(default))
     trainer.cfg.eval = merged
-    v = Validator(trainer)
+    v = Validator(trainer.view)
     assert v.settings.validation_every == 250 and v.settings.hooks == ["flicker"]
     assert v.settings.hook_settings["vbench"]["dimensions"][-1] == "temporal_flickering"
 

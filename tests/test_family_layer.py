@@ -10,7 +10,8 @@ import pytest
 
 from data.dataset import Expect
 from radial.families import FAMILIES
-from radial.generation.pipeline import _same_family, family_of_parts
+from radial.generation.loras import _same_family
+from radial.generation.pipeline import family_of_parts
 from radial.models import get_adapter
 
 ROOT = Path(__file__).resolve().parents[1]

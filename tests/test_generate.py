@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import radial.generate as rgen
-import train.generate as tgen
+import train.generate as rgen
+import train.tiny_pipeline as tgen
 from radial.errors import LoraFileError
 from radial.generation import (
     ClipSpec,
@@ -23,7 +23,7 @@ from radial.generation import (
     load_prompt_embeds,
     save_prompt_embeds,
 )
-from radial.generation.pipeline import check_lora_file
+from radial.generation.loras import check_lora_file
 from radial.geometry import geometry
 from radial.lora import attach_lora, export_diffusers
 from radial.models import get_adapter
@@ -299,7 +299,7 @@ def test_cfg_without_negatives_or_text_encoder_is_a_clear_error(tmp_path, capsys
 
 
 def test_saved_tiny_folder_through_radial_generate(tmp_path):
-    """`radial.generate --model DIR` on a saved tiny HunyuanVideo folder: text encoders, template from the folder."""
+    """`train.generate --model DIR` on a saved tiny HunyuanVideo folder: text encoders, template from the folder."""
     folder = tgen.save_tiny_pipeline(tmp_path / "tiny_hunyuan", "hunyuan")
     assert (folder / "model_index.json").is_file() and (folder / "radial_text_settings.json").is_file()
     out = tmp_path / "out"
@@ -314,9 +314,11 @@ def test_saved_tiny_folder_through_radial_generate(tmp_path):
     assert json.loads((out / "generate_summary.json").read_text())["generated"][1]["prompt"] == "a dog"
 
 
-def test_radial_generate_needs_nothing_but_radial():
+def test_the_generation_library_needs_nothing_but_radial():
+    """The functions train.generate calls load without data/ or train/ (the CLI itself is an application)."""
     code = (
-        "import sys, radial.generate, radial.generation; "
+        "import sys, radial, radial.generation, radial.generation.pipeline, radial.generation.embeds, "
+        "radial.lora, radial.lora_info, radial.models, radial.hub; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('data', 'train')); "
         "assert not bad, bad"
     )
@@ -370,7 +372,7 @@ def test_an_expert_lora_goes_into_its_expert(tmp_path):
 
 # -- failure paths: LoRA files and folders are checked before anything loads ----------------------------------------
 def _one_line_error(capsys, argv, module=None):
-    import radial.generate as rgen
+    import train.generate as rgen
 
     capsys.readouterr()  # what came before (progress bars of saving the tiny folder)
     with pytest.raises(SystemExit) as exit_:
@@ -429,13 +431,6 @@ def test_missing_transformer_folder_is_a_local_path_error(tmp_path, capsys):
     assert "error: --transformer /missing/folder: no such folder" in _one_line_error(capsys, argv)
     argv = ["--tiny", "wan", "--transformer", "./missing", "--prompt", "x", "--out", str(tmp_path)]
     assert "error: --transformer ./missing: no such folder" in _one_line_error(capsys, argv)
-
-
-def test_train_generate_is_a_deprecated_alias(tmp_path, capsys):
-    out = tmp_path / "out"
-    embeds = _embeds_file(tmp_path / "p.safetensors")
-    result = tgen.main(["--tiny", "wan", "--prompt-embeds", str(embeds), "--out", str(out), *SMALL])
-    assert "deprecated" in capsys.readouterr().err and len(result["generated"]) == 1
 
 
 def test_model_may_be_a_hub_id_in_the_cache(tmp_path, monkeypatch, capsys):

@@ -119,7 +119,7 @@ def _wav(path):
 
 
 def test_validation_samples_write_video_and_sound(run):
-    """Validation samples go through radial.generate's path (stored text states into the pipeline's blocks after
+    """Validation samples go through train.generate's path (stored text states into the pipeline's blocks after
     its text encoder): a 124-frame mp4 and its stereo 32 kHz wav."""
     folder = run / "validation" / "step-000003"
     sidecar = json.loads((folder / "sample_p0_s0.json").read_text())
@@ -130,7 +130,7 @@ def test_validation_samples_write_video_and_sound(run):
 
 
 def test_radial_generate_t2va_with_the_lora(run, tmp_path):
-    import radial.generate as rgen
+    import train.generate as rgen
 
     args = ["--tiny", "h3", "--prompt", "a red ball", "--steps", "3", "--out", str(tmp_path), "--lora", str(run / "lora"),
             "--transformer", str(run / "base_transformer"), "--no-progress"]  # fmt: skip

@@ -46,7 +46,7 @@ def datasets(tmp_path_factory):
 def test_prepared_conditioning_equals_the_pipelines(datasets):
     """Qwen and ByT5 states (the glyph text of quoted words; none without quotes) and the first frame's latent,
     mask and SigLIP states are what the pipelines compute; the dataset header and items carry them."""
-    import train.generate as tgen
+    import train.tiny_pipeline as tgen
     from data.video import to_pixels
 
     enc = load_encoders("hunyuan15", tiny=True, image=True)
@@ -164,10 +164,11 @@ def _run_overrides(datasets, task: str, out, *extra: str) -> list[str]:
 def test_tiny_model_trains_exports_and_generates(datasets, tmp_path, task):
     """Two steps from prepared shards; the diffusers-format LoRA loads into the family pipeline (through its
     transformer's PEFT loader: diffusers 0.42 gives these pipelines no LoRA mixin) and gives the trained model's
-    prediction; radial.generate makes a video from it (from an image for I2V)."""
-    import radial.generate as rgen
-    import train.generate as tgen
-    from radial.generation.pipeline import apply_text_settings, load_loras, load_pipeline, read_text_settings
+    prediction; train.generate makes a video from it (from an image for I2V)."""
+    import train.generate as rgen
+    import train.tiny_pipeline as tgen
+    from radial.generation.loras import load_loras
+    from radial.generation.pipeline import apply_text_settings, load_pipeline, read_text_settings
     from radial.generation.settings import LoraSpec
 
     out = tmp_path / "run"
@@ -183,7 +184,7 @@ def test_tiny_model_trains_exports_and_generates(datasets, tmp_path, task):
     x = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(3))
     adapter = trainer.parts.adapter
     with torch.no_grad():
-        want = adapter.predict(trainer._unwrapped().eval(), x, torch.tensor([500.0]), conds)
+        want = adapter.predict(trainer.unwrapped().eval(), x, torch.tensor([500.0]), conds)
     pipe = tgen.build_tiny_pipeline("hunyuan15", transformer=out / "base_transformer", image=task == "i2v")
     expected = "HunyuanVideo15ImageToVideoPipeline" if task == "i2v" else "HunyuanVideo15Pipeline"
     assert type(pipe).__name__ == expected
@@ -215,7 +216,7 @@ def test_tiny_model_trains_exports_and_generates(datasets, tmp_path, task):
     rgen.main([*argv[:4], "--image", str(image), "--save-tiny", str(folder)])
     assert json.loads((folder / "model_index.json").read_text())["image_encoder"][1] == "SiglipVisionModel"
     loaded = load_pipeline(folder, dtype=torch.float32, device="cpu")
-    apply_text_settings(loaded, read_text_settings(folder))  # what radial.generate does with a folder
+    apply_text_settings(loaded, read_text_settings(folder))  # what train.generate does with a folder
     tiny_text = load_encoders(MODEL, tiny=True)
     assert (loaded.tokenizer_max_length, loaded.prompt_template_encode_start_idx) == (64, tiny_text.crop_start)
     argv = ["--model", str(folder), "--dtype", "fp32", "--device", "cpu", "--lora", str(out / "lora"), "--image",
@@ -272,7 +273,7 @@ def test_training_writes_validation_samples(datasets, tmp_path, task):
         assert side["image_source"] == f"heldout:{item['meta']['key']}" and Image.open(side["image"]).size == (64, 64)
         return
     assert side["image_source"] is None and side["negative_prompt"] == ""
-    validator = Validator(trainer)
+    validator = Validator(trainer.view)
     (embeds,) = validator.prompt_embeds()
     assert validator._enc is None, "the negative states are the stored empty prompt's: no text encoder loads"
     empty = trainer.dataset.padded_text(trainer.dataset.stored_empty_prompt())
@@ -283,7 +284,7 @@ def test_training_writes_validation_samples(datasets, tmp_path, task):
     trainer.cfg.eval = SimpleNamespace(
         num_inference_steps=2, guidance_scale=2.0, prompts=['a sign that says "stop"'], negative_prompt="blurry"
     )
-    validator = Validator(trainer)
+    validator = Validator(trainer.view)
     (record,) = validator.sample(tmp_path / "prompts", step=2)
     (embeds,) = validator.prompt_embeds()
     assert embeds.tensors["prompt_attention_mask_2"].sum() > 0 and embeds.tensors["negative_prompt_embeds_2"].shape[1]

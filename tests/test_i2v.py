@@ -48,7 +48,7 @@ def datasets(tmp_path_factory):
 
 def test_image_conditioning_equals_the_pipelines(datasets):
     """The stored image_latents / image_embeds are what WanImageToVideoPipeline computes from that first frame."""
-    import train.generate as tgen
+    import train.tiny_pipeline as tgen
     from data.video import to_pixels
 
     enc = load_encoders("wan", tiny=True, image=True)
@@ -142,8 +142,8 @@ def test_prepare_refuses_image_conditioning_for_other_families(tmp_path):
 def test_tiny_i2v_trains_exports_and_generates_from_an_image(datasets, tmp_path):
     import diffusers
 
-    import radial.generate as rgen
-    import train.generate as tgen
+    import train.generate as rgen
+    import train.tiny_pipeline as tgen
 
     i2v, _, root = datasets
     out = tmp_path / "run"
@@ -165,7 +165,7 @@ def test_tiny_i2v_trains_exports_and_generates_from_an_image(datasets, tmp_path)
     x = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(3))
     adapter = trainer.parts.adapter
     with torch.no_grad():
-        want = adapter.predict(trainer._unwrapped().eval(), x, torch.tensor([500.0]), conds)
+        want = adapter.predict(trainer.unwrapped().eval(), x, torch.tensor([500.0]), conds)
     for weight_name in ("pytorch_lora_weights.safetensors", "comfyui_lora.safetensors"):
         pipe = tgen.build_tiny_pipeline("wan", transformer=out / "base_transformer", image=True)
         assert isinstance(pipe, diffusers.WanImageToVideoPipeline)
@@ -205,8 +205,8 @@ def test_ti2v_first_frame_conditioning_trains_and_generates(tmp_path):
     """Wan2.2 TI2V-5B: prepared image_latents / first_frame_mask equal the expand_timesteps pipeline's; predict feeds
     the transformer as that pipeline does (clean first frame, per-token timesteps 0 there); the loss leaves the clean
     frame out; a tiny model trains from the shards and generates from an image through a saved WanPipeline folder."""
-    import radial.generate as rgen
-    import train.generate as tgen
+    import train.generate as rgen
+    import train.tiny_pipeline as tgen
     from data.video import to_pixels
     from train.flow import flow_loss
 

@@ -52,8 +52,8 @@ def _train_low_noise_expert(tmp_path, monkeypatch) -> tuple[Trainer, list[torch.
 def test_wan22_a14b_i2v_expert_trains_exports_and_generates(tmp_path, monkeypatch):
     import diffusers
 
-    import radial.generate as rgen
-    import train.generate as tgen
+    import train.generate as rgen
+    import train.tiny_pipeline as tgen
 
     trainer, drawn = _train_low_noise_expert(tmp_path, monkeypatch)
     out = tmp_path / "run"
@@ -81,7 +81,7 @@ def test_wan22_a14b_i2v_expert_trains_exports_and_generates(tmp_path, monkeypatc
     t = torch.tensor([400.0])
     adapter = trainer.parts.adapter
     with torch.no_grad():
-        want = adapter.predict(trainer._unwrapped().eval(), x, t, conds)
+        want = adapter.predict(trainer.unwrapped().eval(), x, t, conds)
     a = trainer.cfg.attention
     for weight_name in ("pytorch_lora_weights.safetensors", "comfyui_lora.safetensors"):
         pipe = tgen.build_tiny_pipeline("wan22", transformer=out / "base_transformer", image=True, text_encoder=False)
@@ -99,7 +99,7 @@ def test_wan22_a14b_i2v_expert_trains_exports_and_generates(tmp_path, monkeypatc
         assert lora_effect > 1e-2, "the trained LoRA must change the prediction (else the check below is empty)"
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
-    # radial.generate --tiny wan22 --image: both experts run with radial attention, each on its side of the boundary.
+    # train.generate --tiny wan22 --image: both experts run with radial attention, each on its side of the boundary.
     calls = {"transformer": [], "transformer_2": []}
     build = tgen.build_tiny_pipeline
 

@@ -52,7 +52,7 @@ def test_accelerate_configs_parse(name):
 def test_deepspeed_json_and_what_the_trainer_fills(stage):
     from accelerate.utils import DeepSpeedPlugin
 
-    from train.trainer import Trainer
+    from train.setup import configure_deepspeed
 
     path = LAUNCH / f"zero{stage}.json"
     raw = json.loads(path.read_text())
@@ -70,7 +70,7 @@ def test_deepspeed_json_and_what_the_trainer_fills(stage):
         ),
         accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=4),
     )
-    Trainer._configure_deepspeed(stub)
+    configure_deepspeed(stub.cfg, stub.accelerator)
     ds = plugin.deepspeed_config
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (2, 3)
     assert ds["train_batch_size"] == 2 * 3 * 4 and ds["gradient_clipping"] == 0.5

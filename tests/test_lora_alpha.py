@@ -13,7 +13,7 @@ from radial.lora import read_metadata
 from tests.test_lora_comfy import comfy_parts
 from tests.trainer_helpers import compose_config, tiny_overrides
 from train.config import validate
-from train.generate import build_tiny_pipeline
+from train.tiny_pipeline import build_tiny_pipeline
 from train.trainer import Trainer
 
 RANK, ALPHA = 4, 12
@@ -47,7 +47,7 @@ def test_pipeline_load_lora_weights_gives_the_trained_update(trained):
     had in training."""
     family, trainer, out = trained
     assert read_metadata(out / "lora" / "pytorch_lora_weights.safetensors")["alpha"] == ALPHA
-    want = updates(trainer._unwrapped())
+    want = updates(trainer.unwrapped())
     pipe = build_tiny_pipeline(family, transformer=out / "base_transformer", text_encoder=False)
     pipe.load_lora_weights(out / "lora")
     got = updates(pipe.transformer)
@@ -63,7 +63,7 @@ def test_comfy_file_carries_the_trained_update(trained):
     converter (WanPipeline.lora_state_dict; diffusers 0.42 has none for our HunyuanVideo and Mochi files) with the
     same updates at scale 1 (no alpha in the file)."""
     family, trainer, out = trained
-    model = trainer._unwrapped()
+    model = trainer.unwrapped()
     comfy = load_file(str(out / "lora" / "comfyui_lora.safetensors"))
     want = updates(model)
     parts = dict(comfy_parts(trainer.parts.adapter, model, comfy))
@@ -100,7 +100,7 @@ def test_header_records_how_the_lora_was_made(trained):
             "path": None,
             "expert": None,
             **trainer.parts.base,  # variant, config hash, weight fingerprint (radial.base_id)
-            "config": plain_config(trainer._unwrapped().config),
+            "config": plain_config(trainer.unwrapped().config),
         },
         "rank": RANK,
         "alpha": ALPHA,

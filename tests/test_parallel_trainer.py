@@ -98,7 +98,7 @@ def ddp_emulation(out, data_root) -> tuple[list[float], Trainer]:
         values = []
         for r, cursor in enumerate(cursors):
             trainer.dp_rank = r
-            loss, _ = trainer._micro_step(cursor.next(), step, 0)
+            loss, _ = trainer.micro_step(cursor.next(), step, 0)
             (loss / 2).backward()
             values.append(loss.item())
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)

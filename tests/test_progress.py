@@ -57,7 +57,7 @@ def test_no_note_with_a_heldout_root(tmp_path, data_root, capsys):
 
 
 def test_generate_shows_its_steps_and_named_densities(tmp_path, capsys):
-    from radial.generate import main
+    from train.generate import main
 
     main(["--tiny", "wan", "--prompt", "a red ball", "--steps", "3", "--no-decode", "--out", str(tmp_path)])
     captured = capsys.readouterr()

@@ -45,7 +45,7 @@ def test_readme_block_is_the_data_path():
     # It starts in the environment that `make` builds (the Makefile's VENV), where `python` has the packages.
     assert activate == ACTIVATE and "VENV ?= .venv\n" in (ROOT / "Makefile").read_text()
     names = [c[2] if c[1] == "-m" else c[1] for c in commands]
-    assert names == ["data.synthetic", "data.prepare", "data.shards", "train/lora.py", "radial.generate"] + [
+    assert names == ["data.synthetic", "data.prepare", "data.shards", "train/lora.py", "train.generate"] + [
         "train.export",
         "radial.lora",
     ]
@@ -86,7 +86,7 @@ def test_readme_path_runs_as_written(tmp_path, monkeypatch):
     lora = load_file(str(tmp_path / "outputs/tiny_run/lora/pytorch_lora_weights.safetensors"))
     assert lora and any("lora_B" in k or "lora_up" in k for k in lora)
     videos = sorted((tmp_path / "outputs/tiny_gen").glob("*.mp4"))
-    assert videos, "radial.generate wrote no video"
+    assert videos, "train.generate wrote no video"
     step3 = tmp_path / "outputs/tiny_run_step3"  # train.export: a checkpoint's LoRA in final form
     assert (step3 / "pytorch_lora_weights.safetensors").is_file() and (step3 / "comfyui_lora.safetensors").is_file()
 

@@ -48,7 +48,7 @@ def test_stop_signal_then_resume_gives_the_uninterrupted_lora(straight, tmp_path
     (SLURM's --signal=USR1@...): it saves a checkpoint at the step and exits as SIGTERM does."""
     lrs = logged_lrs(straight)
     assert lrs[0] < lrs[1] > lrs[2] > lrs[STOP_AT] > lrs[STEPS - 2], f"not a warmup + cosine schedule: {lrs}"
-    original = Trainer._log
+    original = Trainer.log_step
     # An unhandled SIGUSR1 would end this process; recorded instead, so that a trainer deaf to it fails the test.
     previous = signal.signal(getattr(signal, name), lambda *_: None)
 
@@ -58,13 +58,13 @@ def test_stop_signal_then_resume_gives_the_uninterrupted_lora(straight, tmp_path
             signal.raise_signal(getattr(signal, name))
 
     try:
-        monkeypatch.setattr(Trainer, "_log", log_then_signal)
+        monkeypatch.setattr(Trainer, "log_step", log_then_signal)
         summary = run(tmp_path, data_root, "train.checkpoint_every=0")
     finally:
         signal.signal(getattr(signal, name), previous)
     assert summary["stopped_by"] == name and summary["step"] == STOP_AT
     assert (tmp_path / "checkpoints" / f"checkpoint-{STOP_AT:08d}").is_dir() and not (tmp_path / "lora").exists()
-    monkeypatch.setattr(Trainer, "_log", original)
+    monkeypatch.setattr(Trainer, "log_step", original)
     summary = run(tmp_path, data_root, "train.resume=latest")
     assert summary["step"] == STEPS and summary["stopped_by"] is None
     assert logged_lrs(tmp_path) == lrs  # the schedule continued where it stopped (floats compared exactly)

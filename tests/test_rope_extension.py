@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import radial
-import radial.generate as rgen
 import radial.rope_extension as rope_ext
+import train.generate as rgen
 from radial.errors import ConfigError
 from radial.lora import read_metadata
 from radial.models import get_adapter

@@ -13,8 +13,8 @@ import torch
 
 from radial.models import get_adapter
 from train.flow import FlowMatching
-from train.generate import build_tiny_pipeline
 from train.step import flow_matching_loss
+from train.tiny_pipeline import build_tiny_pipeline
 
 # The published pipelines' scheduler settings that change what reaches the transformer (scheduler_config.json of
 # genmo/mochi-1-preview: invert_sigmas); the others use FlowMatchEulerDiscreteScheduler's defaults plus a shift.

@@ -1,4 +1,4 @@
-"""Tiny models cover 4x of their family's clip: `radial.generate --tiny FAMILY --length 4x` runs on the CPU."""
+"""Tiny models cover 4x of their family's clip: `train.generate --tiny FAMILY --length 4x` runs on the CPU."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_tiny_transformer_runs_at_4x_latent_frames(family, variant):
 
 
 def test_generate_tiny_wan_at_4x(tmp_path):
-    from radial.generate import main
+    from train.generate import main
 
     main(["--tiny", "wan", "--prompt", "a red ball", "--length", "4x", "--steps", "1", "--no-decode"]
          + ["--out", str(tmp_path)])  # fmt: skip

@@ -61,19 +61,19 @@ def test_resume_continues_the_same_trajectory(straight, tmp_path, data_root):
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(straight, tmp_path, data_root, monkeypatch):
-    original = Trainer._log
+    original = Trainer.log_step
 
     def log_then_signal(self, step, *args):
         original(self, step, *args)
         if step == 2:
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(Trainer, "_log", log_then_signal)
+    monkeypatch.setattr(Trainer, "log_step", log_then_signal)
     _, summary = run(tmp_path, data_root, "train.checkpoint_every=0")
     assert summary["stopped_by"] == "SIGTERM" and summary["step"] == 2
     assert (tmp_path / "checkpoints" / "checkpoint-00000002").is_dir()
     assert not (tmp_path / "lora").exists()
-    monkeypatch.setattr(Trainer, "_log", original)
+    monkeypatch.setattr(Trainer, "log_step", original)
     _, summary = run(tmp_path, data_root, "train.resume=latest")
     assert summary["step"] == 6 and losses(tmp_path) == losses(straight[0])
 
@@ -123,7 +123,7 @@ def test_exported_lora_loads_into_a_diffusers_pipeline(straight):
     handles = radial.inject_pipeline(
         pipe, backend="reference", dense_layers=cfg.dense_layers, block_size=cfg.block_size
     )
-    trained = trainer._unwrapped().eval()
+    trained = trainer.unwrapped().eval()
     from data import collate
 
     batch = collate([trainer.dataset[0]])
@@ -151,7 +151,7 @@ def test_loss_falls(tmp_path, data_root):
 def test_fp8_base_weights_train(tmp_path, data_root):
     """model.storage_dtype keeps frozen base weights in fp8 (diffusers layerwise casting); LoRA stays fp32."""
     trainer, summary = run(tmp_path, data_root, "model.storage_dtype=float8_e4m3fn", steps=2)
-    model = trainer._unwrapped()
+    model = trainer.unwrapped()
     weights = dict(model.named_parameters())
     assert weights["blocks.0.ffn.net.2.weight"].dtype == torch.float8_e4m3fn
     assert all(p.dtype == torch.float32 for n, p in weights.items() if "lora_" in n)

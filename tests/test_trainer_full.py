@@ -33,7 +33,7 @@ def straight(tmp_path_factory, data_root):
 def test_full_mode_trains_every_weight_and_exports_diffusers(straight):
     out, trainer, summary = straight
     assert summary["step"] == 4 and not (out / "lora").exists()
-    model = trainer._unwrapped()
+    model = trainer.unwrapped()
     assert all(p.requires_grad and p.dtype == torch.float32 for p in model.parameters())
     assert trainer.num_trainable == sum(p.numel() for p in model.parameters())
     initial = WanTransformer3DModel.from_pretrained(out / "base_transformer")
@@ -69,7 +69,7 @@ def test_exported_transformer_is_the_base_of_a_lora_run(straight, tmp_path, data
     cfg = validate(compose_config([*tiny_overrides(tmp_path, data_root, steps=2), *extra]))
     trainer = Trainer(cfg)
     base = WanTransformer3DModel.from_pretrained(out / "transformer")
-    tuned = trainer._unwrapped()
+    tuned = trainer.unwrapped()
     # LoRA attached on top of exactly the exported weights (PEFT wraps the projections as base_layer).
     for name, p in base.state_dict().items():
         peft_name = name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")

@@ -57,7 +57,7 @@ CASES = [
         lambda m: [
             PYTHON,
             "-m",
-            "radial.generate",
+            "train.generate",
             "--tiny",
             "wan",
             "--transformer",
@@ -162,7 +162,7 @@ def test_help_says_which_defaults_are_the_tiny_demos():
     assert keys and all(k in " ".join(help_text.split()) for k in keys), keys
 
 
-@pytest.mark.parametrize("module", ["data.prepare", "radial.generate"])
+@pytest.mark.parametrize("module", ["data.prepare", "train.generate"])
 def test_help_shows_defaults_only_where_they_tell_something(module):
     import importlib
     import re

@@ -22,16 +22,17 @@ from radial.mask.stats import density_text
 from train.checkpoint import DONE, FULL_FILE, LORA_FILE
 from train.config import empty_transformer
 from train.records import json_safe
+from train.run_parts import RunView
 
 COMFY_NAME = "comfyui_lora.safetensors"
 
 
-def lora_info(trainer) -> dict:
+def lora_info(run: RunView) -> dict:
     """What a LoRA file should tell about how it was made (stored in the safetensors header)."""
-    cfg, parts = trainer.cfg, trainer.parts
+    cfg, parts = run.cfg, run.parts
     grid = parts.handle.last_grid
     # the clip lengths (pixel frames) of the data trained on: one number, or the sorted list with several buckets
-    lengths = sorted({r["frames"] for r in getattr(trainer.dataset, "records", [])})
+    lengths = sorted({r["frames"] for r in getattr(run.dataset, "records", [])})
     return {
         "format": "radial-lora/1",
         "radial_lora_version": radial.__version__,
@@ -41,7 +42,7 @@ def lora_info(trainer) -> dict:
             "path": cfg.model.path,
             "expert": cfg.model.expert,  # Wan2.2 A14B: the expert this LoRA belongs to
             **(parts.base or {}),  # variant (T2V / I2V / TI2V), config_hash, weights (radial.base_id)
-            "config": plain_config(trainer._unwrapped().config),  # to rebuild its shape (the export command)
+            "config": plain_config(run.unwrapped().config),  # to rebuild its shape (the export command)
         },
         "rank": cfg.lora.rank,
         "alpha": cfg.lora.alpha,
@@ -49,7 +50,7 @@ def lora_info(trainer) -> dict:
         # every attention setting, whole (radial.attention_settings), `auto` resolved: the kernel it trained with
         "attention": cfg.attention.settings().recorded(parts.backend),
         "training": {
-            "steps": trainer.state.step,
+            "steps": run.state.step,
             "latent_frames": grid.frames if grid else None,
             "latent_height": grid.height if grid else None,
             "latent_width": grid.width if grid else None,
@@ -85,11 +86,11 @@ def save_loss_curve(losses: list[tuple[int, float]], path: Path) -> Path:
     return path
 
 
-def export_full(trainer, folder: Path, info: dict) -> Path:
+def export_full(run: RunView, folder: Path, info: dict) -> Path:
     """train.mode=full: the whole transformer in diffusers format (`save_pretrained`: config.json + safetensors,
     loadable by its class's `from_pretrained`, so usable as `model.path` of a later run), with how it was trained
     beside it in radial_training.json."""
-    transformer = trainer._unwrapped()
+    transformer = run.unwrapped()
     transformer.save_pretrained(folder, safe_serialization=True)
     (folder / "radial_training.json").write_text(json.dumps(info, indent=1))
     return folder
@@ -98,7 +99,7 @@ def export_full(trainer, folder: Path, info: dict) -> Path:
 def write_lora_files(
     folder: Path, lora_sd: dict, *, adapter, lora_meta: dict, info: dict, comfy: bool, transformer
 ) -> dict[str, str]:
-    """The LoRA's final-form files in `folder`: diffusers keys (`transformer.*`; radial.generate --lora and
+    """The LoRA's final-form files in `folder`: diffusers keys (`transformer.*`; train.generate --lora and
     `load_lora_weights` load it) and, with `comfy` where the family has a key mapping, ComfyUI / original keys.
     `transformer` gives the shapes of fused original modules (a meta-device model will do)."""
     import diffusers
@@ -112,18 +113,18 @@ def write_lora_files(
     return written
 
 
-def export_run(trainer) -> dict:
+def export_run(run: RunView) -> dict:
     """Write lora/ (diffusers), the ComfyUI file, loss_curve.png and mask.png under the run; returns their paths.
 
     train.mode=full writes transformer/ (the whole model, diffusers format) instead of the LoRA files."""
-    cfg, parts, out = trainer.cfg, trainer.parts, trainer.out
-    transformer = trainer._unwrapped()
-    info = lora_info(trainer)
+    cfg, parts, out = run.cfg, run.parts, run.out
+    transformer = run.unwrapped()
+    info = lora_info(run)
     written = {}
     if cfg.train.mode == "full":
         info = {k: v for k, v in info.items() if k not in ("rank", "alpha", "target_modules")}
         info["mode"] = "full"
-        written["transformer"] = str(export_full(trainer, out / "transformer", info))
+        written["transformer"] = str(export_full(run, out / "transformer", info))
     else:
         written.update(
             write_lora_files(
@@ -138,8 +139,8 @@ def export_run(trainer) -> dict:
         )
     if cfg.train.mode != "full" and cfg.train.export_comfy and not parts.adapter.comfy_rules():
         print(f"no ComfyUI key mapping for {cfg.model.family}: only the diffusers-format LoRA was written")
-    if cfg.logging.loss_curve and trainer.state.losses:
-        written["loss_curve"] = str(save_loss_curve(trainer.state.losses, out / "loss_curve.png"))
+    if cfg.logging.loss_curve and run.state.losses:
+        written["loss_curve"] = str(save_loss_curve(run.state.losses, out / "loss_curve.png"))
     plan, grid = parts.handle.last_plan, parts.handle.last_grid
     if plan is not None and grid is not None:
         mask = plan.block_mask.cpu().numpy()
@@ -148,7 +149,7 @@ def export_run(trainer) -> dict:
         written["mask"] = str(save_mask_png(mask, out / "mask.png", title=title, frame_edges=edges))
     if (out / "base_transformer").is_dir():
         written["base_transformer"] = str(out / "base_transformer")
-    summary = {"info": info, "files": written, "losses": trainer.state.losses}
+    summary = {"info": info, "files": written, "losses": run.state.losses}
     (out / "run_summary.json").write_text(json.dumps(json_safe(summary), allow_nan=False))
     return written
 
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     p = argparse.ArgumentParser(
         prog="python -m train.export",
         description="Write a checkpoint's LoRA in final form: pytorch_lora_weights.safetensors (diffusers keys; "
-        "radial.generate --lora, load_lora_weights) and comfyui_lora.safetensors (ComfyUI / original keys).",
+        "train.generate --lora, load_lora_weights) and comfyui_lora.safetensors (ComfyUI / original keys).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", help="a checkpoint folder: OUTPUT_DIR/checkpoints/checkpoint-N")

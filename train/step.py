@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,3 +95,11 @@ def adapters_off(model: torch.nn.Module):
     finally:
         for layer in layers:
             layer.enable_adapters(True)
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """A generator for one micro-step's noise and timesteps: reproducible across resumes and device types.
+
+    `rank` is the data-parallel rank: the ranks of one sequence-parallel group draw the same noise."""
+    digest = hashlib.sha256(f"{seed}/{step}/{micro}/{rank}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))

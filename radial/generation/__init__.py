@@ -1,4 +1,4 @@
-"""Generation with radial attention and LoRAs through diffusers pipelines (the library side of `radial.generate`).
+"""Generation with radial attention and LoRAs through diffusers pipelines (the library side of `train.generate`).
 
     from radial.generation import ClipSpec, RadialSettings, LoraSpec, load_pipeline, apply_radial, load_loras
     from radial.generation import generate, build_sidecar, save_result, load_prompt_embeds
@@ -8,9 +8,9 @@ LoRAs, shift), run (generate + measure, sidecar, save), video (frames, mp4).
 """
 
 from radial.generation.embeds import PromptEmbeds, load_prompt_embeds, save_prompt_embeds
+from radial.generation.loras import load_loras
 from radial.generation.pipeline import (
     apply_radial,
-    load_loras,
     load_pipeline,
     pipeline_family,
     read_text_settings,

@@ -46,13 +46,20 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 18
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        mux_frames(container, stream, frames)
     tmp.replace(path)
     return path
+
+
+def mux_frames(container, stream, frames) -> None:
+    """Encode uint8 RGB frames [H, W, 3] into the PyAV `stream` and flush it, muxing every packet into `container`."""
+    import av
+
+    for img in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def frame_strip(frames: np.ndarray, count: int = 4) -> np.ndarray:

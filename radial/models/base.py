@@ -237,7 +237,7 @@ class ModelAdapter:
     pipeline_config: ClassVar[Mapping[str, Any]] = {}  # the family pipelines' config beyond their components
 
     def build_pipeline(self, name: str, transformer: nn.Module, scheduler, components: Mapping[str, Any]):
-        """The diffusers pipeline `name` of this family from its parts (train.generate's tiny pipelines, the
+        """The diffusers pipeline `name` of this family from its parts (train.tiny_pipeline's tiny pipelines, the
         validator's): the class called with them."""
         import diffusers
 

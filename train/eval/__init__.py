@@ -1,6 +1,6 @@
 """Evaluation: validation during training, weight-free metrics, and evaluation hooks.
 
-validation.py  Validator(trainer): maybe_run(step) (held-out flow-matching loss at fixed noise levels + sample
+validation.py  Validator(run): maybe_run(step) (held-out flow-matching loss at fixed noise levels + sample
                videos from fixed prompts and seeds) and run_end_hooks() (eval.hooks at the end of training)
 metrics.py     PSNR / SSIM per frame, latent relative error, temporal flicker; JSON report and PNG plot
 hooks.py       the hook plugin interface and registry, run_hooks (never raises), the in-process `flicker` hook
