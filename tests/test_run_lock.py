@@ -112,7 +112,9 @@ def test_a_killed_prepare_takes_its_workers_with_it(tmp_path):
     writes on beside the next prepare (which removes unfinished shard files when it starts)."""
     from data.synthetic import make_synthetic_videos
 
-    make_synthetic_videos(tmp_path / "videos", num=4, frames=[17], fps=16, sizes=[(64, 64)])
+    # enough units that both workers are still busy when the prepare dies (a worker that finished its share before
+    # its one-second parent poll exits normally, without the line this test reads: seen on a loaded machine)
+    make_synthetic_videos(tmp_path / "videos", num=16, frames=[17], fps=16, sizes=[(64, 64)])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "data.prepare", "--model", "wan", "--tiny", "--input", str(tmp_path / "videos"),
            "--out", str(out), "--length", "17", "--fps", "16", "--buckets", "64x64", "--items-per-shard", "1",
