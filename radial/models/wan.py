@@ -127,6 +127,9 @@ class WanAdapter(ModelAdapter):
     family = "wan"
     class_name = "WanTransformer3DModel"
     mask_model = "wan"
+    processor_class = WanRadialProcessor
+    attention_blocks = ("blocks",)
+    attention_name = "attn1"
     text_len = 512
     variants = {
         "t2v-1.3b": {**_WAN_BASE, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30},
@@ -147,12 +150,6 @@ class WanAdapter(ModelAdapter):
 
     def matches(self, transformer) -> bool:
         return super().matches(transformer) and self.latent_channels(transformer) != 48
-
-    def attention_layers(self, transformer) -> list:
-        return [block.attn1 for block in transformer.blocks]
-
-    def make_processor(self, state, layer_index, stock) -> RadialProcessor:
-        return WanRadialProcessor(state, layer_index, stock)
 
     def patch_size(self, transformer) -> tuple[int, int, int]:
         return tuple(transformer.config.patch_size)
@@ -175,19 +172,13 @@ class WanAdapter(ModelAdapter):
     def make_dummy_conditions(
         self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
     ) -> dict[str, Any]:
-        cfg = transformer.config
-        gen = torch.Generator().manual_seed(seed)
-        text_len = self.text_len if text_len is None else text_len
+        cfg, gen, text_len = self._dummy_start(transformer, text_len, seed)
         embeds = self._randn((batch, text_len, cfg.text_dim), gen, transformer)
         if valid_text is not None:  # the Wan pipeline zero-pads the T5 states past the prompt
             embeds = embeds * self._text_mask(batch, text_len, valid_text, embeds.device)[..., None]
         cond: dict[str, Any] = {"prompt_embeds": embeds}
-        extra = cfg.in_channels - self.latent_channels(transformer)
-        if extra:
-            if latent_shape is None:
-                raise ValueError(f"latent_shape is needed for the {extra} image-conditioning channels of this model")
-            b, _, f, h, w = latent_shape
-            cond["image_latents"] = self._randn((b, extra, f, h, w), gen, transformer)
+        if (image := self._dummy_image_latents(transformer, latent_shape, gen)) is not None:
+            cond["image_latents"] = image
         if cfg.image_dim is not None:  # predict pads the text to the 512 tokens diffusers splits I2V states at
             cond["image_embeds"] = self._randn((batch, self.image_tokens, cfg.image_dim), gen, transformer)
         return cond
