@@ -80,33 +80,27 @@ def pad_text_for_image(prompt_embeds: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(prompt_embeds, (0, 0, 0, extra)) if extra else prompt_embeds
 
 
-_WAN_BASE = {
+# What every Wan2.1 transformer has, full-size or tiny: the patch, the VAE's channels, the norms, the rotary positions
+# (4x of the longest clip: Wan 321 frames, 81 latent frames).
+_WAN_ARCH = {
     "patch_size": (1, 2, 2),
-    "attention_head_dim": 128,
     "in_channels": 16,
     "out_channels": 16,
-    "text_dim": 4096,
-    "freq_dim": 256,
     "cross_attn_norm": True,
     "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
     "rope_max_seq_len": 1024,
 }
+_WAN_BASE = {**_WAN_ARCH, "attention_head_dim": 128, "text_dim": 4096, "freq_dim": 256, "eps": 1e-6}
 _WAN_14B = {**_WAN_BASE, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
 
 _WAN_TINY = {
-    "patch_size": (1, 2, 2),
+    **_WAN_ARCH,
     "num_attention_heads": 2,
     "attention_head_dim": 16,
-    "in_channels": 16,
-    "out_channels": 16,
     "text_dim": family_spec("wan").tiny_text_dim,
     "freq_dim": 32,
     "ffn_dim": 64,
     "num_layers": 2,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "rope_max_seq_len": 1024,  # positions for 4x of the longest clip (Wan 321 frames: 81 latent frames)
 }
 
 
