@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.video import VideoError
+from data.video import VideoError, decoding
 
 
 def read_audio(path: str | Path, start: float, samples: int, rate: int) -> torch.Tensor | None:
@@ -19,7 +19,7 @@ def read_audio(path: str | Path, start: float, samples: int, rate: int) -> torch
         container = av.open(str(path))
     except Exception as e:
         raise VideoError(f"{path}: cannot open ({type(e).__name__}: {e})") from None
-    try:
+    with decoding(container, path, "audio decoding failed"):
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
@@ -35,12 +35,6 @@ def read_audio(path: str | Path, start: float, samples: int, rate: int) -> torch
         else:
             for out in resampler.resample(None):  # flush
                 chunks.append(out.to_ndarray())
-    except VideoError:
-        raise
-    except Exception as e:
-        raise VideoError(f"{path}: audio decoding failed ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
     wave = np.concatenate(chunks, axis=1)[:, skip : skip + samples] if chunks else np.zeros((2, 0), np.float32)
     out = torch.zeros(2, samples)
     out[:, : wave.shape[1]] = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))

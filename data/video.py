@@ -7,7 +7,8 @@ skips the item and reports the message.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -132,6 +133,19 @@ def _open(path: str | Path):
     return container
 
 
+@contextmanager
+def decoding(container, path: str | Path, what: str) -> Iterator:
+    """Closes `container` on leaving; an error other than a VideoError becomes one: `{path}: {what} (the error)`."""
+    try:
+        yield container
+    except VideoError:
+        raise
+    except Exception as e:
+        raise VideoError(f"{path}: {what} ({type(e).__name__}: {e})") from None
+    finally:
+        container.close()
+
+
 def _first_frame_rotation(container, stream) -> int:
     """Decode the first frame: proves the stream decodes, and gives the display rotation (side data)."""
     for frame in container.decode(stream):
@@ -142,7 +156,7 @@ def _first_frame_rotation(container, stream) -> int:
 def probe(path: str | Path) -> VideoInfo:
     """Size, frame rate, duration and rotation of a video, from its headers (or a demux pass when they lack it)."""
     container = _open(path)
-    try:
+    with decoding(container, path, "unreadable video"):
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
@@ -156,12 +170,6 @@ def probe(path: str | Path) -> VideoInfo:
             duration = container.duration / 1_000_000
         codec = stream.codec_context.name
         rotation = _first_frame_rotation(container, stream)
-    except VideoError:
-        raise
-    except Exception as e:
-        raise VideoError(f"{path}: unreadable video ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
     if not duration or duration <= 0 or fps <= 0:
         duration, fps = _demux_duration(path, fps)
     if rotation in (90, 270):
@@ -173,15 +181,11 @@ def _demux_duration(path: str | Path, fps: float) -> tuple[float, float]:
     """Duration (and rate) from packet timestamps, for files whose headers don't say."""
     container = _open(path)
     times = []
-    try:
+    with decoding(container, path, "unreadable video"):
         stream = container.streams.video[0]
         for packet in container.demux(stream):
             if packet.pts is not None and packet.time_base:
                 times.append(float(packet.pts * packet.time_base))
-    except Exception as e:
-        raise VideoError(f"{path}: unreadable video ({type(e).__name__}: {e})") from None
-    finally:
-        container.close()
     if not times:
         raise VideoError(f"{path}: no video packets")
     times.sort()

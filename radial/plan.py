@@ -114,25 +114,14 @@ def make_plan(
     tokens_per_frame: int,
     *,
     text_tokens: int = 0,
-    block_size: int = 128,
-    decay_factor: float = 1.0,
-    model: str = "wan",
-    sink: bool | None = None,
-    decay_adjacent: bool = False,
-    window_frames: int = 0,
     device: torch.device | str | None = None,
+    **mask_options,
 ) -> RadialPlan:
     """The radial plan for a layout, built once per (layout, options, device) and reused by every layer and step.
 
-    `window_frames` > 0 builds the temporal-window baseline instead (radial.mask.window), e.g. for comparisons."""
-    options = MaskOptions.create(
-        block_size=block_size,
-        decay_factor=decay_factor,
-        model=model,
-        sink=sink,
-        decay_adjacent=decay_adjacent,
-        window_frames=window_frames,
-    )
+    `mask_options` are `MaskOptions.create`'s (block_size, decay_factor, model, sink, decay_adjacent, window_frames;
+    its defaults); `window_frames` > 0 builds the temporal-window baseline instead (radial.mask.window)."""
+    options = MaskOptions.create(**mask_options)
     return plan_for(num_frames, tokens_per_frame, options, text_tokens=text_tokens, device=device)
 
 

@@ -105,6 +105,23 @@ def require_folder(path: str | Path | None, family: str, subfolders: list[str]) 
     return root
 
 
+def tiny_vision_model(config_class, model_class, seed: int, dim: int, size: int, layers: int, **extra):
+    """A tiny random-init vision tower (CLIP, SigLIP) of `layers` layers of 2 heads over 8-pixel patches of a `size`
+    image, drawn from seed + 1 (the same in every process); `extra` goes to the config."""
+    config = config_class(
+        hidden_size=dim,
+        intermediate_size=2 * dim,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        image_size=size,
+        patch_size=8,
+        **extra,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        return model_class(config)
+
+
 def default_text_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -190,6 +207,13 @@ class FamilyEncoders:
         raise NotImplementedError
 
     # ----- shared -----
+    def _hold_image_encoder(self, image_encoder, processor, processor_name: str) -> None:
+        """Keep an I2V pipeline's vision encoder (frozen, on this device) and its image processor as `processor_name`;
+        both join the saved components."""
+        self.image_encoder = image_encoder.eval().requires_grad_(False).to(self.device)
+        setattr(self, processor_name, processor)
+        self.components = (*type(self).components, "image_encoder", processor_name)
+
     def _check_channels(self, channels: int, temporal: int, spatial: int) -> None:
         g = self.geometry
         got, want = (channels, temporal, spatial), _vae_of(g)

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import torch
 
-from data.encoders.base import DualTextEncoders, TextField, load_components, read_text_settings, require_folder
+from data.encoders.base import (
+    DualTextEncoders,
+    TextField,
+    load_components,
+    read_text_settings,
+    require_folder,
+    tiny_vision_model,
+)
 from data.latents import make_latent_norm
 from radial.families import family_spec
 
@@ -56,17 +63,9 @@ def tiny_image_encoder(seed: int):
     """A tiny random-init SiglipVisionModel and the SiglipImageProcessor sized for it (seeded)."""
     import transformers
 
-    config = transformers.SiglipVisionConfig(
-        hidden_size=TINY_IMAGE_DIM,
-        intermediate_size=2 * TINY_IMAGE_DIM,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=TINY_IMAGE_SIZE,
-        patch_size=8,
+    model = tiny_vision_model(
+        transformers.SiglipVisionConfig, transformers.SiglipVisionModel, seed, TINY_IMAGE_DIM, TINY_IMAGE_SIZE, 2
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        model = transformers.SiglipVisionModel(config)
     # the PIL processor: SiglipImageProcessor itself warns and falls back to it without torchvision
     processor_class = getattr(transformers, "SiglipImageProcessorPil", None) or transformers.SiglipImageProcessor
     processor = processor_class(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
@@ -156,9 +155,7 @@ class Hunyuan15Encoders(DualTextEncoders):
 
     def with_image_encoder(self, image_encoder, feature_extractor) -> Hunyuan15Encoders:
         """Add the I2V pipeline's SigLIP vision encoder and its image processor."""
-        self.image_encoder = image_encoder.eval().requires_grad_(False).to(self.device)
-        self.feature_extractor = feature_extractor
-        self.components = (*type(self).components, "image_encoder", "feature_extractor")
+        self._hold_image_encoder(image_encoder, feature_extractor, "feature_extractor")
         self.image_conditioning = True
         return self
 
@@ -205,7 +202,7 @@ class Hunyuan15Encoders(DualTextEncoders):
         from diffusers import AutoencoderKLHunyuanVideo15
         from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
 
-        from data.encoders.tokenizer import byte_level_tokenizer, tiny_decoder_config
+        from data.encoders.tokenizer import byte_level_tokenizer, tiny_decoder_config, tiny_t5_config
 
         tokenizer = byte_level_tokenizer(TINY_MAX_SEQUENCE_LENGTH + 128)
         tokenizer.chat_template = TINY_CHAT_TEMPLATE
@@ -220,18 +217,7 @@ class Hunyuan15Encoders(DualTextEncoders):
             qwen = Qwen2_5_VLTextModel(
                 Qwen2_5_VLTextConfig(**tiny_decoder_config(tokenizer, text_dim), rope_scaling=mrope)
             )
-            t5 = T5EncoderModel(
-                T5Config(
-                    vocab_size=len(tokenizer_2),
-                    d_model=glyph_dim,
-                    d_kv=8,
-                    d_ff=2 * glyph_dim,
-                    num_layers=2,
-                    num_heads=2,
-                    pad_token_id=tokenizer_2.pad_token_id,
-                    eos_token_id=tokenizer_2.eos_token_id,
-                )
-            )
+            t5 = T5EncoderModel(T5Config(**tiny_t5_config(tokenizer_2, glyph_dim, 2)))
         settings = {
             "max_sequence_length": TINY_MAX_SEQUENCE_LENGTH,
             "crop_start": crop_start,

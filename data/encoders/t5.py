@@ -79,7 +79,7 @@ class T5FamilyEncoders(FamilyEncoders):
         import diffusers
         import transformers
 
-        from data.encoders.tokenizer import byte_level_tokenizer
+        from data.encoders.tokenizer import byte_level_tokenizer, tiny_t5_config
 
         tokenizer = byte_level_tokenizer(TINY_MAX_SEQUENCE_LENGTH)
         with torch.random.fork_rng(devices=[]):
@@ -87,15 +87,8 @@ class T5FamilyEncoders(FamilyEncoders):
             # The VAE is built first: the seeded draw order fixes the weights, which resume compares.
             vae = getattr(diffusers, cls.vae_class)(**cls._tiny_vae_config(family))
             config = getattr(transformers, cls.text_config_class)(
-                vocab_size=len(tokenizer),
-                d_model=text_dim,
-                d_kv=8,
-                d_ff=2 * text_dim,
-                num_layers=2,
-                num_heads=4,
+                **tiny_t5_config(tokenizer, text_dim, 4),
                 relative_attention_num_buckets=8,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
                 decoder_start_token_id=tokenizer.pad_token_id,
             )
             text_encoder = getattr(transformers, cls.text_encoder_class)(config)

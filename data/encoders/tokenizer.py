@@ -69,3 +69,18 @@ def tiny_decoder_config(tokenizer, text_dim: int) -> dict:
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
+
+
+def tiny_t5_config(tokenizer, dim: int, heads: int) -> dict:
+    """Config arguments of the tiny T5 encoders (Wan's and Mochi's text, HunyuanVideo-1.5's ByT5 glyphs) over
+    `tokenizer`: 2 layers of `heads` heads of 8 dims in a `dim` model size."""
+    return {
+        "vocab_size": len(tokenizer),
+        "d_model": dim,
+        "d_kv": 8,
+        "d_ff": 2 * dim,
+        "num_layers": 2,
+        "num_heads": heads,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }

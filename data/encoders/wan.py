@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from data.encoders.base import tiny_vision_model
 from data.encoders.t5 import TINY_MAX_SEQUENCE_LENGTH as TINY_MAX_SEQUENCE_LENGTH  # public here too
 from data.encoders.t5 import T5FamilyEncoders
 from data.latents import make_latent_norm
@@ -43,18 +44,10 @@ def tiny_image_encoder(seed: int):
     """A tiny random-init CLIPVisionModel and the CLIPImageProcessor sized for it (seeded: the same in every process)."""
     import transformers
 
-    config = transformers.CLIPVisionConfig(
-        hidden_size=TINY_IMAGE_DIM,
-        intermediate_size=2 * TINY_IMAGE_DIM,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        image_size=TINY_IMAGE_SIZE,
-        patch_size=8,
+    model = tiny_vision_model(
+        transformers.CLIPVisionConfig, transformers.CLIPVisionModel, seed, TINY_IMAGE_DIM, TINY_IMAGE_SIZE, 3,
         projection_dim=TINY_IMAGE_DIM,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        model = transformers.CLIPVisionModel(config)
+    )  # fmt: skip
     processor = transformers.CLIPImageProcessor(
         size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
     )
@@ -99,9 +92,7 @@ class WanEncoders(T5FamilyEncoders):
     def with_image_encoder(self, image_encoder, image_processor) -> WanEncoders:
         """Add Wan2.1 I2V's CLIP vision encoder (None for Wan2.2 I2V, which conditions on the latents only)."""
         if image_encoder is not None:
-            self.image_encoder = image_encoder.eval().requires_grad_(False).to(self.device)
-            self.image_processor = image_processor
-            self.components = (*type(self).components, "image_encoder", "image_processor")
+            self._hold_image_encoder(image_encoder, image_processor, "image_processor")
         self.image_conditioning = True
         return self
 

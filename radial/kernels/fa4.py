@@ -33,6 +33,7 @@ import weakref
 
 import torch
 
+from radial.kernels.custom_ops import check_sequence, fake_grads, fake_out_lse, softmax_scale
 from radial.kernels.registry import Backend, log_once, register
 from radial.plan import RadialPlan, block_index_lists
 
@@ -151,9 +152,7 @@ def fa4_attn_fwd(
 
 @fa4_attn_fwd.register_fake
 def _(query, key, value, *lists_and_args):
-    b, s, h, _ = query.shape
-    lse = query.new_empty((b, h, s), dtype=torch.float32)
-    return torch.empty_like(query, memory_format=torch.contiguous_format), lse
+    return fake_out_lse(query, query.shape[1])
 
 
 @torch.library.custom_op("radial::fa4_attn_bwd", mutates_args=())
@@ -183,7 +182,7 @@ def fa4_attn_bwd(
 
 @fa4_attn_bwd.register_fake
 def _(grad_out, query, key, value, *rest):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (query, key, value))
+    return fake_grads(query, key, value)
 
 
 def _setup_context(ctx, inputs, output):
@@ -245,8 +244,7 @@ def key_lengths(key_padding_mask: torch.Tensor) -> list[int] | None:
 
 def dense(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Full attention [B, Sq, H, D] over keys [B, Sk, H, D] through flash-attn-4's dense kernel (with backward)."""
-    scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
-    return fa4_attn_fwd(query, key, value, *(None,) * 8, 0, scale)[0]
+    return fa4_attn_fwd(query, key, value, *(None,) * 8, 0, softmax_scale(query, scale))[0]
 
 
 def fa4_attention(
@@ -262,8 +260,7 @@ def fa4_attention(
     if _REQUIRE_CUDA and query.device.type != "cuda":
         raise ValueError(f"backend='fa4' needs CUDA tensors, got device={query.device}")
     _cute()
-    if query.shape[1] != plan.seq_len:
-        raise ValueError(f"sequence length {query.shape[1]} does not match the plan's seq_len={plan.seq_len}")
+    check_sequence(query, plan)
     why = unsupported_reason(plan.block_size, query.dtype, query.shape[-1])
     lengths = None
     if why is None and key_padding_mask is not None:
@@ -278,7 +275,7 @@ def fa4_attention(
         from radial.kernels.triton import triton_attention
 
         return triton_attention(query, key, value, plan, key_padding_mask, scale=scale)
-    scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = softmax_scale(query, scale)
     bs = plan.block_size
 
     def run(q, k, v):

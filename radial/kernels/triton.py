@@ -10,6 +10,7 @@ import weakref
 
 import torch
 
+from radial.kernels.custom_ops import check_sequence, fake_grads, fake_out_lse, softmax_scale
 from radial.kernels.registry import Backend, needs_cuda, register
 from radial.plan import RadialPlan
 
@@ -49,9 +50,7 @@ def sparse_attn_fwd(
 
 @sparse_attn_fwd.register_fake
 def _(query, key, value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, block_size, scale):
-    b, _, h, _ = query.shape
-    lse = query.new_empty((b, h, kv_counts.shape[0] * block_size), dtype=torch.float32)
-    return torch.empty_like(query, memory_format=torch.contiguous_format), lse
+    return fake_out_lse(query, kv_counts.shape[0] * block_size)
 
 
 @torch.library.custom_op("radial::sparse_attn_bwd", mutates_args=())
@@ -83,22 +82,8 @@ def sparse_attn_bwd(
 
 
 @sparse_attn_bwd.register_fake
-def _(
-    grad_out,
-    query,
-    key,
-    value,
-    out,
-    lse,
-    kv_indices,
-    kv_counts,
-    q_indices,
-    q_counts,
-    key_padding_mask,
-    block_size,
-    scale,
-):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (query, key, value))
+def _(grad_out, query, key, value, *rest):
+    return fake_grads(query, key, value)
 
 
 def _setup_context(ctx, inputs, output):
@@ -151,9 +136,8 @@ def triton_attention(
     from radial.kernels.triton_common import check_tensors
 
     check_tensors(query, key, value, plan.block_size)
-    if query.shape[1] != plan.seq_len:
-        raise ValueError(f"sequence length {query.shape[1]} does not match the plan's seq_len={plan.seq_len}")
-    scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+    check_sequence(query, plan)
+    scale = softmax_scale(query, scale)
     kv_indices, kv_counts, q_indices, q_counts = plan_tensors(plan, query.device)
     if key_padding_mask is not None:
         key_padding_mask = key_padding_mask.to(device=query.device, dtype=torch.bool)

@@ -130,12 +130,18 @@ class ModelAdapter:
         return f"<{type(self).__name__} family={self.family!r} class={self.class_name}>"
 
     # -- structure (used by radial.inject) -----------------------------------------------------------------------
+    processor_class: ClassVar[type[RadialProcessor]]  # the family's processor, in place of the stock one
+    attention_blocks: ClassVar[tuple[str, ...]] = ("transformer_blocks",)  # the block lists, in execution order
+    attention_name: ClassVar[str] = "attn"  # each block's attention module that gets radial attention
+
     def attention_layers(self, transformer: nn.Module) -> list[nn.Module]:
         """The attention modules that get radial attention, in execution order (list index = layer index)."""
-        raise NotImplementedError
+        blocks = [block for name in self.attention_blocks for block in getattr(transformer, name)]
+        return [getattr(block, self.attention_name) for block in blocks]
 
     def make_processor(self, state: InjectionState, layer_index: int, stock) -> RadialProcessor:
-        raise NotImplementedError
+        """The family's radial processor for one attention layer; `stock` serves what it does not handle."""
+        return self.processor_class(state, layer_index, stock)
 
     def blocks(self, transformer: nn.Module) -> list[nn.Module]:
         """The transformer blocks in execution order, one per attention layer (the module holding it): what
@@ -145,8 +151,10 @@ class ModelAdapter:
         return [modules[names[id(attn)].rpartition(".")[0]] for attn in self.attention_layers(transformer)]
 
     def patch_size(self, transformer: nn.Module) -> tuple[int, int, int]:
-        """(temporal, height, width) patch of the transformer's patch embedding."""
-        raise NotImplementedError
+        """(temporal, height, width) patch of the transformer's patch embedding; by default the config's
+        `patch_size_t` and a square `patch_size` (HunyuanVideo, HunyuanVideo-1.5)."""
+        cfg = transformer.config
+        return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
 
     def rotary_spec(self, transformer: nn.Module) -> RotarySpec | None:
         """The temporal rotary embedding that `rope_extension` rewrites (radial.rope_extension); None: the family
@@ -441,6 +449,32 @@ class ModelAdapter:
         return self.predict(transformer, latents, timestep, conditions), {}
 
     # -- helpers for subclasses ---------------------------------------------------------------------------------
+    def _dummy_start(self, transformer: nn.Module, text_len: int | None, seed: int):
+        """What `make_dummy_conditions` starts from: the config, a generator seeded with `seed` and the text length
+        (the family's padded length where None)."""
+        return transformer.config, torch.Generator().manual_seed(seed), self.text_len if text_len is None else text_len
+
+    def _dummy_image_latents(
+        self, transformer: nn.Module, latent_shape: Sequence[int] | None, gen: torch.Generator
+    ) -> torch.Tensor | None:
+        """Random latents for the input channels beyond the video latents' (image conditioning), None if none."""
+        extra = transformer.config.in_channels - self.latent_channels(transformer)
+        if not extra:
+            return None
+        if latent_shape is None:
+            raise ValueError(f"latent_shape is needed for the {extra} image-conditioning channels of this model")
+        b, _, f, h, w = latent_shape
+        return self._randn((b, extra, f, h, w), gen, transformer)
+
+    @staticmethod
+    def _text_and_mask(conditions: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt states and their attention mask (all tokens real where the conditions give none)."""
+        embeds = conditions["prompt_embeds"]
+        mask = conditions.get("prompt_attention_mask")
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        return embeds, mask
+
     @staticmethod
     def _timesteps(timestep, latents: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(timestep, device=latents.device)

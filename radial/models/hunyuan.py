@@ -154,6 +154,8 @@ class HunyuanVideoAdapter(ModelAdapter):
     family = "hunyuan"
     class_name = "HunyuanVideoTransformer3DModel"
     mask_model = "hunyuan"
+    processor_class = HunyuanVideoRadialProcessor
+    attention_blocks = ("transformer_blocks", "single_transformer_blocks")
     text_len = 256
     variants = {
         "t2v": {
@@ -197,17 +199,6 @@ class HunyuanVideoAdapter(ModelAdapter):
     def comfy_rules(self) -> list[ComfyRule]:
         return _HUNYUAN_COMFY
 
-    def attention_layers(self, transformer) -> list:
-        blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
-        return [block.attn for block in blocks]
-
-    def make_processor(self, state, layer_index, stock) -> RadialProcessor:
-        return HunyuanVideoRadialProcessor(state, layer_index, stock)
-
-    def patch_size(self, transformer) -> tuple[int, int, int]:
-        cfg = transformer.config
-        return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
-
     def rotary_spec(self, transformer) -> RotarySpec:
         rope = transformer.rope  # HunyuanVideoRotaryPosEmbed: tables computed per forward, float32 angles
         pt, ph, pw = self.patch_size(transformer)
@@ -240,20 +231,14 @@ class HunyuanVideoAdapter(ModelAdapter):
     def make_dummy_conditions(
         self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
     ) -> dict[str, Any]:
-        cfg = transformer.config
-        gen = torch.Generator().manual_seed(seed)
-        text_len = self.text_len if text_len is None else text_len
+        cfg, gen, text_len = self._dummy_start(transformer, text_len, seed)
         cond: dict[str, Any] = {
             "prompt_embeds": self._randn((batch, text_len, cfg.text_embed_dim), gen, transformer),
             "prompt_attention_mask": self._text_mask(batch, text_len, valid_text, transformer.device),
             "pooled_prompt_embeds": self._randn((batch, cfg.pooled_projection_dim), gen, transformer),
         }
-        extra = cfg.in_channels - self.latent_channels(transformer)
-        if extra:
-            if latent_shape is None:
-                raise ValueError(f"latent_shape is needed for the {extra} image-conditioning channels of this model")
-            b, _, f, h, w = latent_shape
-            cond["image_latents"] = self._randn((b, extra, f, h, w), gen, transformer)
+        if (image := self._dummy_image_latents(transformer, latent_shape, gen)) is not None:
+            cond["image_latents"] = image
         return cond
 
     def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
@@ -261,10 +246,7 @@ class HunyuanVideoAdapter(ModelAdapter):
         hidden = latents
         if conditions.get("image_latents") is not None:
             hidden = torch.cat([latents, conditions["image_latents"].to(latents.dtype)], dim=1)
-        embeds = conditions["prompt_embeds"]
-        mask = conditions.get("prompt_attention_mask")
-        if mask is None:
-            mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        embeds, mask = self._text_and_mask(conditions)
         guidance = None
         base = getattr(transformer, "module", transformer)  # DDP and DeepSpeed wrap the model (no `.config`)
         if base.config.guidance_embeds:

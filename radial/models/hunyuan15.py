@@ -123,6 +123,7 @@ class HunyuanVideo15Adapter(ModelAdapter):
     family = "hunyuan15"
     class_name = "HunyuanVideo15Transformer3DModel"
     mask_model = "hunyuan"
+    processor_class = HunyuanVideo15RadialProcessor
     text_len = 1000  # Qwen tokens; ByT5 adds 256 and the image 729
     glyph_len = 256
     image_tokens = 729
@@ -200,16 +201,6 @@ class HunyuanVideo15Adapter(ModelAdapter):
         # original checkpoint) are one fused img_attn_qkv / txt_attn_qkv there, as in musubi-tuner's ComfyUI LoRAs.
         return DOUBLE_BLOCK_ATTN_COMFY
 
-    def attention_layers(self, transformer) -> list:
-        return [block.attn for block in transformer.transformer_blocks]
-
-    def make_processor(self, state, layer_index, stock) -> RadialProcessor:
-        return HunyuanVideo15RadialProcessor(state, layer_index, stock)
-
-    def patch_size(self, transformer) -> tuple[int, int, int]:
-        cfg = transformer.config
-        return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
-
     # Sequence parallelism as for HunyuanVideo: the video tokens split, the joined conditioning stream (image, ByT5
     # and Qwen tokens) whole on every rank; the processor's key mask is [local video, whole text].
     sp_text = "replicated"
@@ -237,9 +228,7 @@ class HunyuanVideo15Adapter(ModelAdapter):
 
         `text_len` sets the Qwen length; the ByT5 and image lengths scale with it below the pipeline's (tiny runs).
         """
-        cfg = transformer.config
-        gen = torch.Generator().manual_seed(seed)
-        text_len = self.text_len if text_len is None else text_len
+        cfg, gen, text_len = self._dummy_start(transformer, text_len, seed)
         glyph = self.glyph_len if text_len == self.text_len else max(1, text_len // 2)
         image = self.image_tokens if text_len == self.text_len else max(1, text_len // 2)
         dev = transformer.device

@@ -137,6 +137,7 @@ class MiniMaxH3Adapter(ModelAdapter):
     family = "h3"
     class_name = "MiniMaxH3Transformer3DModel"
     mask_model = "hunyuan"
+    processor_class = MiniMaxH3RadialProcessor
     text_len = 128  # dummy prompts (H3 packs the prompt's own tokens, no padding)
     variants = {
         "t2va": {
@@ -249,12 +250,6 @@ class MiniMaxH3Adapter(ModelAdapter):
     def comfy_rules(self) -> list[ComfyRule]:
         return _H3_COMFY
 
-    def attention_layers(self, transformer) -> list:
-        return [block.attn for block in transformer.transformer_blocks]
-
-    def make_processor(self, state, layer_index, stock) -> RadialProcessor:
-        return MiniMaxH3RadialProcessor(state, layer_index, stock)
-
     def patch_size(self, transformer) -> tuple[int, int, int]:
         return tuple(int(p) for p in transformer.config.patch_size)
 
@@ -294,9 +289,7 @@ class MiniMaxH3Adapter(ModelAdapter):
     def make_dummy_conditions(
         self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
     ) -> dict[str, Any]:
-        cfg = transformer.config
-        gen = torch.Generator().manual_seed(seed)
-        text_len = self.text_len if text_len is None else text_len
+        cfg, gen, text_len = self._dummy_start(transformer, text_len, seed)
         cond: dict[str, Any] = {
             "prompt_embeds": self._randn((batch, text_len, cfg.text_dim), gen, transformer),
             "prompt_attention_mask": self._text_mask(batch, text_len, valid_text, transformer.device),

@@ -105,6 +105,8 @@ class MochiAdapter(ModelAdapter):
     family = "mochi"
     class_name = "MochiTransformer3DModel"
     mask_model = "mochi"
+    processor_class = MochiRadialProcessor
+    attention_name = "attn1"
     text_len = 256
     variants = {
         "preview": {
@@ -138,12 +140,6 @@ class MochiAdapter(ModelAdapter):
     def comfy_rules(self) -> list[ComfyRule]:
         return _MOCHI_COMFY
 
-    def attention_layers(self, transformer) -> list:
-        return [block.attn1 for block in transformer.transformer_blocks]
-
-    def make_processor(self, state, layer_index, stock) -> RadialProcessor:
-        return MochiRadialProcessor(state, layer_index, stock)
-
     def patch_size(self, transformer) -> tuple[int, int, int]:
         p = transformer.config.patch_size
         return (1, p, p)
@@ -174,9 +170,7 @@ class MochiAdapter(ModelAdapter):
     def make_dummy_conditions(
         self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
     ) -> dict[str, Any]:
-        cfg = transformer.config
-        gen = torch.Generator().manual_seed(seed)
-        text_len = self.text_len if text_len is None else text_len
+        cfg, gen, text_len = self._dummy_start(transformer, text_len, seed)
         return {
             "prompt_embeds": self._randn((batch, text_len, cfg.text_embed_dim), gen, transformer),
             "prompt_attention_mask": self._text_mask(batch, text_len, valid_text, transformer.device),
@@ -184,10 +178,7 @@ class MochiAdapter(ModelAdapter):
 
     def predict(self, transformer, latents, timestep, conditions: Mapping[str, Any]) -> torch.Tensor:
         t = self._timesteps(timestep, latents)
-        embeds = conditions["prompt_embeds"]
-        mask = conditions.get("prompt_attention_mask")
-        if mask is None:
-            mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        embeds, mask = self._text_and_mask(conditions)
         out = transformer(
             hidden_states=latents,
             encoder_hidden_states=embeds,

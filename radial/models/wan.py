@@ -80,33 +80,27 @@ def pad_text_for_image(prompt_embeds: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(prompt_embeds, (0, 0, 0, extra)) if extra else prompt_embeds
 
 
-_WAN_BASE = {
+# What every Wan2.1 transformer has, full-size or tiny: the patch, the VAE's channels, the norms, the rotary positions
+# (4x of the longest clip: Wan 321 frames, 81 latent frames).
+_WAN_ARCH = {
     "patch_size": (1, 2, 2),
-    "attention_head_dim": 128,
     "in_channels": 16,
     "out_channels": 16,
-    "text_dim": 4096,
-    "freq_dim": 256,
     "cross_attn_norm": True,
     "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
     "rope_max_seq_len": 1024,
 }
+_WAN_BASE = {**_WAN_ARCH, "attention_head_dim": 128, "text_dim": 4096, "freq_dim": 256, "eps": 1e-6}
 _WAN_14B = {**_WAN_BASE, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
 
 _WAN_TINY = {
-    "patch_size": (1, 2, 2),
+    **_WAN_ARCH,
     "num_attention_heads": 2,
     "attention_head_dim": 16,
-    "in_channels": 16,
-    "out_channels": 16,
     "text_dim": family_spec("wan").tiny_text_dim,
     "freq_dim": 32,
     "ffn_dim": 64,
     "num_layers": 2,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "rope_max_seq_len": 1024,  # positions for 4x of the longest clip (Wan 321 frames: 81 latent frames)
 }
 
 
@@ -127,6 +121,9 @@ class WanAdapter(ModelAdapter):
     family = "wan"
     class_name = "WanTransformer3DModel"
     mask_model = "wan"
+    processor_class = WanRadialProcessor
+    attention_blocks = ("blocks",)
+    attention_name = "attn1"
     text_len = 512
     variants = {
         "t2v-1.3b": {**_WAN_BASE, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30},
@@ -147,12 +144,6 @@ class WanAdapter(ModelAdapter):
 
     def matches(self, transformer) -> bool:
         return super().matches(transformer) and self.latent_channels(transformer) != 48
-
-    def attention_layers(self, transformer) -> list:
-        return [block.attn1 for block in transformer.blocks]
-
-    def make_processor(self, state, layer_index, stock) -> RadialProcessor:
-        return WanRadialProcessor(state, layer_index, stock)
 
     def patch_size(self, transformer) -> tuple[int, int, int]:
         return tuple(transformer.config.patch_size)
@@ -175,19 +166,13 @@ class WanAdapter(ModelAdapter):
     def make_dummy_conditions(
         self, transformer, batch, text_len=None, *, latent_shape=None, seed=0, valid_text=None
     ) -> dict[str, Any]:
-        cfg = transformer.config
-        gen = torch.Generator().manual_seed(seed)
-        text_len = self.text_len if text_len is None else text_len
+        cfg, gen, text_len = self._dummy_start(transformer, text_len, seed)
         embeds = self._randn((batch, text_len, cfg.text_dim), gen, transformer)
         if valid_text is not None:  # the Wan pipeline zero-pads the T5 states past the prompt
             embeds = embeds * self._text_mask(batch, text_len, valid_text, embeds.device)[..., None]
         cond: dict[str, Any] = {"prompt_embeds": embeds}
-        extra = cfg.in_channels - self.latent_channels(transformer)
-        if extra:
-            if latent_shape is None:
-                raise ValueError(f"latent_shape is needed for the {extra} image-conditioning channels of this model")
-            b, _, f, h, w = latent_shape
-            cond["image_latents"] = self._randn((b, extra, f, h, w), gen, transformer)
+        if (image := self._dummy_image_latents(transformer, latent_shape, gen)) is not None:
+            cond["image_latents"] = image
         if cfg.image_dim is not None:  # predict pads the text to the 512 tokens diffusers splits I2V states at
             cond["image_embeds"] = self._randn((batch, self.image_tokens, cfg.image_dim), gen, transformer)
         return cond

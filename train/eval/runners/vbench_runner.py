@@ -10,12 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-SKIP = 3
-
-
-def finish(path, code, status, **fields):
-    Path(path).write_text(json.dumps({"status": status, **fields}, indent=1))
-    sys.exit(code)
+from runner_result import SKIP, finish
 
 
 def main(request_path, result_path):
