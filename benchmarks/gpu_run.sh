@@ -15,7 +15,7 @@
 # construction on one CPU core, results in $OUT/maskN), "extension-bg TAG ARGS..." (benchmarks/extension.py ARGS
 # detached with setsid, so it outlives the call: a run longer than one call's 10 minutes, or several runs sharing the
 # GPU; record and log in /tmp/extbg/TAG), "extension-wait SECONDS" (waits until every detached run has ended or SECONDS
-# passed, then tars /tmp/extbg into $OUT/extbg.tar.gz and copies each kept base to $OUT/base_TAG; call it again, on
+# passed, then tars /tmp/extbg into $OUT/extbg.tar.gz and each kept base into $OUT/base_TAG.tar; call it again, on
 # the same warm machine, to keep waiting).
 # At the end every JSON under $OUT is also bundled into $OUT/results_bundle.json (benchmarks/bundle_results.py), so
 # the raw numbers come back even when the call returns only some of its files.
@@ -77,9 +77,11 @@ for step in "$@"; do
       while pgrep -f "benchmarks/extension.py" >/dev/null && [ $((SECONDS - t0)) -lt "$secs" ]; do sleep 10; done
       { pgrep -af "benchmarks/extension.py" || echo "no extension run alive"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
         for f in /tmp/extbg/*/extension.log; do echo "== $f"; grep "^\[" "$f" | tail -n 12; done; } >"$log" 2>&1
-      # a kept base (14 MB of bf16 weights) comes back as its own files: in the tar it could pass the size limit
+      # a kept base (14 MB of bf16 weights) comes back as its own tar (16 MiB a file, 8 files a call: two runs' bases
+      # as six loose files would not all come back); untar it into a folder for --base
       tar czf "$OUT/extbg.tar.gz" --exclude="extbg/*/base" -C /tmp extbg
-      for d in /tmp/extbg/*/base; do [ -d "$d" ] && cp -r "$d" "$OUT/base_$(basename "$(dirname "$d")")"; done; true ;;
+      for d in /tmp/extbg/*/base; do [ -d "$d" ] && tar cf "$OUT/base_$(basename "$(dirname "$d")").tar" -C "$d" .; done
+      true ;;
     *) echo "unknown step $name" >"$log"; false ;;
   esac
   rc=$?
