@@ -66,6 +66,8 @@ def test_export_holds_the_average_not_the_last_weights(straight):
         assert torch.equal(lora(final / "lora")[key], value)  # the checkpoint's lora/ is the final export
     peft_b = [k for k in raw if ".lora_B." in k]
     assert peft_b and any(not torch.equal(raw[k].float(), _export_value(exported, k)) for k in peft_b)
+    # LoRA B starts at zero: an average that was never updated would export zeros
+    assert all(_export_value(exported, k).abs().sum() > 0 for k in peft_b)
     with safe_open(str(straight / "lora" / "pytorch_lora_weights.safetensors"), framework="pt") as f:
         info = json.loads(f.metadata()["radial_lora"])
     assert info["training"]["ema_decay"] == 0.5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -56,8 +57,6 @@ class WeightAverage:
 _AVERAGE_FILE = "custom_checkpoint_2.pkl"
 
 
-def has_weight_average(checkpoint) -> bool:
+def has_weight_average(checkpoint: Path | str) -> bool:
     """Whether a checkpoint directory holds a moving average (written by a run with train.ema_decay > 0)."""
-    from pathlib import Path
-
     return (Path(checkpoint) / _AVERAGE_FILE).is_file()

@@ -352,12 +352,12 @@ class Trainer:
         else:
             from train.export import export_run
 
-            # ZeRO-3 / FSDP: the LoRA whole on every rank while the main process exports
-            with self._full_lora(), self.averaged_weights():
-                if acc.is_main_process:
-                    summary.update(export_run(self.view))
-            if not interrupted:  # Ctrl-C: the user wants out; the end hooks (sampling, metrics) can take minutes
-                with self.averaged_weights():
+            with self.averaged_weights():  # train.ema_decay: the export and the end hooks hold the average
+                # ZeRO-3 / FSDP: the LoRA whole on every rank while the main process exports
+                with self._full_lora():
+                    if acc.is_main_process:
+                        summary.update(export_run(self.view))
+                if not interrupted:  # Ctrl-C: the user wants out; the end hooks (sampling, metrics) can take minutes
                     summary["eval"] = self.validator.run_end_hooks()
         acc.wait_for_everyone()
         acc.end_training()

@@ -105,22 +105,21 @@ class Validator(HeldOutLoss, SampleVideos, SamplePipeline):
         sampled = self._num_prompts() if samples else 0
         say(acc, f"step {step}: validating ({items} held-out items" + (f", {sampled} samples)" if sampled else ")"))
         metrics: dict[str, Any] = {}
-        with self.view.averaged_weights():  # train.ema_decay: the average is what is validated
-            metrics.update(self.heldout_loss())
         folder = folder or self.view.out / "validation" / f"step-{step:06d}"
         records: list[dict] = []
-        if samples and self._num_prompts() > 0:
-            try:
-                with self.view.averaged_weights():
+        with self.view.averaged_weights():  # train.ema_decay: the average is what is validated (one swap)
+            metrics.update(self.heldout_loss())
+            if samples and self._num_prompts() > 0:
+                try:
                     records = self.sample(folder, step)
-                metrics["val/sample_seconds"] = sum(r["time"]["wall_s"] for r in records)
-            except Exception as e:  # noqa: BLE001 - sampling trouble is reported, training goes on
-                metrics["val/sample_failed"] = 1.0
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()  # an OOM while sampling must not leave training short of memory
-                acc.print(f"validation sampling failed at step {step}: {type(e).__name__}: {e}")
-                if acc.is_main_process:
-                    traceback.print_exc()
+                    metrics["val/sample_seconds"] = sum(r["time"]["wall_s"] for r in records)
+                except Exception as e:  # noqa: BLE001 - sampling trouble is reported, training goes on
+                    metrics["val/sample_failed"] = 1.0
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()  # an OOM while sampling must not leave training short of memory
+                    acc.print(f"validation sampling failed at step {step}: {type(e).__name__}: {e}")
+                    if acc.is_main_process:
+                        traceback.print_exc()
         metrics["val/seconds"] = time.perf_counter() - started
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         acc.log(numbers, step=step)
