@@ -3,6 +3,7 @@ LoRA gradients as the in-memory step, the hooks' packing, prefetch order and blo
 
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from tests.trainer_helpers import compose_config
 from train.components import build_model
@@ -115,9 +116,12 @@ def test_streamer_holds_a_window_and_moves_frozen_weights_only():
 def test_streamer_keeps_blocks_that_are_not_checkpointed():
     blocks = [torch.nn.Linear(4, 4).requires_grad_(False) for _ in range(3)]
     blocks[0]._radial_recompute = False
+    first = [StorageWeakRef(b.weight.untyped_storage()) for b in blocks]
+    ptr0 = blocks[0].weight.data_ptr()
     streamer = BlockStreamer(blocks, torch.device("cpu"))
     assert not streamer.streamed(0) and streamer.streamed(1)
-    ptr0 = blocks[0].weight.data_ptr()
+    # the streamed blocks' first copies are freed (on CUDA: the device memory the build gives back)
+    assert [ref.expired() for ref in first] == [False, True, True]
     x = torch.randn(2, 4)
     for block in blocks:
         x = block(x)
