@@ -81,6 +81,35 @@ def test_offload_packs_large_activations_and_prefetches_in_reverse():
     assert offload.prefetch_hits == len(offload.packed) - 1  # every unpack but the first was prefetched
 
 
+def test_offload_copies_a_tensor_saved_twice_once_and_reuses_host_buffers():
+    """A tensor that several ops save (every checkpointed block saves the rotary tables) gets one host copy; the
+    second step takes the first step's buffers from the pool (exact sizes, nothing new allocated)."""
+    offload = ActivationOffload(torch.device("cpu"), min_bytes=64)
+    weight = torch.nn.Parameter(torch.randn(16, 16))
+    x = torch.randn(4, 16)
+
+    def step():
+        with offload:
+            shared = x * 2  # saved by both products below
+            y = ((shared @ weight) * shared).sum()
+        packed = list(offload.packed)
+        y.backward()
+        return packed
+
+    first = step()
+    shared = x * 2
+    assert torch.equal(weight.grad, torch.autograd.grad(((shared @ weight) * shared).sum(), weight)[0])
+    grad = weight.grad.clone()
+    held = offload.pool.allocated_bytes
+    assert held == sum(p.host.numel() * p.host.element_size() for p in first)
+    assert len(first) == 1 and held == 4 * 16 * 4  # `shared` (saved by the product and the matmul), copied once
+    del first
+    weight.grad = None
+    step()
+    assert torch.equal(weight.grad, grad)
+    assert offload.pool.allocated_bytes == held  # reused, not allocated again
+
+
 def test_streamer_holds_a_window_and_moves_frozen_weights_only():
     """On a CPU "device" the host copies are distinct tensors: after the build every streamed block points at its
     host copy; when a block runs (forward, and its recomputation in the backward, last block first) it is on the
