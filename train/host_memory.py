@@ -41,7 +41,8 @@ class HostBuffer:
         if nbytes == 0:
             self.data = torch.empty(0, dtype=torch.uint8)
             return
-        # the tensor keeps the mapping alive (torch.frombuffer holds a reference to it)
+        # The tensor keeps the mapping alive (torch.frombuffer holds a reference to it). A shared mapping (mmap's
+        # default): a forked data-loader worker shares its pages instead of copying the page-locked ones on write.
         self.data = torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
         if pin:
             address = self.data.data_ptr()
