@@ -257,6 +257,7 @@ class Experiment:
             r = heldout_loss(trainer, self.roots[split], self.truth[split], self.geom, self.p, self.seed)
             out[f"loss_{name}"], out[f"content_{name}"] = r["loss"], r["loss_content"]
         out.update({f"dn_{k}": v for k, v in r["probe"].items()})
+        out["probes_long"] = r["probes"]  # the other noise levels, reported (not verdicts)
         count = self.p["eval"]["samples_per_seed"]
         scores, clip = sample_scores(
             trainer, self.p["frames_long"], count, f"long-{sample_seed}", self.geom, self.p, self.seed
@@ -382,7 +383,8 @@ class Experiment:
         against the data with the sample check's thresholds."""
         ref = self.record["data_reference"]["base"]
         r = heldout_loss(trainer, self.roots["heldout_base"], self.truth["heldout_base"], self.geom, self.p, self.seed)
-        return {"probe": r["probe"], "probe_check": base_check(r["probe"], ref, ref["scorer_track_error"])}
+        check = base_check(r["probe"], ref, ref["scorer_track_error"])
+        return {"probe": r["probe"], "probe_check": check, "probes": r["probes"]}
 
     def data_fingerprint(self) -> str:
         """A hash of every split's ground truth: the same seed and preset on the same device kind give the same."""

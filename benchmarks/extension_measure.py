@@ -17,7 +17,8 @@ from benchmarks.extension_score import mean_scores, score_clip
 def heldout_loss(trainer, root: Path, truth: dict, geom: ClipGeometry, preset: dict, seed: int) -> dict:
     """Held-out flow-matching loss over all tokens and over the content tokens, and the denoising probe: the scores
     of the model's one-step clean-clip predictions x0^ = x_t - sigma v at `eval.probe_sigma` (`probe`, the
-    scores' means over the clips). The noise of each item and level comes from the experiment seed alone (`root`: a
+    scores' means over the clips), and for information at each level of `eval.probe_report` (`probes`, by level;
+    verdicts use `eval.probe_sigma` only, fixed before the arms ran). The noise of each item and level comes from the experiment seed alone (`root`: a
     split, `truth`: its tracks.json items), so every arm is measured on the same draws (a paired comparison)."""
     from data import LatentDataset, collate
     from train.flow import noisy_latents
@@ -29,10 +30,12 @@ def heldout_loss(trainer, root: Path, truth: dict, geom: ClipGeometry, preset: d
     model.eval()
     device = trainer.accelerator.device
     dtype = input_dtype(model)
-    total, content, probe = [], [], []
+    total, content = [], []
+    probes: dict[str, list] = {}
     # (noise draw, level): the loss levels' draws as before the probe existed; the probe draws its own
     levels = [(("heldout", j), float(x)) for j, x in enumerate(preset["eval"]["timesteps"])]
     levels.append((("probe",), float(preset["eval"]["probe_sigma"])))
+    levels += [(("probe", float(x)), float(x)) for x in preset["eval"].get("probe_report", [])]
     try:
         with torch.no_grad(), trainer.averaged_weights():  # a base trained with train.ema_decay: its average
             for i in range(min(len(ds), preset["eval"]["heldout"])):
@@ -50,7 +53,8 @@ def heldout_loss(trainer, root: Path, truth: dict, geom: ClipGeometry, preset: d
                     with trainer.accelerator.autocast():
                         pred = trainer.parts.adapter.predict(model, x_t.to(dtype), sig * 1000, conds)
                     if draw[0] == "probe":  # what the model makes of the clip in one step: scored like a sample
-                        probe.append(score_clip((x_t - sigma * pred.float())[0].cpu(), geom))
+                        level = "probe" if len(draw) == 1 else str(sigma)
+                        probes.setdefault(level, []).append(score_clip((x_t - sigma * pred.float())[0].cpu(), geom))
                         continue
                     err = ((pred.float() - target) ** 2).mean(1)  # [1, F, H, W]
                     tokens = torch.nn.functional.avg_pool2d(err, 2)[0]  # [F, H/2, W/2]: Wan's 2x2 patches
@@ -58,7 +62,9 @@ def heldout_loss(trainer, root: Path, truth: dict, geom: ClipGeometry, preset: d
                     content.append(float(tokens[mask].mean()))
     finally:
         model.train(was_training)
-    return {"loss": statistics.fmean(total), "loss_content": statistics.fmean(content), "probe": mean_scores(probe)}
+    means = {level: mean_scores(v) for level, v in probes.items()}
+    probe = means.pop("probe")
+    return {"loss": statistics.fmean(total), "loss_content": statistics.fmean(content), "probe": probe, "probes": means}
 
 
 def sample_scores(

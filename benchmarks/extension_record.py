@@ -176,6 +176,18 @@ def compare_value(at_l, at_4l, ref_l, ref_4l) -> bool:
     return abs(at_4l - ref_4l) > abs(at_l - ref_l)
 
 
+def _probe_levels(per_seed: list[dict]) -> str:
+    """'sigma 0.7: 0.95 / 1.62; ...': the probe's identity and last-quarter objects at the reported levels, seed means."""
+    levels = sorted({level for seed in per_seed for level in seed})
+    parts = []
+    for level in levels:
+        vals = [seed[level] for seed in per_seed if level in seed]
+        ident = _stats([v.get("late_identity") for v in vals])["mean"]
+        objects = _stats([v.get("objects_q4") for v in vals])["mean"]
+        parts.append(f"sigma {level}: {ident:.2f} / {objects:.2f}")
+    return "; ".join(parts) or "-"
+
+
 def _fmt(st: dict | None, digits: int = 4, scale: float = 1.0) -> str:
     if not st or st["n"] == 0:
         return "-"
@@ -288,16 +300,18 @@ def markdown(record: dict, s: dict, v: dict) -> str:
         "",
         "Denoising probe at 4L (one-step predictions of the held-out 4L clips, the same noise for every arm):",
         "",
-        "| arm | late identity | objects Q4 | track RMSE (px) | flash regularity |",
-        "|---|---|---|---|---|",
+        "| arm | late identity | objects Q4 | track RMSE (px) | flash regularity | other noise levels (reported): "
+        "identity / objects Q4 |",
+        "|---|---|---|---|---|---|",
         f"| data | {ref['late_identity']:.3f} | {ref['objects_q4']:.3f} | {ref['track_rmse']:.2f} | "
-        f"{ref['flash_regularity']:.3f} |",
+        f"{ref['flash_regularity']:.3f} | - |",
     ]
     for arm, entry in record["arms"].items():
         st = s[arm]
         lines.append(
             f"| ({arm}) {entry['label']} | {_fmt(st.get('dn_late_identity'), 3)} | {_fmt(st.get('dn_objects_q4'), 2)} "
-            f"| {_fmt(st.get('dn_track_rmse'), 2)} | {_fmt(st.get('dn_flash_regularity'), 3)} |"
+            f"| {_fmt(st.get('dn_track_rmse'), 2)} | {_fmt(st.get('dn_flash_regularity'), 3)} | "
+            f"{_probe_levels(entry.get('probes_long', []))} |"
         )
     lines += [
         "",

@@ -185,6 +185,7 @@ def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
     assert record["arms_anyway"] and record["base"]["checks"]
     assert {"probe", "probe_check"} <= set(record["base"]["checks"][0]) and record["base"]["tier"] in (None, "probe")
     assert all(f"dn_{k}" in record["arms"][a] for a in ARMS for k in SCORES)
+    assert all(set(x) == {"0.8"} for x in record["arms"]["d"]["probes_long"])  # the smoke preset's reported level
     assert sorted(p.name for p in out.iterdir()) == [
         "base",
         "extension.json",
@@ -198,7 +199,7 @@ def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
     assert set(saved["verdicts"]) >= {"i", "ii", "iii", "iv", "v"}
     md = (out / "extension.md").read_text()
     assert "| (d) radial LoRA |" in md and "no answer below is a valid verdict" in md
-    assert "Denoising probe at 4L" in md and "| probe at L |" in md
+    assert "Denoising probe at 4L" in md and "| probe at L |" in md and "sigma 0.8: " in md
     assert (tmp_path / "work" / "runs" / "base" / "transformer" / "config.json").is_file()
     assert json.loads((tmp_path / "work" / "data" / "train_long" / "tracks.json").read_text())["items"]
     kept = json.loads((out / "base" / "base.json").read_text())
