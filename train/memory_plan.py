@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,6 +54,11 @@ class ModelShape:
     hidden: int
     ffn: int
     lora_params: int  # trainable LoRA parameters
+
+    @property
+    def size(self) -> str:
+        """The architecture in a few words, so that a log shows which model was planned."""
+        return f"{self.params / 1e9:.1f}B parameters, {self.blocks} blocks of width {self.hidden}"
 
     @classmethod
     def of(cls, name: str, model: torch.nn.Module, blocks: list, lora_params: int) -> ModelShape:
@@ -262,7 +268,7 @@ def describe(plan: Plan, shape: ModelShape, tokens: int, card: Card) -> str:
     """The summary line of a plan."""
     attention = "attention saved" if plan.save_attention else "attention recomputed"
     return (
-        f"plan:       train.memory=auto for {shape.name} at {tokens:,} tokens on {card.memory_gb:.0f} GB "
+        f"plan:       train.memory=auto for {shape.name} ({shape.size}) at {tokens:,} tokens on {card.memory_gb:.0f} GB "
         f"({card.name}): {plan.measures()}, {plan.checkpointed} of {shape.blocks} blocks checkpointed, {attention}; "
         f"expected peak {plan.peak_gb:.1f} GB of {card.usable_gb:.1f} usable ({MARGIN:.0%} kept free)"
         + (f", {plan.host_gb:.1f} GB pinned on the host" if plan.host_gb else "")
@@ -293,26 +299,41 @@ def plan_or_refuse(
     )
 
 
-def config_shape(cfg) -> ModelShape:
-    """The ModelShape of a validated config's transformer (built on the meta device, no weights read)."""
+def model_name(m) -> str:
+    """The configured transformer in words: family and variant (the default one resolved), or the folder it loads."""
+    from radial.models import get_adapter
+
+    if m.source == "pretrained":
+        return f"{m.family} {Path(m.path).expanduser().name}" + (f"/{m.expert}" if m.expert else "")
+    variant = m.variant or (get_adapter(m.family).default_variant if m.source == "full" else None)
+    return f"{m.family} {variant or 'tiny'}" + (" (tiny)" if m.source == "tiny" and variant else "")
+
+
+def config_shape(cfg, transformer: torch.nn.Module | None = None) -> ModelShape:
+    """The ModelShape of the transformer that trains: `transformer` where the caller built it (benchmarks build
+    reduced or other-variant models themselves), else the configured one built on the meta device (no weights read),
+    from the config the trainer's `build_transformer` builds from."""
     from radial.models import get_adapter
     from train.config import meta_transformer, planned_lora_names
 
     m = cfg.model
     adapter = get_adapter(m.family)
-    model = meta_transformer(m)
+    model = meta_transformer(m) if transformer is None else transformer
     if model is None:
         raise ConfigError(f"model.path={m.path}: the transformer's config.json is not readable")
     modules = dict(model.named_modules())
     names = planned_lora_names(cfg, model) if cfg.train.mode == "lora" else []
     lora = sum(cfg.lora.rank * (modules[n].in_features + modules[n].out_features) for n in names)
-    return ModelShape.of(f"{m.family} {m.variant or m.source}", model, adapter.blocks(model), lora)
+    return ModelShape.of(model_name(m), model, adapter.blocks(model), lora)
 
 
-def plan_config(cfg, frames: int, tokens: int, device: torch.device) -> str | None:
-    """train.memory=auto on CUDA: plan for `tokens` (the largest bucket; `frames` latent frames), apply the plan to
-    cfg.train (offload_activations, offload_blocks, save_attention) and return its summary line; ConfigError when
-    nothing fits. Applies train.memory_cap_gb first (also with train.memory=off). None where nothing is planned."""
+def plan_config(
+    cfg, frames: int, tokens: int, device: torch.device, transformer: torch.nn.Module | None = None
+) -> str | None:
+    """train.memory=auto on CUDA: plan for `tokens` (the largest bucket; `frames` latent frames) and the transformer
+    that trains (`config_shape`), apply the plan to cfg.train (offload_activations, offload_blocks, save_attention)
+    and return its summary line; ConfigError when nothing fits. Applies train.memory_cap_gb first (also with
+    train.memory=off). None where nothing is planned."""
     from train.memory_cap import apply_memory_cap
     from train.recompute import parse_checkpoint_blocks
 
@@ -323,7 +344,7 @@ def plan_config(cfg, frames: int, tokens: int, device: torch.device) -> str | No
     capacity = apply_memory_cap(t.memory_cap_gb, device)
     if t.memory != "auto" or t.mode != "lora" or not t.gradient_checkpointing:
         return None
-    shape = config_shape(cfg)
+    shape = config_shape(cfg, transformer)
     name = torch.cuda.get_device_name(device) + (f", capped at {t.memory_cap_gb:g} GB" if t.memory_cap_gb else "")
     card = Card(capacity, host_memory_gb(), name)
     wbytes = 1 if cfg.model.storage_dtype else {"float32": 4}.get(cfg.model.dtype, 2)
