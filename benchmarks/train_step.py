@@ -138,7 +138,8 @@ def _build(case: str, entry: str, args, device, tiny_dtype: torch.dtype = torch.
 
         _, ph, pw = adapter.patch_size(transformer)
         # planned for the transformer built here (its variant, its --*-layers blocks), not the config's default
-        memory_plan = plan_config(cfg, frames, frames * (h // ph) * (w // pw), device, transformer)
+        rows = adapter.sequence_rows(frames, frames * (h // ph) * (w // pw))
+        memory_plan = plan_config(cfg, frames, rows, device, transformer)
     with torch.random.fork_rng(devices=[]):  # the same LoRA initialisation on every rank (sequence parallelism)
         torch.manual_seed(0)
         parts = build_model(cfg, device, transformer=transformer)

@@ -8,8 +8,9 @@ bf16 hidden state; n blocks of which c are checkpointed):
                streaming the c checkpointed blocks' weights are on the host, `STREAM_WINDOW` blocks on the device
   LoRA         trainable parameters x 16 bytes (fp32 weight, gradient, two AdamW moments)
   outside      OUTSIDE x u (the fp32 copy of the hidden states kept outside the blocks)
-  checkpointed 1 u (the block's input) + attention x u with saved attention; activation offload moves the input
-               to the host (2 u of prefetch window stay) but not the attention cache (see train/offload.py)
+  checkpointed 1 u (the block's input) + attention x u x a/d with saved attention (a: heads x head dim, the
+               saved output's width); activation offload moves the input to the host (2 u of prefetch window stay)
+               but not the attention cache (see train/offload.py)
   kept         a block that is not checkpointed: the checkpointed cost + 2*T*(2 f + kept_hidden d) bytes (its
                GELU input and output are feed-forward wide, the rest hidden wide); offloaded whole with offload
   working set  work_const GiB + 2*T*(work_hidden d + work_ffn f) bytes: one block's recomputation and backward
@@ -19,7 +20,12 @@ streaming (the blocks' weights cross PCIe twice per step: forward and recomputat
 (about a third more attention work); a combination costs the sum of its savers.
 train.checkpoint_blocks=auto takes the fewest checkpointed blocks that fit without activation offload (and is
 measured again at run time, train/recompute.py); `all` or N is kept as set. Options the user turned on are never
-turned off. Text tokens outside the video sequence are not counted (HunyuanVideo's 256 are within a rounding).
+turned off. T counts the rows every block carries (the adapter's `sequence_rows`: the video tokens, and
+MiniMax-H3's audio and text rows packed beside them); HunyuanVideo's 256 text tokens are within a rounding.
+What holds the memory of a short stack of wide blocks (MiniMax-H3, 4 of 50 blocks at 2x: 37.5 GB on an H100) is one
+block's recomputation and backward (the working set, ~30 u at its widths), not what the blocks keep: each
+checkpointed H3 block keeps 2.4 u (input and attention output), and nothing large is kept outside them
+(benchmarks/results/memory.md, 2026-12-08).
 """
 
 from __future__ import annotations
@@ -54,6 +60,11 @@ class ModelShape:
     hidden: int
     ffn: int
     lora_params: int  # trainable LoRA parameters
+    attention: int = 0  # the q / k / v width, heads x head dim (0: the hidden width; MiniMax-H3's is 4/3 of it)
+
+    @property
+    def attention_width(self) -> int:
+        return self.attention or self.hidden
 
     @property
     def size(self) -> str:
@@ -66,6 +77,8 @@ class ModelShape:
         linears = [m for m in blocks[0].modules() if isinstance(m, torch.nn.Linear)]
         widths = [m.in_features for m in linears]
         hidden = max(set(widths), key=widths.count)  # the attention projections' width
+        outs = [m.out_features for m in linears]
+        attention = max(set(outs), key=lambda w: (outs.count(w), w == hidden))  # q, k, v (and the text's) outputs
         # the feed-forward width: the widest input, the MLP's down projection (not the modulation's wide output)
         return cls(
             name=name,
@@ -75,13 +88,14 @@ class ModelShape:
             hidden=hidden,
             ffn=max(widths),
             lora_params=lora_params,
+            attention=attention,
         )
 
 
 # Architectures of the measured runs (counted from the diffusers configs; tests/test_memory_plan.py checks them).
-WAN_1_3B = ModelShape("wan t2v-1.3b", 1_418_996_800, 1_393_221_120, 30, 1536, 8960, 30 * 4 * 128 * (1536 + 1536))
-WAN_I2V_14B = ModelShape("wan i2v-14b", 16_394_878_784, 16_153_538_560, 40, 5120, 13824, 40 * 4 * 128 * 10240)
-WAN_T2V_14B = ModelShape("wan t2v-14b", 14_288_491_584, 14_055_772_160, 40, 5120, 13824, 40 * 4 * 128 * 10240)
+WAN_1_3B = ModelShape("wan t2v-1.3b", 1_418_996_800, 1_393_221_120, 30, 1536, 8960, 30 * 4 * 128 * 3072, 1536)
+WAN_I2V_14B = ModelShape("wan i2v-14b", 16_394_878_784, 16_153_538_560, 40, 5120, 13824, 40 * 4 * 128 * 10240, 5120)
+WAN_T2V_14B = ModelShape("wan t2v-14b", 14_288_491_584, 14_055_772_160, 40, 5120, 13824, 40 * 4 * 128 * 10240, 5120)
 
 
 @dataclass(frozen=True)
@@ -167,8 +181,10 @@ def predict(shape: ModelShape, tokens: float, plan: Plan, model: MemoryModel, wb
     n, c = shape.blocks, plan.checkpointed
     u = 2 * tokens * shape.hidden / GIB
     block_w = shape.block_params / n * wbytes / GIB
-    attention = model.attention * u if plan.save_attention else 0.0
-    kept = 2 * tokens * (2 * shape.ffn + model.kept_hidden * shape.hidden) / GIB + u + model.attention * u
+    # the saved attention output is heads x head dim wide (the fit's models have it as wide as the hidden states)
+    saved = model.attention * u * shape.attention_width / shape.hidden
+    attention = saved if plan.save_attention else 0.0
+    kept = 2 * tokens * (2 * shape.ffn + model.kept_hidden * shape.hidden) / GIB + u + saved
     work = model.work_const + 2 * tokens * (model.work_hidden * shape.hidden + model.work_ffn * shape.ffn) / GIB
     gpu = _fixed_gib(shape, tokens, wbytes) + work + c * attention
     host = 0.0
@@ -372,5 +388,6 @@ def plan_run(cfg, datasets: tuple[list, list[int]], device: torch.device) -> str
     g = get_adapter(cfg.model.family).geometry
     frames = g.latent_frames(largest[0])
     # Ulysses sequence parallelism: each rank holds its share of the tokens' activations (and all the weights).
-    tokens = frames * g.tokens_per_frame(largest[1], largest[2]) // cfg.parallel.sp_degree
+    rows = get_adapter(cfg.model.family).sequence_rows(frames, frames * g.tokens_per_frame(largest[1], largest[2]))
+    tokens = rows // cfg.parallel.sp_degree
     return plan_config(cfg, frames, tokens, device)
