@@ -19,7 +19,8 @@ Plans are tried cheapest first by COSTS: activation offload (PCIe traffic on a s
 streaming (the blocks' weights cross PCIe twice per step: forward and recomputation) before recomputing attention
 (about a third more attention work); a combination costs the sum of its savers.
 train.checkpoint_blocks=auto takes the fewest checkpointed blocks that fit without activation offload (and is
-measured again at run time, train/recompute.py); `all` or N is kept as set. Options the user turned on are never
+measured again at run time, train/recompute.py, unless the plan checkpoints every block: then it is `all`, since the
+run-time probe keeps one block's activations); `all` or N is kept as set. Options the user turned on are never
 turned off. T counts the rows every block carries (the adapter's `sequence_rows`: the video tokens, and
 MiniMax-H3's audio and text rows packed beside them); HunyuanVideo's 256 text tokens are within a rounding.
 What holds the memory of a short stack of wide blocks (MiniMax-H3, 4 of 50 blocks at 2x: 37.5 GB on an H100) is one
@@ -348,8 +349,9 @@ def plan_config(
 ) -> str | None:
     """train.memory=auto on CUDA: plan for `tokens` (the largest bucket; `frames` latent frames) and the transformer
     that trains (`config_shape`), apply the plan to cfg.train (offload_activations, offload_blocks, save_attention)
-    and return its summary line; ConfigError when nothing fits. Applies train.memory_cap_gb first (also with
-    train.memory=off). None where nothing is planned."""
+    and return its summary line; ConfigError when nothing fits. train.checkpoint_blocks=auto becomes `all` where the
+    plan keeps no block's activations. Applies train.memory_cap_gb first (also with train.memory=off). None where
+    nothing is planned."""
     from train.memory_cap import apply_memory_cap
     from train.recompute import parse_checkpoint_blocks
 
@@ -372,6 +374,10 @@ def plan_config(
         plan.stream_weights,
         plan.save_attention,
     )
+    if checkpoint == "auto" and plan.checkpointed == shape.blocks:
+        # No block can keep its activations: train.checkpoint_blocks=auto's run-time probe (its third step keeps
+        # one block's) would itself run out of memory (MiniMax-H3 at 4x on an H100, 2026-12-08).
+        t.checkpoint_blocks = "all"
     return describe(plan, shape, tokens, card)
 
 
