@@ -94,3 +94,14 @@ def test_a_local_14b_folder_gets_the_14b_plan(tmp_path, monkeypatch):
     adapter.build_tiny().save_pretrained(tiny / "transformer")
     cfg = validate(compose_config(["model=wan", f"model.path={tiny}", "lora.rank=8"]))
     assert mp.config_shape(cfg) == mp.config_shape(cfg, build_transformer(cfg, adapter, torch.device("cpu")))
+
+
+def test_the_plan_names_a_cached_hub_model_by_its_id():
+    from types import SimpleNamespace
+
+    hub = "/cache/hub/models--Wan-AI--Wan2.1-T2V-14B-Diffusers/snapshots/0123abc"
+    m = SimpleNamespace(family="wan", source="pretrained", path=hub, expert=None, variant=None)
+    assert mp.model_name(m) == "wan Wan-AI/Wan2.1-T2V-14B-Diffusers"
+    assert mp.model_name(SimpleNamespace(**{**m.__dict__, "path": "/m/wan22", "expert": "transformer_2"})) == (
+        "wan wan22/transformer_2"
+    )

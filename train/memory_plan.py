@@ -321,7 +321,11 @@ def model_name(m) -> str:
     from radial.models import get_adapter
 
     if m.source == "pretrained":
-        return f"{m.family} {Path(m.path).expanduser().name}" + (f"/{m.expert}" if m.expert else "")
+        parts = Path(m.path).expanduser().parts
+        # a Hub id resolved to its cache: .../models--Org--Name/snapshots/<commit>
+        hub = len(parts) > 2 and parts[-2] == "snapshots"
+        name = parts[-3].removeprefix("models--").replace("--", "/") if hub else parts[-1]
+        return f"{m.family} {name}" + (f"/{m.expert}" if m.expert else "")
     variant = m.variant or (get_adapter(m.family).default_variant if m.source == "full" else None)
     return f"{m.family} {variant or 'tiny'}" + (" (tiny)" if m.source == "tiny" and variant else "")
 
