@@ -7,13 +7,15 @@
    hide behind a wall for longer than a local window sees, a flash whose period is longer than that window), at L
    and 4L latent frames, train and held-out splits, ground truth in tracks.json.
 2. Base: a WanTransformer3DModel trained from scratch at L in `train.mode=full`, in rounds; after each round its own
-   samples at L are scored against the data (benchmarks/extension_score.py `base_check`). The arms run only from a
-   base that passes; the record says how it passed (or that it did not, and then no arm runs).
+   samples at L are scored against the data (benchmarks/extension_score.py `base_check`), and so are its one-step
+   clean-clip predictions of the held-out L clips at `eval.probe_sigma` (the denoising probe). The arms run from a
+   base that passes either check: with passing samples every verdict stands on samples; with the probe alone the
+   verdicts stand on held-out losses and probe scores at 4L (the record says which, and why no arm ran if neither).
 3. Arms at 4L from that base, tuned ones with the same data, steps, LR schedule and seeds: (a) dense, (b) radial,
    (f) RIFLEx-style RoPE fix, (g) attention decay past the training window (all training-free); (c) dense LoRA,
    (d) radial LoRA, (e) LoRA under a temporal window of radial's density, (h) radial LoRA with the RIFLEx fix.
 4. Metrics: held-out flow-matching loss at L and 4L over all tokens and over the content tokens (objects, wall,
-   flashes), the same noise for every arm; 4L samples (the same noise for every arm) scored for identity after
+   flashes), the same noise for every arm; the denoising probe at 4L (`dn_` scores); 4L samples (the same noise for every arm) scored for identity after
    re-appearance, tracks, flash rhythm and repetition; step time, peak memory, density.
 5. Record (--out): extension.md, extension.json, extension_loss.png, extension_frames.png, extension_scores.png.
 
@@ -248,11 +250,13 @@ class Experiment:
 
     # -- measurements of one model ------------------------------------------------------------------------------
     def evaluate(self, trainer, sample_seed: int) -> dict:
-        """One arm at one seed: held-out losses at L and 4L, scored 4L samples."""
+        """One arm at one seed: held-out losses at L and 4L, the denoising probe at 4L (`dn_` scores), scored 4L
+        samples."""
         out = {}
         for name, split in (("base", "heldout_base"), ("long", "heldout_long")):
             r = heldout_loss(trainer, self.roots[split], self.truth[split], self.geom, self.p, self.seed)
             out[f"loss_{name}"], out[f"content_{name}"] = r["loss"], r["loss_content"]
+        out.update({f"dn_{k}": v for k, v in r["probe"].items()})
         count = self.p["eval"]["samples_per_seed"]
         scores, clip = sample_scores(
             trainer, self.p["frames_long"], count, f"long-{sample_seed}", self.geom, self.p, self.seed
@@ -327,13 +331,15 @@ class Experiment:
                 trainer, p["frames_base"], b["check_samples"], f"check-{step}", self.geom, p, self.seed
             )
             sample = mean_scores(scores)
-            check = base_check(sample, ref, self.record["data_reference"]["base"]["scorer_track_error"])
+            check = base_check(sample, ref, ref["scorer_track_error"])
+            probe = self.probe(trainer)
             val = [h["val/loss"] for h in trainer.validator.history if "val/loss" in h]
             checks.append(
                 {
                     "step": step,
                     "scores": sample,
                     "check": check,
+                    **probe,
                     "val_loss": val[-1] if val else None,
                     "elapsed_s": time.perf_counter() - t0,
                 }
@@ -343,27 +349,40 @@ class Experiment:
             self.record["base"] = {"steps": step, "passed": check["pass"], "checks": checks}
             self.save_partial()  # each check is kept, also when the run is cut short
             self.log(
-                f"base check at step {step}: {'PASS' if check['pass'] else 'fail'} "
-                + ", ".join(f"{k} {v['value']:.3f} ({v['op']} {v['limit']:.3f})" for k, v in check["checks"].items())
+                f"base check at step {step}: {_check_line(check)}; probe at L: {_check_line(probe['probe_check'])}"
             )
             cost = run_cost(trainer.out)
             del trainer
             if check["pass"]:
                 passed = True
                 break
-        stage = {"steps": step, "flow_shift": p["flow_shift"], "settings": b, "passed": passed}
+        probe_passed = bool(checks and checks[-1]["probe_check"]["pass"])
+        stage = {"steps": step, "flow_shift": p["flow_shift"], "settings": b, "passed": passed,
+                 "probe_passed": probe_passed}  # fmt: skip
         stages = [*(earlier or []), stage]
         self.record["base"] = {
             "steps": sum(x["steps"] for x in stages),
             "passed": passed,
+            "probe_passed": probe_passed,
+            "tier": tier_of(passed, probe_passed),
             "checks": checks,
             "cost": cost,
             "curve": [(c["step"], c["val_loss"]) for c in checks],
             "stages": stages,
         }
         self.phases["base_s"] = time.perf_counter() - t0
-        self.log(f"base: {step} steps, check {'passed' if passed else 'FAILED'}, {self.phases['base_s']:.0f}s")
-        return passed
+        self.log(
+            f"base: {step} steps, sample check {'passed' if passed else 'FAILED'}, probe check "
+            f"{'passed' if probe_passed else 'FAILED'}, {self.phases['base_s']:.0f}s"
+        )
+        return self.record["base"]["tier"] is not None
+
+    def probe(self, trainer) -> dict:
+        """The denoising probe of a base at L (its one-step predictions of the held-out L clips, scored) and its check
+        against the data with the sample check's thresholds."""
+        ref = self.record["data_reference"]["base"]
+        r = heldout_loss(trainer, self.roots["heldout_base"], self.truth["heldout_base"], self.geom, self.p, self.seed)
+        return {"probe": r["probe"], "probe_check": base_check(r["probe"], ref, ref["scorer_track_error"])}
 
     def data_fingerprint(self) -> str:
         """A hash of every split's ground truth: the same seed and preset on the same device kind give the same."""
@@ -425,18 +444,22 @@ class Experiment:
         scores, clip = sample_scores(
             trainer, self.p["frames_base"], self.p["base"]["check_samples"], "recheck", self.geom, self.p, self.seed
         )
+        probe = self.probe(trainer)
         del trainer
         check = base_check(mean_scores(scores), ref, ref["scorer_track_error"])
         self.frames["base_L"] = clip
         passed = bool(prior["base"]["passed"]) and check["pass"]
-        self.record["base"] = {**prior["base"], "from": str(folder), "recheck": check, "passed": passed}
+        # a base kept before the probe existed has no probe check of its own: this run's decides
+        probe_passed = bool(prior["base"].get("probe_passed", True)) and probe["probe_check"]["pass"]
+        self.record["base"] = {**prior["base"], "from": str(folder), "recheck": check, "passed": passed,
+                               "probe_recheck": probe, "probe_passed": probe_passed,
+                               "tier": tier_of(passed, probe_passed)}  # fmt: skip
         self.log(
             f"base from {folder}: trained {prior['base']['steps']} steps, its check "
-            f"{'passed' if prior['base']['passed'] else 'FAILED'}; checked again here: "
-            f"{'PASS' if check['pass'] else 'fail'} "
-            + ", ".join(f"{k} {v['value']:.3f} ({v['op']} {v['limit']:.3f})" for k, v in check["checks"].items())
+            f"{'passed' if prior['base']['passed'] else 'FAILED'}; checked again here: {_check_line(check)}; "
+            f"probe at L: {_check_line(probe['probe_check'])}"
         )
-        return passed
+        return self.record["base"]["tier"] is not None
 
     # -- geometry ------------------------------------------------------------------------------------------------
     def geometry(self) -> None:
@@ -599,7 +622,9 @@ class Experiment:
             self.frames.update(torch.load(frames))
         self.base_path = self.work / "runs" / "base" / "transformer"
         self.log(f"reusing data, base and arms {sorted(self.record['arms'])} of {self.out}; now arms {self.arms}")
-        return bool(self.record["base"].get("passed"))
+        return (
+            tier_of(bool(self.record["base"].get("passed")), bool(self.record["base"].get("probe_passed"))) is not None
+        )
 
     def run(self) -> dict:
         if self.reuse:
@@ -624,8 +649,10 @@ class Experiment:
         self.seeds_done = 0
         if passed or self.arms_anyway:
             if not passed:
-                self.log("the base did not pass its check; --arms-anyway: the arms run, and no verdict is valid")
+                self.log("the base passed neither check; --arms-anyway: the arms run, and no verdict is valid")
                 self.record["arms_anyway"] = True
+            elif self.record["base"]["tier"] == "probe":
+                self.log("the base passed its probe check only: verdicts from losses and probe scores, not samples")
             self.untuned()
             self.save_partial()
             self.tuned()
@@ -634,7 +661,7 @@ class Experiment:
             self.trim_untuned()
             torch.save(self.frames, self.work / "frames.pt")
         else:
-            self.log("the base did not pass its check: no arm runs (the record says why)")
+            self.log("the base passed neither check: no arm runs (the record says why)")
         self.record["seeds"] = self.seeds_done
         self.record["phases_s"] = self.phases
         self.record["total_s"] = time.perf_counter() - self.started
@@ -643,6 +670,18 @@ class Experiment:
         self.record["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         self.record["versions"] = _versions()
         return self.record
+
+
+def tier_of(samples_passed: bool, probe_passed: bool) -> str | None:
+    """What a base's checks allow: "samples" (its samples pass: every verdict), "probe" (only its one-step
+    predictions pass: verdicts from held-out losses and probe scores), None (no arm runs)."""
+    return "samples" if samples_passed else "probe" if probe_passed else None
+
+
+def _check_line(check: dict) -> str:
+    return f"{'PASS' if check['pass'] else 'fail'} " + ", ".join(
+        f"{k} {v['value']:.3f} ({v['op']} {v['limit']:.3f})" for k, v in check["checks"].items()
+    )
 
 
 def _brief(scores: dict) -> str:

@@ -41,13 +41,22 @@ def velocity(model, x: torch.Tensor, sigma: float, text: torch.Tensor) -> torch.
         return model(x, timestep=t, encoder_hidden_states=text, return_dict=False)[0].float()
 
 
-def sdedit(model, x0: torch.Tensor, start: float, steps: int, seed: int, text: torch.Tensor) -> torch.Tensor:
-    """Euler sampling from `x0` noised to `start` down to 0 in `steps` equal steps (start 1.0: from pure noise)."""
+def sdedit(
+    model, x0: torch.Tensor, start: float, steps: int, seed: int, text: torch.Tensor, given: int = 0
+) -> torch.Tensor:
+    """Euler sampling from `x0` noised to `start` down to 0 in `steps` equal steps (start 1.0: from pure noise).
+
+    `given` > 0: the first `given` latent frames are replaced at every step by `x0` noised to the step's level (the
+    replacement method of conditioning an unconditional model on frames it has to continue)."""
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
     x = (1 - start) * x0 + start * noise
     sig = torch.linspace(start, 0.0, steps + 1).tolist()
     for i in range(steps):
+        if given:
+            x[:, :, :given] = (1 - sig[i]) * x0[:, :, :given] + sig[i] * noise[:, :, :given]
         x = x + (sig[i + 1] - sig[i]) * velocity(model, x, sig[i], text)
+    if given:
+        x[:, :, :given] = x0[:, :, :given]
     return x
 
 
@@ -59,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--starts", type=float, nargs="+", default=[0.8, 0.9, 0.95, 0.98, 1.0], help="SDEdit starts")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="noise seeds per start")
     ap.add_argument("--steps", type=int, default=12, help="Euler steps per SDEdit run")
+    ap.add_argument("--given", type=int, nargs="+", default=[0], help="latent frames given by replacement (0: none)")
     ap.add_argument("--clip-seed", type=int, default=777, help="the held-out clip (never a training seed)")
     ap.add_argument("--smoke", action="store_true", help="the smoke preset's sizes (tests)")
     args = ap.parse_args(argv)
@@ -69,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     p = yaml.safe_load(PRESETS.read_text())["smoke" if args.smoke else "full"]
     c = p["clip"]
+    if not all(0 <= k < p["frames_base"] for k in args.given):
+        ap.error(f"--given {args.given}: expected 0 to {p['frames_base'] - 1} latent frames")
     g = ClipGeometry(p["latent_size"], p["latent_size"], p["text_len"], p["text_dim"], sigma=c["sigma"],
                      occluder_width=c["occluder_width"], period=tuple(c["period"]))  # fmt: skip
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -86,14 +98,13 @@ def main(argv: list[str] | None = None) -> dict:
         predictions[s] = objects_map(x0_hat[0].cpu())
         report["x0"][str(s)] = score_clip(x0_hat[0].cpu(), g)
         print(f"x0 at sigma {s}: objects/frame {report['x0'][str(s)]['objects_per_frame']:.2f}", flush=True)
-    for start in args.starts:
-        for seed in args.seeds:
-            t0 = time.perf_counter()
-            scores = score_clip(sdedit(model, x0, start, args.steps, seed, text)[0].cpu(), g)
-            report["sdedit"].append({"start": start, "seed": seed, "steps": args.steps, **scores})
-            print(f"from sigma {start} seed {seed}: objects/frame {scores['objects_per_frame']:.2f}, identity "
-                  f"{scores['late_identity']:.2f}, tracks {scores['track_rmse']:.2f} ({time.perf_counter() - t0:.0f}s)",
-                  flush=True)  # fmt: skip
+    for start, given, seed in [(s, k, e) for s in args.starts for k in args.given for e in args.seeds]:
+        t0 = time.perf_counter()
+        scores = score_clip(sdedit(model, x0, start, args.steps, seed, text, given)[0].cpu(), g)
+        report["sdedit"].append({"start": start, "given": given, "seed": seed, "steps": args.steps, **scores})
+        print(f"from sigma {start} given {given} seed {seed}: objects/frame {scores['objects_per_frame']:.2f}, identity "
+              f"{scores['late_identity']:.2f}, tracks {scores['track_rmse']:.2f} ({time.perf_counter() - t0:.0f}s)",
+              flush=True)  # fmt: skip
     (args.out / "diagnose.json").write_text(json.dumps(report, indent=1))
     import matplotlib
 

@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 
 from benchmarks.extension_data import ClipGeometry, derive, object_token_mask, text_states
-from benchmarks.extension_score import score_clip
+from benchmarks.extension_score import mean_scores, score_clip
 
 
-def heldout_loss(trainer, root: Path, truth: dict, geom: ClipGeometry, preset: dict, seed: int) -> dict[str, float]:
-    """Held-out flow-matching loss over all tokens and over the content tokens; the noise of each item and level
-    comes from the experiment seed alone (`root`: a split, `truth`: its tracks.json items), so every arm is measured on the same draws (a paired comparison)."""
+def heldout_loss(trainer, root: Path, truth: dict, geom: ClipGeometry, preset: dict, seed: int) -> dict:
+    """Held-out flow-matching loss over all tokens and over the content tokens, and the denoising probe: the scores
+    of the model's one-step clean-clip predictions x0^ = x_t - sigma v at `eval.probe_sigma` (`probe`, the
+    scores' means over the clips). The noise of each item and level comes from the experiment seed alone (`root`: a
+    split, `truth`: its tracks.json items), so every arm is measured on the same draws (a paired comparison)."""
     from data import LatentDataset, collate
     from train.flow import noisy_latents
     from train.step import conditions_of, input_dtype
@@ -27,7 +29,10 @@ def heldout_loss(trainer, root: Path, truth: dict, geom: ClipGeometry, preset: d
     model.eval()
     device = trainer.accelerator.device
     dtype = input_dtype(model)
-    total, content = [], []
+    total, content, probe = [], [], []
+    # (noise draw, level): the loss levels' draws as before the probe existed; the probe draws its own
+    levels = [(("heldout", j), float(x)) for j, x in enumerate(preset["eval"]["timesteps"])]
+    levels.append((("probe",), float(preset["eval"]["probe_sigma"])))
     try:
         with torch.no_grad(), trainer.averaged_weights():  # a base trained with train.ema_decay: its average
             for i in range(min(len(ds), preset["eval"]["heldout"])):
@@ -37,20 +42,23 @@ def heldout_loss(trainer, root: Path, truth: dict, geom: ClipGeometry, preset: d
                 x0 = batch["latents"].to(device, torch.float32)
                 conds = conditions_of(batch, device, dtype)
                 mask = object_token_mask(truth[key], geom, x0.shape[2]).to(device)
-                for j, sigma in enumerate(preset["eval"]["timesteps"]):
-                    gen = torch.Generator().manual_seed(derive(seed, "heldout", key, j))
+                for draw, sigma in levels:
+                    gen = torch.Generator().manual_seed(derive(seed, draw[0], key, *draw[1:]))
                     noise = torch.randn(x0.shape, generator=gen).to(device)
-                    sig = torch.full((1,), float(sigma), device=device)
+                    sig = torch.full((1,), sigma, device=device)
                     x_t, target = noisy_latents(x0, noise, sig)
                     with trainer.accelerator.autocast():
                         pred = trainer.parts.adapter.predict(model, x_t.to(dtype), sig * 1000, conds)
+                    if draw[0] == "probe":  # what the model makes of the clip in one step: scored like a sample
+                        probe.append(score_clip((x_t - sigma * pred.float())[0].cpu(), geom))
+                        continue
                     err = ((pred.float() - target) ** 2).mean(1)  # [1, F, H, W]
                     tokens = torch.nn.functional.avg_pool2d(err, 2)[0]  # [F, H/2, W/2]: Wan's 2x2 patches
                     total.append(float(tokens.mean()))
                     content.append(float(tokens[mask].mean()))
     finally:
         model.train(was_training)
-    return {"loss": statistics.fmean(total), "loss_content": statistics.fmean(content)}
+    return {"loss": statistics.fmean(total), "loss_content": statistics.fmean(content), "probe": mean_scores(probe)}
 
 
 def sample_scores(

@@ -22,6 +22,8 @@ from benchmarks.extension_data import (
 LOSSES = ("loss_base", "loss_long", "content_base", "content_long")
 # Ground-truth scores of sampled 4L clips; each is judged by its distance to the data's own value.
 SCORES = ("late_identity", "objects_q4", "track_rmse", "flash_regularity")
+# The same scores of the denoising probe (one-step predictions of held-out 4L clips), judged the same way.
+PROBE = tuple(f"dn_{k}" for k in SCORES)
 OTHER = ("objects_per_frame", "flash_rate", "frozen", "near_dup", "diff_autocorr")
 COSTS = ("step_s", "train_s", "peak_memory_gb", "attention_density", "fit_wall_s")
 LOSS_TOLERANCE = 0.05  # (iii): radial LoRA's 4L held-out loss within 5% of dense LoRA's
@@ -37,13 +39,13 @@ def _stats(values: list) -> dict:
 
 def summarise(record: dict) -> dict:
     """arm -> metric -> {mean, std, n} over seeds."""
-    keys = (*LOSSES, *SCORES, *OTHER, *COSTS)
+    keys = (*LOSSES, *SCORES, *PROBE, *OTHER, *COSTS)
     return {arm: {k: _stats(e[k]) for k in keys if k in e} for arm, e in record["arms"].items()}
 
 
 def compare(s: dict, ref: dict, x: str, y: str, metric: str) -> str:
     """'better' / 'worse' / 'tie': arm x against arm y on one metric, a tie when the difference is within the larger
-    seed spread of the two. Losses: lower is better; scores: closer to the data's value is better."""
+    seed spread of the two. Losses: lower is better; scores (sampled or probe): closer to the data's value is better."""
     if metric not in s.get(x, {}) or metric not in s.get(y, {}):
         return "n/a"
     a, b = s[x][metric], s[y][metric]
@@ -52,7 +54,8 @@ def compare(s: dict, ref: dict, x: str, y: str, metric: str) -> str:
     if metric in LOSSES:
         da, db = a["mean"], b["mean"]
     else:
-        da, db = abs(a["mean"] - ref[metric]), abs(b["mean"] - ref[metric])
+        target = ref[metric.removeprefix("dn_")]  # a perfect one-step prediction is the data itself
+        da, db = abs(a["mean"] - target), abs(b["mean"] - target)
     spread = max(a["std"], b["std"])
     if abs(da - db) <= spread:
         return "tie"
@@ -76,25 +79,42 @@ def real_size_cost(path: Path = TRAIN_STEP_JSON) -> dict | None:
     return None
 
 
+def tier(record: dict) -> str | None:
+    """Which base check the verdicts stand on: "samples", "probe" (losses and probe scores only) or None."""
+    base = record["base"]
+    if "tier" in base:
+        return base["tier"]
+    return "samples" if base.get("passed") else None  # a record from before the probe
+
+
 def verdicts(record: dict, s: dict) -> dict:
-    """The questions of the record, answered from the measured means and spreads (nothing is fixed in advance)."""
+    """The questions of the record, answered from the measured means and spreads (nothing is fixed in advance).
+    The ground-truth scores they use are the samples' when the base's samples passed their check, else the denoising
+    probe's (`dn_` keys) when its probe passed."""
     ref = record["data_reference"]["long"]
     m = {arm: {k: v["mean"] for k, v in metrics.items()} for arm, metrics in s.items()}
-    out: dict = {}
+    out: dict = {"tier": tier(record)}
+    probe = out["tier"] == "probe"
+    keys = PROBE if probe else SCORES
     base = record["base"]
-    last = base["checks"][-1]["scores"] if base.get("checks") else {}
+    last = (base["checks"][-1].get("probe" if probe else "scores", {}) if base.get("checks") else {}) or {}
+    if probe and "probe_recheck" in base:  # a kept base: this run's probe of it
+        last = base["probe_recheck"]["probe"]
     worse = {
-        k: compare_value(last.get(k), m["a"].get(k), record["data_reference"]["base"].get(k), ref.get(k))
+        k: compare_value(
+            last.get(k), m["a"].get(f"dn_{k}" if probe else k), record["data_reference"]["base"].get(k), ref.get(k)
+        )
         for k in SCORES
     }
     out["i"] = {
-        "answer": bool(base.get("passed") and m["a"]["loss_long"] > m["a"]["loss_base"] and any(worse.values())),
+        "answer": bool(out["tier"] and m["a"]["loss_long"] > m["a"]["loss_base"] and any(worse.values())),
         "worse_at_4L": worse,
-        "text": f"base check {'passed' if base.get('passed') else 'failed'} at step {base.get('steps')}; held-out "
-        f"loss {m['a']['loss_base']:.4f} at L vs {m['a']['loss_long']:.4f} at 4L (content tokens "
-        f"{m['a']['content_base']:.4f} vs {m['a']['content_long']:.4f}); scores at L -> 4L (data L / 4L): "
+        "text": f"base {'sample' if not probe else 'probe'} check {'passed' if out['tier'] else 'failed'} at step "
+        f"{base.get('steps')}; held-out loss {m['a']['loss_base']:.4f} at L vs {m['a']['loss_long']:.4f} at 4L "
+        f"(content tokens {m['a']['content_base']:.4f} vs {m['a']['content_long']:.4f}); "
+        f"{'probe' if probe else 'sample'} scores at L -> 4L (data L / 4L): "
         + "; ".join(
-            f"{k} {last.get(k, math.nan):.3f} -> {m['a'].get(k, math.nan):.3f} "
+            f"{k} {last.get(k, math.nan):.3f} -> {m['a'].get(f'dn_{k}' if probe else k, math.nan):.3f} "
             f"({record['data_reference']['base'].get(k, math.nan):.3f} / {ref.get(k, math.nan):.3f})"
             for k in SCORES
         ),
@@ -103,19 +123,19 @@ def verdicts(record: dict, s: dict) -> dict:
     for arm in s:
         if arm == "a":
             continue
-        cmp = {k: compare(s, ref, arm, "a", k) for k in ("loss_long", "content_long", *SCORES)}
-        better = sum(v == "better" for k, v in cmp.items() if k in SCORES)
-        worse_n = sum(v == "worse" for k, v in cmp.items() if k in SCORES)
+        cmp = {k: compare(s, ref, arm, "a", k) for k in ("loss_long", "content_long", *keys)}
+        better = sum(v == "better" for k, v in cmp.items() if k in keys)
+        worse_n = sum(v == "worse" for k, v in cmp.items() if k in keys)
         rec[arm] = {"against_a": cmp, "recovers": cmp["loss_long"] == "better" and better > worse_n}
     out["ii"] = {
         "recovering": [a for a, r in rec.items() if r["recovers"]],
         "detail": rec,
-        "text": "arms better than (a) on 4L loss and on more ground-truth scores than they are worse: "
-        + (", ".join(f"({a})" for a, r in rec.items() if r["recovers"]) or "none"),
+        "text": f"arms better than (a) on 4L loss and on more {'probe' if probe else 'sample'} scores than they are "
+        "worse: " + (", ".join(f"({a})" for a, r in rec.items() if r["recovers"]) or "none"),
     }
     if "c" in s and "d" in s:
         rel = m["d"]["loss_long"] / m["c"]["loss_long"] - 1
-        cmp = {k: compare(s, ref, "d", "c", k) for k in SCORES}
+        cmp = {k: compare(s, ref, "d", "c", k) for k in keys}
         ok = rel <= LOSS_TOLERANCE and all(v in ("tie", "better", "n/a") for v in cmp.values())
         out["iii"] = {
             "answer": bool(ok),
@@ -128,7 +148,7 @@ def verdicts(record: dict, s: dict) -> dict:
     out["iv"] = {}
     for other in ("e", "f", "g", "h", "b"):
         if "d" in s and other in s:
-            cmp = {k: compare(s, ref, "d", other, k) for k in ("loss_long", "content_long", *SCORES)}
+            cmp = {k: compare(s, ref, "d", other, k) for k in ("loss_long", "content_long", *keys)}
             out["iv"][other] = cmp
     if "c" in s and "d" in s:
         speed = m["c"]["step_s"] / m["d"]["step_s"]
@@ -186,10 +206,22 @@ def markdown(record: dict, s: dict, v: dict) -> str:
             if record.get("arms_anyway")
             else []
         ),
-        "## Base model check (its own samples at L against the data)",
+        *(
+            [
+                "**The base's samples failed their check and its one-step predictions passed theirs (the probe): the "
+                "answers below rest on the held-out losses and the probe scores at 4L, not on samples; the sample "
+                "columns are measured and shown, not used.**",
+                "",
+            ]
+            if tier(record) == "probe" and not record.get("arms_anyway")
+            else []
+        ),
+        "## Base model check (its own samples at L against the data; the probe: its one-step predictions of held-out "
+        "L clips)",
         "",
-        "| step | held-out loss L | late identity | objects / frame | track RMSE (px) | flashes / frame | verdict |",
-        "|---|---|" + "---|" * len(SCORES) + "---|",
+        "| step | held-out loss L | late identity | objects / frame | track RMSE (px) | flashes / frame | samples | "
+        "probe at L |",
+        "|---|---|" + "---|" * len(SCORES) + "---|---|",
     ]
     for c in base.get("checks", []):
         cells = [
@@ -200,15 +232,37 @@ def markdown(record: dict, s: dict, v: dict) -> str:
             for k, n in zip(SCORES, ("identity", "objects", "tracks", "flashes"), strict=True)
         ]
         val = f"{c['val_loss']:.4f}" if c.get("val_loss") is not None else "-"
+        pc = c.get("probe_check")
+        probe = (
+            "-"
+            if pc is None
+            else ("PASS " if pc["pass"] else "fail ")
+            + ", ".join(f"{n} {r['value']:.3f}" for n, r in pc["checks"].items())
+        )
         lines.append(
-            f"| {c['step']} | {val} | " + " | ".join(cells) + f" | {'PASS' if c['check']['pass'] else 'fail'} |"
+            f"| {c['step']} | {val} | "
+            + " | ".join(cells)
+            + f" | {'PASS' if c['check']['pass'] else 'fail'} | {probe} |"
+        )
+    if "probe_recheck" in base:
+        pc = base["probe_recheck"]["probe_check"]
+        lines.append(
+            "| kept base, probed here | - | "
+            + " | ".join("-" for _ in SCORES)
+            + " | - | "
+            + ("PASS " if pc["pass"] else "fail ")
+            + ", ".join(f"{n} {r['value']:.3f}" for n, r in pc["checks"].items())
+            + " |"
         )
     lines += [
         "",
         "Checks (fixed before any run): objects per frame >= 0.9 x the data's; >= 90% of last-quarter detections with "
         "the clip's identities; track residual <= max(2 x the scorer's error on real clips, 0.5 px); flash rate >= "
         "0.9 x the data's. Columns show each check's score, the comparison and its limit (objects: per frame; flashes: "
-        "per frame).",
+        "per frame). The probe check applies the same thresholds to the scores of the base's one-step clean-clip "
+        f"predictions x0^ = x_t - sigma v of the held-out L clips at sigma {record.get('preset', {}).get('eval', {}).get('probe_sigma', 'n/a')} "
+        "(fixed before any arm ran, 2026-12-08): a base that denoises the content but cannot yet sample it passes "
+        "the probe only.",
         "",
         "## Arms at 4L",
         "",
@@ -229,6 +283,21 @@ def markdown(record: dict, s: dict, v: dict) -> str:
             f"{_fmt(st.get('track_rmse'), 2)} | {_fmt(st.get('flash_regularity'), 3)} | {_fmt(st.get('near_dup'), 3)} | "
             f"{_fmt(st.get('diff_autocorr'), 3)} | {_fmt(st.get('step_s'), 0, 1000)} | "
             f"{_fmt(st.get('peak_memory_gb'), 2)} |"
+        )
+    lines += [
+        "",
+        "Denoising probe at 4L (one-step predictions of the held-out 4L clips, the same noise for every arm):",
+        "",
+        "| arm | late identity | objects Q4 | track RMSE (px) | flash regularity |",
+        "|---|---|---|---|---|",
+        f"| data | {ref['late_identity']:.3f} | {ref['objects_q4']:.3f} | {ref['track_rmse']:.2f} | "
+        f"{ref['flash_regularity']:.3f} |",
+    ]
+    for arm, entry in record["arms"].items():
+        st = s[arm]
+        lines.append(
+            f"| ({arm}) {entry['label']} | {_fmt(st.get('dn_late_identity'), 3)} | {_fmt(st.get('dn_objects_q4'), 2)} "
+            f"| {_fmt(st.get('dn_track_rmse'), 2)} | {_fmt(st.get('dn_flash_regularity'), 3)} |"
         )
     lines += [
         "",

@@ -5,6 +5,8 @@ generation): inductor works on this CPU but takes minutes per graph on a loaded 
 only) is enough to count recompiles.
 """
 
+import gc
+
 import torch
 
 from radial.compile import CompileWatch, compile_blocks, graph_count, without_ddp_optimizer
@@ -27,8 +29,14 @@ def compiled_step(
 ):
     """Loss and gradients of one bf16-autocast LoRA step of a tiny Wan built by the trainer's `build_model` (with
     `extra` overrides; `tiny`: the tiny config's overrides), compiled with `compile_backend` (None: eager).
-    `record` (CUDA) receives the model parts, the memory allocated once built and the step's peak (bytes)."""
+    `record` (CUDA) receives the model parts, the device memory the build added and the step's peak above what was
+    allocated before the build (bytes): differences, so that what earlier steps left (a caller keeping their parts,
+    garbage of reference cycles not yet collected) does not count."""
     torch._dynamo.reset()
+    if record is not None:
+        gc.collect()  # hooks make reference cycles: an earlier step's model may still be waiting for the collector
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
     overrides = ["train.save_attention=true", "train.mixed_precision=bf16", *extra]
     if compile_backend:
         overrides += ["train.compile=true", f"train.compile_backend={compile_backend}"]
@@ -46,7 +54,7 @@ def compiled_step(
     conds = {k: v.to(dev) for k, v in parts.adapter.make_dummy_conditions(model, 1, text_len=4, seed=2).items()}
     if record is not None:
         torch.cuda.synchronize()
-        record.update(parts=parts, built=torch.cuda.memory_allocated())
+        record.update(parts=parts, built=torch.cuda.memory_allocated() - before)
         torch.cuda.reset_peak_memory_stats()
     with torch.autocast(dev.type, dtype=torch.bfloat16):
         loss = flow_matching_loss(
@@ -55,7 +63,7 @@ def compiled_step(
     loss.backward()
     if record is not None:
         torch.cuda.synchronize()
-        record["peak"] = torch.cuda.max_memory_allocated()
+        record["peak"] = torch.cuda.max_memory_allocated() - before
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads
 

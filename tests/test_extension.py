@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks.extension_data import ClipGeometry, draw_truth, make_clip, object_token_mask, reflect
-from benchmarks.extension_record import compare, summarise, verdicts
+from benchmarks.extension_record import SCORES, compare, summarise, verdicts
 from benchmarks.extension_score import base_check, score_clip, track_error
 from radial.mask import MaskOptions
 from radial.plan import make_plan
@@ -134,6 +134,26 @@ def test_verdicts_follow_the_numbers():
     assert compare(summarise(r), ref, "c", "d", "loss_long") == "better"
 
 
+def test_verdicts_stand_on_the_probe_when_only_the_probe_passed():
+    r = _record([1.22, 1.23, 1.21], [0.6, 0.61, 0.62])  # radial LoRA's samples forget identities ...
+    for arm, identity in (("a", [0.6, 0.62, 0.58]), ("c", [0.9, 0.92, 0.91]), ("d", [0.95, 0.96, 0.97])):
+        r["arms"][arm].update({f"dn_{k}": v for k, v in r["arms"][arm].items() if k in SCORES})
+        r["arms"][arm]["dn_late_identity"] = identity  # ... its one-step predictions keep them
+    check = r["base"]["checks"][0]
+    check["probe"] = check["scores"]
+    r["base"].update(passed=False, probe_passed=True, tier="probe")
+    v = verdicts(r, summarise(r))
+    assert v["tier"] == "probe" and "d" in v["ii"]["recovering"]
+    assert v["ii"]["detail"]["d"]["against_a"]["dn_late_identity"] == "better"
+    assert "late_identity" not in v["ii"]["detail"]["d"]["against_a"]  # samples measured, not used
+    assert v["iii"]["scores"]["dn_late_identity"] == "better" and v["iii"]["answer"]
+    assert v["i"]["answer"] and "probe check passed" in v["i"]["text"]
+    r["base"].update(probe_passed=False, tier=None)  # neither check passed: no verdict holds
+    assert not verdicts(r, summarise(r))["i"]["answer"]
+    old = _record([1.22, 1.23, 1.21], [0.9, 0.91, 0.92])  # a record from before the probe: the sample tier
+    assert verdicts(old, summarise(old))["tier"] == "samples"
+
+
 def test_preset_overrides_name_unknown_keys():
     from benchmarks.extension import set_value
 
@@ -163,6 +183,8 @@ def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
     assert sorted(record["arms"]) == sorted(ARMS) and not record.get("failed")
     assert all(record["arms"][a]["seeds"] == [0, 1] for a in ARMS)
     assert record["arms_anyway"] and record["base"]["checks"]
+    assert {"probe", "probe_check"} <= set(record["base"]["checks"][0]) and record["base"]["tier"] in (None, "probe")
+    assert all(f"dn_{k}" in record["arms"][a] for a in ARMS for k in SCORES)
     assert sorted(p.name for p in out.iterdir()) == [
         "base",
         "extension.json",
@@ -176,6 +198,7 @@ def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
     assert set(saved["verdicts"]) >= {"i", "ii", "iii", "iv", "v"}
     md = (out / "extension.md").read_text()
     assert "| (d) radial LoRA |" in md and "no answer below is a valid verdict" in md
+    assert "Denoising probe at 4L" in md and "| probe at L |" in md
     assert (tmp_path / "work" / "runs" / "base" / "transformer" / "config.json").is_file()
     assert json.loads((tmp_path / "work" / "data" / "train_long" / "tracks.json").read_text())["items"]
     kept = json.loads((out / "base" / "base.json").read_text())
@@ -185,6 +208,7 @@ def test_smoke_run_writes_the_record_with_every_arm(tmp_path):
     again = main(["--smoke", "--arms", "a", "--arms-anyway", "--base", str(out / "base"), "--out",
                   str(tmp_path / "out2"), "--work", str(tmp_path / "work2")])  # fmt: skip
     assert again["base"]["from"] == str(out / "base") and again["base"]["recheck"]["checks"]
+    assert again["base"]["probe_recheck"]["probe_check"]["checks"]
     assert again["base"]["steps"] == record["base"]["steps"] and sorted(again["arms"]) == ["a"]
     # --continue-base: a further stage from the kept base, at another flow shift, kept again with both stages
     more = main(["--smoke", "--arms", "a", "--arms-anyway", "--base", str(out / "base"), "--continue-base",
@@ -208,9 +232,9 @@ def test_diagnose_scores_predictions_and_partial_sampling(tmp_path):
     preset = yaml.safe_load(PRESETS.read_text())["smoke"]
     get_adapter("wan").build_tiny(seed=3, **preset["model"]).save_pretrained(tmp_path / "base")
     report = main([str(tmp_path / "base"), "--smoke", "--out", str(tmp_path / "d"), "--sigmas", "0.5",
-                   "--starts", "0.9", "1.0", "--seeds", "1", "--steps", "2"])  # fmt: skip
+                   "--starts", "0.9", "1.0", "--seeds", "1", "--steps", "2", "--given", "0", "1"])  # fmt: skip
     assert report["data"]["objects_per_frame"] > 0 and set(report["x0"]) == {"0.5"}
-    assert [(r["start"], r["seed"]) for r in report["sdedit"]] == [(0.9, 1), (1.0, 1)]
+    assert [(r["start"], r["given"]) for r in report["sdedit"]] == [(0.9, 0), (0.9, 1), (1.0, 0), (1.0, 1)]
     assert (tmp_path / "d" / "x0_predictions.png").stat().st_size > 0
     assert json.loads((tmp_path / "d" / "diagnose.json").read_text())["device"] == "cpu"
     with pytest.raises(SystemExit):

@@ -261,4 +261,5 @@ def test_works_under_a_peft_model_wrapper(wan):
     with torch.no_grad():
         out = _run(wan, wrapped)
     assert handle.last_grid == LatentGrid(8, 4, 4) and (out - stock).abs().max() < 1e-5
+    assert handle.last_plan is None  # no mask ran: a dense run's metrics and export report no block density
     handle.remove()

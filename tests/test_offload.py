@@ -3,6 +3,7 @@ LoRA gradients as the in-memory step, the hooks' packing, prefetch order and blo
 
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from tests.trainer_helpers import compose_config
 from train.components import build_model
@@ -80,6 +81,35 @@ def test_offload_packs_large_activations_and_prefetches_in_reverse():
     assert offload.prefetch_hits == len(offload.packed) - 1  # every unpack but the first was prefetched
 
 
+def test_offload_copies_a_tensor_saved_twice_once_and_reuses_host_buffers():
+    """A tensor that several ops save (every checkpointed block saves the rotary tables) gets one host copy; the
+    second step takes the first step's buffers from the pool (exact sizes, nothing new allocated)."""
+    offload = ActivationOffload(torch.device("cpu"), min_bytes=64)
+    weight = torch.nn.Parameter(torch.randn(16, 16))
+    x = torch.randn(4, 16)
+
+    def step():
+        with offload:
+            shared = x * 2  # saved by both products below
+            y = ((shared @ weight) * shared).sum()
+        packed = list(offload.packed)
+        y.backward()
+        return packed
+
+    first = step()
+    shared = x * 2
+    assert torch.equal(weight.grad, torch.autograd.grad(((shared @ weight) * shared).sum(), weight)[0])
+    grad = weight.grad.clone()
+    held = offload.pool.allocated_bytes
+    assert held == sum(p.host.numel() * p.host.element_size() for p in first)
+    assert len(first) == 1 and held == 4 * 16 * 4  # `shared` (saved by the product and the matmul), copied once
+    del first
+    weight.grad = None
+    step()
+    assert torch.equal(weight.grad, grad)
+    assert offload.pool.allocated_bytes == held  # reused, not allocated again
+
+
 def test_streamer_holds_a_window_and_moves_frozen_weights_only():
     """On a CPU "device" the host copies are distinct tensors: after the build every streamed block points at its
     host copy; when a block runs (forward, and its recomputation in the backward, last block first) it is on the
@@ -115,9 +145,12 @@ def test_streamer_holds_a_window_and_moves_frozen_weights_only():
 def test_streamer_keeps_blocks_that_are_not_checkpointed():
     blocks = [torch.nn.Linear(4, 4).requires_grad_(False) for _ in range(3)]
     blocks[0]._radial_recompute = False
+    first = [StorageWeakRef(b.weight.untyped_storage()) for b in blocks]
+    ptr0 = blocks[0].weight.data_ptr()
     streamer = BlockStreamer(blocks, torch.device("cpu"))
     assert not streamer.streamed(0) and streamer.streamed(1)
-    ptr0 = blocks[0].weight.data_ptr()
+    # the streamed blocks' first copies are freed (on CUDA: the device memory the build gives back)
+    assert [ref.expired() for ref in first] == [False, True, True]
     x = torch.randn(2, 4)
     for block in blocks:
         x = block(x)

@@ -10,6 +10,10 @@ hooks apply). Why not `torch.autograd.graph.save_on_cpu(pin_memory=True)` as is:
   host memory); here parameters and small tensors stay where they are;
 - it copies back only when the backward asks, on the critical path; here each unpack also starts the copy of the
   tensor saved just before it (the backward's next need, saved tensors being used in about reverse order).
+Host memory: each offloaded tensor is copied into an exact-size page-locked buffer from a pool reused step after step
+(train/host_memory.py: torch's pinned allocator rounds each request up to a power of two, 2 GiB for a 1.29 GB
+Wan2.1-14B hidden state at 126k tokens), and a tensor saved again within one forward (the rotary tables and text
+states that every checkpointed block saves as its inputs) is copied once.
 Not covered: the attention outputs that selective checkpointing keeps (train.save_attention) live in
 torch.utils.checkpoint's own cache, not in saved tensors; they stay on the device (the memory planner counts them).
 On a CPU the "host" is the CPU too: packing copies (the CPU tests exercise the same pack / unpack / prefetch logic).
@@ -18,10 +22,13 @@ On a CPU the "host" is the CPU too: packing copies (the CPU tests exercise the s
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from train.host_memory import HostPool
 
 #: saved tensors smaller than this stay on the device (scales, LSEs, indices: copying costs more than they free)
 MIN_BYTES = 1 << 20
@@ -31,12 +38,23 @@ MIN_BYTES = 1 << 20
 class _Packed:
     """One offloaded tensor: its host copy, where it came from, and (once prefetched) its copy back."""
 
-    index: int
-    host: torch.Tensor
     device: torch.device
+    source: weakref.ref = field(repr=False)  # the device tensor, to recognise it when it is saved again
+    version: int = 0  # its version counter then: an in-place change since makes it another tensor
+    host: torch.Tensor | None = None
     ready: torch.cuda.Event | None = None  # the device -> host copy is complete
     back: torch.Tensor | None = None  # prefetched device copy, handed out once
     back_ready: torch.cuda.Event | None = None
+    used: bool = False
+
+
+@dataclass
+class _Save:
+    """One save of a tensor, as autograd holds it: the (shared) host copy and the save's place in the forward's order
+    of saves, by which the backward prefetches."""
+
+    packed: _Packed
+    position: int
     used: bool = False
 
 
@@ -49,13 +67,16 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
         self.min_bytes = MIN_BYTES if min_bytes is None else min_bytes
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self.packed: list[_Packed] = []
+        self.pool = HostPool(pin=self.cuda)
+        self.packed: list[_Packed] = []  # the host copies, one per tensor
+        self.saves: list[_Save] = []
+        self.by_id: dict[int, _Packed] = {}  # id(device tensor) -> its packed copy, this forward
         self.offloaded_bytes = 0
         self.prefetch_hits = 0
         super().__init__(self._pack, self._unpack)
 
     def __enter__(self):
-        self.packed, self.offloaded_bytes, self.prefetch_hits = [], 0, 0
+        self.packed, self.saves, self.by_id, self.offloaded_bytes, self.prefetch_hits = [], [], {}, 0, 0
         return super().__enter__()
 
     def _pack(self, tensor: torch.Tensor):
@@ -66,16 +87,25 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
             or tensor.numel() * tensor.element_size() < self.min_bytes
         ):
             return tensor
-        item = _Packed(len(self.packed), self._to_host(tensor), tensor.device)
+        seen = self.by_id.get(id(tensor))
+        if seen is not None and seen.source() is tensor and seen.version == tensor._version:
+            return self._saved(seen)  # saved again (every block's checkpoint saves the rotary tables): one host copy
+        item = _Packed(tensor.device, weakref.ref(tensor), tensor._version)
+        # the buffer returns to the pool when the item goes (the autograd graph that holds it is freed)
+        item.host = self._to_host(tensor, self.pool.take(tensor.numel() * tensor.element_size(), item).view(0, tensor))
+        self.by_id[id(tensor)] = item
         if self.cuda:
             item.ready = torch.cuda.Event()
             item.ready.record(self.stream)
         self.packed.append(item)
         self.offloaded_bytes += tensor.numel() * tensor.element_size()
-        return item
+        return self._saved(item)
 
-    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=self.cuda)
+    def _saved(self, item: _Packed) -> _Save:
+        self.saves.append(_Save(item, len(self.saves)))
+        return self.saves[-1]
+
+    def _to_host(self, tensor: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
         if not self.cuda:
             return host.copy_(tensor)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -94,9 +124,10 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
             done.record(self.stream)
         return back, done
 
-    def _unpack(self, item):
-        if not isinstance(item, _Packed):
-            return item
+    def _unpack(self, save):
+        if not isinstance(save, _Save):
+            return save
+        item = save.packed
         if item.back is not None:
             tensor, done = item.back, item.back_ready
             item.back = item.back_ready = None
@@ -107,18 +138,18 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
             current = torch.cuda.current_stream(self.device)
             current.wait_event(done)
             tensor.record_stream(current)
-        item.used = True
-        self._prefetch_before(item.index)
+        item.used = save.used = True
+        self._prefetch_before(save.position)
         return tensor
 
-    def _prefetch_before(self, index: int) -> None:
-        """Start copying back the latest tensor saved before `index` that the backward has not used yet."""
-        for i in range(index - 1, -1, -1):
-            item = self.packed[i]
-            if item.used:
+    def _prefetch_before(self, position: int) -> None:
+        """Start copying back the tensor of the latest save before `position` that the backward has not used yet."""
+        for i in range(position - 1, -1, -1):
+            save = self.saves[i]
+            if save.used:
                 continue
-            if item.back is None:
-                item.back, item.back_ready = self._to_device(item)
+            if save.packed.back is None:
+                save.packed.back, save.packed.back_ready = self._to_device(save.packed)
             return
 
 

@@ -17,6 +17,11 @@ Here only frozen parameters move; a block is released when the next block in the
 time every backward node that needed its weights has run (the next block's gradient needs all of them); blocks
 that are not checkpointed stay on the device (their backward uses the weights autograd kept). It composes with
 model.storage_dtype: the host copy is the fp8 storage; diffusers' layerwise casting upcasts inside each layer.
+
+Host memory: each block's frozen weights go to one exact-size page-locked buffer (train/host_memory.py; torch's
+pinned allocator would round each weight up to a power of two: 43 GB instead of 28 GB for Wan2.1-14B), one block
+at a time, the block's first copy released before the next block is copied: building the streamer needs one copy
+of the streamed weights in their storage dtype on the host plus at most one block besides it, wherever they were.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch import nn
 from torch.utils._python_dispatch import _disable_current_modes
 
 from radial.checkpointing import RECOMPUTE_ATTR
+from train.host_memory import HostBuffer, pack_to_host
 
 
 def _in_backward() -> bool:
@@ -45,25 +51,26 @@ class BlockStreamer:
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.params = [[p for p in b.parameters() if not p.requires_grad] for b in self.blocks]
-        self.host = {p: self._host_copy(p.data) for ps in self.params for p in ps}
+        self.host: dict[nn.Parameter, torch.Tensor] = {}  # each frozen weight's view into its block's buffer
+        self.buffers: list[HostBuffer] = []
         self.pending: dict[int, torch.cuda.Event | None] = {}  # blocks copied (or being copied) to the device
+        for i, ps in enumerate(self.params):  # block by block: at most one block has two copies at a time
+            buffer, views = pack_to_host([p.data for p in ps], pin=self.cuda)
+            self.buffers.append(buffer)
+            self.host.update(zip(ps, views, strict=True))
+            self._release(i)
         self.copies = 0  # host -> device block copies so far (tests, benchmarks)
         self.handles = []
         for i, block in enumerate(self.blocks):
             self.handles.append(block.register_forward_pre_hook(self._before_hook(i)))
-        for i in range(len(self.blocks)):
-            self._release(i)
-
-    def _host_copy(self, data: torch.Tensor) -> torch.Tensor:
-        host = torch.empty(data.shape, dtype=data.dtype, device="cpu", pin_memory=self.cuda)
-        return host.copy_(data)
 
     def streamed(self, i: int) -> bool:
         """Block i is streamed while it is checkpointed (a block that keeps its activations keeps its weights)."""
         return getattr(self.blocks[i], RECOMPUTE_ATTR, True)
 
     def host_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.host.values())
+        """The host memory the streamer holds: its blocks' buffers (the weights, each at an aligned offset)."""
+        return sum(b.nbytes for b in self.buffers)
 
     def _on_host(self, i: int) -> bool:
         return all(p.data.data_ptr() == self.host[p].data_ptr() for p in self.params[i])
@@ -135,3 +142,5 @@ class BlockStreamer:
         for ps in self.params:
             for p in ps:
                 p.data = self.host[p].to(self.device, copy=True)
+        self.host.clear()
+        self.buffers.clear()

@@ -157,8 +157,8 @@ class InjectionState:
             text_tokens=query.shape[1] - video_tokens,
             device=query.device,
         )
-        dense = record.dense or layer_index < cfg.dense_layers
-        if not dense:
+        dense = record.dense or layer_index < cfg.dense_layers or cfg.backend == "dense"
+        if not dense:  # the mask that ran: a dense run reports none (its metrics carry no block density)
             self.last_plan = plan
         backend = "dense" if dense else cfg.backend
         return radial_attention(
