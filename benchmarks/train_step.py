@@ -75,15 +75,24 @@ CASES = {
 VARIANTS = {"wan_i2v4x": ("i2v-14b", "i2v"), "hy15_i2v2x": ("i2v", "i2v"), "wan14b4x": ("t2v-14b", None)}
 
 
-def _config(family: str, backend: str, dense_layers: int, save_attention: bool, step_settings: tuple[str, ...] = ()):
-    """The trainer's config of one entry; `step_settings` (train.compile, train.checkpoint_blocks, ...) are the same
-    for every entry, so the ratios compare attention alone."""
+def _config(
+    family: str,
+    backend: str,
+    dense_layers: int,
+    save_attention: bool,
+    step_settings: tuple[str, ...] = (),
+    variant: str | None = None,
+):
+    """The trainer's config of one entry (`variant`: the full-size variant the case builds, None: the family's
+    default); `step_settings` (train.compile, train.checkpoint_blocks, ...) are the same for every entry, so the
+    ratios compare attention alone."""
     from train.config import compose, validate
 
     return validate(
         compose(
             [
                 f"model={family}_full",
+                *([f"model.variant={variant}"] if variant else []),
                 f"attention.backend={backend}",
                 f"attention.dense_layers={dense_layers}",
                 "attention.block_size=128",
@@ -113,10 +122,11 @@ def _build(case: str, entry: str, args, device, tiny_dtype: torch.dtype = torch.
 
     family, frames, h, w = CASES[case]
     backend, save_attention = _entry(entry, args)
-    cfg = _config(family, backend, args.dense_layers if backend != "dense" else 0, save_attention, _settings(args))
+    full_variant, tiny_variant = VARIANTS.get(case, (None, None))
+    dense_layers = args.dense_layers if backend != "dense" else 0
+    cfg = _config(family, backend, dense_layers, save_attention, _settings(args), full_variant)
     adapter = get_adapter(family)
     device = torch.device(device)
-    full_variant, tiny_variant = VARIANTS.get(case, (None, None))
     if args.smoke:  # CPU check of this script: tiny model, tiny latents, the same code path
         transformer = adapter.build_tiny(device=device, variant=tiny_variant, dtype=tiny_dtype)
         frames, h, w = 3, 8, 8
@@ -127,7 +137,9 @@ def _build(case: str, entry: str, args, device, tiny_dtype: torch.dtype = torch.
         from train.memory_plan import plan_config
 
         _, ph, pw = adapter.patch_size(transformer)
-        memory_plan = plan_config(cfg, frames, frames * (h // ph) * (w // pw), device)
+        # planned for the transformer built here (its variant, its --*-layers blocks), not the config's default
+        rows = adapter.sequence_rows(frames, frames * (h // ph) * (w // pw))
+        memory_plan = plan_config(cfg, frames, rows, device, transformer)
     with torch.random.fork_rng(devices=[]):  # the same LoRA initialisation on every rank (sequence parallelism)
         torch.manual_seed(0)
         parts = build_model(cfg, device, transformer=transformer)

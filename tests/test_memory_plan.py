@@ -135,7 +135,10 @@ def test_plan_config_applies_the_plan_and_the_cap(monkeypatch):
     cfg = validate(compose_config(["model=wan_full", "model.variant=i2v-14b", "lora.rank=128"]))
     line = mp.plan_config(cfg, 81, WAN4X, torch.device("cuda"))
     assert cfg.train.offload_activations and cfg.train.offload_blocks
-    assert line.startswith("plan:       train.memory=auto for wan i2v-14b at 126,360 tokens on 80 GB (Fake H100)")
+    assert line.startswith(
+        "plan:       train.memory=auto for wan i2v-14b (16.4B parameters, 40 blocks of width 5120) at 126,360 tokens "
+        "on 80 GB (Fake H100)"
+    )
     assert "expected peak" in line and "pinned on the host" in line and not calls
     small = validate(compose_config(["model=wan_full", "lora.rank=128", "train.memory_cap_gb=24"]))
     line = mp.plan_config(small, 81, WAN4X, torch.device("cuda"))

@@ -8,8 +8,9 @@ bf16 hidden state; n blocks of which c are checkpointed):
                streaming the c checkpointed blocks' weights are on the host, `STREAM_WINDOW` blocks on the device
   LoRA         trainable parameters x 16 bytes (fp32 weight, gradient, two AdamW moments)
   outside      OUTSIDE x u (the fp32 copy of the hidden states kept outside the blocks)
-  checkpointed 1 u (the block's input) + attention x u with saved attention; activation offload moves the input
-               to the host (2 u of prefetch window stay) but not the attention cache (see train/offload.py)
+  checkpointed 1 u (the block's input) + attention x u x a/d with saved attention (a: heads x head dim, the
+               saved output's width); activation offload moves the input to the host (2 u of prefetch window stay)
+               but not the attention cache (see train/offload.py)
   kept         a block that is not checkpointed: the checkpointed cost + 2*T*(2 f + kept_hidden d) bytes (its
                GELU input and output are feed-forward wide, the rest hidden wide); offloaded whole with offload
   working set  work_const GiB + 2*T*(work_hidden d + work_ffn f) bytes: one block's recomputation and backward
@@ -18,14 +19,21 @@ Plans are tried cheapest first by COSTS: activation offload (PCIe traffic on a s
 streaming (the blocks' weights cross PCIe twice per step: forward and recomputation) before recomputing attention
 (about a third more attention work); a combination costs the sum of its savers.
 train.checkpoint_blocks=auto takes the fewest checkpointed blocks that fit without activation offload (and is
-measured again at run time, train/recompute.py); `all` or N is kept as set. Options the user turned on are never
-turned off. Text tokens outside the video sequence are not counted (HunyuanVideo's 256 are within a rounding).
+measured again at run time, train/recompute.py, unless the plan checkpoints every block: then it is `all`, since the
+run-time probe keeps one block's activations); `all` or N is kept as set. Options the user turned on are never
+turned off. T counts the rows every block carries (the adapter's `sequence_rows`: the video tokens, and
+MiniMax-H3's audio and text rows packed beside them); HunyuanVideo's 256 text tokens are within a rounding.
+What holds the memory of a short stack of wide blocks (MiniMax-H3, 4 of 50 blocks at 2x: 37.5 GB on an H100) is one
+block's recomputation and backward (the working set, ~30 u at its widths), not what the blocks keep: each
+checkpointed H3 block keeps 2.4 u (input and attention output), and nothing large is kept outside them
+(benchmarks/results/memory.md, 2026-12-08).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,6 +61,16 @@ class ModelShape:
     hidden: int
     ffn: int
     lora_params: int  # trainable LoRA parameters
+    attention: int = 0  # the q / k / v width, heads x head dim (0: the hidden width; MiniMax-H3's is 4/3 of it)
+
+    @property
+    def attention_width(self) -> int:
+        return self.attention or self.hidden
+
+    @property
+    def size(self) -> str:
+        """The architecture in a few words, so that a log shows which model was planned."""
+        return f"{self.params / 1e9:.1f}B parameters, {self.blocks} blocks of width {self.hidden}"
 
     @classmethod
     def of(cls, name: str, model: torch.nn.Module, blocks: list, lora_params: int) -> ModelShape:
@@ -60,6 +78,8 @@ class ModelShape:
         linears = [m for m in blocks[0].modules() if isinstance(m, torch.nn.Linear)]
         widths = [m.in_features for m in linears]
         hidden = max(set(widths), key=widths.count)  # the attention projections' width
+        outs = [m.out_features for m in linears]
+        attention = max(set(outs), key=lambda w: (outs.count(w), w == hidden))  # q, k, v (and the text's) outputs
         # the feed-forward width: the widest input, the MLP's down projection (not the modulation's wide output)
         return cls(
             name=name,
@@ -69,13 +89,14 @@ class ModelShape:
             hidden=hidden,
             ffn=max(widths),
             lora_params=lora_params,
+            attention=attention,
         )
 
 
 # Architectures of the measured runs (counted from the diffusers configs; tests/test_memory_plan.py checks them).
-WAN_1_3B = ModelShape("wan t2v-1.3b", 1_418_996_800, 1_393_221_120, 30, 1536, 8960, 30 * 4 * 128 * (1536 + 1536))
-WAN_I2V_14B = ModelShape("wan i2v-14b", 16_394_878_784, 16_153_538_560, 40, 5120, 13824, 40 * 4 * 128 * 10240)
-WAN_T2V_14B = ModelShape("wan t2v-14b", 14_288_491_584, 14_055_772_160, 40, 5120, 13824, 40 * 4 * 128 * 10240)
+WAN_1_3B = ModelShape("wan t2v-1.3b", 1_418_996_800, 1_393_221_120, 30, 1536, 8960, 30 * 4 * 128 * 3072, 1536)
+WAN_I2V_14B = ModelShape("wan i2v-14b", 16_394_878_784, 16_153_538_560, 40, 5120, 13824, 40 * 4 * 128 * 10240, 5120)
+WAN_T2V_14B = ModelShape("wan t2v-14b", 14_288_491_584, 14_055_772_160, 40, 5120, 13824, 40 * 4 * 128 * 10240, 5120)
 
 
 @dataclass(frozen=True)
@@ -161,8 +182,10 @@ def predict(shape: ModelShape, tokens: float, plan: Plan, model: MemoryModel, wb
     n, c = shape.blocks, plan.checkpointed
     u = 2 * tokens * shape.hidden / GIB
     block_w = shape.block_params / n * wbytes / GIB
-    attention = model.attention * u if plan.save_attention else 0.0
-    kept = 2 * tokens * (2 * shape.ffn + model.kept_hidden * shape.hidden) / GIB + u + model.attention * u
+    # the saved attention output is heads x head dim wide (the fit's models have it as wide as the hidden states)
+    saved = model.attention * u * shape.attention_width / shape.hidden
+    attention = saved if plan.save_attention else 0.0
+    kept = 2 * tokens * (2 * shape.ffn + model.kept_hidden * shape.hidden) / GIB + u + saved
     work = model.work_const + 2 * tokens * (model.work_hidden * shape.hidden + model.work_ffn * shape.ffn) / GIB
     gpu = _fixed_gib(shape, tokens, wbytes) + work + c * attention
     host = 0.0
@@ -262,7 +285,7 @@ def describe(plan: Plan, shape: ModelShape, tokens: int, card: Card) -> str:
     """The summary line of a plan."""
     attention = "attention saved" if plan.save_attention else "attention recomputed"
     return (
-        f"plan:       train.memory=auto for {shape.name} at {tokens:,} tokens on {card.memory_gb:.0f} GB "
+        f"plan:       train.memory=auto for {shape.name} ({shape.size}) at {tokens:,} tokens on {card.memory_gb:.0f} GB "
         f"({card.name}): {plan.measures()}, {plan.checkpointed} of {shape.blocks} blocks checkpointed, {attention}; "
         f"expected peak {plan.peak_gb:.1f} GB of {card.usable_gb:.1f} usable ({MARGIN:.0%} kept free)"
         + (f", {plan.host_gb:.1f} GB pinned on the host" if plan.host_gb else "")
@@ -293,26 +316,46 @@ def plan_or_refuse(
     )
 
 
-def config_shape(cfg) -> ModelShape:
-    """The ModelShape of a validated config's transformer (built on the meta device, no weights read)."""
+def model_name(m) -> str:
+    """The configured transformer in words: family and variant (the default one resolved), or the folder it loads."""
+    from radial.models import get_adapter
+
+    if m.source == "pretrained":
+        parts = Path(m.path).expanduser().parts
+        # a Hub id resolved to its cache: .../models--Org--Name/snapshots/<commit>
+        hub = len(parts) > 2 and parts[-2] == "snapshots"
+        name = parts[-3].removeprefix("models--").replace("--", "/") if hub else parts[-1]
+        return f"{m.family} {name}" + (f"/{m.expert}" if m.expert else "")
+    variant = m.variant or (get_adapter(m.family).default_variant if m.source == "full" else None)
+    return f"{m.family} {variant or 'tiny'}" + (" (tiny)" if m.source == "tiny" and variant else "")
+
+
+def config_shape(cfg, transformer: torch.nn.Module | None = None) -> ModelShape:
+    """The ModelShape of the transformer that trains: `transformer` where the caller built it (benchmarks build
+    reduced or other-variant models themselves), else the configured one built on the meta device (no weights read),
+    from the config the trainer's `build_transformer` builds from."""
     from radial.models import get_adapter
     from train.config import meta_transformer, planned_lora_names
 
     m = cfg.model
     adapter = get_adapter(m.family)
-    model = meta_transformer(m)
+    model = meta_transformer(m) if transformer is None else transformer
     if model is None:
         raise ConfigError(f"model.path={m.path}: the transformer's config.json is not readable")
     modules = dict(model.named_modules())
     names = planned_lora_names(cfg, model) if cfg.train.mode == "lora" else []
     lora = sum(cfg.lora.rank * (modules[n].in_features + modules[n].out_features) for n in names)
-    return ModelShape.of(f"{m.family} {m.variant or m.source}", model, adapter.blocks(model), lora)
+    return ModelShape.of(model_name(m), model, adapter.blocks(model), lora)
 
 
-def plan_config(cfg, frames: int, tokens: int, device: torch.device) -> str | None:
-    """train.memory=auto on CUDA: plan for `tokens` (the largest bucket; `frames` latent frames), apply the plan to
-    cfg.train (offload_activations, offload_blocks, save_attention) and return its summary line; ConfigError when
-    nothing fits. Applies train.memory_cap_gb first (also with train.memory=off). None where nothing is planned."""
+def plan_config(
+    cfg, frames: int, tokens: int, device: torch.device, transformer: torch.nn.Module | None = None
+) -> str | None:
+    """train.memory=auto on CUDA: plan for `tokens` (the largest bucket; `frames` latent frames) and the transformer
+    that trains (`config_shape`), apply the plan to cfg.train (offload_activations, offload_blocks, save_attention)
+    and return its summary line; ConfigError when nothing fits. train.checkpoint_blocks=auto becomes `all` where the
+    plan keeps no block's activations. Applies train.memory_cap_gb first (also with train.memory=off). None where
+    nothing is planned."""
     from train.memory_cap import apply_memory_cap
     from train.recompute import parse_checkpoint_blocks
 
@@ -323,7 +366,7 @@ def plan_config(cfg, frames: int, tokens: int, device: torch.device) -> str | No
     capacity = apply_memory_cap(t.memory_cap_gb, device)
     if t.memory != "auto" or t.mode != "lora" or not t.gradient_checkpointing:
         return None
-    shape = config_shape(cfg)
+    shape = config_shape(cfg, transformer)
     name = torch.cuda.get_device_name(device) + (f", capped at {t.memory_cap_gb:g} GB" if t.memory_cap_gb else "")
     card = Card(capacity, host_memory_gb(), name)
     wbytes = 1 if cfg.model.storage_dtype else {"float32": 4}.get(cfg.model.dtype, 2)
@@ -335,6 +378,10 @@ def plan_config(cfg, frames: int, tokens: int, device: torch.device) -> str | No
         plan.stream_weights,
         plan.save_attention,
     )
+    if checkpoint == "auto" and plan.checkpointed == shape.blocks:
+        # No block can keep its activations: train.checkpoint_blocks=auto's run-time probe (its third step keeps
+        # one block's) would itself run out of memory (MiniMax-H3 at 4x on an H100, 2026-12-08).
+        t.checkpoint_blocks = "all"
     return describe(plan, shape, tokens, card)
 
 
@@ -351,5 +398,6 @@ def plan_run(cfg, datasets: tuple[list, list[int]], device: torch.device) -> str
     g = get_adapter(cfg.model.family).geometry
     frames = g.latent_frames(largest[0])
     # Ulysses sequence parallelism: each rank holds its share of the tokens' activations (and all the weights).
-    tokens = frames * g.tokens_per_frame(largest[1], largest[2]) // cfg.parallel.sp_degree
+    rows = get_adapter(cfg.model.family).sequence_rows(frames, frames * g.tokens_per_frame(largest[1], largest[2]))
+    tokens = rows // cfg.parallel.sp_degree
     return plan_config(cfg, frames, tokens, device)

@@ -150,6 +150,11 @@ class ModelAdapter:
         modules = dict(transformer.named_modules())
         return [modules[names[id(attn)].rpartition(".")[0]] for attn in self.attention_layers(transformer)]
 
+    def sequence_rows(self, latent_frames: int, video_tokens: int) -> int:
+        """The rows of the sequence every transformer block carries for a clip of `latent_frames` frames and
+        `video_tokens` video tokens (what activation memory scales with): by default the video tokens alone."""
+        return video_tokens
+
     def patch_size(self, transformer: nn.Module) -> tuple[int, int, int]:
         """(temporal, height, width) patch of the transformer's patch embedding; by default the config's
         `patch_size_t` and a square `patch_size` (HunyuanVideo, HunyuanVideo-1.5)."""

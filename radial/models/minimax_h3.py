@@ -250,6 +250,10 @@ class MiniMaxH3Adapter(ModelAdapter):
     def comfy_rules(self) -> list[ComfyRule]:
         return _H3_COMFY
 
+    def sequence_rows(self, latent_frames: int, video_tokens: int) -> int:
+        # the packed sequence: the text rows (the dummy prompts' length) and the stereo audio rows beside the video
+        return video_tokens + AUDIO_CHANNELS * audio_latent_count(latent_frames) + self.text_len
+
     def patch_size(self, transformer) -> tuple[int, int, int]:
         return tuple(int(p) for p in transformer.config.patch_size)
 
