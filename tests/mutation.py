@@ -4,6 +4,7 @@
     python tests/mutation.py all             # every group, one after the other
     python tests/mutation.py mask --keep     # leave the scratch copy (mutmut results / show there)
     python tests/mutation.py mask --rerun /tmp/radial-mutation/mask.json   # only the mutants a record left alive
+    python tests/mutation.py export --minutes 60   # stop mutmut after an hour; the rest count as "not checked"
 
 Each group runs in a scratch copy of the tracked tree (mutmut writes `mutants/` beside its config, and a group's
 config is its own), mutates only that group's files and runs, per mutant, only the tests of the group's few test
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,7 +91,29 @@ def scratch_copy(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
-def run_group(name: str, work: Path, keep: bool, only: list[str] | None = None, record: str | None = None) -> dict:
+def run_mutmut(cmd: list[str], cwd: Path, env: dict, minutes: float | None) -> None:
+    """mutmut run, stopped after `minutes` (SIGINT to its whole process group, as Ctrl-C would: mutmut keeps each
+    finished mutant's result on disk, so the stats that follow count the rest as "not checked")."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True)
+    try:
+        proc.wait(timeout=None if minutes is None else minutes * 60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def run_group(
+    name: str,
+    work: Path,
+    keep: bool,
+    only: list[str] | None = None,
+    record: str | None = None,
+    minutes: float | None = None,
+) -> dict:
     """Run mutmut on one group in `work`/name (`only`: these mutants, the rest stay "not checked"); return mutmut's
     stats (killed, survived, timeout, ...) and the mutants not killed, with their diffs; also written to `record`
     (default: `work`/name.json)."""
@@ -102,7 +126,7 @@ def run_group(name: str, work: Path, keep: bool, only: list[str] | None = None, 
     (d / "setup.cfg").write_text(setup_cfg(files, tests))
     mutmut = [str(Path(sys.executable).parent / "mutmut")]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TRITON_INTERPRET": "1"}
-    subprocess.run(["nice", "-n", "10", *mutmut, "run", "--max-children", "1", *(only or [])], cwd=d, env=env)
+    run_mutmut(["nice", "-n", "10", *mutmut, "run", "--max-children", "1", *(only or [])], d, env, minutes)
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=d, env=env, check=True, capture_output=True)
     stats = json.loads((d / "mutants" / "mutmut-cicd-stats.json").read_text())
     listing = subprocess.run([*mutmut, "results"], cwd=d, env=env, check=True, capture_output=True, text=True).stdout
@@ -116,6 +140,8 @@ def run_group(name: str, work: Path, keep: bool, only: list[str] | None = None, 
         stats["not_killed"][mutant] = {"status": status, "diff": diff or shown.splitlines()[-6:]}
     if only:
         stats["rerun_of"] = len(only)
+    if minutes is not None:
+        stats["minutes_limit"] = minutes
     Path(record or work / f"{name}.json").write_text(json.dumps({"group": name, **stats}, indent=1))
     if not keep:
         shutil.rmtree(d)
@@ -128,14 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "radial-mutation")
     p.add_argument("--keep", action="store_true", help="keep the scratch copy (mutmut show NAME works there)")
     p.add_argument("--rerun", type=Path, help="a group's record: run only the mutants it did not see killed")
+    p.add_argument("--minutes", type=float, help="stop each group's mutmut run after this long (default: no limit)")
     args = p.parse_args(argv)
+    if args.minutes is not None and args.minutes <= 0:
+        p.error(f"--minutes {args.minutes}: expected > 0")
     alive = json.loads(args.rerun.read_text())["not_killed"] if args.rerun else {}
     only = sorted(m for m, info in alive.items() if info["status"] != "not checked") if args.rerun else None
     if only is not None and args.group == "all":
         p.error("--rerun takes one group")
     for name in GROUPS if args.group == "all" else [args.group]:
         record = str(args.work / f"{name}-rerun.json") if only else None
-        stats = run_group(name, args.work, args.keep, only, record)
+        stats = run_group(name, args.work, args.keep, only, record, args.minutes)
         counts = {k: v for k, v in stats.items() if k != "not_killed"}
         print(json.dumps({"group": name, **counts}))
         for mutant, info in stats["not_killed"].items():

@@ -1,0 +1,36 @@
+"""tests/mutation.py's time limit: a mutmut run past `--minutes` is stopped (its whole process group, as Ctrl-C
+would), so a long group ends with what it checked instead of running past a session."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from tests.mutation import main, run_mutmut
+
+
+def test_a_run_past_its_limit_is_stopped_with_its_children(tmp_path):
+    marker = tmp_path / "child.pid"
+    # a parent that starts a child and both sleep: the stop must reach the child too (mutmut's forked workers)
+    script = (
+        "import subprocess, sys, time; "
+        f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); open({str(marker)!r}, 'w').write(str(c.pid)); "
+        "time.sleep(60)"
+    )
+    t0 = time.perf_counter()
+    run_mutmut([sys.executable, "-c", script], tmp_path, dict(os.environ), minutes=0.03)
+    assert time.perf_counter() - t0 < 30
+    child = int(marker.read_text())
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # gone (or a zombie of a dead parent, reaped by init)
+        for _ in range(20):
+            os.kill(child, 0)
+            time.sleep(0.25)
+
+
+def test_minutes_must_be_positive():
+    with pytest.raises(SystemExit):
+        main(["step", "--minutes", "0"])
