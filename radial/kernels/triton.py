@@ -10,7 +10,8 @@ import weakref
 
 import torch
 
-from radial.kernels.custom_ops import check_sequence, fake_grads, fake_out_lse, softmax_scale
+from radial.kernels.call import AttentionCall
+from radial.kernels.custom_ops import fake_grads, fake_out_lse, register_autograd
 from radial.kernels.registry import Backend, needs_cuda, register
 from radial.plan import RadialPlan
 
@@ -86,25 +87,7 @@ def _(grad_out, query, key, value, *rest):
     return fake_grads(query, key, value)
 
 
-def _setup_context(ctx, inputs, output):
-    query, key, value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, block_size, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(query, key, value, out, lse, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask)
-    ctx.block_size = block_size
-    ctx.scale = scale
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, grad_out, grad_lse):
-    query, key, value, out, lse, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask = ctx.saved_tensors
-    dq, dk, dv = sparse_attn_bwd(
-        grad_out, query, key, value, out, lse, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask,
-        ctx.block_size, ctx.scale,
-    )  # fmt: skip
-    return dq, dk, dv, None, None, None, None, None, None, None
-
-
-sparse_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(sparse_attn_fwd, sparse_attn_bwd, slice(None))  # saves every list and the padding mask
 
 
 # Plan index tensors moved to another device, once per (plan, device).
@@ -123,27 +106,19 @@ def plan_tensors(plan: RadialPlan, device: torch.device) -> tuple[torch.Tensor, 
     return per_plan[key]
 
 
-def triton_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    plan: RadialPlan,
-    key_padding_mask: torch.Tensor | None = None,
-    *,
-    scale: float | None = None,
-) -> torch.Tensor:
+def triton_attention(call: AttentionCall) -> torch.Tensor:
     """Block-sparse attention [B, S, H, D] under the plan, forward and backward in Triton."""
     from radial.kernels.triton_common import check_tensors
 
-    check_tensors(query, key, value, plan.block_size)
-    check_sequence(query, plan)
-    scale = softmax_scale(query, scale)
+    query, plan, key_padding_mask = call.query, call.plan, call.key_padding_mask
+    check_tensors(query, plan.block_size)
     kv_indices, kv_counts, q_indices, q_counts = plan_tensors(plan, query.device)
     if key_padding_mask is not None:
         key_padding_mask = key_padding_mask.to(device=query.device, dtype=torch.bool)
     out, _ = sparse_attn_fwd(
-        query, key, value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, plan.block_size, scale
-    )
+        query, call.key, call.value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, plan.block_size,
+        call.softmax_scale,
+    )  # fmt: skip
     return out
 
 

@@ -32,17 +32,9 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def check_tensors(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_size: int) -> None:
-    """Clear ValueErrors for what the kernels do not support (each names the offending value)."""
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be [B, S, H, D], got shape {tuple(t.shape)}")
-    if not (query.shape == key.shape == value.shape):
-        raise ValueError(
-            f"query, key and value shapes differ: {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
-        )
-    if not (query.dtype == key.dtype == value.dtype):
-        raise ValueError(f"query, key and value dtypes differ: {query.dtype}, {key.dtype}, {value.dtype}")
+def check_tensors(query: torch.Tensor, block_size: int) -> None:
+    """Clear ValueErrors for what the kernels do not support (each names the offending value); the shapes and dtypes
+    that every backend needs are checked where the call is built (radial.kernels.call)."""
     head_dim = query.shape[-1]
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"triton backend supports head dim {SUPPORTED_HEAD_DIMS}, got head_dim={head_dim}")
