@@ -61,15 +61,19 @@ def _tiles(kind: str | None) -> Iterator[None]:
         tc.set_config_override()
 
 
-def run_case(name: str) -> dict[str, torch.Tensor]:
+def run_case(name: str, backend: str | None = None) -> dict[str, torch.Tensor]:
     """The output and the gradients (dq, dk, dv) of one case, seeded; flex forward only (FlexAttention has no
-    backward on the CPU)."""
-    layout, backend, dtype, decay, tiles = CASES[name]
+    backward on the CPU). `backend` runs the case's inputs on another backend (the reference, to compare; with a dense plan for a
+    case of the dense backend)."""
+    layout, case_backend, dtype, decay, tiles = CASES[name]
+    grad = case_backend != "flex"
+    backend = backend or case_backend
     frames, tpf, text, block, batch, heads, dim, tails = LAYOUTS[layout]
     plan = radial.make_plan(frames, tpf, text_tokens=text, block_size=block)
+    if case_backend == "dense" and backend != "dense":  # the same attention as the dense backend's: a dense plan
+        plan = radial.dense_plan(frames, tpf, text_tokens=text, block_size=block)
     gen = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(batch, plan.seq_len, heads, dim, generator=gen).to(dtype) for _ in range(4))
-    grad = backend != "flex"
     q, k, v = (t.requires_grad_(grad) for t in (q, k, v))
     kpm = None
     if tails:
