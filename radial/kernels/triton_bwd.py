@@ -28,7 +28,7 @@ from radial.kernels.triton_common import (
     LOG2E,
     bwd_config,
     dscores,
-    index_list,
+    interior_count,
     key_limit,
     key_valid,
     list_tile,
@@ -50,7 +50,10 @@ def _preprocess_kernel(
     h = bh % H
     start = pid * BLOCK
     offs = tl.arange(0, BLOCK)
-    off, local, ok = tile_at(b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h, start, stride_s, S, BLOCK, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_DIM)
+    off = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + start.to(tl.int64) * stride_s
+    local = offs[:, None] * stride_s + offs_d[None, :]
+    ok = (start + offs) < S
     o = tl.load(Out + off + local, mask=ok[:, None], other=0.0).to(tl.float32)
     do = tl.load(DO + off + local, mask=ok[:, None], other=0.0).to(tl.float32)
     tl.store(DELTA + bh.to(tl.int64) * S_PAD + start + offs, tl.sum(o * do, axis=1))
@@ -102,17 +105,17 @@ def _dkdv_tiles(
             tt = tl.where(tt >= t_hi, tt - (t_hi - t_lo), tt)
         start_m = list_tile(idx_ptr, tt, PLAN_BLOCK, BLOCK_M)
         off = start_m.to(tl.int64) * stride_s
-        row_ok = (start_m + offs_m) < S
+        rows = start_m + offs_m
         # ROW_MASK: only the partial last query block; its rows past S load as zeros and add nothing
-        q = load_tile(q_base, off, local, q_desc, b, start_m, q_col, row_ok, TMA_LOADS, ROW_MASK, BLOCK_M, HEAD_DIM)
+        q = load_tile(q_base, off, local, q_desc, b, start_m, q_col, rows, S, TMA_LOADS, ROW_MASK, BLOCK_M, HEAD_DIM)
         lse = tl.load(lse_base + start_m + offs_m)
         qk_t = tl.dot(k, tl.trans(q))
-        p_t = probs(qk_t, qk_scale, lse[None, :], kvalid[:, None], MASKED)
-        do = load_tile(do_base, off, local, do_desc, b, start_m, q_col, row_ok, TMA_LOADS, ROW_MASK, BLOCK_M, HEAD_DIM)
+        p_t = probs(qk_t, qk_scale, lse, kvalid, MASKED, True)
+        do = load_tile(do_base, off, local, do_desc, b, start_m, q_col, rows, S, TMA_LOADS, ROW_MASK, BLOCK_M, HEAD_DIM)
         dv = tl.dot(p_t.to(do.dtype), do, dv)
         delta = tl.load(delta_base + start_m + offs_m)
         dp_t = tl.dot(v, tl.trans(do))
-        ds_t = dscores(p_t, dp_t, delta[None, :], q)
+        ds_t = dscores(p_t, dp_t, delta, q, True)
         dk = tl.dot(ds_t, q, dk)
         if ATOMIC_DQ:
             # fp32 [B, H, S_pad, D] accumulator; rows past S (partial last block) get zeros, inside S_pad.
@@ -164,22 +167,24 @@ def _dkdv_kernel(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
-    bh, b, h, base, start_n = program_tile(NUM_N_TILES, H, stride_b, stride_h, BLOCK_N)
+    pid_n, bh, b, h, base = program_tile(NUM_N_TILES, H, stride_b, stride_h)
     stat = bh.to(tl.int64) * S_PAD
+    start_n = pid_n * BLOCK_N
     col = start_n // PLAN_BLOCK
 
-    cols = start_n + tl.arange(0, BLOCK_N)
     kv_off, local, col_ok = tile_at(base, start_n, stride_s, S, BLOCK_N, HEAD_DIM)
-    k = load_tile(K, kv_off, local, None, b, start_n, 0, col_ok, False, True, BLOCK_N, HEAD_DIM)
-    v = load_tile(V, kv_off, local, None, b, start_n, 0, col_ok, False, True, BLOCK_N, HEAD_DIM)
+    cols = start_n + tl.arange(0, BLOCK_N)
+    k = tl.load(K + kv_off + local, mask=col_ok[:, None], other=0.0)
+    v = tl.load(V + kv_off + local, mask=col_ok[:, None], other=0.0)
 
-    # Entries before n_full are whole query blocks (no row mask); only the partial last block, if listed, follows.
-    cnt, idx_ptr, n_full = index_list(Q_IDX, Q_CNT, col, idx_stride, S // PLAN_BLOCK, NUM_BLOCKS)
+    cnt = tl.load(Q_CNT + col)
+    idx_ptr = Q_IDX + col * idx_stride
     SUB: tl.constexpr = PLAN_BLOCK // BLOCK_M
-    n_full = n_full * SUB
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     lim = key_limit(PAD_START, b, S, HAS_PAD)
+    # Entries before n_full are whole query blocks (no row mask); only the partial last block, if listed, follows.
+    n_full = interior_count(idx_ptr, cnt, S // PLAN_BLOCK, NUM_BLOCKS) * SUB
     rot = 0
     if ROTATE:
         rot = (col % tl.maximum(n_full // SUB, 1)) * SUB
@@ -242,12 +247,12 @@ def _dq_tiles(
         off = start_n.to(tl.int64) * stride_s
         cols = start_n + offs_n  # interior tiles (not MASKED) leave cols and valid unused: compiled away
         valid = key_valid(KPM, b, cols, S, HAS_PAD) if MASKED else cols < S
-        k = load_tile(k_base, off, local, None, b, start_n, 0, cols < S, False, MASKED, BLOCK_N, HEAD_DIM)
-        v = load_tile(v_base, off, local, None, b, start_n, 0, cols < S, False, MASKED, BLOCK_N, HEAD_DIM)
+        k = load_tile(k_base, off, local, None, b, start_n, 0, cols, S, False, MASKED, BLOCK_N, HEAD_DIM)
+        v = load_tile(v_base, off, local, None, b, start_n, 0, cols, S, False, MASKED, BLOCK_N, HEAD_DIM)
         qk = tl.dot(q, tl.trans(k))
-        p = probs(qk, qk_scale, lse[:, None], valid[None, :], MASKED)
+        p = probs(qk, qk_scale, lse, valid, MASKED, False)
         dp = tl.dot(do, tl.trans(v))
-        ds = dscores(p, dp, delta[:, None], k)
+        ds = dscores(p, dp, delta, k, False)
         dq = tl.dot(ds, k, dq)
     return dq
 
@@ -282,19 +287,22 @@ def _dq_kernel(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
-    bh, b, h, base, start_m = program_tile(NUM_M_TILES, H, stride_b, stride_h, BLOCK_M)
+    pid_m, bh, b, h, base = program_tile(NUM_M_TILES, H, stride_b, stride_h)
     stat = bh.to(tl.int64) * S_PAD
+    start_m = pid_m * BLOCK_M
     row = start_m // PLAN_BLOCK
 
     offs_m = tl.arange(0, BLOCK_M)
     q_off, local, row_ok = tile_at(base, start_m, stride_s, S, BLOCK_M, HEAD_DIM)
-    q = load_tile(Q, q_off, local, None, b, start_m, 0, row_ok, False, True, BLOCK_M, HEAD_DIM)
-    do = load_tile(DO, q_off, local, None, b, start_m, 0, row_ok, False, True, BLOCK_M, HEAD_DIM)
+    q = tl.load(Q + q_off + local, mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + q_off + local, mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + stat + start_m + offs_m)
     delta = tl.load(DELTA + stat + start_m + offs_m)
 
+    cnt = tl.load(KV_CNT + row)
+    idx_ptr = KV_IDX + row * idx_stride
     lim = key_limit(PAD_START, b, S, HAS_PAD)
-    cnt, idx_ptr, n_int = index_list(KV_IDX, KV_CNT, row, idx_stride, lim // PLAN_BLOCK, NUM_BLOCKS)
+    n_int = interior_count(idx_ptr, cnt, lim // PLAN_BLOCK, NUM_BLOCKS)
     SUB: tl.constexpr = PLAN_BLOCK // BLOCK_N
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     dq = _dq_tiles(

@@ -175,8 +175,8 @@ def key_valid(KPM, b, cols, S, HAS_PAD: tl.constexpr):
 
 
 @triton.jit
-def program_tile(NUM_TILES, H, stride_b, stride_h, BLOCK: tl.constexpr):
-    """(bh, b, h, base offset of [b, :, h, :], first token of the tile) of this program of a (tiles, B*H) grid.
+def program_tile(NUM_TILES, H, stride_b, stride_h):
+    """(tile, bh, b, h, base offset of [b, :, h, :]) of this program of a (tiles, B*H) grid.
 
     The tiles run last first: the dense rows and columns (text, partial tail block) are the longest programs, so
     they start early."""
@@ -184,31 +184,24 @@ def program_tile(NUM_TILES, H, stride_b, stride_h, BLOCK: tl.constexpr):
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    base = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
-    return bh, b, h, base, pid * BLOCK
+    return pid, bh, b, h, b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
 
 
 @triton.jit
 def tile_local(stride_s, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
     """Element offsets [ROWS, HEAD_DIM] of a tile of rows (tokens) `stride_s` apart, from its first element."""
-    return tl.arange(0, ROWS)[:, None] * stride_s + tl.arange(0, HEAD_DIM)[None, :]
+    rows = tl.arange(0, ROWS)
+    dims = tl.arange(0, HEAD_DIM)
+    return rows[:, None] * stride_s + dims[None, :]
 
 
 @triton.jit
 def tile_at(base, start, stride_s, S, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
     """(offset of token `start` of the (batch, head) at `base`, element offsets, rows < S) of the ROWS-token tile
     that starts there."""
+    local = tile_local(stride_s, ROWS, HEAD_DIM)
     in_seq = (start + tl.arange(0, ROWS)) < S
-    return base + start.to(tl.int64) * stride_s, tile_local(stride_s, ROWS, HEAD_DIM), in_seq
-
-
-@triton.jit
-def index_list(IDX, CNT, row, idx_stride, limit_block, NUM_BLOCKS):
-    """(count, pointer, interior count) of list `row` of a plan's index lists: its first `interior` entries are the
-    blocks < limit_block (those that need no mask)."""
-    cnt = tl.load(CNT + row)
-    idx_ptr = IDX + row * idx_stride
-    return cnt, idx_ptr, interior_count(idx_ptr, cnt, limit_block, NUM_BLOCKS)
+    return base + start.to(tl.int64) * stride_s, local, in_seq
 
 
 @triton.jit
@@ -221,32 +214,41 @@ def list_tile(idx_ptr, t, PLAN_BLOCK: tl.constexpr, TILE: tl.constexpr):
 
 @triton.jit
 def load_tile(
-    ptr, off, local, desc, b, start, col, in_seq, TMA: tl.constexpr, MASKED: tl.constexpr, ROWS: tl.constexpr,
+    ptr, off, local, desc, b, start, col, rows, S, TMA: tl.constexpr, MASKED: tl.constexpr, ROWS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     """[ROWS, HEAD_DIM] rows `start`.. of one (batch, head): by TMA descriptor (box at (b, start, col); rows past S
-    read as zeros), else at ptr + off + local, rows outside `in_seq` as zeros (MASKED) or unmasked."""
+    read as zeros), else at ptr + off + local, rows (token indices `rows`) past S as zeros (MASKED) or unmasked."""
     if TMA:
         x = desc.load([b, start, col]).reshape(ROWS, HEAD_DIM)
     elif MASKED:
-        x = tl.load(ptr + off + local, mask=in_seq[:, None], other=0.0)
+        x = tl.load(ptr + off + local, mask=(rows < S)[:, None], other=0.0)
     else:
         x = tl.load(ptr + off + local)
     return x
 
 
 @triton.jit
-def probs(scores, qk_scale, lse, valid, MASKED: tl.constexpr):
-    """Softmax probabilities recomputed from the saved base-2 LSE (broadcast to the scores' shape); 0 where not
-    `valid` (MASKED)."""
-    p = tl.math.exp2(scores * qk_scale - lse)
-    if MASKED:
-        p = tl.where(valid, p, 0.0)
+def probs(scores, qk_scale, lse, valid, MASKED: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Softmax probabilities P [queries, keys] (P^T [keys, queries] when TRANSPOSED) of base-2 scores recomputed from
+    the saved LSE [queries]; 0 on keys not `valid` [keys] (MASKED)."""
+    if TRANSPOSED:
+        p = tl.math.exp2(scores * qk_scale - lse[None, :])
+        if MASKED:
+            p = tl.where(valid[:, None], p, 0.0)
+    else:
+        p = tl.math.exp2(scores * qk_scale - lse[:, None])
+        if MASKED:
+            p = tl.where(valid[None, :], p, 0.0)
     return p
 
 
 @triton.jit
-def dscores(p, dp, delta, like):
-    """dS = P * (dP - delta) (delta = rowsum(dO * O), broadcast to P's shape), in the dtype of `like` (the other
-    operand of the matmul it goes to)."""
-    return (p * (dp - delta)).to(like.dtype)
+def dscores(p, dp, delta, like, TRANSPOSED: tl.constexpr):
+    """dS = P * (dP - delta) (dS^T when TRANSPOSED; delta = rowsum(dO * O) [queries]), in the dtype of `like` (the
+    other operand of the matmul it goes to)."""
+    if TRANSPOSED:  # noqa: SIM108 - a constexpr branch
+        ds = (p * (dp - delta[None, :])).to(like.dtype)
+    else:
+        ds = (p * (dp - delta[:, None])).to(like.dtype)
+    return ds

@@ -13,7 +13,7 @@ import triton.language as tl
 from radial.kernels.triton_common import (
     LOG2E,
     fwd_config,
-    index_list,
+    interior_count,
     key_limit,
     key_valid,
     list_tile,
@@ -63,7 +63,7 @@ def _fwd_tiles(
         if MASKED:
             cols = start_n + offs_n
             valid = key_valid(KPM, b, cols, S, HAS_PAD)
-            k = load_tile(k_base, off, local, k_desc, b, start_n, kv_col, cols < S, TMA, True, BLOCK_N, HEAD_DIM)
+            k = load_tile(k_base, off, local, k_desc, b, start_n, kv_col, cols, S, TMA, True, BLOCK_N, HEAD_DIM)
             qk = tl.dot(q, tl.trans(k))
             qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -71,14 +71,14 @@ def _fwd_tiles(
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.math.exp2(qk - m_use[:, None])
             alpha = tl.math.exp2(m_i - m_use)
-            v = load_tile(v_base, off, local, v_desc, b, start_n, kv_col, cols < S, TMA, True, BLOCK_N, HEAD_DIM)
+            v = load_tile(v_base, off, local, v_desc, b, start_n, kv_col, cols, S, TMA, True, BLOCK_N, HEAD_DIM)
         else:
-            k = load_tile(k_base, off, local, k_desc, b, start_n, kv_col, None, TMA, False, BLOCK_N, HEAD_DIM)
+            k = load_tile(k_base, off, local, k_desc, b, start_n, kv_col, None, S, TMA, False, BLOCK_N, HEAD_DIM)
             qk = tl.dot(q, tl.trans(k))
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             p = tl.math.exp2(qk * qk_scale - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
-            v = load_tile(v_base, off, local, v_desc, b, start_n, kv_col, None, TMA, False, BLOCK_N, HEAD_DIM)
+            v = load_tile(v_base, off, local, v_desc, b, start_n, kv_col, None, S, TMA, False, BLOCK_N, HEAD_DIM)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
@@ -116,15 +116,18 @@ def _fwd_kernel(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
-    bh, b, h, base, start_m = program_tile(NUM_M_TILES, H, stride_b, stride_h, BLOCK_M)
+    pid_m, bh, b, h, base = program_tile(NUM_M_TILES, H, stride_b, stride_h)
+    start_m = pid_m * BLOCK_M
     row = start_m // PLAN_BLOCK
 
     offs_m = tl.arange(0, BLOCK_M)
     q_off, local_m, row_ok = tile_at(base, start_m, stride_s, S, BLOCK_M, HEAD_DIM)
-    q = load_tile(Q, q_off, local_m, None, b, start_m, 0, row_ok, False, True, BLOCK_M, HEAD_DIM)
+    q = tl.load(Q + q_off + local_m, mask=row_ok[:, None], other=0.0)
 
+    cnt = tl.load(KV_CNT + row)
+    idx_ptr = KV_IDX + row * idx_stride
     lim = key_limit(PAD_START, b, S, HAS_PAD)
-    cnt, idx_ptr, n_int = index_list(KV_IDX, KV_CNT, row, idx_stride, lim // PLAN_BLOCK, NUM_BLOCKS)
+    n_int = interior_count(idx_ptr, cnt, lim // PLAN_BLOCK, NUM_BLOCKS)
     SUB: tl.constexpr = PLAN_BLOCK // BLOCK_N
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
