@@ -16,8 +16,14 @@ from radial.kernels.registry import Backend, needs_cuda, register
 from radial.plan import RadialPlan
 
 
-def _contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
+def _kernel_inputs(key_padding_mask: torch.Tensor | None, *tensors: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """The [B, S, H, D] tensors made contiguous, then the key padding as the kernels take it (the first padded key of
+    each batch, the mask as bytes; None, None without padding). The kernels import triton: on first use, so that the
+    registry lists this backend where triton is missing."""
+    from radial.kernels.triton_common import key_mask_bytes, pad_starts
+
+    tensors = tuple(t if t.is_contiguous() else t.contiguous() for t in tensors)
+    return (*tensors, pad_starts(key_padding_mask, tensors[0].shape[1]), key_mask_bytes(key_padding_mask))
 
 
 @torch.library.custom_op("radial::sparse_attn_fwd", mutates_args=())
@@ -37,16 +43,10 @@ def sparse_attn_fwd(
 
     q_indices/q_counts (the transposed lists) are unused here; they are inputs so that backward can reach them.
     """
-    # the kernels import triton: on first use, so that the registry lists this backend where triton is missing
-    from radial.kernels.triton_common import key_mask_bytes, pad_starts
+    q, k, v, pad_start, key_mask = _kernel_inputs(key_padding_mask, query, key, value)
     from radial.kernels.triton_fwd import attention_forward
 
-    q, k, v = _contiguous(query), _contiguous(key), _contiguous(value)
-    seq = q.shape[1]
-    return attention_forward(
-        q, k, v, kv_indices, kv_counts, pad_starts(key_padding_mask, seq), key_mask_bytes(key_padding_mask),
-        block_size, scale,
-    )  # fmt: skip
+    return attention_forward(q, k, v, kv_indices, kv_counts, pad_start, key_mask, block_size, scale)
 
 
 @sparse_attn_fwd.register_fake
@@ -71,15 +71,12 @@ def sparse_attn_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of `sparse_attn_fwd`."""
+    do, q, k, v, o, pad_start, key_mask = _kernel_inputs(key_padding_mask, grad_out, query, key, value, out)
     from radial.kernels.triton_bwd import attention_backward
-    from radial.kernels.triton_common import key_mask_bytes, pad_starts
 
-    q, k, v, o, do = (_contiguous(t) for t in (query, key, value, out, grad_out))
-    seq = q.shape[1]
     return attention_backward(
-        do, q, k, v, o, lse, kv_indices, kv_counts, q_indices, q_counts, pad_starts(key_padding_mask, seq),
-        key_mask_bytes(key_padding_mask), block_size, scale,
-    )  # fmt: skip
+        do, q, k, v, o, lse, kv_indices, kv_counts, q_indices, q_counts, pad_start, key_mask, block_size, scale
+    )
 
 
 @sparse_attn_bwd.register_fake
