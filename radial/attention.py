@@ -9,6 +9,7 @@ import torch
 
 from radial.frame_decay import FrameDecay
 from radial.kernels import registry  # importing the package registers every backend
+from radial.kernels.call import AttentionCall
 from radial.plan import RadialPlan, dense_plan
 
 BACKENDS = registry.backend_names()
@@ -24,25 +25,9 @@ def resolve_backend(
     return registry.resolve(backend, device, block_size, deterministic)
 
 
-def get_backend(name: str) -> Callable[..., torch.Tensor]:
-    """The attention function of a backend, (q, k, v, plan, key_padding_mask) -> out."""
+def get_backend(name: str) -> Callable[[AttentionCall], torch.Tensor]:
+    """The attention function of a backend, AttentionCall -> out [B, S, H, D]."""
     return registry.get(name).function
-
-
-def _check_inputs(query, key, value, plan: RadialPlan, key_padding_mask) -> None:
-    if query.dim() != 4 or key.shape != query.shape or value.shape != query.shape:
-        raise ValueError(
-            f"query, key and value must share one [B, S, H, D] shape, got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
-        )
-    if query.shape[1] != plan.seq_len:
-        raise ValueError(
-            f"sequence length {query.shape[1]} does not match the plan ({plan.num_frames} frames x "
-            f"{plan.tokens_per_frame} tokens + {plan.text_tokens} text = {plan.seq_len})"
-        )
-    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (query.shape[0], query.shape[1]):
-        raise ValueError(
-            f"key_padding_mask must be [B, S] = {tuple(query.shape[:2])}, got {tuple(key_padding_mask.shape)}"
-        )
 
 
 def radial_attention(
@@ -60,14 +45,16 @@ def radial_attention(
     `decay` (radial.frame_decay) down-weights keys past the training window when the clip is longer than it; only
     `reference` and `flex` take a score bias, so such calls run there (see `decay_backend`), the `dense` backend
     with a full mask."""
-    _check_inputs(query, key, value, plan, key_padding_mask)
+    if decay is not None and not decay.applies(plan.num_frames):
+        decay = None
+    call = AttentionCall(query, key, value, plan, key_padding_mask, decay)
     name = resolve_backend(backend, query.device, plan.block_size)
-    if decay is not None and decay.applies(plan.num_frames):
+    if decay is not None:
         if name == "dense":
-            plan = _dense_plan(plan.num_frames, plan.tokens_per_frame, plan.text_tokens, plan.block_size, plan.device)
+            dense = _dense_plan(plan.num_frames, plan.tokens_per_frame, plan.text_tokens, plan.block_size, plan.device)
+            call = call.replace(plan=dense)
         name = decay_backend(name, query.device)
-        return get_backend(name)(query, key, value, plan, key_padding_mask, decay=decay)
-    return get_backend(name)(query, key, value, plan, key_padding_mask)
+    return get_backend(name)(call)
 
 
 def decay_backend(name: str, device: torch.device) -> str:

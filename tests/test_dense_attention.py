@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from radial.kernels.call import AttentionCall
 from radial.kernels.dense import dense_attention
+from radial.plan import dense_plan
 
 
 def _masked_sdpa(q, k, v, valid):
@@ -26,7 +28,7 @@ def test_dense_matches_masked_sdpa(pattern):
     elif pattern == "scattered":
         valid = torch.rand(b, s) > 0.4
     mask = None if pattern == "none" else valid
-    out = dense_attention(q, k, v, None, mask)
+    out = dense_attention(AttentionCall(q, k, v, dense_plan(1, s, block_size=16), mask))
     ref = _masked_sdpa(q, k, v, valid)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     grad = torch.randn_like(out)
@@ -40,6 +42,6 @@ def test_sample_without_keys_gives_zeros():
     q, k, v = (torch.randn(2, 8, 1, 4) for _ in range(3))
     valid = torch.ones(2, 8, dtype=torch.bool)
     valid[1] = False
-    out = dense_attention(q, k, v, None, valid)
+    out = dense_attention(AttentionCall(q, k, v, dense_plan(1, 8, block_size=8), valid))
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     torch.testing.assert_close(out[:1], _masked_sdpa(q[:1], k[:1], v[:1], valid[:1]))

@@ -24,6 +24,7 @@ from radial import attention
 from radial.checkpointing import attention_saving_checkpoint, saved_ops
 from radial.kernels import dense as dense_mod
 from radial.kernels import fa4, registry
+from radial.kernels.call import AttentionCall
 from radial.kernels.reference import reference_attention
 from radial.mask import MaskOptions
 
@@ -159,9 +160,9 @@ def triton_calls(monkeypatch):
 
     calls = []
 
-    def fake_triton(q, k, v, plan, kpm=None, *, scale=None):
-        calls.append(plan.block_size)
-        return reference_attention(q, k, v, plan, kpm)
+    def fake_triton(call):
+        calls.append(call.plan.block_size)
+        return reference_attention(call)
 
     monkeypatch.setattr(triton_mod, "triton_attention", fake_triton)
     return calls
@@ -181,7 +182,7 @@ def _check(plan, batch, kpm=None, backend="fa4"):
     (q, k, v), do = _inputs(plan, batch)
     out = radial.radial_attention(q, k, v, plan, backend=backend, key_padding_mask=kpm)
     grads = torch.autograd.grad(out, (q, k, v), do)
-    ref = reference_attention(q, k, v, plan, kpm)
+    ref = reference_attention(AttentionCall(q, k, v, plan, kpm))
     ref_grads = torch.autograd.grad(ref, (q, k, v), do)
     for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), strict=True):
         assert got.dtype == q.dtype and got.shape == q.shape
@@ -388,7 +389,7 @@ def test_head_group_views_as_ulysses_passes_them(fake):
     group = [t[:, :, 2:4] for t in (q, k, v)]  # rank 1 of sp=2: heads 2-3, a strided view
     assert not group[0].is_contiguous()
     out = radial.radial_attention(*group, plan, backend="fa4", key_padding_mask=kpm)
-    ref = reference_attention(*group, plan, kpm)
+    ref = reference_attention(AttentionCall(*group, plan, kpm))
     grads = torch.autograd.grad(out, (q, k, v), do[:, :, 2:4])
     ref_grads = torch.autograd.grad(ref, (q, k, v), do[:, :, 2:4])
     assert _rel(out, ref) < 1e-2 and all(_rel(g, r) < 1e-2 for g, r in zip(grads, ref_grads, strict=True))

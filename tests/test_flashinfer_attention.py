@@ -17,6 +17,7 @@ import torch
 
 import radial
 from radial.kernels import flashinfer as fi_backend
+from radial.kernels.call import AttentionCall
 from radial.kernels.reference import reference_attention
 from radial.mask import MaskOptions
 
@@ -97,7 +98,7 @@ def _check(plan, batch, heads, dim, dtype, kpm=None):
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(batch, plan.seq_len, heads, dim, generator=gen).to(dtype) for _ in range(3))
     out = radial.radial_attention(q, k, v, plan, backend="flashinfer", key_padding_mask=kpm)
-    ref = reference_attention(q, k, v, plan, kpm)
+    ref = reference_attention(AttentionCall(q, k, v, plan, kpm))
     assert out.dtype == dtype and out.shape == q.shape
     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     assert err < 1e-2, err

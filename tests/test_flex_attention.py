@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import radial
+from radial.kernels.call import AttentionCall
 from radial.kernels.flex import _split_full_partial, block_mask_from_plan
 from radial.kernels.reference import reference_attention
 from radial.mask import MaskOptions
@@ -19,7 +20,7 @@ def run(plan, batch, heads, dim, kpm=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # eager flex warns that it is unfused
         out = radial.radial_attention(q, k, v, plan, backend="flex", key_padding_mask=kpm)
-    ref = reference_attention(q, k, v, plan, kpm)
+    ref = reference_attention(AttentionCall(q, k, v, plan, kpm))
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 

@@ -8,6 +8,7 @@ import torch
 
 import radial
 from radial.kernels import triton_common as tc
+from radial.kernels.call import AttentionCall
 from radial.kernels.reference import reference_attention
 from radial.mask import MaskOptions
 
@@ -25,7 +26,7 @@ def compare(plan, batch, heads, dim, dtype=torch.float32, kpm=None, tol=None, se
     out = radial.radial_attention(q, k, v, plan, backend="triton", key_padding_mask=kpm)
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), do)
-    ref = reference_attention(q, k, v, plan, kpm)
+    ref = reference_attention(AttentionCall(q, k, v, plan, kpm))
     ref_grads = torch.autograd.grad(ref, (q, k, v), do)
     tol = tol or (1e-5 if dtype == torch.float32 else 3e-3)
     for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), strict=False):
@@ -96,7 +97,7 @@ def test_noncontiguous_inputs():
     qkv = torch.randn(1, plan.seq_len, 3, 2, 64, requires_grad=True)
     q, k, v = qkv.unbind(2)
     out = radial.radial_attention(q, k, v, plan, backend="triton")
-    assert rel(out, reference_attention(q, k, v, plan)) < 1e-5
+    assert rel(out, reference_attention(AttentionCall(q, k, v, plan))) < 1e-5
 
 
 def test_torch_compile_fullgraph():
@@ -118,7 +119,7 @@ def test_torch_compile_fullgraph():
 def test_auto_is_reference_on_cpu():
     plan = radial.make_plan(4, 100, block_size=64)
     q, k, v = (torch.randn(1, plan.seq_len, 1, 64) for _ in range(3))
-    assert torch.equal(radial.radial_attention(q, k, v, plan), reference_attention(q, k, v, plan))
+    assert torch.equal(radial.radial_attention(q, k, v, plan), reference_attention(AttentionCall(q, k, v, plan)))
 
 
 @pytest.mark.parametrize(

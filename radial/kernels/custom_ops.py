@@ -1,22 +1,9 @@
-"""What the kernel backends wrapped as torch.library custom ops (fa4, triton) share: the check of the query against
-the plan, the default softmax scale, and the fake (meta) outputs that torch.compile traces the ops through."""
+"""What the kernel backends wrapped as torch.library custom ops (fa4, triton) share: the fake (meta) outputs that
+torch.compile traces the ops through, and the autograd formula that runs a backward op."""
 
 from __future__ import annotations
 
 import torch
-
-from radial.plan import RadialPlan
-
-
-def check_sequence(query: torch.Tensor, plan: RadialPlan) -> None:
-    """ValueError unless the query [B, S, H, D] has the plan's sequence length."""
-    if query.shape[1] != plan.seq_len:
-        raise ValueError(f"sequence length {query.shape[1]} does not match the plan's seq_len={plan.seq_len}")
-
-
-def softmax_scale(query: torch.Tensor, scale: float | None) -> float:
-    """`scale` as a float, 1 / sqrt(head dim) where None."""
-    return query.shape[-1] ** -0.5 if scale is None else float(scale)
 
 
 def fake_out_lse(query: torch.Tensor, lse_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,3 +16,21 @@ def fake_out_lse(query: torch.Tensor, lse_len: int) -> tuple[torch.Tensor, torch
 def fake_grads(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """A backward op's fake outputs: one contiguous gradient like each input."""
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in inputs)
+
+
+def register_autograd(forward_op, backward_op, saved_lists: slice) -> None:
+    """Differentiate `forward_op` (query, key, value, *lists, block_size, scale) -> (out, lse) by `backward_op`
+    (grad_out, query, key, value, out, lse, *lists[saved_lists], block_size, scale) -> (dq, dk, dv)."""
+
+    def setup_context(ctx, inputs, output):
+        query, key, value, *lists, block_size, scale = inputs
+        out, lse = output
+        ctx.save_for_backward(query, key, value, out, lse, *lists[saved_lists])
+        ctx.block_size, ctx.scale, ctx.num_lists = block_size, scale, len(lists)
+        ctx.mark_non_differentiable(lse)
+
+    def backward(ctx, grad_out, grad_lse):
+        dq, dk, dv = backward_op(grad_out, *ctx.saved_tensors, ctx.block_size, ctx.scale)
+        return (dq, dk, dv) + (None,) * (ctx.num_lists + 2)
+
+    forward_op.register_autograd(backward, setup_context=setup_context)

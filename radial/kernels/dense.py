@@ -12,18 +12,13 @@ import os
 import torch
 import torch.nn.functional as F
 
+from radial.kernels.call import AttentionCall
 from radial.kernels.registry import Backend, register
-from radial.plan import RadialPlan
 
 
-def dense_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    plan: RadialPlan | None = None,
-    key_padding_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+def dense_attention(call: AttentionCall) -> torch.Tensor:
     """Full attention [B, S, H, D]; padded keys (key_padding_mask False) get zero weight. The plan is ignored."""
+    query, key, value, key_padding_mask = call.query, call.key, call.value, call.key_padding_mask
     if key_padding_mask is None:
         return _attend(query, key, value)
     valid = key_padding_mask.to(torch.bool)

@@ -33,7 +33,8 @@ import weakref
 
 import torch
 
-from radial.kernels.custom_ops import check_sequence, fake_grads, fake_out_lse, softmax_scale
+from radial.kernels.call import AttentionCall, softmax_scale
+from radial.kernels.custom_ops import fake_grads, fake_out_lse, register_autograd
 from radial.kernels.registry import Backend, log_once, register
 from radial.plan import RadialPlan, block_index_lists
 
@@ -185,20 +186,7 @@ def _(grad_out, query, key, value, *rest):
     return fake_grads(query, key, value)
 
 
-def _setup_context(ctx, inputs, output):
-    query, key, value, *lists = inputs[:11]
-    ctx.save_for_backward(query, key, value, output[0], output[1], *lists[4:8])
-    ctx.block_size, ctx.scale = inputs[11], inputs[12]
-    ctx.mark_non_differentiable(output[1])
-
-
-def _backward(ctx, grad_out, grad_lse):
-    query, key, value, out, lse, *bwd_lists = ctx.saved_tensors
-    dq, dk, dv = fa4_attn_bwd(grad_out, query, key, value, out, lse, *bwd_lists, ctx.block_size, ctx.scale)
-    return (dq, dk, dv) + (None,) * 10
-
-
-fa4_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(fa4_attn_fwd, fa4_attn_bwd, slice(4, 8))  # saves the backward (transposed) lists
 
 
 # Per plan: {(device, key blocks): (forward lists, backward lists)}, each (mask_cnt, mask_idx, full_cnt, full_idx).
@@ -247,20 +235,12 @@ def dense(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: fl
     return fa4_attn_fwd(query, key, value, *(None,) * 8, 0, softmax_scale(query, scale))[0]
 
 
-def fa4_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    plan: RadialPlan,
-    key_padding_mask: torch.Tensor | None = None,
-    *,
-    scale: float | None = None,
-) -> torch.Tensor:
+def fa4_attention(call: AttentionCall) -> torch.Tensor:
     """Radial attention [B, S, H, D] under the plan through flash-attn-4's block-sparse kernels (fwd and bwd)."""
+    query, key, value, plan, key_padding_mask = call.query, call.key, call.value, call.plan, call.key_padding_mask
     if _REQUIRE_CUDA and query.device.type != "cuda":
         raise ValueError(f"backend='fa4' needs CUDA tensors, got device={query.device}")
     _cute()
-    check_sequence(query, plan)
     why = unsupported_reason(plan.block_size, query.dtype, query.shape[-1])
     lengths = None
     if why is None and key_padding_mask is not None:
@@ -274,8 +254,8 @@ def fa4_attention(
         log_once(f"attention backend fa4 -> triton: {why}")
         from radial.kernels.triton import triton_attention
 
-        return triton_attention(query, key, value, plan, key_padding_mask, scale=scale)
-    scale = softmax_scale(query, scale)
+        return triton_attention(call)
+    scale = call.softmax_scale
     bs = plan.block_size
 
     def run(q, k, v):

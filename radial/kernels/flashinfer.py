@@ -29,6 +29,7 @@ import weakref
 
 import torch
 
+from radial.kernels.call import AttentionCall
 from radial.kernels.registry import Backend, register
 from radial.plan import RadialPlan
 
@@ -129,13 +130,7 @@ def _tail_masks(plan: RadialPlan, cut: int, seq: int, device: torch.device) -> t
     return per_plan[key]
 
 
-def flashinfer_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    plan: RadialPlan,
-    key_padding_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+def flashinfer_attention(call: AttentionCall) -> torch.Tensor:
     """Radial attention [B, S, H, D], forward only, through FlashInfer (inference).
 
     FlashInfer's block-sparse kernel needs whole blocks and cannot mask single keys, so the sequence is cut at
@@ -143,6 +138,7 @@ def flashinfer_attention(
     queries [0, cut) x keys [0, cut) run block-sparse; queries [0, cut) x keys [cut, S) run dense with a token mask
     (plan blocks and padding) and are merged by LSE; queries [cut, S) x all keys run dense with a token mask.
     """
+    query, key, value, plan, key_padding_mask = call.query, call.key, call.value, call.plan, call.key_padding_mask
     fi = _flashinfer()
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         raise ValueError("backend='flashinfer' is forward only (inference); use backend='triton' or 'flex' to train")

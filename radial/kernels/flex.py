@@ -12,7 +12,7 @@ import weakref
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from radial.frame_decay import FrameDecay
+from radial.kernels.call import AttentionCall
 from radial.kernels.registry import Backend, needs_cuda, register
 from radial.plan import RadialPlan
 
@@ -88,23 +88,17 @@ def cached_block_mask(plan: RadialPlan, device: torch.device) -> BlockMask:
     return per_plan[key]
 
 
-def flex_attention_backend(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    plan: RadialPlan,
-    key_padding_mask: torch.Tensor | None = None,
-    decay: FrameDecay | None = None,
-) -> torch.Tensor:
+def flex_attention_backend(call: AttentionCall) -> torch.Tensor:
     """Radial attention [B, S, H, D] through FlexAttention; rows with no allowed key give 0. `decay` becomes the
     score_mod (radial.frame_decay), computed in the kernel: no S x S bias exists."""
-    if key_padding_mask is None:
-        block_mask = cached_block_mask(plan, query.device)
+    plan, device = call.plan, call.query.device
+    if call.key_padding_mask is None:
+        block_mask = cached_block_mask(plan, device)
     else:
-        block_mask = block_mask_from_plan(plan, query.device, key_padding_mask)
-    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
-    fn = _flex_fn() if query.device.type == "cuda" else flex_attention
-    score_mod = None if decay is None else decay.score_mod(plan)
+        block_mask = block_mask_from_plan(plan, device, call.key_padding_mask)
+    q, k, v = (t.transpose(1, 2) for t in (call.query, call.key, call.value))
+    fn = _flex_fn() if device.type == "cuda" else flex_attention
+    score_mod = None if call.decay is None else call.decay.score_mod(plan)
     out = fn(q, k, v, block_mask=block_mask, score_mod=score_mod)
     return out.transpose(1, 2)
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from radial.frame_decay import FrameDecay
+from radial.kernels.call import AttentionCall
 from radial.kernels.registry import Backend, register
-from radial.plan import RadialPlan
 
 # Scores of one query chunk are [B, H, chunk, S] fp32; keep them near this many bytes.
 _CHUNK_BYTES = 256 * 2**20
@@ -30,24 +29,18 @@ def _chunk(
     return torch.matmul(probs, v)
 
 
-def reference_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    plan: RadialPlan,
-    key_padding_mask: torch.Tensor | None = None,
-    *,
-    scale: float | None = None,
-    decay: FrameDecay | None = None,
-) -> torch.Tensor:
+def reference_attention(call: AttentionCall) -> torch.Tensor:
     """Attention [B, S, H, D] under the plan's block mask expanded to tokens; padded keys get zero weight.
 
     Math in fp32, in query chunks of whole blocks so that no S x S tensor exists; with gradients each chunk is
     recomputed in backward (checkpointed), so memory stays O(chunk x S). `decay` adds its logit bias per chunk.
     """
-    b, s, h, d = query.shape
+    query, key, value, plan, key_padding_mask, decay = (
+        call.query, call.key, call.value, call.plan, call.key_padding_mask, call.decay
+    )  # fmt: skip
+    b, s, h, _ = query.shape
     bs = plan.block_size
-    scale = d**-0.5 if scale is None else scale
+    scale = call.softmax_scale
     q, k, v = (t.transpose(1, 2).float() for t in (query, key, value))
     pad = None if key_padding_mask is None else key_padding_mask.to(torch.bool)[:, None, None, :]
     chunk_blocks = max(1, _CHUNK_BYTES // (4 * b * h * s * bs))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from radial.kernels.call import AttentionCall
+
 log = logging.getLogger("radial.kernels")
 _logged: set[str] = set()
 
@@ -34,7 +36,7 @@ class Backend:
     """One attention backend: what it is and where it runs."""
 
     name: str
-    function: Callable[..., torch.Tensor]  # (query, key, value, plan, key_padding_mask) -> out [B, S, H, D]
+    function: Callable[[AttentionCall], torch.Tensor]  # the call (radial.kernels.call) -> out [B, S, H, D]
     deterministic: bool  # the same bits every run: allowed with attention.deterministic=true
     description: str
     # Why an explicit request cannot run (then `fallback` runs, logged); None where it can.

@@ -10,13 +10,20 @@ import weakref
 
 import torch
 
-from radial.kernels.custom_ops import check_sequence, fake_grads, fake_out_lse, softmax_scale
+from radial.kernels.call import AttentionCall
+from radial.kernels.custom_ops import fake_grads, fake_out_lse, register_autograd
 from radial.kernels.registry import Backend, needs_cuda, register
 from radial.plan import RadialPlan
 
 
-def _contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
+def _kernel_inputs(key_padding_mask: torch.Tensor | None, *tensors: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """The [B, S, H, D] tensors made contiguous, then the key padding as the kernels take it (the first padded key of
+    each batch, the mask as bytes; None, None without padding). The kernels import triton: on first use, so that the
+    registry lists this backend where triton is missing."""
+    from radial.kernels.triton_common import key_mask_bytes, pad_starts
+
+    tensors = tuple(t if t.is_contiguous() else t.contiguous() for t in tensors)
+    return (*tensors, pad_starts(key_padding_mask, tensors[0].shape[1]), key_mask_bytes(key_padding_mask))
 
 
 @torch.library.custom_op("radial::sparse_attn_fwd", mutates_args=())
@@ -36,16 +43,10 @@ def sparse_attn_fwd(
 
     q_indices/q_counts (the transposed lists) are unused here; they are inputs so that backward can reach them.
     """
-    # the kernels import triton: on first use, so that the registry lists this backend where triton is missing
-    from radial.kernels.triton_common import key_mask_bytes, pad_starts
+    q, k, v, pad_start, key_mask = _kernel_inputs(key_padding_mask, query, key, value)
     from radial.kernels.triton_fwd import attention_forward
 
-    q, k, v = _contiguous(query), _contiguous(key), _contiguous(value)
-    seq = q.shape[1]
-    return attention_forward(
-        q, k, v, kv_indices, kv_counts, pad_starts(key_padding_mask, seq), key_mask_bytes(key_padding_mask),
-        block_size, scale,
-    )  # fmt: skip
+    return attention_forward(q, k, v, kv_indices, kv_counts, pad_start, key_mask, block_size, scale)
 
 
 @sparse_attn_fwd.register_fake
@@ -70,15 +71,12 @@ def sparse_attn_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of `sparse_attn_fwd`."""
+    do, q, k, v, o, pad_start, key_mask = _kernel_inputs(key_padding_mask, grad_out, query, key, value, out)
     from radial.kernels.triton_bwd import attention_backward
-    from radial.kernels.triton_common import key_mask_bytes, pad_starts
 
-    q, k, v, o, do = (_contiguous(t) for t in (query, key, value, out, grad_out))
-    seq = q.shape[1]
     return attention_backward(
-        do, q, k, v, o, lse, kv_indices, kv_counts, q_indices, q_counts, pad_starts(key_padding_mask, seq),
-        key_mask_bytes(key_padding_mask), block_size, scale,
-    )  # fmt: skip
+        do, q, k, v, o, lse, kv_indices, kv_counts, q_indices, q_counts, pad_start, key_mask, block_size, scale
+    )
 
 
 @sparse_attn_bwd.register_fake
@@ -86,25 +84,7 @@ def _(grad_out, query, key, value, *rest):
     return fake_grads(query, key, value)
 
 
-def _setup_context(ctx, inputs, output):
-    query, key, value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, block_size, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(query, key, value, out, lse, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask)
-    ctx.block_size = block_size
-    ctx.scale = scale
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, grad_out, grad_lse):
-    query, key, value, out, lse, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask = ctx.saved_tensors
-    dq, dk, dv = sparse_attn_bwd(
-        grad_out, query, key, value, out, lse, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask,
-        ctx.block_size, ctx.scale,
-    )  # fmt: skip
-    return dq, dk, dv, None, None, None, None, None, None, None
-
-
-sparse_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(sparse_attn_fwd, sparse_attn_bwd, slice(None))  # saves every list and the padding mask
 
 
 # Plan index tensors moved to another device, once per (plan, device).
@@ -123,27 +103,19 @@ def plan_tensors(plan: RadialPlan, device: torch.device) -> tuple[torch.Tensor, 
     return per_plan[key]
 
 
-def triton_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    plan: RadialPlan,
-    key_padding_mask: torch.Tensor | None = None,
-    *,
-    scale: float | None = None,
-) -> torch.Tensor:
+def triton_attention(call: AttentionCall) -> torch.Tensor:
     """Block-sparse attention [B, S, H, D] under the plan, forward and backward in Triton."""
     from radial.kernels.triton_common import check_tensors
 
-    check_tensors(query, key, value, plan.block_size)
-    check_sequence(query, plan)
-    scale = softmax_scale(query, scale)
+    query, plan, key_padding_mask = call.query, call.plan, call.key_padding_mask
+    check_tensors(query, plan.block_size)
     kv_indices, kv_counts, q_indices, q_counts = plan_tensors(plan, query.device)
     if key_padding_mask is not None:
         key_padding_mask = key_padding_mask.to(device=query.device, dtype=torch.bool)
     out, _ = sparse_attn_fwd(
-        query, key, value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, plan.block_size, scale
-    )
+        query, call.key, call.value, kv_indices, kv_counts, q_indices, q_counts, key_padding_mask, plan.block_size,
+        call.softmax_scale,
+    )  # fmt: skip
     return out
 
 

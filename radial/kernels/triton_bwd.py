@@ -24,7 +24,20 @@ try:  # host-side TMA descriptors (triton >= 3.3); only the dq_tma variant needs
 except ImportError:  # pragma: no cover
     TensorDescriptor = None
 
-from radial.kernels.triton_common import LOG2E, bwd_config, interior_count, key_limit, key_valid
+from radial.kernels.triton_common import (
+    LOG2E,
+    bwd_config,
+    dscores,
+    interior_count,
+    key_limit,
+    key_valid,
+    list_tile,
+    load_tile,
+    probs,
+    program_tile,
+    tile_at,
+    tile_local,
+)
 
 
 @triton.jit
@@ -82,40 +95,27 @@ def _dkdv_tiles(
     BLOCK_M: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
-    SUB: tl.constexpr = PLAN_BLOCK // BLOCK_M
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    local = offs_m[:, None] * stride_s + offs_d[None, :]
+    local = tile_local(stride_s, BLOCK_M, HEAD_DIM)
     for t in range(t_lo, t_hi):
         tt = t
         if ROTATE:  # walk [t_lo, t_hi) starting at t_lo + rot, wrapping around
             tt = t + rot
             tt = tl.where(tt >= t_hi, tt - (t_hi - t_lo), tt)
-        qb = tl.load(idx_ptr + tt // SUB)
-        start_m = qb * PLAN_BLOCK + (tt % SUB) * BLOCK_M
+        start_m = list_tile(idx_ptr, tt, PLAN_BLOCK, BLOCK_M)
         off = start_m.to(tl.int64) * stride_s
-        row_ok = (start_m + offs_m) < S
-        if TMA_LOADS:  # rows past S read as zeros
-            q = q_desc.load([b, start_m, q_col]).reshape(BLOCK_M, HEAD_DIM)
-        elif ROW_MASK:  # only the partial last query block; its rows past S load as zeros and add nothing
-            q = tl.load(q_base + off + local, mask=row_ok[:, None], other=0.0)
-        else:
-            q = tl.load(q_base + off + local)
+        rows = start_m + offs_m
+        # ROW_MASK: only the partial last query block; its rows past S load as zeros and add nothing
+        q = load_tile(q_base, off, local, q_desc, b, start_m, q_col, rows, S, TMA_LOADS, ROW_MASK, BLOCK_M, HEAD_DIM)
         lse = tl.load(lse_base + start_m + offs_m)
         qk_t = tl.dot(k, tl.trans(q))
-        p_t = tl.math.exp2(qk_t * qk_scale - lse[None, :])
-        if MASKED:
-            p_t = tl.where(kvalid[:, None], p_t, 0.0)
-        if TMA_LOADS:
-            do = do_desc.load([b, start_m, q_col]).reshape(BLOCK_M, HEAD_DIM)
-        elif ROW_MASK:
-            do = tl.load(do_base + off + local, mask=row_ok[:, None], other=0.0)
-        else:
-            do = tl.load(do_base + off + local)
+        p_t = probs(qk_t, qk_scale, lse, kvalid, MASKED, True)
+        do = load_tile(do_base, off, local, do_desc, b, start_m, q_col, rows, S, TMA_LOADS, ROW_MASK, BLOCK_M, HEAD_DIM)
         dv = tl.dot(p_t.to(do.dtype), do, dv)
         delta = tl.load(delta_base + start_m + offs_m)
         dp_t = tl.dot(v, tl.trans(do))
-        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+        ds_t = dscores(p_t, dp_t, delta, q, True)
         dk = tl.dot(ds_t, q, dk)
         if ATOMIC_DQ:
             # fp32 [B, H, S_pad, D] accumulator; rows past S (partial last block) get zeros, inside S_pad.
@@ -167,21 +167,13 @@ def _dkdv_kernel(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
-    pid_n = NUM_N_TILES - 1 - tl.program_id(0)  # the dense text / tail columns first
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    base = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+    pid_n, bh, b, h, base = program_tile(NUM_N_TILES, H, stride_b, stride_h)
     stat = bh.to(tl.int64) * S_PAD
     start_n = pid_n * BLOCK_N
     col = start_n // PLAN_BLOCK
 
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    local = offs_n[:, None] * stride_s + offs_d[None, :]
-    cols = start_n + offs_n
-    col_ok = cols < S
-    kv_off = base + start_n.to(tl.int64) * stride_s
+    kv_off, local, col_ok = tile_at(base, start_n, stride_s, S, BLOCK_N, HEAD_DIM)
+    cols = start_n + tl.arange(0, BLOCK_N)
     k = tl.load(K + kv_off + local, mask=col_ok[:, None], other=0.0)
     v = tl.load(V + kv_off + local, mask=col_ok[:, None], other=0.0)
 
@@ -248,28 +240,19 @@ def _dq_tiles(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
-    SUB: tl.constexpr = PLAN_BLOCK // BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    local = offs_n[:, None] * stride_s + offs_d[None, :]
+    local = tile_local(stride_s, BLOCK_N, HEAD_DIM)
     for t in range(t_lo, t_hi):
-        kb = tl.load(idx_ptr + t // SUB)
-        start_n = kb * PLAN_BLOCK + (t % SUB) * BLOCK_N
+        start_n = list_tile(idx_ptr, t, PLAN_BLOCK, BLOCK_N)
         off = start_n.to(tl.int64) * stride_s
-        if MASKED:
-            cols = start_n + offs_n
-            valid = key_valid(KPM, b, cols, S, HAS_PAD)
-            k = tl.load(k_base + off + local, mask=(cols < S)[:, None], other=0.0)
-            v = tl.load(v_base + off + local, mask=(cols < S)[:, None], other=0.0)
-        else:
-            k = tl.load(k_base + off + local)
-            v = tl.load(v_base + off + local)
+        cols = start_n + offs_n  # interior tiles (not MASKED) leave cols and valid unused: compiled away
+        valid = key_valid(KPM, b, cols, S, HAS_PAD) if MASKED else cols < S
+        k = load_tile(k_base, off, local, None, b, start_n, 0, cols, S, False, MASKED, BLOCK_N, HEAD_DIM)
+        v = load_tile(v_base, off, local, None, b, start_n, 0, cols, S, False, MASKED, BLOCK_N, HEAD_DIM)
         qk = tl.dot(q, tl.trans(k))
-        p = tl.math.exp2(qk * qk_scale - lse[:, None])
-        if MASKED:
-            p = tl.where(valid[None, :], p, 0.0)
+        p = probs(qk, qk_scale, lse, valid, MASKED, False)
         dp = tl.dot(do, tl.trans(v))
-        ds = (p * (dp - delta[:, None])).to(k.dtype)
+        ds = dscores(p, dp, delta, k, False)
         dq = tl.dot(ds, k, dq)
     return dq
 
@@ -304,20 +287,13 @@ def _dq_kernel(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
-    pid_m = NUM_M_TILES - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    base = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+    pid_m, bh, b, h, base = program_tile(NUM_M_TILES, H, stride_b, stride_h)
     stat = bh.to(tl.int64) * S_PAD
     start_m = pid_m * BLOCK_M
     row = start_m // PLAN_BLOCK
 
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    local = offs_m[:, None] * stride_s + offs_d[None, :]
-    row_ok = (start_m + offs_m) < S
-    q_off = base + start_m.to(tl.int64) * stride_s
+    q_off, local, row_ok = tile_at(base, start_m, stride_s, S, BLOCK_M, HEAD_DIM)
     q = tl.load(Q + q_off + local, mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + q_off + local, mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + stat + start_m + offs_m)

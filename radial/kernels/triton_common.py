@@ -32,17 +32,9 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def check_tensors(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_size: int) -> None:
-    """Clear ValueErrors for what the kernels do not support (each names the offending value)."""
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be [B, S, H, D], got shape {tuple(t.shape)}")
-    if not (query.shape == key.shape == value.shape):
-        raise ValueError(
-            f"query, key and value shapes differ: {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
-        )
-    if not (query.dtype == key.dtype == value.dtype):
-        raise ValueError(f"query, key and value dtypes differ: {query.dtype}, {key.dtype}, {value.dtype}")
+def check_tensors(query: torch.Tensor, block_size: int) -> None:
+    """Clear ValueErrors for what the kernels do not support (each names the offending value); the shapes and dtypes
+    that every backend needs are checked where the call is built (radial.kernels.call)."""
     head_dim = query.shape[-1]
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"triton backend supports head dim {SUPPORTED_HEAD_DIMS}, got head_dim={head_dim}")
@@ -176,3 +168,87 @@ def key_valid(KPM, b, cols, S, HAS_PAD: tl.constexpr):
         keep = tl.load(KPM + b * S + cols, mask=valid, other=0)
         valid = valid & (keep != 0)
     return valid
+
+
+# The helpers below are the pieces of the block loops that the forward, dK/dV and dQ kernels share. Triton inlines
+# jit functions called from a kernel, so a kernel compiles to the same code as with the lines written in place.
+
+
+@triton.jit
+def program_tile(NUM_TILES, H, stride_b, stride_h):
+    """(tile, bh, b, h, base offset of [b, :, h, :]) of this program of a (tiles, B*H) grid.
+
+    The tiles run last first: the dense rows and columns (text, partial tail block) are the longest programs, so
+    they start early."""
+    pid = NUM_TILES - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    return pid, bh, b, h, b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+
+
+@triton.jit
+def tile_local(stride_s, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Element offsets [ROWS, HEAD_DIM] of a tile of rows (tokens) `stride_s` apart, from its first element."""
+    rows = tl.arange(0, ROWS)
+    dims = tl.arange(0, HEAD_DIM)
+    return rows[:, None] * stride_s + dims[None, :]
+
+
+@triton.jit
+def tile_at(base, start, stride_s, S, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """(offset of token `start` of the (batch, head) at `base`, element offsets, rows < S) of the ROWS-token tile
+    that starts there."""
+    local = tile_local(stride_s, ROWS, HEAD_DIM)
+    in_seq = (start + tl.arange(0, ROWS)) < S
+    return base + start.to(tl.int64) * stride_s, local, in_seq
+
+
+@triton.jit
+def list_tile(idx_ptr, t, PLAN_BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """First token of sub-tile t of an index list walked in TILE-token sub-tiles of its PLAN_BLOCK-token blocks."""
+    SUB: tl.constexpr = PLAN_BLOCK // TILE
+    blk = tl.load(idx_ptr + t // SUB)
+    return blk * PLAN_BLOCK + (t % SUB) * TILE
+
+
+@triton.jit
+def load_tile(
+    ptr, off, local, desc, b, start, col, rows, S, TMA: tl.constexpr, MASKED: tl.constexpr, ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """[ROWS, HEAD_DIM] rows `start`.. of one (batch, head): by TMA descriptor (box at (b, start, col); rows past S
+    read as zeros), else at ptr + off + local, rows (token indices `rows`) past S as zeros (MASKED) or unmasked."""
+    if TMA:
+        x = desc.load([b, start, col]).reshape(ROWS, HEAD_DIM)
+    elif MASKED:
+        x = tl.load(ptr + off + local, mask=(rows < S)[:, None], other=0.0)
+    else:
+        x = tl.load(ptr + off + local)
+    return x
+
+
+@triton.jit
+def probs(scores, qk_scale, lse, valid, MASKED: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Softmax probabilities P [queries, keys] (P^T [keys, queries] when TRANSPOSED) of base-2 scores recomputed from
+    the saved LSE [queries]; 0 on keys not `valid` [keys] (MASKED)."""
+    if TRANSPOSED:
+        p = tl.math.exp2(scores * qk_scale - lse[None, :])
+        if MASKED:
+            p = tl.where(valid[:, None], p, 0.0)
+    else:
+        p = tl.math.exp2(scores * qk_scale - lse[:, None])
+        if MASKED:
+            p = tl.where(valid[None, :], p, 0.0)
+    return p
+
+
+@triton.jit
+def dscores(p, dp, delta, like, TRANSPOSED: tl.constexpr):
+    """dS = P * (dP - delta) (dS^T when TRANSPOSED; delta = rowsum(dO * O) [queries]), in the dtype of `like` (the
+    other operand of the matmul it goes to)."""
+    if TRANSPOSED:  # noqa: SIM108 - a constexpr branch
+        ds = (p * (dp - delta[None, :])).to(like.dtype)
+    else:
+        ds = (p * (dp - delta[:, None])).to(like.dtype)
+    return ds

@@ -10,7 +10,18 @@ import torch
 import triton
 import triton.language as tl
 
-from radial.kernels.triton_common import LOG2E, fwd_config, interior_count, key_limit, key_valid
+from radial.kernels.triton_common import (
+    LOG2E,
+    fwd_config,
+    interior_count,
+    key_limit,
+    key_valid,
+    list_tile,
+    load_tile,
+    program_tile,
+    tile_at,
+    tile_local,
+)
 
 try:  # host-side TMA descriptors (triton >= 3.3); only FwdConfig.tma needs them
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -44,21 +55,15 @@ def _fwd_tiles(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
-    SUB: tl.constexpr = PLAN_BLOCK // BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    local = offs_n[:, None] * stride_s + offs_d[None, :]
+    local = tile_local(stride_s, BLOCK_N, HEAD_DIM)
     for t in range(t_lo, t_hi):
-        kb = tl.load(idx_ptr + t // SUB)
-        start_n = kb * PLAN_BLOCK + (t % SUB) * BLOCK_N
+        start_n = list_tile(idx_ptr, t, PLAN_BLOCK, BLOCK_N)
         off = start_n.to(tl.int64) * stride_s
         if MASKED:
             cols = start_n + offs_n
             valid = key_valid(KPM, b, cols, S, HAS_PAD)
-            if TMA:
-                k = k_desc.load([b, start_n, kv_col]).reshape(BLOCK_N, HEAD_DIM)
-            else:
-                k = tl.load(k_base + off + local, mask=(cols < S)[:, None], other=0.0)
+            k = load_tile(k_base, off, local, k_desc, b, start_n, kv_col, cols, S, TMA, True, BLOCK_N, HEAD_DIM)
             qk = tl.dot(q, tl.trans(k))
             qk = tl.where(valid[None, :], qk * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -66,23 +71,14 @@ def _fwd_tiles(
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.math.exp2(qk - m_use[:, None])
             alpha = tl.math.exp2(m_i - m_use)
-            if TMA:
-                v = v_desc.load([b, start_n, kv_col]).reshape(BLOCK_N, HEAD_DIM)
-            else:
-                v = tl.load(v_base + off + local, mask=(cols < S)[:, None], other=0.0)
+            v = load_tile(v_base, off, local, v_desc, b, start_n, kv_col, cols, S, TMA, True, BLOCK_N, HEAD_DIM)
         else:
-            if TMA:  # noqa: SIM108 - a constexpr branch
-                k = k_desc.load([b, start_n, kv_col]).reshape(BLOCK_N, HEAD_DIM)
-            else:
-                k = tl.load(k_base + off + local)
+            k = load_tile(k_base, off, local, k_desc, b, start_n, kv_col, None, S, TMA, False, BLOCK_N, HEAD_DIM)
             qk = tl.dot(q, tl.trans(k))
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             p = tl.math.exp2(qk * qk_scale - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
-            if TMA:  # noqa: SIM108 - a constexpr branch
-                v = v_desc.load([b, start_n, kv_col]).reshape(BLOCK_N, HEAD_DIM)
-            else:
-                v = tl.load(v_base + off + local)
+            v = load_tile(v_base, off, local, v_desc, b, start_n, kv_col, None, S, TMA, False, BLOCK_N, HEAD_DIM)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
@@ -120,20 +116,12 @@ def _fwd_kernel(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
 ):
-    # Last tiles first: the dense rows (text, partial tail block) are the longest programs; start them early.
-    pid_m = NUM_M_TILES - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    base = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+    pid_m, bh, b, h, base = program_tile(NUM_M_TILES, H, stride_b, stride_h)
     start_m = pid_m * BLOCK_M
     row = start_m // PLAN_BLOCK
 
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    local_m = offs_m[:, None] * stride_s + offs_d[None, :]
-    row_ok = (start_m + offs_m) < S
-    q_off = base + start_m.to(tl.int64) * stride_s
+    q_off, local_m, row_ok = tile_at(base, start_m, stride_s, S, BLOCK_M, HEAD_DIM)
     q = tl.load(Q + q_off + local_m, mask=row_ok[:, None], other=0.0)
 
     cnt = tl.load(KV_CNT + row)

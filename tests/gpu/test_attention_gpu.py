@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import radial
+from radial.kernels.call import AttentionCall
 from radial.kernels.reference import reference_attention
 
 pytestmark = pytest.mark.gpu
@@ -44,7 +45,7 @@ def inputs(plan, batch, heads, dim, dtype, padded_text=0):
 
 def check_backend(backend, plan, batch, heads, dim, dtype, padded_text=0, backward=True, tol=1e-2):
     q, k, v, do, kpm = inputs(plan, batch, heads, dim, dtype, padded_text)
-    ref = reference_attention(q, k, v, plan, kpm)
+    ref = reference_attention(AttentionCall(q, k, v, plan, kpm))
     ref_grads = torch.autograd.grad(ref, (q, k, v), do) if backward else ()
     poison_allocator()
     if backward:
