@@ -104,13 +104,20 @@ def fingerprints(names=None) -> tuple[dict[str, dict[str, str]], dict[str, dict[
     return hashes, tensors
 
 
+def versions() -> dict[str, str]:
+    """What the fingerprints depend on besides the code: the builds of torch and Triton (its interpreter)."""
+    import triton
+
+    return {"torch": torch.__version__, "triton": triton.__version__}
+
+
 def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
         print("usage: python -m tests.kernel_parity OUT.json [TENSORS.pt]", file=sys.stderr)
         return 2
     hashes, tensors = fingerprints()
     with open(argv[0], "w") as f:
-        json.dump(hashes, f, indent=1, sort_keys=True)
+        json.dump({**hashes, "_versions": versions()}, f, indent=1, sort_keys=True)
     if len(argv) == 2:
         torch.save(tensors, argv[1])
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.kernel_parity import CASES, digest, run_case
+from tests.kernel_parity import CASES, digest, run_case, versions
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter fingerprints (tests/gpu: CUDA)")
 
@@ -29,7 +29,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("name", [n for n in CASES if n not in SLOW])
 def test_same_bits_as_before_and_close_to_reference(name):
     got = run_case(name)
-    assert {k: digest(t) for k, t in got.items()} == BEFORE[name]
+    if BEFORE["_versions"] == versions():  # bits depend on the torch / Triton builds; closeness below does not
+        assert {k: digest(t) for k, t in got.items()} == BEFORE[name]
     if CASES[name][1] == "reference":
         return
     want = run_case(name, backend="reference")
@@ -40,4 +41,4 @@ def test_same_bits_as_before_and_close_to_reference(name):
 
 
 def test_every_case_has_a_fingerprint():
-    assert set(BEFORE) == set(CASES)
+    assert set(BEFORE) - {"_versions"} == set(CASES)
