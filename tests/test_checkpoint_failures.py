@@ -1,6 +1,7 @@
 """Checkpoints that go wrong: damaged files on resume (fallback to an older good one, or a one-line error), fsync
 before the rename, modes that follow the umask, and a disk that fills up during the write."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -144,3 +145,41 @@ def test_a_lora_written_for_other_targets_names_the_file(tmp_path):
     with pytest.raises(LoraFileError, match=rf"{path}: LoRA weights do not fit .* unexpected keys .*lora.projections"):
         load_lora_state_dict(narrow, load_file(str(path)), source=path)
     load_lora_state_dict(wide, load_file(str(path)), source=path)  # its own file loads
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pt", ".pth", ".bin"])
+def test_every_torch_file_kind_is_read_back(tmp_path, suffix):
+    """Guards which files verify_checkpoint unpickles (mutation testing: dropping a suffix from the list left a
+    corrupt file of that kind unnoticed), and that its message names the error's type and text."""
+    m = manager(tmp_path)
+    good = m.save(1)
+    extra = good / f"extra_state{suffix}"
+    torch.save({"step": torch.tensor(1)}, extra)
+    done = json.loads((good / ckpt.DONE).read_text())
+    done["files"][extra.name] = extra.stat().st_size
+    (good / ckpt.DONE).write_text(json.dumps(done))
+    assert verify_checkpoint(good) is None  # a well-formed one reads back
+    extra.write_bytes(b"\x00" * extra.stat().st_size)  # same size, not a torch file
+    problem = verify_checkpoint(good)
+    assert problem is not None and problem.startswith(f"{extra}: unreadable, corrupt or truncated (")
+    kind, _, reason = problem[len(f"{extra}: unreadable, corrupt or truncated (") : -1].partition(": ")
+    assert kind not in ("", "NoneType") and reason and reason != "None"
+
+
+def test_keep_last_one_keeps_only_the_newest(tmp_path):
+    """Guards the smallest keep_last (mutation testing: `keep_last <= 1` refused it and no test noticed)."""
+    m = manager(tmp_path)
+    one = ckpt.CheckpointManager(m.accelerator, tmp_path, 1, save_lora=m._save_lora, load_lora=m._load_lora)
+    for step in (1, 2):
+        one.save(step)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"{ckpt.PREFIX}{2:08d}"]
+
+
+def test_a_stale_temporary_folder_does_not_leak_into_the_checkpoint(tmp_path):
+    """Guards the clean-up of an interrupted save's temporary folder (mutation testing: not removing it passed)."""
+    m = manager(tmp_path)
+    stale = tmp_path / f".tmp-{ckpt.PREFIX}{3:08d}"
+    stale.mkdir(parents=True)
+    (stale / "junk_from_a_killed_save.bin").write_bytes(b"junk")
+    final = m.save(3)
+    assert not (final / "junk_from_a_killed_save.bin").exists() and verify_checkpoint(final) is None
