@@ -183,3 +183,18 @@ def test_a_stale_temporary_folder_does_not_leak_into_the_checkpoint(tmp_path):
     (stale / "junk_from_a_killed_save.bin").write_bytes(b"junk")
     final = m.save(3)
     assert not (final / "junk_from_a_killed_save.bin").exists() and verify_checkpoint(final) is None
+
+
+def test_a_legacy_format_pickle_with_python_objects_reads_back(tmp_path):
+    """Guards the legacy (non-zip) path of reading torch files back: Accelerate's RNG states are Python / NumPy
+    objects, so it must unpickle fully (mutation testing: weights_only=True there passed every test)."""
+    import numpy as np
+
+    m = manager(tmp_path)
+    good = m.save(1)
+    legacy = good / "legacy_states.pkl"
+    torch.save({"numpy": np.random.get_state(), "python": [1, "a"]}, legacy, _use_new_zipfile_serialization=False)
+    done = json.loads((good / ckpt.DONE).read_text())
+    done["files"][legacy.name] = legacy.stat().st_size
+    (good / ckpt.DONE).write_text(json.dumps(done))
+    assert verify_checkpoint(good) is None
