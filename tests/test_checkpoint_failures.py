@@ -3,6 +3,7 @@ before the rename, modes that follow the umask, and a disk that fills up during 
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -63,12 +64,24 @@ def test_resume_latest_skips_damaged_newer_checkpoints(tmp_path):
         assert resolve_resume("latest", tmp_path) == good
     message = str(caught[0].message)
     assert f"{optimizer}: unreadable, corrupt or truncated" in message and str(lora) in message
+    problems = [verify_checkpoint(optim_bad), verify_checkpoint(lora_bad)]  # the whole warning, newest first
+    assert message == (
+        f"train.resume=latest: skipped 2 newer checkpoint(s) that do not read back ({'; '.join(problems)}); "
+        f"resuming from {good}"
+    )
+    assert caught[0].filename == __file__  # stacklevel: the warning points at the caller of resolve_resume
     # An explicit path to a damaged checkpoint: one error naming the file.
     with pytest.raises(CheckpointError, match=rf"train.resume=.*: {optimizer}: unreadable, corrupt or truncated"):
         resolve_resume(str(optim_bad), tmp_path)
     (good / "random_states_0.pkl").unlink()
-    with pytest.raises(CheckpointError, match=r"no checkpoint under .* reads back .*random_states_0.pkl: missing"):
+    problems = [verify_checkpoint(p) for p in (optim_bad, lora_bad, good)]
+    with pytest.raises(CheckpointError) as err:
         resolve_resume("latest", tmp_path)
+    assert str(err.value) == (
+        f"train.resume=latest: no checkpoint under {tmp_path} reads back ({'; '.join(problems)}); remove them or set "
+        "train.resume= to start over"
+    )
+    assert problems[2].endswith("random_states_0.pkl: missing")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert resolve_resume("latest", tmp_path / "none") is None  # no checkpoints at all: a fresh start
@@ -127,6 +140,13 @@ def test_disk_full_names_the_file_and_keeps_earlier_checkpoints(small_disk):
     assert "earlier checkpoints are kept: ['checkpoint-00000001']" in message
     assert list_checkpoints(small_disk / "checkpoints") == [first] and verify_checkpoint(first) is None
     assert not (small_disk / "checkpoints" / ".tmp-checkpoint-00000002").exists()  # the space is given back
+    # the free space it states is the disk's, in MiB, after the partial checkpoint was removed (0-1 of 1 MiB)
+    free = re.search(r"\((\d+) MiB free under (.+?)\); ", message)
+    assert free and int(free[1]) == round(shutil.disk_usage(small_disk).free / 2**20) and free[2] == str(m.root)
+    # a first checkpoint that does not fit: "none" kept
+    fresh = manager(small_disk / "other", blob)
+    with pytest.raises(CheckpointError, match=r"earlier checkpoints are kept: none$"):
+        fresh.save(1)
 
 
 def test_a_lora_written_for_other_targets_names_the_file(tmp_path):
