@@ -94,7 +94,10 @@ def scratch_copy(dest: Path) -> None:
 def run_mutmut(cmd: list[str], cwd: Path, env: dict, minutes: float | None) -> None:
     """mutmut run, stopped after `minutes` (SIGINT to its whole process group, as Ctrl-C would: mutmut keeps each
     finished mutant's result on disk, so the stats that follow count the rest as "not checked")."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True)
+    # SIGINT at its default in the child: a background job or a pytest-xdist worker starts with it ignored
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    )
     try:
         proc.wait(timeout=None if minutes is None else minutes * 60)
     except subprocess.TimeoutExpired:

@@ -21,7 +21,7 @@ class AttentionCall:
     """Query, key and value [B, S, H, D] (S = video tokens, then text) under a plan; key_padding_mask [B, S] True =
     attend; `decay` an extrapolation decay that applies (None: none). The softmax scale is 1 / sqrt(D).
 
-    Building one checks what every backend needs (one shape and dtype for q, k, v; the plan's sequence length; the
+    Building one checks what every backend needs (one shape for q, k, v; the plan's sequence length; the
     padding mask's shape); each backend checks only its own limits (head dims, dtypes, block sizes, devices)."""
 
     query: torch.Tensor
@@ -38,8 +38,6 @@ class AttentionCall:
                 f"query, key and value must share one [B, S, H, D] shape, got {tuple(query.shape)}, "
                 f"{tuple(key.shape)}, {tuple(value.shape)}"
             )
-        if not (query.dtype == key.dtype == value.dtype):
-            raise ValueError(f"query, key and value dtypes differ: {query.dtype}, {key.dtype}, {value.dtype}")
         plan = self.plan
         if query.shape[1] != plan.seq_len:
             raise ValueError(
