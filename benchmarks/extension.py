@@ -43,6 +43,7 @@ import yaml  # noqa: E402
 
 from benchmarks.extension_data import ClipGeometry, derive, write_split  # noqa: E402
 from benchmarks.extension_measure import heldout_loss, run_cost, sample_scores  # noqa: E402
+from benchmarks.extension_record import tier, tier_of  # noqa: E402
 from benchmarks.extension_score import base_check, mean_scores, score_clip, track_error  # noqa: E402
 
 PRESETS = Path(__file__).with_name("extension.yaml")
@@ -256,8 +257,9 @@ class Experiment:
         for name, split in (("base", "heldout_base"), ("long", "heldout_long")):
             r = heldout_loss(trainer, self.roots[split], self.truth[split], self.geom, self.p, self.seed)
             out[f"loss_{name}"], out[f"content_{name}"] = r["loss"], r["loss_content"]
-        out.update({f"dn_{k}": v for k, v in r["probe"].items()})
-        out["probes_long"] = r["probes"]  # the other noise levels, reported (not verdicts)
+            if name == "long":
+                out.update({f"dn_{k}": v for k, v in r["probe"].items()})
+                out["probes_long"] = r["probes"]  # the other noise levels, reported (not verdicts)
         count = self.p["eval"]["samples_per_seed"]
         scores, clip = sample_scores(
             trainer, self.p["frames_long"], count, f"long-{sample_seed}", self.geom, self.p, self.seed
@@ -376,7 +378,7 @@ class Experiment:
             f"base: {step} steps, sample check {'passed' if passed else 'FAILED'}, probe check "
             f"{'passed' if probe_passed else 'FAILED'}, {self.phases['base_s']:.0f}s"
         )
-        return self.record["base"]["tier"] is not None
+        return tier(self.record) is not None
 
     def probe(self, trainer) -> dict:
         """The denoising probe of a base at L (its one-step predictions of the held-out L clips, scored) and its check
@@ -461,7 +463,7 @@ class Experiment:
             f"{'passed' if prior['base']['passed'] else 'FAILED'}; checked again here: {_check_line(check)}; "
             f"probe at L: {_check_line(probe['probe_check'])}"
         )
-        return self.record["base"]["tier"] is not None
+        return tier(self.record) is not None
 
     # -- geometry ------------------------------------------------------------------------------------------------
     def geometry(self) -> None:
@@ -624,9 +626,7 @@ class Experiment:
             self.frames.update(torch.load(frames))
         self.base_path = self.work / "runs" / "base" / "transformer"
         self.log(f"reusing data, base and arms {sorted(self.record['arms'])} of {self.out}; now arms {self.arms}")
-        return (
-            tier_of(bool(self.record["base"].get("passed")), bool(self.record["base"].get("probe_passed"))) is not None
-        )
+        return tier(self.record) is not None
 
     def run(self) -> dict:
         if self.reuse:
@@ -653,7 +653,7 @@ class Experiment:
             if not passed:
                 self.log("the base passed neither check; --arms-anyway: the arms run, and no verdict is valid")
                 self.record["arms_anyway"] = True
-            elif self.record["base"]["tier"] == "probe":
+            elif tier(self.record) == "probe":
                 self.log("the base passed its probe check only: verdicts from losses and probe scores, not samples")
             self.untuned()
             self.save_partial()
@@ -672,12 +672,6 @@ class Experiment:
         self.record["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         self.record["versions"] = _versions()
         return self.record
-
-
-def tier_of(samples_passed: bool, probe_passed: bool) -> str | None:
-    """What a base's checks allow: "samples" (its samples pass: every verdict), "probe" (only its one-step
-    predictions pass: verdicts from held-out losses and probe scores), None (no arm runs)."""
-    return "samples" if samples_passed else "probe" if probe_passed else None
 
 
 def _check_line(check: dict) -> str:

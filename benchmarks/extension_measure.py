@@ -16,10 +16,11 @@ from benchmarks.extension_score import mean_scores, score_clip
 
 def heldout_loss(trainer, root: Path, truth: dict, geom: ClipGeometry, preset: dict, seed: int) -> dict:
     """Held-out flow-matching loss over all tokens and over the content tokens, and the denoising probe: the scores
-    of the model's one-step clean-clip predictions x0^ = x_t - sigma v at `eval.probe_sigma` (`probe`, the
-    scores' means over the clips), and for information at each level of `eval.probe_report` (`probes`, by level;
-    verdicts use `eval.probe_sigma` only, fixed before the arms ran). The noise of each item and level comes from the experiment seed alone (`root`: a
-    split, `truth`: its tracks.json items), so every arm is measured on the same draws (a paired comparison)."""
+    of the model's one-step clean-clip predictions x0^ = x_t - sigma v at `eval.probe_sigma` (`probe`, the scores'
+    means over the clips), and for information at each level of `eval.probe_report` (`probes`, by level; verdicts
+    use `eval.probe_sigma` only, fixed before the arms ran). The noise of each item and level comes from the
+    experiment seed alone (`root`: a split, `truth`: its tracks.json items), so every arm is measured on the same
+    draws (a paired comparison)."""
     from data import LatentDataset, collate
     from train.flow import noisy_latents
     from train.step import conditions_of, input_dtype

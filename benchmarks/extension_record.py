@@ -79,12 +79,15 @@ def real_size_cost(path: Path = TRAIN_STEP_JSON) -> dict | None:
     return None
 
 
+def tier_of(samples_passed: bool, probe_passed: bool) -> str | None:
+    """What a base's checks allow: "samples" (its samples pass: every verdict), "probe" (only its one-step
+    predictions pass: verdicts from held-out losses and probe scores), None (no arm runs)."""
+    return "samples" if samples_passed else "probe" if probe_passed else None
+
+
 def tier(record: dict) -> str | None:
-    """Which base check the verdicts stand on: "samples", "probe" (losses and probe scores only) or None."""
-    base = record["base"]
-    if "tier" in base:
-        return base["tier"]
-    return "samples" if base.get("passed") else None  # a record from before the probe
+    """Which base check a record's verdicts stand on (a record from before the probe has no `probe_passed`)."""
+    return tier_of(bool(record["base"].get("passed")), bool(record["base"].get("probe_passed")))
 
 
 def verdicts(record: dict, s: dict) -> dict:
