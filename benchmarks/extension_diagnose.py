@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from benchmarks.extension_data import OBJECT_CHANNELS, ClipGeometry, make_clip, palette, text_states  # noqa: E402
-from benchmarks.extension_score import score_clip  # noqa: E402
+from benchmarks.extension_score import base_check, mean_scores, score_clip, track_error  # noqa: E402
 
 PRESETS = Path(__file__).with_name("extension.yaml")
 
@@ -60,19 +60,43 @@ def sdedit(
     return x
 
 
+def probe(model, g: ClipGeometry, frames: int, clips: list[int], sigma: float, text: torch.Tensor) -> dict:
+    """The experiment's denoising probe on clips of these seeds (noise seed: clip seed + 1): the mean scores of the
+    one-step predictions x0^ and of the clips themselves, and the base check of the one against the other."""
+    device = text.device
+    data, pred, errors = [], [], []
+    for seed in clips:
+        x0, truth = make_clip(g, frames, torch.Generator().manual_seed(seed))
+        noise = torch.randn(x0[None].shape, generator=torch.Generator().manual_seed(seed + 1))
+        xt = ((1 - sigma) * x0[None] + sigma * noise).to(device)
+        data.append(score_clip(x0, g))
+        errors.append(track_error(x0, g, truth))
+        pred.append(score_clip((xt - sigma * velocity(model, xt, sigma, text))[0].cpu(), g))
+    d, q = mean_scores(data), mean_scores(pred)
+    return {
+        "sigma": sigma,
+        "clips": clips,
+        "data": d,
+        "scores": q,
+        "check": base_check(q, d, sum(errors) / len(errors)),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("base", type=Path, help="a kept base folder (config.json + weights), e.g. --out/base of a run")
     ap.add_argument("--out", type=Path, required=True, help="diagnose.json and x0_predictions.png")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.9, 0.7, 0.5, 0.3], help="x0-prediction levels")
-    ap.add_argument("--starts", type=float, nargs="+", default=[0.8, 0.9, 0.95, 0.98, 1.0], help="SDEdit starts")
+    ap.add_argument("--starts", type=float, nargs="*", default=[0.8, 0.9, 0.95, 0.98, 1.0], help="SDEdit starts")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="noise seeds per start")
     ap.add_argument("--steps", type=int, default=12, help="Euler steps per SDEdit run")
     ap.add_argument("--given", type=int, nargs="+", default=[0], help="latent frames given by replacement (0: none)")
     ap.add_argument("--clip-seed", type=int, default=777, help="the held-out clip (never a training seed)")
+    ap.add_argument("--probe-clips", type=int, nargs="*", default=[], help="clip seeds of the denoising probe")
+    ap.add_argument("--probe-sigma", type=float, default=0.5, help="the probe's noise level (the preset's probe_sigma)")
     ap.add_argument("--smoke", action="store_true", help="the smoke preset's sizes (tests)")
     args = ap.parse_args(argv)
-    for s in [*args.sigmas, *args.starts]:
+    for s in [*args.sigmas, *args.starts, args.probe_sigma]:
         if not 0 < s <= 1:
             ap.error(f"noise level {s}: expected in (0, 1]")
     from diffusers import WanTransformer3DModel
@@ -105,6 +129,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"from sigma {start} given {given} seed {seed}: objects/frame {scores['objects_per_frame']:.2f}, identity "
               f"{scores['late_identity']:.2f}, tracks {scores['track_rmse']:.2f} ({time.perf_counter() - t0:.0f}s)",
               flush=True)  # fmt: skip
+    if args.probe_clips:
+        report["probe"] = probe(model, g, p["frames_base"], args.probe_clips, args.probe_sigma, text)
+        print(
+            f"probe at sigma {args.probe_sigma}: {'PASS' if report['probe']['check']['pass'] else 'fail'}", flush=True
+        )
     (args.out / "diagnose.json").write_text(json.dumps(report, indent=1))
     import matplotlib
 

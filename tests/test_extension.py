@@ -233,10 +233,14 @@ def test_diagnose_scores_predictions_and_partial_sampling(tmp_path):
     preset = yaml.safe_load(PRESETS.read_text())["smoke"]
     get_adapter("wan").build_tiny(seed=3, **preset["model"]).save_pretrained(tmp_path / "base")
     report = main([str(tmp_path / "base"), "--smoke", "--out", str(tmp_path / "d"), "--sigmas", "0.5",
-                   "--starts", "0.9", "1.0", "--seeds", "1", "--steps", "2", "--given", "0", "1"])  # fmt: skip
+                   "--starts", "0.9", "1.0", "--seeds", "1", "--steps", "2", "--given", "0", "1",
+                   "--probe-clips", "5", "6"])  # fmt: skip
     assert report["data"]["objects_per_frame"] > 0 and set(report["x0"]) == {"0.5"}
     assert [(r["start"], r["given"]) for r in report["sdedit"]] == [(0.9, 0), (0.9, 1), (1.0, 0), (1.0, 1)]
     assert (tmp_path / "d" / "x0_predictions.png").stat().st_size > 0
+    probe = report["probe"]  # an untrained base's one-step predictions fail the check the data would pass
+    assert probe["clips"] == [5, 6] and probe["data"]["objects_per_frame"] > 0 and not probe["check"]["pass"]
+    assert probe["check"]["checks"]["objects"]["limit"] == pytest.approx(0.9 * probe["data"]["objects_per_frame"])
     assert json.loads((tmp_path / "d" / "diagnose.json").read_text())["device"] == "cpu"
     with pytest.raises(SystemExit):
         main([str(tmp_path / "base"), "--smoke", "--out", str(tmp_path / "e"), "--starts", "1.5"])
