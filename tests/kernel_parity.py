@@ -61,10 +61,30 @@ def _tiles(kind: str | None) -> Iterator[None]:
         tc.set_config_override()
 
 
+#: torch's CPU reductions split by thread count, so dq / dk of the ATen backends change bits with it (one thread
+#: differs from two; two and four agree here): every case runs on this many, whatever the machine or test sets.
+THREADS = 2
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def run_case(name: str, backend: str | None = None) -> dict[str, torch.Tensor]:
-    """The output and the gradients (dq, dk, dv) of one case, seeded; flex forward only (FlexAttention has no
-    backward on the CPU). `backend` runs the case's inputs on another backend (the reference, to compare; with a dense plan for a
-    case of the dense backend)."""
+    """The output and the gradients (dq, dk, dv) of one case, seeded, on `THREADS` CPU threads; flex forward only
+    (FlexAttention has no backward on the CPU). `backend` runs the case's inputs on another backend (the reference,
+    to compare; with a dense plan for a case of the dense backend)."""
+    with _threads(THREADS):
+        return _run_case(name, backend)
+
+
+def _run_case(name: str, backend: str | None) -> dict[str, torch.Tensor]:
     layout, case_backend, dtype, decay, tiles = CASES[name]
     grad = case_backend != "flex"
     backend = backend or case_backend
