@@ -5,6 +5,7 @@
     python tests/mutation.py mask --keep     # leave the scratch copy (mutmut results / show there)
     python tests/mutation.py mask --rerun /tmp/radial-mutation/mask.json   # only the mutants a record left alive
     python tests/mutation.py export --minutes 60   # stop mutmut after an hour; the rest count as "not checked"
+    python tests/mutation.py mask --mutants 'radial.mask.build.*' 'radial.mask.options.*'   # only these (fnmatch)
 
 Each group runs in a scratch copy of the tracked tree (mutmut writes `mutants/` beside its config, and a group's
 config is its own), mutates only that group's files and runs, per mutant, only the tests of the group's few test
@@ -142,7 +143,7 @@ def run_group(
         diff = [x for x in shown.splitlines() if x[:1] in ("-", "+") and x[:3] not in ("---", "+++")]
         stats["not_killed"][mutant] = {"status": status, "diff": diff or shown.splitlines()[-6:]}
     if only:
-        stats["rerun_of"] = len(only)
+        stats["only"] = only  # a rerun's mutants, or --mutants' globs
     if minutes is not None:
         stats["minutes_limit"] = minutes
     Path(record or work / f"{name}.json").write_text(json.dumps({"group": name, **stats}, indent=1))
@@ -158,15 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch copy (mutmut show NAME works there)")
     p.add_argument("--rerun", type=Path, help="a group's record: run only the mutants it did not see killed")
     p.add_argument("--minutes", type=float, help="stop each group's mutmut run after this long (default: no limit)")
+    p.add_argument("--mutants", nargs="+", metavar="GLOB", help="only mutants whose names match (module.function...)")
     args = p.parse_args(argv)
     if args.minutes is not None and args.minutes <= 0:
         p.error(f"--minutes {args.minutes}: expected > 0")
+    if args.rerun and args.mutants:
+        p.error("--rerun and --mutants: give one of them")
     alive = json.loads(args.rerun.read_text())["not_killed"] if args.rerun else {}
-    only = sorted(m for m, info in alive.items() if info["status"] != "not checked") if args.rerun else None
+    only = sorted(m for m, info in alive.items() if info["status"] != "not checked") if args.rerun else args.mutants
     if only is not None and args.group == "all":
-        p.error("--rerun takes one group")
+        p.error("--rerun and --mutants take one group")
     for name in GROUPS if args.group == "all" else [args.group]:
-        record = str(args.work / f"{name}-rerun.json") if only else None
+        record = str(args.work / f"{name}-{'rerun' if args.rerun else 'part'}.json") if only else None
         stats = run_group(name, args.work, args.keep, only, record, args.minutes)
         counts = {k: v for k, v in stats.items() if k != "not_killed"}
         print(json.dumps({"group": name, **counts}))

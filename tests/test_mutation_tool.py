@@ -34,3 +34,12 @@ def test_a_run_past_its_limit_is_stopped_with_its_children(tmp_path):
 def test_minutes_must_be_positive():
     with pytest.raises(SystemExit):
         main(["step", "--minutes", "0"])
+
+
+def test_rerun_and_mutants_are_one_or_the_other(tmp_path):
+    record = tmp_path / "r.json"
+    record.write_text('{"not_killed": {}}')
+    with pytest.raises(SystemExit):
+        main(["mask", "--rerun", str(record), "--mutants", "radial.mask.build.*"])
+    with pytest.raises(SystemExit):
+        main(["all", "--mutants", "radial.mask.build.*"])
