@@ -49,7 +49,11 @@ def test_stats_match_counts():
 
 
 def test_device_argument():
+    """The mask lands on the device asked for (the meta device stands in for a GPU on a CPU-only machine)."""
     assert radial_block_mask(3, 200, device="cpu").device.type == "cpu"
+    assert radial_block_mask(3, 200).device.type == "cpu"
+    on_meta = radial_block_mask(3, 200, device="meta")
+    assert on_meta.device.type == "meta" and on_meta.shape == radial_block_mask(3, 200).shape
 
 
 @pytest.mark.parametrize(
