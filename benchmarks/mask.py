@@ -14,8 +14,10 @@ import argparse
 import ast
 import datetime
 import functools
+import hashlib
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -58,6 +60,17 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (Linux), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--official", type=Path, help="the official radial_attn/attn_mask.py, to time and compare")
@@ -65,6 +78,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/mask.md"))
     args = p.parse_args()
     torch.set_num_threads(1)
+    load_before = os.getloadavg()
     official = _load_official(args.official) if args.official else None
     rows, raw = [], []
     for name, frames, tpf, text, model in CASES:
@@ -106,16 +120,21 @@ def main() -> None:
         print(rows[-1], flush=True)
     header = "| case | frames x tokens + text | blocks | mask | mask + plan (CPU) | official generator |\n|---|---|---|---|---|---|\n"
     table = header + "".join("| " + " | ".join(r) + " |\n" for r in rows)
+    # the machine's load is recorded because a shared machine slows single-thread times (seen: 1.3-1.6x at load 3)
+    load = {"before": load_before[0], "after": os.getloadavg()[0]}
+    cpu = _cpu_name()
     meta = (
-        f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, one thread "
-        f"(torch.set_num_threads(1)), torch {torch.__version__}, Python {platform.python_version()}. "
-        "Median of 5 (mask) / 3 (plan, cache cleared) runs.\n"
+        f"Measured {datetime.date.today()} on {cpu} ({os.cpu_count()} cores; load average {load['before']:.1f} "
+        f"before, {load['after']:.1f} after), one thread (torch.set_num_threads(1)), torch {torch.__version__}, "
+        f"Python {platform.python_version()}. Median of 5 (mask) / 3 (plan, cache cleared) runs. Raw: "
+        f"{args.out.with_suffix('.json').name}.\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("# Radial mask construction time\n\n" + meta + "\n" + table)
-    info = {"date": str(datetime.date.today()), "machine": platform.processor() or platform.machine(),
-            "threads": 1, "torch": torch.__version__, "python": platform.python_version(),
-            "repeats": {"mask": 5, "mask_plan": 3}, "official": str(args.official) if args.official else None}  # fmt: skip
+    info = {"date": str(datetime.date.today()), "machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count(),
+            "load_average_1min": load, "threads": 1, "torch": torch.__version__, "python": platform.python_version(),
+            "repeats": {"mask": 5, "mask_plan": 3}, "official": str(args.official) if args.official else None,
+            "official_sha256": hashlib.sha256(args.official.read_bytes()).hexdigest() if args.official else None}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps({"meta": info, "rows": raw}, indent=1))
     print(table)
 
