@@ -6,6 +6,7 @@ import torch
 
 from radial import mask_stats, radial_block_mask
 from radial.mask import MaskOptions
+from radial.mask.build import radial_block_mask_numpy
 
 
 def test_model_default_sink_and_override():
@@ -89,3 +90,43 @@ def test_options_are_hashable_and_resolved():
     a = MaskOptions.create(model="hunyuan")
     assert a == MaskOptions.create(model="mochi") and not a.sink
     assert hash(a) == hash(MaskOptions.create(model="hunyuan", sink=False))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(block_size=32.0), "block_size must be a positive multiple of 16 (64 or 128 for the kernels), got 32.0"),
+        (dict(block_size=True), "block_size must be a positive multiple of 16 (64 or 128 for the kernels), got True"),
+        (dict(window_frames=-1), "window_frames must be an integer >= 0 (0 = radial), got -1"),
+        (dict(window_frames=1.0), "window_frames must be an integer >= 0 (0 = radial), got 1.0"),
+        (dict(window_frames=True), "window_frames must be an integer >= 0 (0 = radial), got True"),
+    ],
+)
+def test_option_types_are_checked_one_by_one(kwargs, message):
+    """Each clause of the type checks refuses on its own (a float that is a multiple of 16, a negative window, a
+    bool): the mask group's mutants that joined the clauses with `and` passed the older tests."""
+    with pytest.raises(ValueError) as e:
+        MaskOptions.create(**kwargs)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((0, 256, 0), "num_frames must be an integer >= 1, got 0"),
+        ((4, 0, 0), "tokens_per_frame must be an integer >= 1, got 0"),
+        ((4, 256, True), "text_tokens must be an integer >= 0, got True"),
+        ((4, 256, 1.5), "text_tokens must be an integer >= 0, got 1.5"),
+        ((4, 256, -1), "text_tokens must be an integer >= 0, got -1"),
+    ],
+)
+def test_layout_messages_name_the_argument(args, message):
+    frames, tpf, text = args
+    with pytest.raises(ValueError) as e:
+        radial_block_mask(frames, tpf, text_tokens=text)
+    assert str(e.value) == message
+
+
+def test_numpy_builder_defaults_to_no_text():
+    opts = MaskOptions.create()  # 4 x 256 tokens fill 8 blocks exactly: one text token would add a ninth
+    assert np.array_equal(radial_block_mask_numpy(4, 256, opts), radial_block_mask(4, 256).numpy())
