@@ -43,3 +43,22 @@ def test_rerun_and_mutants_are_one_or_the_other(tmp_path):
         main(["mask", "--rerun", str(record), "--mutants", "radial.mask.build.*"])
     with pytest.raises(SystemExit):
         main(["all", "--mutants", "radial.mask.build.*"])
+
+
+def test_search_tells_a_mask_mutant_apart_where_the_oracle_agrees_with_us():
+    """tests/mutation_search.py: a line that drops the last row of the last row block is found on a random layout
+    where the token-level brute force agrees with our mask; an unchanged line is found nowhere."""
+    import numpy as np
+
+    from radial.mask import build
+    from tests.mutation_search import first_difference, mask_of, mutated
+    from tests.test_mask_parity import token_level_mask
+
+    line = "(rem_r + tpf - 1)[:, None]), span - 1)"
+    assert first_difference(mutated(line, line), 30, 1) is None
+    mutant = mutated(line, line.replace("span - 1", "span - 2"))
+    c = first_difference(mutant, 300, 1)
+    assert c is not None
+    truth = token_level_mask(c["frames"], c["tpf"], c["block"], c["decay"], c["sink"], c["decay_adjacent"], c["text"])
+    assert np.array_equal(mask_of(build, c), truth.numpy())
+    assert not np.array_equal(mask_of(mutant, c), truth.numpy())
