@@ -1,5 +1,5 @@
 """Measured numbers rest on raw data: each row of the README's "Measured" table points at the JSON a benchmark wrote
-(or says it is not reproduced from raw data), every JSON the result records name exists and parses, and a device
+(numbers copied from a log stay in the results pages, marked, not in the README), every JSON the result records name exists and parses, and a device
 call bundles its JSON files into one so that none is lost on the way back."""
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ def raw_files(link: str) -> list[Path]:
 
 @pytest.mark.parametrize("what, result, record", measured_rows(), ids=[r[0][:50] for r in measured_rows()])
 def test_each_measured_row_points_at_raw_data(what, result, record):
-    """A row's numbers come from the JSON of the run that measured them (linked in its record cell), or the row
-    says which are not reproduced from raw data."""
+    """A row's numbers come from the JSON of the run that measured them, linked in its record cell; a number without
+    one (marked "not reproduced from raw data" in the results pages) has no place in the README's table."""
     links = re.findall(r"\]\(([^)]+)\)", record)
     files = [f for link in links for f in raw_files(link)]
-    assert files or UNREPRODUCED in result, f"{what}: no raw JSON linked and not marked '{UNREPRODUCED}'"
+    assert files, f"{what}: no raw JSON linked"
+    assert UNREPRODUCED not in result, f"{what}: a number not reproduced from raw data"
     for f in files:
         assert f.is_file() and f.resolve().is_relative_to(RESULTS), f
         json.loads(f.read_text())
