@@ -240,3 +240,75 @@ def test_masked_loss_of_a_single_element():
     pred, target = torch.zeros(1, 1, 2, 1, 1), torch.tensor([3.0, 5.0]).view(1, 1, 2, 1, 1)
     mask = torch.tensor([0.0, 1.0]).view(1, 1, 2, 1, 1)
     assert flow_loss(pred, target, torch.ones(1), mask).item() == 25.0
+
+
+class GuidedJointAdapter(ModelAdapter):
+    """An adapter for a family with a sound track (h3) whose prediction depends on the LoRA being on (a scale read
+    from a one-weight PEFT model) and on the text states: records every call."""
+
+    family = "h3"
+
+    def __init__(self):
+        self.calls = []
+
+    def predict_joint(self, model, latents, timestep, conditions):
+        scale = model(torch.ones(1, 1)).reshape(())
+        text = conditions["prompt_embeds"].float().mean()
+        self.calls.append({"latents": latents, "timestep": timestep, "scale": scale, "conditions": dict(conditions)})
+        preds = {"audio_latents": conditions["audio_latents"].float() * scale - text}
+        return latents.float() * scale + text, preds
+
+
+def _one_weight_lora_model() -> torch.nn.Module:
+    """nn.Linear(1, 1) with weight 1 and a LoRA that adds 0.5: 1.0 with the LoRA off, 1.5 with it on."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False))
+    torch.nn.init.ones_(model[0].weight)
+    model = inject_adapter_in_model(LoraConfig(r=1, lora_alpha=1, target_modules=["0"]), model)
+    torch.nn.init.ones_(model[0].lora_A["default"].weight)
+    torch.nn.init.constant_(model[0].lora_B["default"].weight, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("w", [1.0, 3.0])
+def test_joint_streams_and_distill_guidance_replay_from_the_generator(w):
+    """Guards the sound track and train.distill_guidance in train/step.py: the track's noise drawn after the video's
+    from the same generator, noised at the same t, its loss added; with w > 1 both targets become u + w (target - u),
+    u the prediction with the LoRA off and the unconditional text states, and the tuned forward sees the prompt's."""
+    flow = FlowMatching(weighting="sigma_sqrt", shift=3.0, distill_guidance=w)
+    gen = torch.Generator().manual_seed(3)
+    x0, audio = torch.randn(2, 3, 4, 2, 2, generator=gen), torch.randn(2, 5, 7, generator=gen)
+    cond = {"prompt_embeds": torch.full((2, 4, 8), 0.25), "audio_latents": audio}
+    uncond = {"prompt_embeds": torch.full((2, 4, 8), -0.75)}
+    adapter, model = GuidedJointAdapter(), _one_weight_lora_model()
+    loss = flow_matching_loss(adapter, model, flow, x0, cond, torch.Generator().manual_seed(9), torch.float32, uncond)
+
+    g = torch.Generator().manual_seed(9)
+    sigma = flow.sample_sigmas(2, g)
+    noise, audio_noise = torch.randn(x0.shape, generator=g), torch.randn(audio.shape, generator=g)
+    t, ta = sigma.view(-1, 1, 1, 1, 1), sigma.view(-1, 1, 1)
+    xt, at = (1 - t) * x0 + t * noise, (1 - ta) * audio + ta * audio_noise
+    target, audio_target = noise - x0, audio_noise - audio
+    if w != 1.0:
+        base, tuned = adapter.calls
+        assert base["scale"].item() == 1.0 and torch.equal(base["conditions"]["prompt_embeds"], uncond["prompt_embeds"])
+        assert torch.equal(base["conditions"]["audio_latents"], at) and torch.equal(base["latents"], xt)
+        u, ua = xt * 1.0 - 0.75, at * 1.0 + 0.75
+        target, audio_target = u + w * (target - u), ua + w * (audio_target - ua)
+    else:
+        (tuned,) = adapter.calls
+    assert tuned["scale"].item() == 1.5 and torch.equal(tuned["conditions"]["prompt_embeds"], cond["prompt_embeds"])
+    assert torch.equal(tuned["latents"], xt) and torch.equal(tuned["conditions"]["audio_latents"], at)
+    torch.testing.assert_close(tuned["timestep"], sigma * 1000, rtol=0, atol=0)
+    weight = flow.loss_weight(sigma)
+    expected = flow_loss(xt * 1.5 + 0.25, target, weight) + flow_loss(at * 1.5 - 0.25, audio_target, weight)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+    assert torch.equal(cond["audio_latents"], audio)  # the caller's batch is not noised in place
+
+
+def test_distill_guidance_needs_the_unconditional_text():
+    flow = FlowMatching(distill_guidance=2.0)
+    with pytest.raises(ValueError) as e:
+        flow_matching_loss(EchoAdapter(), None, flow, torch.zeros(1, 1, 1, 1, 1), {}, torch.Generator(), torch.float32)
+    assert str(e.value) == "train.distill_guidance > 1 needs the unconditional text states (uncond_text)"
