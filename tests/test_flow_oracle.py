@@ -12,7 +12,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling, comp
 
 from radial.models import ModelAdapter
 from train.flow import FlowMatching, flow_loss, noisy_latents
-from train.step import conditions_of, flow_matching_loss, input_dtype
+from train.step import conditions_of, flow_matching_loss, input_dtype, step_generator
 
 LOW, HIGH = 1e-5, 1 - 1e-5  # the clamp of u before the shift (log(0) and division by zero in the weights)
 
@@ -312,3 +312,22 @@ def test_distill_guidance_needs_the_unconditional_text():
     with pytest.raises(ValueError) as e:
         flow_matching_loss(EchoAdapter(), None, flow, torch.zeros(1, 1, 1, 1, 1), {}, torch.Generator(), torch.float32)
     assert str(e.value) == "train.distill_guidance > 1 needs the unconditional text states (uncond_text)"
+
+
+def test_step_generator_is_the_documented_seed_of_each_micro_step():
+    """Guards step_generator: a resumed run (or one on another device type) must draw the same noise for the same
+    (seed, step, micro-step, rank), so the seed is pinned to its derivation (SHA-256 of "seed/step/micro/rank",
+    first 8 bytes little-endian, 63 bits); each of the four changes the draw."""
+    import hashlib
+
+    def documented(seed, step, micro, rank):
+        digest = hashlib.sha256(f"{seed}/{step}/{micro}/{rank}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+    args = [(0, 0, 0, 0), (7, 12, 1, 3), (7, 12, 1, 2), (7, 12, 0, 3), (7, 11, 1, 3), (6, 12, 1, 3)]
+    for a in args:
+        g = step_generator(*a)
+        assert g.device.type == "cpu" and g.initial_seed() == documented(*a), a
+    draws = {a: tuple(torch.randn(4, generator=step_generator(*a)).tolist()) for a in args}
+    assert len(set(draws.values())) == len(args)
+    assert draws[(7, 12, 1, 3)] == tuple(torch.randn(4, generator=step_generator(7, 12, 1, 3)).tolist())
