@@ -124,6 +124,12 @@ def test_noisy_latents_keep_the_latents_dtype():
         (dict(sampling="beta"), r"train.timestep_sampling='beta': expected one of \['logit_normal', 'uniform', 'mode'\]"),
         (dict(weighting="snr"), r"train.loss_weighting='snr': expected one of \['none', 'sigma_sqrt', 'cosmap'\]"),
         (dict(shift=-1.0), r"model.flow_shift=-1.0: expected > 0"),
+        (dict(distill_guidance=0.5), r"train.distill_guidance=0.5: expected >= 1 \(1 = off\)"),
+        # the "reversed?" hint exactly where swapping the two would give a valid range (its bounds included)
+        (dict(sigma_range=(0.8, 0.0)), r"train.timestep_range=\[0.8, 0.0\]: expected \[lo, hi\] noise levels with 0 <= lo < hi <= 1 \(reversed\? train.timestep_range=\[0.0,0.8\]\)"),
+        (dict(sigma_range=(1.0, 0.2)), r"train.timestep_range=\[1.0, 0.2\]: expected \[lo, hi\] noise levels with 0 <= lo < hi <= 1 \(reversed\? train.timestep_range=\[0.2,1.0\]\)"),
+        (dict(sigma_range=(0.5, 0.5)), r"train.timestep_range=\[0.5, 0.5\]: expected \[lo, hi\] noise levels with 0 <= lo < hi <= 1"),
+        (dict(sigma_range=(1.5, 0.2)), r"train.timestep_range=\[1.5, 0.2\]: expected \[lo, hi\] noise levels with 0 <= lo < hi <= 1"),
     ],
 )  # fmt: skip
 def test_bad_values_name_the_key_and_value(kwargs, match):
