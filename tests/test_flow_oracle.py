@@ -300,6 +300,7 @@ def test_joint_streams_and_distill_guidance_replay_from_the_generator(w):
         base, tuned = adapter.calls
         assert base["scale"].item() == 1.0 and torch.equal(base["conditions"]["prompt_embeds"], uncond["prompt_embeds"])
         assert torch.equal(base["conditions"]["audio_latents"], at) and torch.equal(base["latents"], xt)
+        torch.testing.assert_close(base["timestep"], sigma * 1000, rtol=0, atol=0)
         u, ua = xt * 1.0 - 0.75, at * 1.0 + 0.75
         target, audio_target = u + w * (target - u), ua + w * (audio_target - ua)
     else:
@@ -337,3 +338,31 @@ def test_step_generator_is_the_documented_seed_of_each_micro_step():
     draws = {a: tuple(torch.randn(4, generator=step_generator(*a)).tolist()) for a in args}
     assert len(set(draws.values())) == len(args)
     assert draws[(7, 12, 1, 3)] == tuple(torch.randn(4, generator=step_generator(7, 12, 1, 3)).tolist())
+
+
+class JointEchoAdapter(ModelAdapter):
+    """An h3-family adapter whose model returns its inputs (the video and the sound track): records every call."""
+
+    family = "h3"
+
+    def __init__(self):
+        self.calls = []
+
+    def predict_joint(self, model, latents, timestep, conditions):
+        self.calls.append((latents, timestep, conditions["audio_latents"]))
+        return latents, {"audio_latents": conditions["audio_latents"]}
+
+
+def test_sound_track_and_guidance_on_the_latents_device_in_the_model_dtype():
+    """Guards the `.to(device)` / `.to(model_dtype)` of the sound track and of the guidance pass: both forwards get
+    bf16 inputs and the timestep on the latents' device (meta standing in for a GPU), and the loss lands there."""
+    x0 = torch.empty(2, 3, 4, 2, 2, device="meta")
+    cond = {"audio_latents": torch.empty(2, 5, 7, device="meta"), "prompt_embeds": torch.empty(2, 4, 8, device="meta")}
+    uncond = {"prompt_embeds": torch.empty(2, 4, 8, device="meta")}
+    adapter, flow = JointEchoAdapter(), FlowMatching(distill_guidance=2.0)
+    gen = torch.Generator().manual_seed(0)
+    loss = flow_matching_loss(adapter, torch.nn.Module(), flow, x0, cond, gen, torch.bfloat16, uncond)
+    assert loss.device.type == "meta" and len(adapter.calls) == 2
+    for latents, timestep, audio in adapter.calls:
+        assert latents.device.type == timestep.device.type == audio.device.type == "meta"
+        assert latents.dtype == audio.dtype == torch.bfloat16
