@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+import radial.plan as plan_module
 from radial.mask import MaskOptions, radial_block_mask
 from radial.mask.window import window_block_mask_numpy
-from radial.plan import _canonical_device, block_index_lists, dense_plan, make_plan
+from radial.plan import _canonical_device, block_index_lists, dense_plan, make_plan, plan_for
 
 
 def test_make_plan_defaults_are_the_papers_wan_setting():
@@ -75,3 +76,32 @@ def test_block_index_lists_of_any_mask():
 def test_canonical_device_keeps_a_given_device():
     """Guards _canonical_device: a given device is kept (the plan cache keys on it); none means the CPU."""
     assert _canonical_device("meta") == torch.device("meta") and _canonical_device(None) == torch.device("cpu")
+
+
+def test_canonical_device_names_the_current_cuda_device(monkeypatch):
+    """Guards the CUDA branch of _canonical_device: "cuda" becomes the current device's index (so "cuda" and
+    "cuda:N" share one cached plan), an explicit index stays (torch.cuda.current_device stands in for a GPU)."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert _canonical_device("cuda") == torch.device("cuda", 3)
+    assert _canonical_device(torch.device("cuda")) == torch.device("cuda", 3)
+    assert _canonical_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_the_device_asked_for_reaches_the_plan_builder(monkeypatch):
+    """Guards the device plumbing of make_plan, plan_for and dense_plan: the device given (canonical) is the one the
+    mask is built on (recorded before the block lists, which need data the meta device does not have)."""
+    seen = []
+    monkeypatch.setattr(plan_module, "_cached_plan", lambda *args: seen.append(args[-1]))
+    monkeypatch.setattr(plan_module, "plan_from_mask", lambda mask, *args: seen.append(mask.device))
+    make_plan(3, 200, device="meta")
+    plan_for(3, 200, MaskOptions.create(), device="meta")
+    dense_plan(3, 200, device="meta")
+    assert seen == [torch.device("meta")] * 3
+    make_plan(3, 200)
+    dense_plan(3, 200)
+    assert seen[3:] == [torch.device("cpu")] * 2
+
+
+def test_plan_for_defaults_to_no_text():
+    opts = MaskOptions.create()  # 4 x 256 tokens fill 8 blocks exactly: one text token would add a ninth
+    assert plan_for(4, 256, opts).seq_len == make_plan(4, 256).seq_len == 1024
