@@ -105,3 +105,13 @@ def test_the_device_asked_for_reaches_the_plan_builder(monkeypatch):
 def test_plan_for_defaults_to_no_text():
     opts = MaskOptions.create()  # 4 x 256 tokens fill 8 blocks exactly: one text token would add a ninth
     assert plan_for(4, 256, opts).seq_len == make_plan(4, 256).seq_len == 1024
+
+
+def test_block_lists_stay_on_the_masks_device_under_a_default_device():
+    """Guards the `device=block_mask.device` of block_index_lists: a plan built inside `with torch.device(...)` (as
+    models are built on a GPU) keeps its lists on the mask's device; the meta default stands in for a GPU."""
+    mask = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    with torch.device("meta"):
+        lists, counts = block_index_lists(mask)
+    assert lists.device.type == counts.device.type == "cpu"
+    assert lists.tolist() == [[0, 2, 2], [0, 0, 0], [0, 1, 2]] and counts.tolist() == [2, 0, 3]  # padded with the last
