@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from radial.lora import DIFFUSERS_WEIGHT_NAME, adapter_metadata, add_metadata, lora_state_dict, read_metadata
 from tests.export_helpers import tiny_view
 from train.checkpoint import DONE, FULL_FILE, LORA_FILE
-from train.export import COMFY_NAME, lora_info, main, write_lora_files
+from train.export import COMFY_NAME, export_checkpoint, lora_info, main, write_lora_files
 
 CKPT = "checkpoint-00000003"
 
@@ -67,7 +67,8 @@ def refusal(capsys, *argv) -> str:
 def test_export_writes_the_checkpoints_files_and_prints_them(run, tmp_path, capsys):
     """Guards export_checkpoint and main: both final-form files, equal to those the trainer wrote into the
     checkpoint (for HunyuanVideo the fused ComfyUI modules rebuilt on the meta device from the header's config), the
-    printed paths; the default folder run/exports/checkpoint-N; --no-comfy."""
+    printed paths; the default folder run/exports/checkpoint-N; --no-comfy; both files by default when called from
+    Python."""
     ckpt = run / "checkpoints" / CKPT
     capsys.readouterr()
     written = main([str(ckpt), "--out", str(tmp_path / "x")])
@@ -84,6 +85,7 @@ def test_export_writes_the_checkpoints_files_and_prints_them(run, tmp_path, caps
         "lora_diffusers": str(tmp_path / "y" / DIFFUSERS_WEIGHT_NAME)
     }
     assert sorted(p.name for p in (tmp_path / "y").iterdir()) == [DIFFUSERS_WEIGHT_NAME]
+    assert set(export_checkpoint(ckpt, tmp_path / "z")) == {"lora_diffusers", "lora_comfy"}  # the library's default
 
 
 def test_an_older_checkpoint_takes_the_runs_settings_at_its_own_step(run, tmp_path, capsys):

@@ -136,7 +136,8 @@ def test_lora_files_without_comfy_and_base_without_a_mapping(tmp_path, monkeypat
 
 def test_full_mode_exports_the_transformer_folder(tmp_path, monkeypatch, capsys):
     """Guards export_run's train.mode=full branch: transformer/ loads with from_pretrained into the trained weights,
-    radial_training.json is the header less the LoRA fields, with mode full; no LoRA files and no ComfyUI note;
+    radial_training.json (indented) is the header less the LoRA fields, with mode full; the weights as
+    safetensors; no LoRA files and no ComfyUI note;
     logging.loss_curve=false draws no curve although there are losses."""
     view = tiny_view(tmp_path, "train.mode=full", records=[{"frames": 17}])
     monkeypatch.setattr(type(view.parts.adapter), "comfy_rules", ModelAdapter.comfy_rules)
@@ -151,11 +152,14 @@ def test_full_mode_exports_the_transformer_folder(tmp_path, monkeypatch, capsys)
     }
     assert not (tmp_path / "lora").exists() and not (tmp_path / "loss_curve.png").exists()
     assert capsys.readouterr().out == ""
+    files = sorted(p.name for p in (tmp_path / "transformer").iterdir())
+    assert files == ["config.json", "diffusion_pytorch_model.safetensors", "radial_training.json"]  # safetensors
     loaded = diffusers.WanTransformer3DModel.from_pretrained(tmp_path / "transformer")
     want = model.state_dict()
     assert loaded.state_dict().keys() == want.keys()
     assert all(torch.equal(v, want[k].to(v.dtype)) for k, v in loaded.state_dict().items())
     info = lora_info(view)
     record = {k: v for k, v in info.items() if k not in ("rank", "alpha", "target_modules")} | {"mode": "full"}
-    assert json.loads((tmp_path / "transformer" / "radial_training.json").read_text()) == json.loads(json.dumps(record))
+    text = (tmp_path / "transformer" / "radial_training.json").read_text()
+    assert json.loads(text) == json.loads(json.dumps(record)) and text.count("\n") > 20  # indented, for reading
     assert json.loads((tmp_path / "run_summary.json").read_text())["info"] == json.loads(json.dumps(record))

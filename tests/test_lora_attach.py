@@ -137,8 +137,8 @@ def test_header_is_added_read_and_kept(tmp_path):
 
 
 def test_headers_are_sorted_json_with_paths_as_text(tmp_path):
-    """Guards the JSON of our header in both writers (add_metadata, export_comfy): keys sorted at every level, so
-    the same run writes the same bytes, and values JSON lacks (a Path) stored as their text."""
+    """Guards the JSON of our header in both writers (add_metadata, export_comfy): keys sorted at every level (the same
+    record, the same text), and values JSON lacks (a Path) stored as their text."""
     info = {"z": 1, "a": {"y": tmp_path, "b": 2}}
     want = json.dumps({"a": {"b": 2, "y": str(tmp_path)}, "z": 1})
     path = tmp_path / "a.safetensors"
