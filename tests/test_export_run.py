@@ -63,7 +63,7 @@ def expected_info(view, *, frames, grid) -> dict:
 
 def test_lora_run_writes_its_files_summary_and_mask(tmp_path, mask_calls, capsys):
     """Guards export_run in LoRA mode: the files it returns (by name, at their paths), the diffusers file as diffusers
-    reads it back, the ComfyUI file's updates at scale alpha / rank, the header in both, run_summary.json (losses
+    reads it back (weights and adapter settings), the ComfyUI file's updates at scale alpha / rank, the header in both, run_summary.json (losses
     with the NaN as null), and the mask picture of the last forward's plan with its title and frame edges."""
     view = tiny_view(tmp_path, "logging.loss_curve=true", records=[{"frames": 17}])
     written = export_run(view)
@@ -75,12 +75,12 @@ def test_lora_run_writes_its_files_summary_and_mask(tmp_path, mask_calls, capsys
         "mask": str(tmp_path / "mask.png"),
         "base_transformer": str(tmp_path / "base_transformer"),
     }
-    assert all(map(lambda p: (tmp_path / p).exists(), ["loss_curve.png", "mask.png"]))
+    assert (tmp_path / "loss_curve.png").is_file() and (tmp_path / "mask.png").is_file()
     assert capsys.readouterr().out == ""  # wan has a ComfyUI mapping: no note
     info = expected_info(view, frames=17, grid=(5, 4, 4))
     assert read_metadata(written["lora_diffusers"]) == info == read_metadata(written["lora_comfy"])
-    back = diffusers.WanPipeline.lora_state_dict(str(lora))
-    back = back[0] if isinstance(back, tuple) else back
+    back, settings = diffusers.WanPipeline.lora_state_dict(str(lora), return_lora_metadata=True)
+    assert settings == {f"transformer.{k}": v for k, v in adapter_metadata(view.parts.lora_config).items()}
     want = lora_state_dict(model)
     assert back.keys() == {f"transformer.{k}" for k in want}
     assert all(torch.equal(back[f"transformer.{k}"], v) for k, v in want.items())
