@@ -62,6 +62,21 @@ def test_attach_freezes_the_base_and_sets_rank_alpha_dropout():
     assert layer.scaling["default"] == 2.0 and layer.lora_dropout["default"].p == 0.25
 
 
+def test_a_new_adapter_leaves_the_model_as_it_was():
+    """Guards attach_lora's default init (PEFT's: B = 0), so training starts from the base model's own output, and
+    its smallest rank, 1."""
+    adapter, model = tiny()
+    latents = adapter.make_dummy_latents(model, 1, 2, 4, 4)
+    conditions = adapter.make_dummy_conditions(model, 1, 8, latent_shape=latents.shape)
+    with torch.no_grad():
+        before = adapter.predict(model, latents, torch.tensor([500.0]), conditions)
+        attach_lora(model, rank=1, alpha=1, target_modules=["to_q", "to_v"])
+        after = adapter.predict(model, latents, torch.tensor([500.0]), conditions)
+    b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert b and all(p.shape[1] == 1 and not p.any() for p in b)
+    assert torch.equal(before, after)
+
+
 @pytest.mark.parametrize("targets", [["to_q", "to_k"], r".*\.(to_q|to_k)"])
 def test_excluded_modules_get_no_adapter(targets):
     """Guards _excluding for both PEFT target forms (name list, regex): the excluded full names get no LoRA, the
