@@ -64,7 +64,7 @@ def test_attach_freezes_the_base_and_sets_rank_alpha_dropout():
 
 def test_a_new_adapter_leaves_the_model_as_it_was():
     """Guards attach_lora's default init (PEFT's: B = 0), so training starts from the base model's own output, and
-    its smallest rank, 1."""
+    its smallest rank, 1; `init=False` reaches PEFT (no zero B)."""
     adapter, model = tiny()
     latents = adapter.make_dummy_latents(model, 1, 2, 4, 4)
     conditions = adapter.make_dummy_conditions(model, 1, 8, latent_shape=latents.shape)
@@ -75,6 +75,19 @@ def test_a_new_adapter_leaves_the_model_as_it_was():
     b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert b and all(p.shape[1] == 1 and not p.any() for p in b)
     assert torch.equal(before, after)
+    _, other = tiny()
+    attach_lora(other, rank=2, alpha=2, target_modules=["to_q"], init=False)  # PEFT's init skipped: B not zero
+    assert all(p.any() for n, p in other.named_parameters() if "lora_B" in n)
+
+
+def test_targets_that_adapt_nothing_are_one_error(monkeypatch):
+    """Guards attach_lora's own check, for PEFT versions that attach nothing without an error (0.22 raises first):
+    the message names the targets and the transformer's class."""
+    _, model = tiny()
+    monkeypatch.setattr(type(model), "add_adapter", lambda self, config: None)
+    with pytest.raises(ValueError) as e:
+        attach_lora(model, rank=2, alpha=2, target_modules=("to_q", "to_k"))
+    assert str(e.value) == "lora.target_modules ['to_q', 'to_k'] matched no module of WanTransformer3DModel"
 
 
 @pytest.mark.parametrize("targets", [["to_q", "to_k"], r".*\.(to_q|to_k)"])
