@@ -44,6 +44,11 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_lora_comfy.py",
             "tests/test_lora_alpha.py",
             "tests/test_loss_curve.py",
+            "tests/test_export_run.py",
+            "tests/test_export_checkpoint.py",
+            # the checkpoint-export CLI on a trained run (a 4-step run per mutant that reaches it); not
+            # test_trainer_full.py (train.mode=full: a whole run per test), which test_export_run.py stands in for
+            "tests/test_checkpoint_lora.py",
         ],
     ),
     "mask": (

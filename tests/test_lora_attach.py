@@ -12,6 +12,7 @@ from radial.comfy import PREFIX, ComfyRule, fused, to_comfy
 from radial.errors import LoraFileError
 from radial.lora import (
     METADATA_KEY,
+    adapter_metadata,
     add_metadata,
     attach_lora,
     export_comfy,
@@ -19,6 +20,7 @@ from radial.lora import (
     load_lora_state_dict,
     lora_saver,
     lora_state_dict,
+    lora_target_names,
     read_metadata,
 )
 from radial.models import get_adapter
@@ -60,6 +62,34 @@ def test_attach_freezes_the_base_and_sets_rank_alpha_dropout():
     assert layer.scaling["default"] == 2.0 and layer.lora_dropout["default"].p == 0.25
 
 
+def test_a_new_adapter_leaves_the_model_as_it_was():
+    """Guards attach_lora's default init (PEFT's: B = 0), so training starts from the base model's own output, and
+    its smallest rank, 1; `init=False` reaches PEFT (no zero B)."""
+    adapter, model = tiny()
+    latents = adapter.make_dummy_latents(model, 1, 2, 4, 4)
+    conditions = adapter.make_dummy_conditions(model, 1, 8, latent_shape=latents.shape)
+    with torch.no_grad():
+        before = adapter.predict(model, latents, torch.tensor([500.0]), conditions)
+        attach_lora(model, rank=1, alpha=1, target_modules=["to_q", "to_v"])
+        after = adapter.predict(model, latents, torch.tensor([500.0]), conditions)
+    b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert b and all(p.shape[1] == 1 and not p.any() for p in b)
+    assert torch.equal(before, after)
+    _, other = tiny()
+    attach_lora(other, rank=2, alpha=2, target_modules=["to_q"], init=False)  # PEFT's init skipped: B not zero
+    assert all(p.any() for n, p in other.named_parameters() if "lora_B" in n)
+
+
+def test_targets_that_adapt_nothing_are_one_error(monkeypatch):
+    """Guards attach_lora's own check, for PEFT versions that attach nothing without an error (0.22 raises first):
+    the message names the targets and the transformer's class."""
+    _, model = tiny()
+    monkeypatch.setattr(type(model), "add_adapter", lambda self, config: None)
+    with pytest.raises(ValueError) as e:
+        attach_lora(model, rank=2, alpha=2, target_modules=("to_q", "to_k"))
+    assert str(e.value) == "lora.target_modules ['to_q', 'to_k'] matched no module of WanTransformer3DModel"
+
+
 @pytest.mark.parametrize("targets", [["to_q", "to_k"], r".*\.(to_q|to_k)"])
 def test_excluded_modules_get_no_adapter(targets):
     """Guards _excluding for both PEFT target forms (name list, regex): the excluded full names get no LoRA, the
@@ -70,6 +100,30 @@ def test_excluded_modules_get_no_adapter(targets):
     adapted = {n.rsplit(".lora_", 1)[0] for n in lora_state_dict(model)}
     assert not adapted & set(excluded)
     assert {"blocks.0.attn1.to_k", "blocks.1.attn1.to_q", "blocks.0.attn2.to_q"} <= adapted
+
+
+@pytest.mark.parametrize("targets", [("to_q", "to_k"), ["to_out.0"], r".*\.(to_q|to_k)"])
+@pytest.mark.parametrize("excluded", [(), ("blocks.0.attn1.to_q", "blocks.1.attn2.to_k")])
+def test_target_names_are_what_attach_adapts(targets, excluded):
+    """Guards lora_target_names against PEFT itself: the linear layers it names (in module order, for a tuple or
+    list of names and for a regex, with and without exclusions) are exactly those attach_lora gives an adapter."""
+    _, model = tiny()
+    names = lora_target_names(model, targets, excluded)
+    attach_lora(model, rank=2, alpha=2, target_modules=targets, exclude_modules=excluded)
+    adapted = [n for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    assert names == adapted and len(names) >= 2
+
+
+def test_adapter_metadata_is_what_diffusers_stores():
+    """Guards adapter_metadata: rank, alpha, dropout, and the targets as given (a regex) or sorted (PEFT keeps a
+    list as a set, which JSON cannot hold)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=3, lora_alpha=6, lora_dropout=0.1, target_modules=["to_v", "to_q", "to_k"])
+    assert adapter_metadata(config) == {"r": 3, "lora_alpha": 6, "target_modules": ["to_k", "to_q", "to_v"],
+                                        "lora_dropout": 0.1}  # fmt: skip
+    regex = LoraConfig(r=2, lora_alpha=2, target_modules=r".*\.(to_v|to_q)")
+    assert adapter_metadata(regex)["target_modules"] == r".*\.(to_v|to_q)"
 
 
 def test_state_dict_round_trip_and_foreign_keys(tmp_path):
@@ -110,12 +164,37 @@ def test_header_is_added_read_and_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
 
 
+def test_headers_are_sorted_json_with_paths_as_text(tmp_path):
+    """Guards the JSON of our header in both writers (add_metadata, export_comfy): keys sorted at every level (the same
+    record, the same text), and values JSON lacks (a Path) stored as their text."""
+    info = {"z": 1, "a": {"y": tmp_path, "b": 2}}
+    want = json.dumps({"a": {"b": 2, "y": str(tmp_path)}, "z": 1})
+    path = tmp_path / "a.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    add_metadata(path, info)
+    comfy = export_comfy({"w": torch.zeros(2)}, tmp_path / "c.safetensors", info)
+    for file in (path, comfy):
+        with safe_open(str(file), framework="pt") as f:
+            assert f.metadata()[METADATA_KEY] == want, file
+
+
 def test_comfy_file_has_tensors_header_and_format(tmp_path):
-    out = export_comfy({"k": torch.ones(2, 2, requires_grad=True) * 2}, tmp_path / "sub" / "c.safetensors", {"r": 1})
+    out = export_comfy(
+        {"k": torch.ones(2, 2, requires_grad=True) * 2}, tmp_path / "a" / "b" / "c.safetensors", {"r": 1}
+    )
     with safe_open(str(out), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == "pt" and json.loads(meta[METADATA_KEY]) == {"r": 1}
     assert torch.equal(load_file(str(out))["k"], torch.full((2, 2), 2.0))
+
+
+def test_info_command_reads_its_arguments(tmp_path, capsys):
+    """Guards radial.lora's `main`: the arguments given (not the process's) reach radial.lora_info."""
+    from radial.lora import main
+
+    save_file({"a.lora_A.weight": torch.zeros(4, 8)}, str(tmp_path / "other.safetensors"))
+    assert main(["info", str(tmp_path / "other.safetensors")]) == 0
+    assert "no radial_lora header" in capsys.readouterr().out
 
 
 def test_saver_of_pipelines_without_a_lora_mixin():
@@ -166,7 +245,8 @@ def test_comfy_converter_refuses_what_it_cannot_map():
 
 def test_fused_rules_place_each_part_in_its_rows_and_columns():
     """Guards fused(): one rule per part (slot, the parts' module names for this block) and to_comfy's layout:
-    parts stacked in slot order whatever order the state dict lists them in, each up matrix scaled."""
+    parts stacked in slot order whatever order the state dict lists them in, each up matrix scaled; a part alone
+    (the other part not adapted) keeps its own rows, the others' rows zero."""
     _, model = tiny()
     rules = fused("blocks.{i}.attn1.", "blocks.{i}.qkv", ["to_q", "to_k"])
     assert [r.slot for r in rules] == [0, 1]
@@ -184,3 +264,6 @@ def test_fused_rules_place_each_part_in_its_rows_and_columns():
     want = torch.zeros(2 * n, 5)
     want[:n, :2], want[n:, 2:] = 0.5 * b_q, 0.5 * b_k
     assert torch.equal(up, want)
+    only_k = to_comfy({k: v for k, v in sd.items() if ".to_k." in k}, rules, model, 0.5)  # lora.projections=[k]
+    assert torch.equal(only_k[f"{PREFIX}blocks.0.qkv.lora_A.weight"], a_k)
+    assert torch.equal(only_k[f"{PREFIX}blocks.0.qkv.lora_B.weight"], torch.cat([torch.zeros(n, 3), 0.5 * b_k]))

@@ -17,10 +17,11 @@ def drawn(monkeypatch):
     return figures
 
 
-@pytest.mark.parametrize("n", [4, 25])
+@pytest.mark.parametrize("n", [4, 5, 30])
 def test_loss_curve_draws_the_losses_and_their_running_mean(tmp_path, drawn, n):
     """Guards what the picture shows: the loss per step, and from 5 steps on the mean of k = max(2, n // 10)
-    consecutive losses at each window's last step; axis labels, legend; a 720x420 PNG (6 x 3.5 in at 120 dpi)."""
+    consecutive losses at each window's last step, drawn bolder than the faint losses; axis labels, legend; a 720x420
+    PNG (6 x 3.5 in at 120 dpi)."""
     losses = [(i + 1, 1.0 / (i + 1) + 0.1 * (i % 3)) for i in range(n)]
     path = save_loss_curve(losses, tmp_path / "loss_curve.png")
     assert path == tmp_path / "loss_curve.png"
@@ -40,3 +41,5 @@ def test_loss_curve_draws_the_losses_and_their_running_mean(tmp_path, drawn, n):
     assert len(lines) == 2 and labels == ["loss", f"mean of {k}"]
     assert np.array_equal(lines[1].get_xdata(), steps[k - 1 :])
     np.testing.assert_allclose(lines[1].get_ydata(), mean, rtol=1e-12)
+    assert lines[0].get_alpha() < 1 and lines[1].get_alpha() is None  # the losses faint, their mean opaque
+    assert lines[0].get_linewidth() < 1 < lines[1].get_linewidth()  # and thinner than the mean

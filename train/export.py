@@ -4,8 +4,8 @@ checkpoint on demand), the loss curve, the mask picture.
     python -m train.export outputs/run/checkpoints/checkpoint-00000060 [--out DIR] [--no-comfy]
 
 writes the final-form files (`pytorch_lora_weights.safetensors`, `comfyui_lora.safetensors`) of a checkpoint into
-DIR (default: the checkpoint's `lora/`, which every checkpoint already holds): one writer, `write_lora_files`,
-serves the final export, the checkpoints and this command.
+DIR (default: the run's `exports/checkpoint-N`; every checkpoint also holds them in its own `lora/`): one writer,
+`write_lora_files`, serves the final export, the checkpoints and this command.
 """
 
 from __future__ import annotations
