@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import uuid
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,6 +184,9 @@ def test_every_torch_file_kind_is_read_back(tmp_path, suffix):
     assert problem is not None and problem.startswith(f"{extra}: unreadable, corrupt or truncated (")
     kind, _, reason = problem[len(f"{extra}: unreadable, corrupt or truncated (") : -1].partition(": ")
     assert kind not in ("", "NoneType") and reason and reason != "None"
+    with pytest.raises(Exception) as raised:  # the same read, for the whole reason: the error's text on one line
+        ckpt._load_torch_file(extra)
+    assert (kind, reason) == (type(raised.value).__name__, " ".join(str(raised.value).split())[:200])
 
 
 def test_keep_last_one_keeps_only_the_newest(tmp_path):
@@ -217,3 +221,95 @@ def test_a_legacy_format_pickle_with_python_objects_reads_back(tmp_path):
     done["files"][legacy.name] = legacy.stat().st_size
     (good / ckpt.DONE).write_text(json.dumps(done))
     assert verify_checkpoint(good) is None
+
+
+def _busy_rmtree(monkeypatch):
+    """shutil.rmtree as on a file system where a folder cannot be removed (an NFS .nfs* file held open by another
+    process): it raises unless told to ignore errors, and then leaves the folder."""
+    calls = []
+
+    def rmtree(path, ignore_errors=False, **kwargs):
+        calls.append(Path(path).name)
+        if not ignore_errors:
+            raise OSError(16, "Device or resource busy", str(path))
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", rmtree)
+    return calls
+
+
+def test_a_checkpoint_that_cannot_be_pruned_does_not_fail_the_save(tmp_path, monkeypatch):
+    """Guards the `ignore_errors` of pruning: an old checkpoint that cannot be removed stays, and training goes on."""
+    m = manager(tmp_path)
+    one = ckpt.CheckpointManager(m.accelerator, tmp_path, 1, save_lora=m._save_lora, load_lora=m._load_lora)
+    first = one.save(1)
+    calls = _busy_rmtree(monkeypatch)
+    second = one.save(2)
+    assert first.name in calls and verify_checkpoint(second) is None
+    assert list_checkpoints(tmp_path) == [first, second]
+
+
+def test_a_failed_write_whose_folder_cannot_be_removed_still_ends_in_one_line(tmp_path, monkeypatch):
+    """Guards the `ignore_errors` of the clean-up after a failed write: the error stays the checkpoint's one line
+    (naming the file), not the clean-up's."""
+    m = manager(tmp_path)
+    first = m.save(1)
+    calls = _busy_rmtree(monkeypatch)
+
+    def refused(output_dir, **kwargs):
+        raise PermissionError(13, "Permission denied", f"{output_dir}/optimizer.bin")
+
+    monkeypatch.setattr(m.accelerator, "save_state", refused)
+    with pytest.raises(CheckpointError) as err:
+        m.save(2)
+    assert str(err.value).startswith(
+        f"checkpoint at step 2: permission denied while writing {tmp_path}/.tmp-checkpoint-00000002/optimizer.bin ("
+    )
+    assert str(err.value).endswith("earlier checkpoints are kept: ['checkpoint-00000001']")
+    assert calls.count(".tmp-checkpoint-00000002") == 2 and list_checkpoints(tmp_path) == [first]
+
+
+def test_deepspeed_arguments_reach_accelerate(tmp_path, monkeypatch):
+    """Guards save_kwargs / load_kwargs (DeepSpeed's exclude_frozen_parameters, load_module_strict): handed to
+    Accelerate's save_state / load_state with the folder."""
+    m = manager(tmp_path)
+    m._save_kwargs, m._load_kwargs = {"exclude_frozen_parameters": True}, {"load_module_strict": False}
+    seen = {}
+    real_save, real_load = m.accelerator.save_state, m.accelerator.load_state
+
+    def save_state(output_dir, **kwargs):
+        seen["save"] = kwargs
+        return real_save(output_dir)
+
+    def load_state(input_dir, **kwargs):
+        seen["load"] = kwargs
+        return real_load(input_dir)
+
+    monkeypatch.setattr(m.accelerator, "save_state", save_state)
+    monkeypatch.setattr(m.accelerator, "load_state", load_state)
+    assert m.load(m.save(4)) == 4
+    assert seen == {"save": {"exclude_frozen_parameters": True}, "load": {"load_module_strict": False}}
+
+
+def test_torch_files_are_checked_on_the_cpu_and_memory_mapped(tmp_path, monkeypatch):
+    """Guards how verify_checkpoint unpickles: onto the CPU (a checkpoint written on a GPU verifies on a machine
+    without it) and memory-mapped (a many-GB optimizer state is not read whole); a legacy file, whole, on the CPU."""
+    m = manager(tmp_path)
+    good = m.save(1)
+    seen = []
+    real_load = torch.load
+
+    def load(file, **kwargs):
+        seen.append((Path(file).name, kwargs))
+        return real_load(file, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "load", load)
+    assert verify_checkpoint(good) is None
+    assert seen and all(kw == {"map_location": "cpu", "weights_only": False, "mmap": True} for _, kw in seen)
+    legacy = good / "legacy.pt"
+    torch.save({"a": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    seen.clear()
+    ckpt._load_torch_file(legacy)
+    assert [kw for _, kw in seen] == [
+        {"map_location": "cpu", "weights_only": False, "mmap": True},
+        {"map_location": "cpu", "weights_only": False},
+    ]
