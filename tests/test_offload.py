@@ -162,3 +162,20 @@ def test_streamer_keeps_blocks_that_are_not_checkpointed():
 def test_offload_blocks_needs_checkpointing_and_lora():
     with pytest.raises(ValueError, match="train.offload_blocks=true .* needs train.mode=lora"):
         validate(compose_config(["train.offload_blocks=true", "train.gradient_checkpointing=false"]))
+
+
+def test_offload_keeps_frozen_weights_that_linear_layers_save_as_views():
+    """Every nn.Linear whose input needs a gradient saves its weight as `weight.t()`, a view, not the Parameter:
+    it is the parameter's memory all the same, so it stays on the device (offloading it would copy the frozen weights
+    to the host every forward and back every backward, and hold them twice)."""
+    offload = ActivationOffload(torch.device("cpu"), min_bytes=64)
+    layer = torch.nn.Linear(32, 32).requires_grad_(False)
+    x = torch.randn(2, 8, 32, requires_grad=True)
+    with offload:
+        y = torch.tanh(layer(x)).sum()  # saves weight.t() (the linear) and the tanh output (2 x 8 x 32 floats)
+    assert [tuple(p.host.shape) for p in offload.packed] == [(2, 8, 32)]
+    assert offload.offloaded_bytes == 2 * 8 * 32 * 4
+    y.backward()
+    x2 = x.detach().requires_grad_()
+    torch.tanh(layer(x2)).sum().backward()
+    assert torch.equal(x.grad, x2.grad)

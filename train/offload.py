@@ -7,7 +7,8 @@ hooks apply). Why not `torch.autograd.graph.save_on_cpu(pin_memory=True)` as is:
 - it copies device -> host on the compute stream, so every copy delays the kernels queued behind it; here the copy
   runs on a side stream that waits only for the tensor's producer;
 - it moves every saved tensor, parameters included (the frozen weights would cross PCIe every step and double in
-  host memory); here parameters and small tensors stay where they are;
+  host memory); here parameters (and their views: the transposed weight each linear layer saves) and small tensors
+  stay where they are;
 - it copies back only when the backward asks, on the critical path; here each unpack also starts the copy of the
   tensor saved just before it (the backward's next need, saved tensors being used in about reverse order).
 Host memory: each offloaded tensor is copied into an exact-size page-locked buffer from a pool reused step after step
@@ -81,7 +82,9 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
 
     def _pack(self, tensor: torch.Tensor):
         if (
+            # a parameter, or a view of one: every nn.Linear saves `weight.t()`, the parameter's own memory
             isinstance(tensor, nn.Parameter)
+            or isinstance(tensor._base, nn.Parameter)
             or tensor.device.type != self.device.type
             or tensor.layout != torch.strided
             or tensor.numel() * tensor.element_size() < self.min_bytes
