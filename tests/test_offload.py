@@ -179,3 +179,19 @@ def test_offload_keeps_frozen_weights_that_linear_layers_save_as_views():
     x2 = x.detach().requires_grad_()
     torch.tanh(layer(x2)).sum().backward()
     assert torch.equal(x.grad, x2.grad)
+
+
+def test_offload_refuses_a_saved_tensor_changed_in_place():
+    """saved_tensors_hooks switch off autograd's check that a saved tensor was not modified in place; the offload
+    makes it itself (on CUDA the host copy runs later on a side stream and could read the modified values)."""
+    x = torch.randn(64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):  # autograd alone
+        h = torch.tanh(x)  # saves its output
+        h.mul_(2)
+        h.sum().backward()
+    offload = ActivationOffload(torch.device("cpu"), min_bytes=64)
+    with offload:
+        h = torch.tanh(x)
+    h.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()

@@ -131,6 +131,15 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
         if not isinstance(save, _Save):
             return save
         item = save.packed
+        source = item.source()
+        # autograd's own check is off under saved_tensors_hooks; on CUDA the host copy, made later on the side stream,
+        # could have read the values written in place
+        if source is not None and source._version != item.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace operation: "
+                f"a {tuple(source.shape)} {source.dtype} tensor offloaded at version {item.version} is now at version "
+                f"{source._version} (train.offload_activations)"
+            )
         if item.back is not None:
             tensor, done = item.back, item.back_ready
             item.back = item.back_ready = None
