@@ -195,3 +195,24 @@ def test_offload_refuses_a_saved_tensor_changed_in_place():
     h.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         h.sum().backward()
+
+
+def test_offload_prefetches_the_large_input_of_each_checkpointed_block():
+    """A checkpointed block's node unpacks its inputs in the forward's order (hidden states first, then the text
+    states that every block saves): the hidden states of the block before must already be on their way when the
+    backward reaches it, not only the small tensor saved just before them."""
+    offload = ActivationOffload(torch.device("cpu"), min_bytes=64)
+    weight = torch.nn.Parameter(torch.randn(32, 32))
+    text = torch.randn(2, 32)  # 256 bytes: offloaded, one host copy for all blocks
+
+    def block(h, text):
+        return torch.tanh(h @ weight + text.sum(0))
+
+    h = torch.randn(64, 32, requires_grad=True)  # 8 KiB hidden states
+    with offload:
+        for _ in range(3):
+            h = torch.utils.checkpoint.checkpoint(block, h, text, use_reentrant=False)
+    assert [tuple(s.packed.host.shape) for s in offload.saves] == [(64, 32), (2, 32)] * 3
+    h.sum().backward()
+    assert weight.grad is not None and all(s.used for s in offload.saves)
+    assert offload.prefetch_hits == len(offload.saves) - 1  # every unpack but the first was prefetched
