@@ -192,6 +192,18 @@ def _peak_gb() -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if _cuda() else float("nan")
 
 
+def _peak_reserved_gb() -> float:
+    """The card memory the caching allocator held at its peak, GiB. Unlike max_memory_allocated it counts blocks
+    freed while a side stream's copy or a recorded stream still used them (weight streaming, activation offload):
+    they are not reusable until the GPU catches up with the CPU."""
+    return torch.cuda.max_memory_reserved() / 2**30 if _cuda() else float("nan")
+
+
+def _alloc_retries() -> int:
+    """cudaMalloc failures the allocator recovered from by synchronising and freeing every cached block so far."""
+    return torch.cuda.memory_stats().get("num_alloc_retries", 0) if _cuda() else 0
+
+
 def _attention_share(prof) -> tuple[float, float, dict[str, float]]:
     """Attention and total device time (ms) of a profiled step, and per-kernel times: the four slowest attention
     kernels (which SDPA ran) and the rest of the step by kind ("other: matmul", "other: triton (fused by inductor)",
@@ -277,13 +289,14 @@ def _run_case(case: str, backend: str, args) -> dict:
                 print(f"{case} {backend}: {line}", flush=True)
     _sync()
     _reset_memory()
+    retries = _alloc_retries()
     times, losses = [], []
     for i in range(args.steps):
         start = time.perf_counter()
         losses.append(step(100 + i))
         _sync()
         times.append(time.perf_counter() - start)
-    peak = _peak_gb()
+    peak, peak_reserved, retries = _peak_gb(), _peak_reserved_gb(), _alloc_retries() - retries
     attn_ms = total_ms = float("nan")
     kernels: dict[str, float] = {}
     if args.profile:  # one more step under the profiler: the attention share (skip it for long dense steps)
@@ -313,6 +326,8 @@ def _run_case(case: str, backend: str, args) -> dict:
         "step_s": step_s,
         "tokens_per_s": grid.video_tokens / step_s,
         "peak_gb": peak,
+        "peak_reserved_gb": peak_reserved,  # what the card held: freed blocks still in use by a stream included
+        "alloc_retries": retries,  # the timed steps' out-of-memory recoveries (each a device-wide synchronisation)
         "attention_ms": attn_ms,
         "profiled_ms": total_ms,
         "attention_share": attn_ms / total_ms if total_ms and args.profile else float("nan"),

@@ -34,6 +34,8 @@ def test_train_step_memory_savers(tmp_path):
     (saved,) = json.loads((tmp_path / "b" / "train_step.json").read_text())["rows"]
     assert not plain["offload_activations"] and saved["offload_activations"] and saved["offload_blocks"]
     assert saved["loss"] == plain["loss"] and saved["peak_host_gb"] > 0 and saved["memory_plan"] is None
+    # the allocator's side of the GPU peak (nothing on the CPU): reserved memory and out-of-memory recoveries
+    assert saved["alloc_retries"] == 0 and saved["peak_reserved_gb"] != saved["peak_reserved_gb"]
 
 
 @pytest.mark.parametrize("case,tokens", [("wan_i2v4x", 3 * 16), ("hy15_i2v2x", 3 * 64)])

@@ -162,3 +162,57 @@ def test_streamer_keeps_blocks_that_are_not_checkpointed():
 def test_offload_blocks_needs_checkpointing_and_lora():
     with pytest.raises(ValueError, match="train.offload_blocks=true .* needs train.mode=lora"):
         validate(compose_config(["train.offload_blocks=true", "train.gradient_checkpointing=false"]))
+
+
+def test_offload_keeps_frozen_weights_that_linear_layers_save_as_views():
+    """Every nn.Linear whose input needs a gradient saves its weight as `weight.t()`, a view, not the Parameter:
+    it is the parameter's memory all the same, so it stays on the device (offloading it would copy the frozen weights
+    to the host every forward and back every backward, and hold them twice)."""
+    offload = ActivationOffload(torch.device("cpu"), min_bytes=64)
+    layer = torch.nn.Linear(32, 32).requires_grad_(False)
+    x = torch.randn(2, 8, 32, requires_grad=True)
+    with offload:
+        y = torch.tanh(layer(x)).sum()  # saves weight.t() (the linear) and the tanh output (2 x 8 x 32 floats)
+    assert [tuple(p.host.shape) for p in offload.packed] == [(2, 8, 32)]
+    assert offload.offloaded_bytes == 2 * 8 * 32 * 4
+    y.backward()
+    x2 = x.detach().requires_grad_()
+    torch.tanh(layer(x2)).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+
+
+def test_offload_refuses_a_saved_tensor_changed_in_place():
+    """saved_tensors_hooks switch off autograd's check that a saved tensor was not modified in place; the offload
+    makes it itself (on CUDA the host copy runs later on a side stream and could read the modified values)."""
+    x = torch.randn(64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):  # autograd alone
+        h = torch.tanh(x)  # saves its output
+        h.mul_(2)
+        h.sum().backward()
+    offload = ActivationOffload(torch.device("cpu"), min_bytes=64)
+    with offload:
+        h = torch.tanh(x)
+    h.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()
+
+
+def test_offload_prefetches_the_large_input_of_each_checkpointed_block():
+    """A checkpointed block's node unpacks its inputs in the forward's order (hidden states first, then the text
+    states that every block saves): the hidden states of the block before must already be on their way when the
+    backward reaches it, not only the small tensor saved just before them."""
+    offload = ActivationOffload(torch.device("cpu"), min_bytes=64)
+    weight = torch.nn.Parameter(torch.randn(32, 32))
+    text = torch.randn(2, 32)  # 256 bytes: offloaded, one host copy for all blocks
+
+    def block(h, text):
+        return torch.tanh(h @ weight + text.sum(0))
+
+    h = torch.randn(64, 32, requires_grad=True)  # 8 KiB hidden states
+    with offload:
+        for _ in range(3):
+            h = torch.utils.checkpoint.checkpoint(block, h, text, use_reentrant=False)
+    assert [tuple(s.packed.host.shape) for s in offload.saves] == [(64, 32), (2, 32)] * 3
+    h.sum().backward()
+    assert weight.grad is not None and all(s.used for s in offload.saves)
+    assert offload.prefetch_hits == len(offload.saves) - 1  # every unpack but the first was prefetched

@@ -7,9 +7,11 @@ hooks apply). Why not `torch.autograd.graph.save_on_cpu(pin_memory=True)` as is:
 - it copies device -> host on the compute stream, so every copy delays the kernels queued behind it; here the copy
   runs on a side stream that waits only for the tensor's producer;
 - it moves every saved tensor, parameters included (the frozen weights would cross PCIe every step and double in
-  host memory); here parameters and small tensors stay where they are;
-- it copies back only when the backward asks, on the critical path; here each unpack also starts the copy of the
-  tensor saved just before it (the backward's next need, saved tensors being used in about reverse order).
+  host memory); here parameters (and their views: the transposed weight each linear layer saves) and small tensors
+  stay where they are;
+- it copies back only when the backward asks, on the critical path; here each unpack also starts the copies of the
+  tensors saved before it, as many bytes as it hands out (the backward's next needs, saved tensors being used in
+  about reverse order, node by node).
 Host memory: each offloaded tensor is copied into an exact-size page-locked buffer from a pool reused step after step
 (train/host_memory.py: torch's pinned allocator rounds each request up to a power of two, 2 GiB for a 1.29 GB
 Wan2.1-14B hidden state at 126k tokens), and a tensor saved again within one forward (the rotary tables and text
@@ -81,7 +83,9 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
 
     def _pack(self, tensor: torch.Tensor):
         if (
+            # a parameter, or a view of one: every nn.Linear saves `weight.t()`, the parameter's own memory
             isinstance(tensor, nn.Parameter)
+            or isinstance(tensor._base, nn.Parameter)
             or tensor.device.type != self.device.type
             or tensor.layout != torch.strided
             or tensor.numel() * tensor.element_size() < self.min_bytes
@@ -128,6 +132,15 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
         if not isinstance(save, _Save):
             return save
         item = save.packed
+        source = item.source()
+        # autograd's own check is off under saved_tensors_hooks; on CUDA the host copy, made later on the side stream,
+        # could have read the values written in place
+        if source is not None and source._version != item.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace operation: "
+                f"a {tuple(source.shape)} {source.dtype} tensor offloaded at version {item.version} is now at version "
+                f"{source._version} (train.offload_activations)"
+            )
         if item.back is not None:
             tensor, done = item.back, item.back_ready
             item.back = item.back_ready = None
@@ -139,18 +152,25 @@ class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
             current.wait_event(done)
             tensor.record_stream(current)
         item.used = save.used = True
-        self._prefetch_before(save.position)
+        self._prefetch_before(save.position, tensor.numel() * tensor.element_size())
         return tensor
 
-    def _prefetch_before(self, position: int) -> None:
-        """Start copying back the tensor of the latest save before `position` that the backward has not used yet."""
+    def _prefetch_before(self, position: int, nbytes: int) -> None:
+        """Start copying back the latest saves before `position` that the backward has not used yet, until `nbytes`
+        (the tensor just handed out) are on their way. Not just the one save before: a node unpacks its saved tensors
+        in the forward's order (a checkpointed block: its hidden states, then the text states and tables every block
+        saves), so the save just before a block's hidden states is a small one of the block before, whose hidden
+        states come next."""
+        ahead = 0
         for i in range(position - 1, -1, -1):
             save = self.saves[i]
             if save.used:
                 continue
             if save.packed.back is None:
                 save.packed.back, save.packed.back_ready = self._to_device(save.packed)
-            return
+            ahead += save.packed.host.numel() * save.packed.host.element_size()
+            if ahead >= nbytes:
+                return
 
 
 def enable_activation_offload(module: nn.Module, device: torch.device) -> ActivationOffload:
