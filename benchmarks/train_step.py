@@ -252,6 +252,7 @@ def _run_case(case: str, backend: str, args) -> dict:
     from radial.parallel import init_sequence_parallel
     from train.flow import FlowMatching
     from train.step import flow_matching_loss
+    from train.weight_stream import device_placement
 
     _reset_memory()
     if args.compile:  # each entry compiles its own graphs (its warm-up), none inherited from the entry before
@@ -266,7 +267,8 @@ def _run_case(case: str, backend: str, args) -> dict:
     sp_handle = enable_sequence_parallel(parts.handle, sp) if sp is not None else None
     loss_scale = sp.loss_scale if sp is not None else 1.0
     params = [p for p in parts.transformer.parameters() if p.requires_grad]
-    model, opt = acc.prepare(parts.transformer, torch.optim.AdamW(params, lr=1e-5))
+    placement = device_placement(acc, parts.streamer, 2)  # streamed weights stay on the host (not model.to(device))
+    model, opt = acc.prepare(parts.transformer, torch.optim.AdamW(params, lr=1e-5), device_placement=placement)
     flow = FlowMatching(shift=cfg.model.flow_shift)
     model_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad)
 

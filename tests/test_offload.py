@@ -216,3 +216,28 @@ def test_offload_prefetches_the_large_input_of_each_checkpointed_block():
     h.sum().backward()
     assert weight.grad is not None and all(s.used for s in offload.saves)
     assert offload.prefetch_hits == len(offload.saves) - 1  # every unpack but the first was prefetched
+
+
+def test_accelerate_leaves_the_streamed_model_where_it_is(tmp_path, monkeypatch):
+    """Guards the trainer's device placement under train.offload_blocks: Accelerate's prepare would call
+    `model.to(device)`, copying every streamed weight back to the device at once (more than the card holds where
+    streaming is needed); the model is left where build_model put it (found by the 2026-12-08 pre-flight review)."""
+    from accelerate import Accelerator
+
+    from tests.trainer_helpers import tiny_overrides
+    from train.trainer import Trainer
+
+    seen = []
+    real = Accelerator.prepare
+
+    def prepare(self, *args, device_placement=None):
+        seen.append((type(args[0]).__name__, device_placement))
+        return real(self, *args, device_placement=device_placement)
+
+    monkeypatch.setattr(Accelerator, "prepare", prepare)
+    overrides = tiny_overrides(tmp_path / "out", tmp_path / "data", steps=1)
+    trainer = Trainer(validate(compose_config([*overrides, "train.offload_blocks=true"])))
+    assert trainer.parts.streamer is not None
+    assert ("WanTransformer3DModel", [False, None, None]) in seen
+    Trainer(validate(compose_config([*overrides, f"output_dir={tmp_path / 'plain'}"])))
+    assert seen[-1] == ("WanTransformer3DModel", None)

@@ -47,6 +47,7 @@ from train.setup import (
 )
 from train.signals import StopFlag
 from train.step import conditions_of, flow_matching_loss, input_dtype, step_generator
+from train.weight_stream import device_placement
 from train.wrapped import full_lora, sharded_lora, unwrap
 
 __all__ = ["DataCursor", "NonFiniteLoss", "Trainer", "final_loss", "step_generator"]
@@ -106,7 +107,9 @@ class Trainer:
         params = [p for p in self.parts.transformer.parameters() if p.requires_grad]
         self.num_trainable = sum(p.numel() for p in params)
         optimizer, scheduler = optimizer_and_schedule(cfg, acc, params)
-        self.model, self.optimizer, self.scheduler = acc.prepare(self.parts.transformer, optimizer, scheduler)
+        self.model, self.optimizer, self.scheduler = acc.prepare(
+            self.parts.transformer, optimizer, scheduler, device_placement=device_placement(acc, self.parts.streamer, 3)
+        )
         if t.compile and isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
             line = without_ddp_optimizer()
             if line:

@@ -144,3 +144,15 @@ class BlockStreamer:
                 p.data = self.host[p].to(self.device, copy=True)
         self.host.clear()
         self.buffers.clear()
+
+
+def device_placement(accelerator, streamer: BlockStreamer | None, count: int) -> list[bool | None] | None:
+    """Accelerate's `prepare(model, *others, device_placement=...)` for a model whose block weights stream: the model
+    is not moved (its `.to(device)` would copy every streamed weight back to the device at once, more than the card
+    holds where streaming is needed); the `count - 1` other objects as Accelerate decides. None: nothing to change
+    (no streamer, or DeepSpeed / Megatron-LM, which refuse custom placement and place the model themselves)."""
+    from accelerate.utils import DistributedType
+
+    if streamer is None or accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        return None
+    return [False] + [None] * (count - 1)
