@@ -266,8 +266,9 @@ def test_a_failed_write_whose_folder_cannot_be_removed_still_ends_in_one_line(tm
     )
     assert str(err.value).endswith("earlier checkpoints are kept: ['checkpoint-00000001']")
     assert calls.count(".tmp-checkpoint-00000002") == 2 and list_checkpoints(tmp_path) == [first]
-    free = re.search(r"\((\d+) MiB free under ", str(err.value))  # MiB of this (large) disk: within 1%
-    assert free and abs(int(free[1]) - shutil.disk_usage(tmp_path).free / 2**20) <= 0.01 * int(free[1]) + 1
+    # the MiB free of this disk, give or take what other tests write meanwhile (a wrong unit is off by 2x or more)
+    free = re.search(r"\((\d+) MiB free under ", str(err.value))
+    assert free and abs(int(free[1]) - shutil.disk_usage(tmp_path).free / 2**20) <= 0.05 * int(free[1]) + 16
 
 
 def test_deepspeed_arguments_reach_accelerate(tmp_path, monkeypatch):
