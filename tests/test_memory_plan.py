@@ -217,3 +217,22 @@ def test_plan_run_plans_for_the_largest_bucket_per_rank(tmp_path, monkeypatch):
     cfg.parallel.sp_degree = 2
     assert "at 40 tokens" in mp.plan_run(cfg, roots, torch.device("cuda"))
     assert mp.plan_run(cfg, roots, torch.device("cpu")) is None
+
+
+def test_host_memory_is_the_containers_limit_where_smaller(tmp_path, monkeypatch):
+    """Guards the cgroup limit of host_memory_gb (found by the 2026-12-08 pre-flight review): a container's memory
+    limit (cgroup v2 or v1) caps the machine's memory; "max" / v1's unlimited value and a missing file do not."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    machine = mp.host_memory_gb(tmp_path / "none")
+    v2, v1 = tmp_path / "v2", tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    v2.mkdir()
+    (v2 / "memory.max").write_text("max\n")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert mp.host_memory_gb(v2) == mp.host_memory_gb(v1) == machine
+    (v2 / "memory.max").write_text(f"{2 * 2**30}\n")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{3 * 2**30}\n")
+    assert mp.host_memory_gb(v2) == pytest.approx(min(machine, 2.0))
+    assert mp.host_memory_gb(v1) == pytest.approx(min(machine, 3.0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert mp.host_memory_gb(v2) == pytest.approx(min(machine, 2.0) / 2)

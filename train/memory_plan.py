@@ -292,10 +292,21 @@ def describe(plan: Plan, shape: ModelShape, tokens: int, card: Card) -> str:
     )
 
 
-def host_memory_gb() -> float:
-    """This process's share of the machine's physical memory, GiB (the processes of one host share it)."""
+def host_memory_gb(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
+    """This process's share of the host memory it may use, GiB: the machine's physical memory or the container's
+    limit (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`), whichever is smaller; the processes of one host share
+    it. Without the limit, a container's job would plan pinned buffers its OOM killer does not allow."""
     share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB / share
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for file in (cgroup / "memory.max", cgroup / "memory" / "memory.limit_in_bytes"):
+        try:
+            limit = file.read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():  # "max" (v2) or a page-rounded 2**63 (v1) when there is none
+            total = min(total, int(limit))
+        break
+    return total / GIB / share
 
 
 def plan_or_refuse(
