@@ -241,3 +241,18 @@ def test_accelerate_leaves_the_streamed_model_where_it_is(tmp_path, monkeypatch)
     assert ("WanTransformer3DModel", [False, None, None]) in seen
     Trainer(validate(compose_config([*overrides, f"output_dir={tmp_path / 'plain'}"])))
     assert seen[-1] == ("WanTransformer3DModel", None)
+
+
+def test_several_processes_keep_accelerates_placement():
+    """DDP refuses parameters on two device types (and DeepSpeed custom placement): only one process skips it."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from train.weight_stream import device_placement
+
+    streamer = object()
+    for kind in (DistributedType.MULTI_GPU, DistributedType.DEEPSPEED, DistributedType.FSDP):
+        assert device_placement(SimpleNamespace(distributed_type=kind), streamer, 3) is None
+    assert device_placement(SimpleNamespace(distributed_type=DistributedType.NO), None, 3) is None
+    assert device_placement(SimpleNamespace(distributed_type=DistributedType.NO), streamer, 2) == [False, None]

@@ -147,12 +147,14 @@ class BlockStreamer:
 
 
 def device_placement(accelerator, streamer: BlockStreamer | None, count: int) -> list[bool | None] | None:
-    """Accelerate's `prepare(model, *others, device_placement=...)` for a model whose block weights stream: the model
-    is not moved (its `.to(device)` would copy every streamed weight back to the device at once, more than the card
-    holds where streaming is needed); the `count - 1` other objects as Accelerate decides. None: nothing to change
-    (no streamer, or DeepSpeed / Megatron-LM, which refuse custom placement and place the model themselves)."""
+    """Accelerate's `prepare(model, *others, device_placement=...)` for a model whose block weights stream, in one
+    process: the model is not moved (its `.to(device)` would copy every streamed weight back to the device at once,
+    more than the card holds where streaming is needed); the `count - 1` other objects as Accelerate decides.
+    None (Accelerate places everything): no streamer, or several processes. DistributedDataParallel refuses a module
+    whose parameters are on two device types and broadcasts them all when it wraps, DeepSpeed and Megatron-LM refuse
+    custom placement: there the model is placed whole and the first forward releases the streamed blocks."""
     from accelerate.utils import DistributedType
 
-    if streamer is None or accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+    if streamer is None or accelerator.distributed_type != DistributedType.NO:
         return None
     return [False] + [None] * (count - 1)
