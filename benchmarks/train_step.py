@@ -291,14 +291,14 @@ def _run_case(case: str, backend: str, args) -> dict:
                 print(f"{case} {backend}: {line}", flush=True)
     _sync()
     _reset_memory()
-    retries = _alloc_retries()
+    retries_before = _alloc_retries()
     times, losses = [], []
     for i in range(args.steps):
         start = time.perf_counter()
         losses.append(step(100 + i))
         _sync()
         times.append(time.perf_counter() - start)
-    peak, peak_reserved, retries = _peak_gb(), _peak_reserved_gb(), _alloc_retries() - retries
+    peak, peak_reserved, retries = _peak_gb(), _peak_reserved_gb(), _alloc_retries() - retries_before
     attn_ms = total_ms = float("nan")
     kernels: dict[str, float] = {}
     if args.profile:  # one more step under the profiler: the attention share (skip it for long dense steps)
